@@ -1,0 +1,225 @@
+//! Commands that talk to a running agent through the control socket.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use super::exit;
+use super::output;
+use super::{CreateArgs, ReceiptCmd, RefundsCmd};
+use crate::control::client::{Answer, ClientError, ControlClient};
+use crate::control::server::StatusBody;
+use crate::control::ApiError;
+use crate::queue::RefundView;
+use crate::refund::RefundDraft;
+
+/// Prints an error answer and picks the exit code.
+fn refused(answer: &Answer) -> u8 {
+    match serde_json::from_slice::<ApiError>(&answer.body) {
+        Ok(e) => eprintln!("refused ({}): {}", e.code, e.message),
+        Err(_) => eprintln!("refused: HTTP {}: {}", answer.status, String::from_utf8_lossy(&answer.body)),
+    }
+    match answer.status {
+        404 => exit::NOT_FOUND,
+        400..=499 => exit::REFUSED,
+        _ => exit::ERROR,
+    }
+}
+
+fn unreachable(e: &ClientError) -> u8 {
+    eprintln!("error: {e}");
+    exit::UNREACHABLE
+}
+
+fn print_json(body: &[u8]) {
+    println!("{}", String::from_utf8_lossy(body));
+}
+
+async fn get(client: &ControlClient, path: &str) -> Result<Answer, u8> {
+    client.request("GET", path, None, &[]).await.map_err(|e| unreachable(&e))
+}
+
+pub async fn status(client: &ControlClient, json: bool) -> u8 {
+    let answer = match get(client, "/v1/status").await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    if answer.status != 200 {
+        return refused(&answer);
+    }
+    if json {
+        print_json(&answer.body);
+        return exit::OK;
+    }
+    match serde_json::from_slice::<StatusBody>(&answer.body) {
+        Ok(s) => {
+            print!("{}", output::status(&s));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: unexpected status answer: {e}");
+            exit::ERROR
+        }
+    }
+}
+
+/// `refund create`: sends the refund with an idempotency key, and resends with the same key
+/// when the answer is lost, so a retry can never make a second refund.
+pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
+    let draft = RefundDraft {
+        receipt_id: args.receipt,
+        original_transaction_id: args.transaction,
+        amount: args.amount,
+        currency: args.currency,
+        reason: args.reason,
+        operator: args.operator,
+        tax: args.tax,
+        discount: args.discount,
+        manager_approval: args.manager_approval,
+        masked_pan: args.card,
+    };
+    let body = match serde_json::to_vec(&draft) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let key = args.idempotency_key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let mut wait = Duration::from_millis(200);
+    let mut tries = 0;
+    let answer = loop {
+        match client.request("POST", "/v1/refunds", Some(body.clone()), &[("idempotency-key", &key)]).await {
+            Ok(a) if a.status == 503 && tries < args.retries => {}
+            Ok(a) => break a,
+            Err(e) if tries < args.retries => {
+                let what = if e.not_sent() { "agent not reachable" } else { "answer lost" };
+                eprintln!("{what}; retrying with the same idempotency key {key} ({e})");
+            }
+            Err(e) => {
+                eprintln!("the refund may or may not have been queued; run again with --idempotency-key {key} to find out safely");
+                return unreachable(&e);
+            }
+        }
+        tries += 1;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    };
+    if !(200..300).contains(&answer.status) {
+        return refused(&answer);
+    }
+    if args.json {
+        print_json(&answer.body);
+        return exit::OK;
+    }
+    match serde_json::from_slice::<RefundView>(&answer.body) {
+        Ok(r) => {
+            let verb = if answer.status == 200 { "already existed (same idempotency key)" } else { "queued" };
+            println!("Refund {} {verb}: {} {} (state {}).", r.id, r.amount, r.currency, r.state);
+            let dests: Vec<String> = r.deliveries.iter().map(|d| format!("{} ({})", d.destination, d.state)).collect();
+            println!("Deliveries: {}", dests.join(", "));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: unexpected answer: {e}");
+            exit::ERROR
+        }
+    }
+}
+
+pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
+    match cmd {
+        RefundsCmd::List { state, limit, json } => {
+            let mut path = format!("/v1/refunds?limit={limit}");
+            if let Some(s) = state {
+                path.push_str(&format!("&state={s}"));
+            }
+            let answer = match get(client, &path).await {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            if answer.status != 200 {
+                return refused(&answer);
+            }
+            if json {
+                print_json(&answer.body);
+                return exit::OK;
+            }
+            match serde_json::from_slice::<Vec<RefundView>>(&answer.body) {
+                Ok(list) => {
+                    print!("{}", output::refund_table(&list));
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: unexpected answer: {e}");
+                    exit::ERROR
+                }
+            }
+        }
+        RefundsCmd::Show { id, json } => {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                eprintln!("error: {id:?} is not a refund id");
+                return exit::USAGE;
+            }
+            let answer = match get(client, &format!("/v1/refunds/{id}")).await {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            if answer.status != 200 {
+                return refused(&answer);
+            }
+            if json {
+                print_json(&answer.body);
+                return exit::OK;
+            }
+            match serde_json::from_slice::<RefundView>(&answer.body) {
+                Ok(r) => {
+                    print!("{}", output::refund_detail(&r));
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: unexpected answer: {e}");
+                    exit::ERROR
+                }
+            }
+        }
+    }
+}
+
+pub async fn receipt(client: &ControlClient, cmd: ReceiptCmd) -> u8 {
+    let ReceiptCmd::Add { file, json } = cmd;
+    let body = match read_input(&file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return exit::USAGE;
+        }
+    };
+    let answer = match client.request("POST", "/v1/receipts", Some(body), &[]).await {
+        Ok(a) => a,
+        Err(e) => return unreachable(&e),
+    };
+    if !(200..300).contains(&answer.status) {
+        return refused(&answer);
+    }
+    if json {
+        print_json(&answer.body);
+    } else {
+        let verb = if answer.status == 200 { "was already in the ledger" } else { "added to the ledger" };
+        let id = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| v["receipt_id"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        println!("Receipt {id} {verb}.");
+    }
+    exit::OK
+}
+
+fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        return Ok(buf);
+    }
+    std::fs::read(path)
+}

@@ -1,0 +1,137 @@
+//! The command line: one binary, `refund-agent`, with subcommands (SPEC section 4).
+//!
+//! Exit codes: 0 success; 1 unexpected error; 2 usage or configuration error; 3 refused by
+//! the agent (validation, conflict); 4 agent unreachable or no answer; 5 not found.
+
+pub mod client_cmds;
+pub mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, documented in README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+    pub const NOT_FOUND: u8 = 5;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "refund-agent", version, about = "Takes refunds at the till, keeps them safe offline, delivers them exactly once")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "REFUND_AGENT_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Control socket to talk to (default: the one in the configuration).
+    #[arg(long, global = true, env = "REFUND_AGENT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the daemon).
+    Run,
+    /// The whole flow on this machine: a simulated till and a local sandbox cloud.
+    Demo,
+    /// Validate the configuration and secret files, then exit.
+    CheckConfig,
+    /// Queue counts, destinations and connectivity.
+    Status(JsonFlag),
+    /// Create a refund.
+    #[command(subcommand)]
+    Refund(RefundCmd),
+    /// Look at refunds.
+    #[command(subcommand)]
+    Refunds(RefundsCmd),
+    /// Register original sales in the ledger.
+    #[command(subcommand)]
+    Receipt(ReceiptCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefundCmd {
+    /// Validate and queue a refund against an original sale.
+    Create(CreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The original sale's receipt id.
+    #[arg(long, conflicts_with = "transaction", required_unless_present = "transaction")]
+    pub receipt: Option<String>,
+    /// The original sale's transaction id (instead of --receipt).
+    #[arg(long)]
+    pub transaction: Option<String>,
+    /// Amount as a decimal string, e.g. 5.00.
+    #[arg(long)]
+    pub amount: String,
+    #[arg(long)]
+    pub reason: String,
+    /// The cashier's id.
+    #[arg(long)]
+    pub operator: String,
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// Tax part of the amount (a breakdown lifts the subtotal rule).
+    #[arg(long)]
+    pub tax: Option<String>,
+    #[arg(long)]
+    pub discount: Option<String>,
+    /// The approving manager's id (above max_refund, or for an unlinked refund).
+    #[arg(long)]
+    pub manager_approval: Option<String>,
+    /// The presented card, masked (e.g. ************2257), for the card-present check.
+    #[arg(long)]
+    pub card: Option<String>,
+    /// Reuse a key to make a retry safe; a fresh one is generated otherwise.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// How many times to resend (same key) when the agent's answer is lost.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefundsCmd {
+    /// Refunds, newest first.
+    List {
+        /// Only this state: queued, delivered, declined, failed, unknown, cancelled, expired, quarantined.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One refund with its deliveries.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptCmd {
+    /// Register a sale from a JSON file (the `receipt` event's fields); `-` reads stdin.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,97 @@
+//! Human-readable printing of API answers.
+
+use crate::control::server::StatusBody;
+use crate::queue::RefundView;
+
+/// One line per refund.
+pub fn refund_table(refunds: &[RefundView]) -> String {
+    let mut out = format!("{:<36}  {:<11}  {:>12}  {:<16}  {:<20}  DELIVERIES\n", "ID", "STATE", "AMOUNT", "RECEIPT", "CREATED");
+    for r in refunds {
+        let deliveries: Vec<String> = r.deliveries.iter().map(|d| format!("{}:{}", d.destination, d.state)).collect();
+        out.push_str(&format!(
+            "{:<36}  {:<11}  {:>12}  {:<16}  {:<20}  {}\n",
+            r.id,
+            r.state,
+            format!("{} {}", r.amount, r.currency),
+            r.receipt_id.as_deref().unwrap_or("-"),
+            r.created_at.get(..19).unwrap_or(&r.created_at),
+            deliveries.join(" ")
+        ));
+    }
+    if refunds.is_empty() {
+        out.push_str("(no refunds)\n");
+    }
+    out
+}
+
+/// A refund in full.
+pub fn refund_detail(r: &RefundView) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<17} {v}\n"));
+    line(&mut out, "Refund", &r.id);
+    line(&mut out, "State", &r.state);
+    if let Some(q) = &r.quarantine_reason {
+        line(&mut out, "Quarantined", q);
+    }
+    line(&mut out, "Amount", &format!("{} {}", r.amount, r.currency));
+    line(&mut out, "Receipt", r.receipt_id.as_deref().unwrap_or("-"));
+    line(&mut out, "Transaction", r.transaction_id.as_deref().unwrap_or("-"));
+    line(&mut out, "Reason", &r.reason);
+    line(&mut out, "Operator", &r.operator);
+    if let Some(m) = &r.manager_approval {
+        line(&mut out, "Manager approval", m);
+    }
+    if r.unlinked {
+        line(&mut out, "Unlinked", "yes (original sale not in the ledger)");
+    }
+    if let Some(b) = &r.balance_after {
+        line(&mut out, "Balance after", &format!("{b} {}", r.currency));
+    }
+    line(&mut out, "Created", &r.created_at);
+    out.push_str("Deliveries:\n");
+    for d in &r.deliveries {
+        out.push_str(&format!("  {:<12} {:<10} attempts={}", d.destination, d.state, d.attempts));
+        if let Some(id) = &d.remote_id {
+            out.push_str(&format!(" remote_id={id}"));
+        }
+        if let Some(at) = &d.next_attempt_at {
+            out.push_str(&format!(" next_attempt={at}"));
+        }
+        out.push('\n');
+        if let Some(e) = &d.last_error {
+            out.push_str(&format!("               last error: {e}\n"));
+        }
+    }
+    out
+}
+
+/// The status summary.
+pub fn status(s: &StatusBody) -> String {
+    let mut out = format!("refund-agent {} on {} (up {}s)\n", s.version, s.terminal_id, s.uptime_s);
+    let counts: Vec<String> = s.queue.refunds.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+    out.push_str(&format!("Refunds:      {}\n", if counts.is_empty() { "none".into() } else { counts.join(" ") }));
+    if s.queue.quarantined > 0 {
+        out.push_str(&format!("QUARANTINED:  {} (seal did not verify; see `refunds list --state quarantined`)\n", s.queue.quarantined));
+    }
+    if let Some(age) = s.queue.oldest_pending_age_s {
+        out.push_str(&format!("Oldest open:  {age}s\n"));
+    }
+    for (c, a) in &s.queue.pending_amount {
+        out.push_str(&format!("Pending:      {a} {c}\n"));
+    }
+    out.push_str(&format!("Last sync:    {}\n", s.queue.last_delivered_at.as_deref().unwrap_or("never")));
+    let mut names: Vec<&String> = s.destinations.keys().collect();
+    names.sort();
+    for name in names {
+        let h = &s.destinations[name];
+        out.push_str(&format!("Destination {name}: {}", h.connectivity));
+        if h.consecutive_failures > 0 {
+            out.push_str(&format!(", {} failures in a row", h.consecutive_failures));
+        }
+        if let Some(e) = &h.last_error {
+            out.push_str(&format!(", last error: {e}"));
+        }
+        out.push('\n');
+    }
+    out
+}

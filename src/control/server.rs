@@ -1,0 +1,236 @@
+//! Serving the control API. Handlers only translate HTTP to queue calls and back; every decision
+//! is made in `refund/` and `queue/`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+use super::ApiError;
+use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState};
+use crate::refund::{RefundDraft, RejectCode, Rejection};
+use crate::sale::SaleInput;
+use crate::sync::{DestinationHealth, Health};
+
+/// The largest request body accepted; a refund or a receipt is a few KiB.
+pub const MAX_BODY: usize = 256 * 1024;
+/// The longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub queue: QueueHandle,
+    pub wake: Arc<Notify>,
+    pub health: Health,
+    pub started: Instant,
+    pub terminal_id: String,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/refunds", post(create_refund).get(list_refunds))
+        .route("/v1/refunds/{id}", get(show_refund))
+        .route("/v1/receipts", post(add_receipt))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Binds the control socket: removes a stale socket file (refusing if another agent answers on
+/// it), then sets mode 0660 and the configured group.
+pub async fn bind_socket(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another agent is already listening on {}", path.display()),
+            ));
+        }
+        fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(std::io::Error::other)?
+            .ok_or_else(|| std::io::Error::other(format!("control.socket_group: no group named {group:?}")))?
+            .gid;
+        std::os::unix::fs::chown(path, None, Some(gid.as_raw()))?;
+    }
+    Ok(listener)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
+    Failure(status, ApiError { code: code.into(), message: message.into() })
+}
+
+impl From<Rejection> for Failure {
+    fn from(r: Rejection) -> Self {
+        let status = match r.code {
+            RejectCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        failure(status, r.code.as_str(), r.message)
+    }
+}
+
+impl From<QueueError> for Failure {
+    fn from(e: QueueError) -> Self {
+        let status = match e {
+            QueueError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            QueueError::Conflict(_) => StatusCode::CONFLICT,
+            QueueError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueueError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "control API request failed");
+        }
+        failure(status, e.code(), e.to_string())
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid JSON body: {e}")))
+}
+
+async fn create_refund(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, Failure> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| {
+                !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            let k = k.ok_or_else(|| {
+                failure(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"),
+                )
+            })?;
+            Some(format!("api:{k}"))
+        }
+    };
+    let draft: RefundDraft = parse_json(&body)?;
+    let created = s.queue.create_refund(draft, key).await??;
+    if created.replayed {
+        return Ok((StatusCode::OK, Json(created.refund)).into_response());
+    }
+    s.wake.notify_one();
+    tracing::info!(refund_id = %created.refund.id, amount = %created.refund.amount, currency = %created.refund.currency, "refund queued");
+    Ok((StatusCode::CREATED, Json(created.refund)).into_response())
+}
+
+async fn show_refund(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, Failure> {
+    match s.queue.refund(id.clone()).await? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(failure(StatusCode::NOT_FOUND, "not_found", format!("no refund with id {id}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_refunds(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, Failure> {
+    if let Some(state) = &q.state {
+        if state != "quarantined" {
+            state
+                .parse::<RefundState>()
+                .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e))?;
+        }
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(s.queue.list(q.state, limit).await?).into_response())
+}
+
+async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {
+    let input: SaleInput = parse_json(&body)?;
+    let added = s.queue.add_sale(input).await??;
+    let status = if added.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(added.sale)).into_response())
+}
+
+/// The body of `GET /v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusBody {
+    pub version: String,
+    pub terminal_id: String,
+    pub uptime_s: u64,
+    pub queue: QueueStatus,
+    pub destinations: HashMap<String, DestinationHealthBody>,
+}
+
+/// A destination's health as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DestinationHealthBody {
+    pub connectivity: String,
+    pub last_success_at: Option<String>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u64,
+}
+
+impl From<DestinationHealth> for DestinationHealthBody {
+    fn from(h: DestinationHealth) -> Self {
+        DestinationHealthBody {
+            connectivity: h.connectivity,
+            last_success_at: h.last_success_at,
+            last_error: h.last_error,
+            consecutive_failures: h.consecutive_failures,
+        }
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
+    let queue = s.queue.status().await?;
+    let destinations = s
+        .health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    Ok(Json(StatusBody {
+        version: env!("CARGO_PKG_VERSION").into(),
+        terminal_id: s.terminal_id.clone(),
+        uptime_s: s.started.elapsed().as_secs(),
+        queue,
+        destinations,
+    })
+    .into_response())
+}
+
+async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {
+    s.queue.call(|_| Ok(())).await?;
+    Ok(Json(serde_json::json!({"status": "ok"})).into_response())
+}

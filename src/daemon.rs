@@ -1,0 +1,177 @@
+//! Wiring: opens the queue, recovers interrupted deliveries, starts the control API and the
+//! sync worker, and stops them in order on SIGTERM / SIGINT.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::control::server::{self, AppState};
+use crate::destinations::{http, Connector};
+use crate::queue::{self, QueueError, QueueHandle, QueueOwner, QueueSettings, Sealer};
+use crate::refund::Policy;
+use crate::routing::Router;
+use crate::sync::Worker;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("seal key file {path}: {message}")]
+    SealKey { path: PathBuf, message: String },
+    #[error("cannot listen on the control socket {path}: {message}")]
+    Socket { path: PathBuf, message: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// A started daemon: its control socket answers and its worker runs.
+#[derive(Debug)]
+pub struct Running {
+    pub socket: PathBuf,
+    pub queue: QueueHandle,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    worker: JoinHandle<()>,
+    owner: QueueOwner,
+}
+
+/// Builds the queue settings (policy and routes) from config.
+pub fn queue_settings(config: &Config) -> QueueSettings {
+    QueueSettings {
+        policy: Policy {
+            terminal_id: config.terminal_id.clone(),
+            default_currency: config.default_currency,
+            max_refund: config.max_refund,
+            max_pending_total: config.max_pending_total,
+            max_queue_len: config.max_queue_len,
+            allow_unlinked: config.allow_unlinked,
+        },
+        router: Router::new(config.routes.clone(), config.destinations.iter().map(|d| d.name.clone()).collect()),
+        max_pending_age_ms: config.max_pending_age.map(|d| d.as_millis() as i64),
+        retention_ms: config.retention.map(|d| d.as_millis() as i64),
+    }
+}
+
+/// Builds every configured connector, reading their secrets.
+pub fn connectors(config: &Config) -> Result<HashMap<String, Connector>, StartError> {
+    let client = http::client(&config.sync).map_err(|e| StartError::Http(e.to_string()))?;
+    config
+        .destinations
+        .iter()
+        .map(|d| Ok((d.name.clone(), Connector::from_config(d, &client)?)))
+        .collect()
+}
+
+/// Reads the seal key.
+pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
+    let key = config.seal_key()?;
+    Sealer::new(key.expose().to_vec())
+        .map_err(|e| StartError::SealKey { path: config.seal_key_file.clone(), message: e.to_string() })
+}
+
+/// Starts everything; returns once the queue is open, recovery is done and the socket listens.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let sealer = sealer(config)?;
+    let connectors = Arc::new(connectors(config)?);
+    let settings = queue_settings(config);
+    let state_dir = config.state_dir.clone();
+    let (queue, owner) = tokio::task::spawn_blocking(move || queue::start(&state_dir, sealer, settings))
+        .await
+        .map_err(|e| QueueError::Storage(e.to_string()))??;
+
+    let dedup: HashMap<String, bool> = connectors.iter().map(|(k, c)| (k.clone(), c.capability().dedup)).collect();
+    let recovery = queue.recover(move |dest| dedup.get(dest).copied().unwrap_or(false)).await?;
+    if recovery.resent + recovery.unknown > 0 {
+        tracing::warn!(resent = recovery.resent, unknown = recovery.unknown, "recovered deliveries interrupted by the last stop");
+    }
+
+    let listener = server::bind_socket(&config.socket, config.socket_group.as_deref())
+        .await
+        .map_err(|e| StartError::Socket { path: config.socket.clone(), message: e.to_string() })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let health = Arc::new(Mutex::new(HashMap::new()));
+    let app = server::router(AppState {
+        queue: queue.clone(),
+        wake: wake.clone(),
+        health: health.clone(),
+        started: Instant::now(),
+        terminal_id: config.terminal_id.clone(),
+    });
+    let stop_rx = shutdown_rx.clone();
+    let tcp = match config.tcp {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Socket { path: PathBuf::from(addr.to_string()), message: e.to_string() })?,
+        ),
+        None => None,
+    };
+    let server = tokio::spawn(async move {
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        match tcp {
+            Some(tcp) => {
+                let unix = axum::serve(listener, app.clone()).with_graceful_shutdown(stopped(stop_rx.clone()));
+                let tcp = axum::serve(tcp, app).with_graceful_shutdown(stopped(stop_rx));
+                tokio::select! {
+                    r = unix => if let Err(e) = r { tracing::error!(error = %e, "control socket failed") },
+                    r = tcp => if let Err(e) = r { tracing::error!(error = %e, "control TCP listener failed") },
+                }
+            }
+            None => {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await {
+                    tracing::error!(error = %e, "control socket failed");
+                }
+            }
+        }
+    });
+    let worker = Worker { queue: queue.clone(), connectors, settings: config.sync.clone(), wake, health };
+    let worker = tokio::spawn(worker.run(shutdown_rx));
+    tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");
+    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, owner })
+}
+
+impl Running {
+    /// Stops taking requests, lets the worker finish or abandon its requests, and closes the
+    /// queue cleanly.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let _ = self.worker.await;
+        drop(self.queue);
+        let owner = self.owner;
+        let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+        tracing::info!("refund-agent stopped");
+    }
+}
+
+/// `refund-agent run`: serves until SIGTERM or SIGINT, then stops cleanly.
+pub async fn run(config: &Config) -> Result<(), StartError> {
+    let running = start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("stop requested; finishing work in flight");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,68 @@
+//! Final POS (seeds 000, 001, 003): the POS back office. A delivery is two requests: the refund
+//! record (`POST /v1/api/refunds`, step 0), then its transaction record
+//! (`POST /v1/api/transactions`, step 1). Final POS answers `409` to a refund whose `externalId`
+//! it has seen, so it deduplicates: an ambiguous request is simply sent again.
+
+pub mod classify;
+pub mod request;
+
+use std::fmt;
+
+use crate::destinations::http::{self, SendError};
+use crate::destinations::{Attempt, Capability};
+use crate::queue::Claim;
+use classify::Request;
+
+/// Final POS deduplicates on `externalId` and records refunds (it moves no money).
+pub const CAPABILITY: Capability = Capability { dedup: true, moves_money: false };
+
+/// The Final POS connector.
+pub struct FinalPos {
+    base_url: reqwest::Url,
+    api_key: String,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for FinalPos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FinalPos").field("base_url", &self.base_url.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl FinalPos {
+    pub fn new(base_url: reqwest::Url, api_key: String, client: reqwest::Client) -> FinalPos {
+        FinalPos { base_url, api_key, client }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url.as_str().trim_end_matches('/'), path)
+    }
+
+    /// Makes the claimed delivery's next request.
+    pub async fn attempt(&self, claim: &Claim) -> Attempt {
+        let (request, path, body) = if claim.step == 0 {
+            (Request::Refund, "/v1/api/refunds", request::refund_body(&claim.refund))
+        } else {
+            (
+                Request::Transaction,
+                "/v1/api/transactions",
+                request::transaction_body(&claim.refund, claim.remote_id.as_deref()),
+            )
+        };
+        let bytes = match serde_json::to_vec(&body) {
+            Ok(b) => b,
+            Err(e) => return Attempt::Failed(format!("cannot encode the request: {e}")),
+        };
+        let builder = self
+            .client
+            .post(self.url(path))
+            .header("x-api-key", &self.api_key)
+            .header("content-type", "application/json")
+            .body(bytes);
+        match http::send(builder).await {
+            Ok(r) => classify::classify(request, r.status, &r.body, r.retry_after, claim.remote_id.clone()),
+            Err(SendError::NotSent(e)) => Attempt::Transient { retry_after: None, error: e },
+            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The HTTP client shared by the connectors: rustls (ring, no OpenSSL), timeouts on connect
+//! and on the whole request, and the sorting of transport errors into "never sent" and "may
+//! have been processed".
+
+use std::sync::Once;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use crate::config::SyncSettings;
+
+/// The longest `Retry-After` honoured; a broken header must not park a refund for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+static CRYPTO: Once = Once::new();
+
+/// Builds the client every connector uses.
+pub fn client(settings: &SyncSettings) -> Result<reqwest::Client, reqwest::Error> {
+    CRYPTO.call_once(|| {
+        // Another component may have installed a provider first; either way one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.request_timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("refund-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A response read to the end.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: String,
+}
+
+/// Why no response was read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// The connection was never made: the server cannot have seen the request.
+    NotSent(String),
+    /// The request may have reached the server (timeout, reset while waiting for the answer).
+    Unknown(String),
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, SendError> {
+    let response = request.send().await.map_err(classify_error)?;
+    let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers(), SystemTime::now());
+    match response.text().await {
+        Ok(body) => Ok(Response { status, retry_after, body }),
+        // The status line arrived, so the server decided; only its details were lost.
+        Err(e) => Ok(Response { status, retry_after, body: format!("(body unreadable: {e})") }),
+    }
+}
+
+fn classify_error(e: reqwest::Error) -> SendError {
+    let text = error_chain(&e);
+    if e.is_connect() {
+        SendError::NotSent(text)
+    } else {
+        SendError::Unknown(text)
+    }
+}
+
+/// The error with its causes, which carry the useful part ("connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("999999999"));
+        assert_eq!(retry_after(&h, now), Some(MAX_RETRY_AFTER));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! The cloud APIs. Only this module speaks HTTP to the outside. Each connector builds its
+//! requests from a sealed refund, classifies the answers into an [`Attempt`] (data, not control
+//! flow), and declares its [`Capability`]: whether the server deduplicates on our refund id and
+//! whether it moves money.
+
+pub mod finalpos;
+pub mod http;
+
+use std::time::Duration;
+
+use crate::config::{self, ConfigError, DestinationKind};
+use crate::queue::Claim;
+
+/// What a destination guarantees, which decides what happens to a request whose outcome is
+/// unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    /// The server recognises a repeated refund id and does not act twice: an ambiguous request
+    /// may simply be sent again.
+    pub dedup: bool,
+    /// The destination moves money (a processor), rather than recording it (a back office).
+    pub moves_money: bool,
+}
+
+/// The result of one attempt at a delivery, as the connector classified it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// The destination has the refund.
+    Delivered { remote_id: Option<String> },
+    /// One request of several succeeded; the next one follows at `step`.
+    Progress { step: i64, remote_id: Option<String> },
+    /// The destination refused this refund (its content or business rules).
+    Declined(String),
+    /// A permanent failure that is not about the refund (credentials, configuration).
+    Failed(String),
+    /// Nothing happened at the destination, or it asked us to come back: safe to send again.
+    Transient { retry_after: Option<Duration>, error: String },
+    /// The request may have been processed but no answer came back.
+    Ambiguous(String),
+}
+
+/// A configured destination.
+#[derive(Debug)]
+pub enum Connector {
+    FinalPos(finalpos::FinalPos),
+}
+
+impl Connector {
+    /// Builds the connector for a configured destination, reading its secrets.
+    pub fn from_config(dest: &config::Destination, client: &reqwest::Client) -> Result<Connector, ConfigError> {
+        match &dest.kind {
+            DestinationKind::FinalPos { api_key_file } => {
+                let key = config::read_secret(api_key_file)?;
+                Ok(Connector::FinalPos(finalpos::FinalPos::new(
+                    dest.base_url.clone(),
+                    key.text()?.to_string(),
+                    client.clone(),
+                )))
+            }
+            other => Err(ConfigError::Invalid {
+                key: format!("destinations.{}.kind", dest.name),
+                message: format!(
+                    "kind {:?} is not implemented in this version of refund-agent (only \"finalpos\" is); see README",
+                    other.name()
+                ),
+            }),
+        }
+    }
+
+    pub fn capability(&self) -> Capability {
+        match self {
+            Connector::FinalPos(_) => finalpos::CAPABILITY,
+        }
+    }
+
+    /// Makes the next request of a claimed delivery.
+    pub async fn attempt(&self, claim: &Claim) -> Attempt {
+        match self {
+            Connector::FinalPos(c) => c.attempt(claim).await,
+        }
+    }
+}

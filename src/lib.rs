@@ -1,0 +1,31 @@
+//! refund-agent: takes refunds at a point-of-sale till, validates them offline, keeps them in a
+//! sealed SQLite queue and delivers them to the cloud refund APIs exactly once.
+//!
+//! Modules in the order data flows through them:
+//!
+//! - [`money`], [`sale`] — amounts and the original sales (the ledger's records).
+//! - [`refund`] — a draft from a cashier becomes a validated refund.
+//! - [`routing`] — which destinations a refund goes to.
+//! - [`queue`] — the durable, sealed SQLite queue and its single owner thread.
+//! - [`sync`] — the worker that claims due deliveries and decides retries.
+//! - [`destinations`] — one connector per cloud API (HTTP lives only here).
+//! - [`control`] — the control API on a Unix socket, and its client for the CLI.
+//! - [`config`] — the TOML configuration and secret files.
+//! - [`daemon`] — wires it together and handles shutdown.
+//! - [`sandbox`], [`demo`] — local stand-ins for the cloud APIs and the guided demo.
+//! - [`cli`] — the command line.
+
+pub mod clock;
+pub mod money;
+pub mod sale;
+pub mod refund;
+pub mod routing;
+pub mod queue;
+pub mod config;
+pub mod destinations;
+pub mod sync;
+pub mod control;
+pub mod daemon;
+pub mod sandbox;
+pub mod demo;
+pub mod cli;

@@ -1,0 +1,126 @@
+//! `refund-agent`: the command-line entry point. Glue only; see the library for the product.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use refund_agent::cli::{client_cmds, exit, Cli, Command};
+use refund_agent::config::Config;
+use refund_agent::control::client::ControlClient;
+use refund_agent::{daemon, demo};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Demo));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    ExitCode::from(runtime.block_on(dispatch(cli)))
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn load_config(path: &PathBuf) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+fn client(socket: &Option<PathBuf>, config: &PathBuf) -> Result<ControlClient, u8> {
+    match socket {
+        Some(s) => Ok(ControlClient::new(s)),
+        None => load_config(config).map(|c| ControlClient::new(&c.socket)),
+    }
+}
+
+async fn dispatch(cli: Cli) -> u8 {
+    let client = |cli_socket: &Option<PathBuf>| client(cli_socket, &cli.config);
+    let socket = cli.socket.clone();
+    match cli.command {
+        Command::Run => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match daemon::run(&config).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    tracing::error!(error = %e, "refund-agent cannot start");
+                    eprintln!("error: {e}");
+                    match e {
+                        daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => exit::USAGE,
+                        _ => exit::ERROR,
+                    }
+                }
+            }
+        }
+        Command::Demo => match demo::run().await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("demo failed: {e:#}");
+                exit::ERROR
+            }
+        },
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Status(ref f) => match client(&socket) {
+            Ok(c) => client_cmds::status(&c, f.json).await,
+            Err(code) => code,
+        },
+        Command::Refund(refund_agent::cli::RefundCmd::Create(args)) => match client(&socket) {
+            Ok(c) => client_cmds::create(&c, args).await,
+            Err(code) => code,
+        },
+        Command::Refunds(cmd) => match client(&socket) {
+            Ok(c) => client_cmds::refunds(&c, cmd).await,
+            Err(code) => code,
+        },
+        Command::Receipt(cmd) => match client(&socket) {
+            Ok(c) => client_cmds::receipt(&c, cmd).await,
+            Err(code) => code,
+        },
+    }
+}
+
+/// Loads the config, reads every secret with its permission check, and builds the connectors.
+fn check_config(path: &PathBuf) -> u8 {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut failed = false;
+    if let Err(e) = daemon::sealer(&config) {
+        eprintln!("error: {e}");
+        failed = true;
+    }
+    match daemon::connectors(&config) {
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        return exit::USAGE;
+    }
+    println!("config {} is valid", config.path.display());
+    println!("  terminal:     {}", config.terminal_id);
+    println!("  state dir:    {}", config.state_dir.display());
+    println!("  socket:       {}", config.socket.display());
+    for d in &config.destinations {
+        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url);
+    }
+    for r in &config.routes {
+        println!("  route:        processor {} -> {}", r.processor, r.destinations.join(", "));
+    }
+    exit::OK
+}

@@ -1,0 +1,61 @@
+//! The durable refund queue: one SQLite file, owned by one thread.
+//!
+//! # On-disk format
+//!
+//! `queue.db` in the state directory, WAL journal, `synchronous=FULL`, schema version in
+//! `PRAGMA user_version` (migrations in `schema.rs`, applied in order, one transaction each).
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `meta` | setting | `seal_key_check`: HMAC of a constant under the seal key |
+//! | `sales` | original sale (the ledger) | `body` = JSON of `sale::Sale`, sealed |
+//! | `refunds` | refund | `id` = UUIDv7; `body` = JSON of `refund::ValidRefund`; `state`; sealed |
+//! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
+//! | `idempotency_keys` | creation key | fingerprint of the request, refund id; deleted with its refund |
+//! | `quarantine` | refund whose seal failed | never sent again; shown in status |
+//! | `audit` | decision by the agent or a person | expiry, manual resolution |
+//!
+//! Times are milliseconds since the Unix epoch (UTC); amounts are decimal strings formatted
+//! with the currency's minor units, summed in Rust (never as SQL floats).
+//!
+//! Every row of `sales`, `refunds` and `deliveries` carries `seal` = HMAC-SHA256 under the
+//! device key over its columns (`rows.rs` lists which). Everything a connector puts on the
+//! wire is derived from the sealed refund `body`. A seal that does not verify quarantines the
+//! refund: it is reported and never sent. The key itself is never in the database; a database
+//! sealed under another key is refused at start.
+//!
+//! # Crash-recovery rules
+//!
+//! 1. A refund and its deliveries (and its idempotency key) are written in one transaction; the
+//!    caller is answered only after COMMIT. A crash before COMMIT leaves no trace; after it,
+//!    the refund is there.
+//! 2. A delivery is marked `in_flight` (committed) before its request is sent.
+//! 3. At start, every `in_flight` delivery is resolved before any new send: back to `pending`
+//!    where the destination deduplicates on the refund id (sending again is harmless), or to
+//!    `unknown` where it does not (a person decides; no blind second payment).
+//! 4. A multi-request delivery records each finished request (`step`) before the next, so a
+//!    retry resumes after the last finished request.
+//! 5. Start-up refuses a damaged file (`PRAGMA integrity_check`), a newer schema or another seal
+//!    key, with a message naming the recovery path; it never starts empty in their place.
+//!
+//! # When rows may be deleted
+//!
+//! Only refunds that are `delivered`, `cancelled` or `declined` and unchanged for longer than
+//! the configured retention are purged, with their deliveries and idempotency keys. Nothing
+//! undelivered is ever deleted by the agent.
+
+pub mod delivery;
+pub mod error;
+pub mod ops;
+pub mod owner;
+pub mod rows;
+pub mod schema;
+pub mod seal;
+pub mod view;
+
+pub use delivery::{DeliveryState, RefundState};
+pub use error::QueueError;
+pub use ops::{Claim, Created, Recorded, Recovery, SaleAdded};
+pub use owner::{start, Db, QueueHandle, QueueOwner, QueueSettings};
+pub use seal::Sealer;
+pub use view::{DeliveryView, QueueStatus, RefundView};

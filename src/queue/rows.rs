@@ -1,0 +1,329 @@
+//! The sealed rows and the only code that reads and writes them. Every write computes the
+//! row's seal; every read used for a decision verifies it.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::delivery::{DeliveryState, RefundState};
+use super::error::QueueError;
+use super::seal::Sealer;
+use crate::refund::ValidRefund;
+use crate::sale::Sale;
+
+/// A stored refund. `body` is the JSON of [`ValidRefund`]; the other columns repeat what the
+/// queries need and are covered by the same seal.
+#[derive(Debug, Clone)]
+pub struct RefundRow {
+    pub seq: i64,
+    pub id: String,
+    pub receipt_id: Option<String>,
+    pub currency: String,
+    pub amount: String,
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub body: String,
+    pub seal: Vec<u8>,
+}
+
+/// A stored delivery: one refund at one destination.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub refund_id: String,
+    pub position: i64,
+    pub destination: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    /// For multi-request destinations (Final POS: refund, then transaction record): how many
+    /// requests have already succeeded, so that a retry never repeats a finished one.
+    pub step: i64,
+    pub remote_id: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+    pub seal: Vec<u8>,
+}
+
+const REFUND_COLUMNS: &str =
+    "seq, id, receipt_id, currency, amount, state, created_at, updated_at, body, seal";
+const DELIVERY_COLUMNS: &str = "refund_id, position, destination, state, attempts, next_attempt_at, step, remote_id, last_error, updated_at, seal";
+
+impl RefundRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<RefundRow> {
+        Ok(RefundRow {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            receipt_id: r.get(2)?,
+            currency: r.get(3)?,
+            amount: r.get(4)?,
+            state: r.get(5)?,
+            created_at: r.get(6)?,
+            updated_at: r.get(7)?,
+            body: r.get(8)?,
+            seal: r.get(9)?,
+        })
+    }
+
+    fn compute_seal(&self, sealer: &Sealer) -> [u8; 32] {
+        let created = self.created_at.to_be_bytes();
+        let updated = self.updated_at.to_be_bytes();
+        sealer.seal(
+            "refund",
+            &[
+                self.id.as_bytes(),
+                self.receipt_id.as_deref().unwrap_or("").as_bytes(),
+                self.currency.as_bytes(),
+                self.amount.as_bytes(),
+                self.state.as_bytes(),
+                &created,
+                &updated,
+                self.body.as_bytes(),
+            ],
+        )
+    }
+
+    /// Checks the seal and that the indexed columns agree with the sealed body; returns the
+    /// refund and its state, or why the row cannot be trusted.
+    pub fn open(&self, sealer: &Sealer) -> Result<(ValidRefund, RefundState), String> {
+        let created = self.created_at.to_be_bytes();
+        let updated = self.updated_at.to_be_bytes();
+        let fields: [&[u8]; 8] = [
+            self.id.as_bytes(),
+            self.receipt_id.as_deref().unwrap_or("").as_bytes(),
+            self.currency.as_bytes(),
+            self.amount.as_bytes(),
+            self.state.as_bytes(),
+            &created,
+            &updated,
+            self.body.as_bytes(),
+        ];
+        if !sealer.verify("refund", &fields, &self.seal) {
+            return Err(format!("refund {} has a seal that does not verify", self.id));
+        }
+        let refund: ValidRefund = serde_json::from_str(&self.body)
+            .map_err(|e| format!("refund {} has an unreadable body: {e}", self.id))?;
+        let state = self.state.parse::<RefundState>()?;
+        if refund.id.to_string() != self.id || refund.currency.format(refund.amount) != self.amount {
+            return Err(format!("refund {} has columns that disagree with its body", self.id));
+        }
+        Ok((refund, state))
+    }
+}
+
+impl DeliveryRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
+        Ok(DeliveryRow {
+            refund_id: r.get(0)?,
+            position: r.get(1)?,
+            destination: r.get(2)?,
+            state: r.get(3)?,
+            attempts: r.get(4)?,
+            next_attempt_at: r.get(5)?,
+            step: r.get(6)?,
+            remote_id: r.get(7)?,
+            last_error: r.get(8)?,
+            updated_at: r.get(9)?,
+            seal: r.get(10)?,
+        })
+    }
+
+    fn seal_with(&self, sealer: &Sealer, check: Option<&[u8]>) -> Result<[u8; 32], bool> {
+        let nums: Vec<[u8; 8]> = [self.position, self.attempts, self.next_attempt_at, self.step, self.updated_at]
+            .iter()
+            .map(|n| n.to_be_bytes())
+            .collect();
+        let remote = self.remote_id.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
+        let error = self.last_error.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
+        let fields: [&[u8]; 10] = [
+            self.refund_id.as_bytes(),
+            &nums[0],
+            self.destination.as_bytes(),
+            self.state.as_bytes(),
+            &nums[1],
+            &nums[2],
+            &nums[3],
+            remote.as_bytes(),
+            error.as_bytes(),
+            &nums[4],
+        ];
+        match check {
+            Some(seal) => Err(sealer.verify("delivery", &fields, seal)),
+            None => Ok(sealer.seal("delivery", &fields)),
+        }
+    }
+
+    /// Checks the seal and parses the state.
+    pub fn open(&self, sealer: &Sealer) -> Result<DeliveryState, String> {
+        if self.seal_with(sealer, Some(&self.seal)) != Err(true) {
+            return Err(format!(
+                "delivery of refund {} to {} has a seal that does not verify",
+                self.refund_id, self.destination
+            ));
+        }
+        self.state.parse()
+    }
+
+    pub fn state(&self) -> DeliveryState {
+        self.state.parse().unwrap_or(DeliveryState::Failed)
+    }
+}
+
+pub fn insert_refund(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
+    row.seal = row.compute_seal(sealer).to_vec();
+    conn.execute(
+        "INSERT INTO refunds (id, receipt_id, currency, amount, state, created_at, updated_at, body, seal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![row.id, row.receipt_id, row.currency, row.amount, row.state, row.created_at, row.updated_at, row.body, row.seal],
+    )?;
+    row.seq = conn.last_insert_rowid();
+    Ok(())
+}
+
+/// Rewrites a refund's state (and seal). The caller has verified the old row.
+pub fn set_refund_state(
+    conn: &Connection,
+    sealer: &Sealer,
+    row: &mut RefundRow,
+    state: RefundState,
+    now: i64,
+) -> Result<(), QueueError> {
+    row.state = state.as_str().to_string();
+    row.updated_at = now;
+    row.seal = row.compute_seal(sealer).to_vec();
+    conn.execute(
+        "UPDATE refunds SET state = ?2, updated_at = ?3, seal = ?4 WHERE id = ?1",
+        params![row.id, row.state, row.updated_at, row.seal],
+    )?;
+    Ok(())
+}
+
+pub fn load_refund(conn: &Connection, id: &str) -> Result<Option<RefundRow>, QueueError> {
+    let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], RefundRow::from_row).optional()?)
+}
+
+/// Refunds by state (all states when `None`), newest first.
+pub fn list_refunds(conn: &Connection, state: Option<&str>, limit: i64) -> Result<Vec<RefundRow>, QueueError> {
+    let sql = format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![state, limit], RefundRow::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn save_delivery(conn: &Connection, sealer: &Sealer, row: &mut DeliveryRow, insert: bool) -> Result<(), QueueError> {
+    row.seal = match row.seal_with(sealer, None) {
+        Ok(seal) => seal.to_vec(),
+        Err(_) => unreachable!("sealing without a check always returns a seal"),
+    };
+    let sql = if insert {
+        "INSERT INTO deliveries (refund_id, position, destination, state, attempts, next_attempt_at, step, remote_id, last_error, updated_at, seal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    } else {
+        "UPDATE deliveries SET destination = ?3, state = ?4, attempts = ?5, next_attempt_at = ?6, step = ?7,
+         remote_id = ?8, last_error = ?9, updated_at = ?10, seal = ?11 WHERE refund_id = ?1 AND position = ?2"
+    };
+    let changed = conn.prepare_cached(sql)?.execute(params![
+        row.refund_id, row.position, row.destination, row.state, row.attempts, row.next_attempt_at,
+        row.step, row.remote_id, row.last_error, row.updated_at, row.seal
+    ])?;
+    if changed != 1 {
+        return Err(QueueError::NotFound(format!("delivery {}#{}", row.refund_id, row.position)));
+    }
+    Ok(())
+}
+
+pub fn load_deliveries(conn: &Connection, refund_id: &str) -> Result<Vec<DeliveryRow>, QueueError> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([refund_id], DeliveryRow::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deliveries in a given state, oldest refund first.
+pub fn deliveries_in_state(conn: &Connection, state: DeliveryState) -> Result<Vec<DeliveryRow>, QueueError> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY refund_id, position");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([state.as_str()], DeliveryRow::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deliveries that may be sent now: pending, due, their refund queued and not quarantined, and
+/// every earlier destination of the refund already delivered. Oldest refunds first.
+pub fn due_deliveries(conn: &Connection, now: i64, limit: i64) -> Result<Vec<DeliveryRow>, QueueError> {
+    let sql = format!(
+        "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
+         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND r.state = 'queued'
+           AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
+           AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
+                           AND e.position < d.position AND e.state <> 'delivered')
+         ORDER BY r.seq, d.position LIMIT ?2",
+        DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![now, limit], DeliveryRow::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn quarantine(conn: &Connection, refund_id: &str, reason: &str, now: i64) -> Result<(), QueueError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO quarantine (refund_id, reason, at) VALUES (?1, ?2, ?3)",
+        params![refund_id, reason, now],
+    )?;
+    Ok(())
+}
+
+pub fn quarantine_reason(conn: &Connection, refund_id: &str) -> Result<Option<String>, QueueError> {
+    Ok(conn
+        .query_row("SELECT reason FROM quarantine WHERE refund_id = ?1", [refund_id], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn audit(conn: &Connection, refund_id: Option<&str>, actor: &str, action: &str, detail: &str, now: i64) -> Result<(), QueueError> {
+    conn.execute(
+        "INSERT INTO audit (at, refund_id, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now, refund_id, actor, action, detail],
+    )?;
+    Ok(())
+}
+
+/// Stores a sale in the ledger, sealed.
+pub fn insert_sale(conn: &Connection, sealer: &Sealer, sale: &Sale, now: i64) -> Result<(), QueueError> {
+    let body = serde_json::to_string(sale).map_err(|e| QueueError::Storage(e.to_string()))?;
+    let seal = sale_seal(sealer, &sale.receipt_id, &sale.transaction_id, &body);
+    conn.execute(
+        "INSERT INTO sales (receipt_id, transaction_id, created_at, body, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![sale.receipt_id, sale.transaction_id, now, body, seal.to_vec()],
+    )?;
+    Ok(())
+}
+
+fn sale_seal(sealer: &Sealer, receipt: &str, txn: &str, body: &str) -> [u8; 32] {
+    sealer.seal("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()])
+}
+
+/// Finds a sale by receipt id or transaction id, verifying its seal.
+pub fn find_sale(conn: &Connection, sealer: &Sealer, column: SaleKey, value: &str) -> Result<Option<Sale>, QueueError> {
+    let sql = match column {
+        SaleKey::Receipt => "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE receipt_id = ?1",
+        SaleKey::Transaction => "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE transaction_id = ?1",
+    };
+    let found: Option<(String, String, String, Vec<u8>)> = conn
+        .prepare_cached(sql)?
+        .query_row([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((receipt, txn, body, seal)) = found else { return Ok(None) };
+    if !sealer.verify("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()], &seal) {
+        return Err(QueueError::Conflict(format!(
+            "the ledger record of receipt {receipt} has a seal that does not verify; it was altered outside the agent"
+        )));
+    }
+    serde_json::from_str(&body).map(Some).map_err(|e| QueueError::Storage(e.to_string()))
+}
+
+/// Which column names a sale.
+#[derive(Debug, Clone, Copy)]
+pub enum SaleKey {
+    Receipt,
+    Transaction,
+}

@@ -1,0 +1,165 @@
+//! Opening the queue database: pragmas, integrity check, migrations and the seal-key check.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::error::QueueError;
+use super::seal::Sealer;
+
+/// The database file's name inside the state directory.
+pub const DB_FILE: &str = "queue.db";
+
+/// Schema versions, applied in order inside one transaction each. Never edit a released entry:
+/// add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+     CREATE TABLE sales (
+        receipt_id TEXT PRIMARY KEY,
+        transaction_id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        seal BLOB NOT NULL) STRICT;
+     CREATE TABLE refunds (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        receipt_id TEXT,
+        currency TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        seal BLOB NOT NULL) STRICT;
+     CREATE INDEX refunds_by_receipt ON refunds(receipt_id);
+     CREATE INDEX refunds_by_state ON refunds(state, seq);
+     CREATE TABLE deliveries (
+        refund_id TEXT NOT NULL REFERENCES refunds(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        destination TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        remote_id TEXT,
+        last_error TEXT,
+        updated_at INTEGER NOT NULL,
+        seal BLOB NOT NULL,
+        PRIMARY KEY (refund_id, position)) STRICT;
+     CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
+     CREATE TABLE idempotency_keys (
+        key TEXT PRIMARY KEY,
+        fingerprint BLOB NOT NULL,
+        refund_id TEXT NOT NULL REFERENCES refunds(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL) STRICT;
+     CREATE INDEX idempotency_by_refund ON idempotency_keys(refund_id);
+     CREATE TABLE quarantine (
+        refund_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        at INTEGER NOT NULL) STRICT;
+     CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        refund_id TEXT,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL) STRICT;",
+];
+
+/// Opens (creating if needed) the queue in `state_dir`, refusing to start on a damaged file or
+/// on a database sealed with another key.
+pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError> {
+    create_state_dir(state_dir)?;
+    let path = state_dir.join(DB_FILE);
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| QueueError::Open { path: path.clone(), message: e.to_string() })?;
+    configure(&conn, &path)?;
+    integrity_check(&conn, &path)?;
+    migrate(&conn)?;
+    check_key(&conn, sealer)?;
+    Ok(conn)
+}
+
+fn create_state_dir(dir: &Path) -> Result<(), QueueError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| QueueError::Open { path: dir.to_path_buf(), message: e.to_string() })?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| QueueError::Open { path: dir.to_path_buf(), message: e.to_string() })
+}
+
+/// WAL + `synchronous=FULL`: every COMMIT is on disk before it returns, so an acknowledged
+/// refund survives a power cut. Foreign keys keep deliveries tied to their refund.
+fn configure(conn: &Connection, path: &Path) -> Result<(), QueueError> {
+    let damaged = |e: rusqlite::Error| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() };
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(damaged)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(QueueError::Open { path: path.to_path_buf(), message: format!("journal mode is {mode}, not WAL") });
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA trusted_schema=OFF;",
+    )
+    .map_err(damaged)
+}
+
+fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() })?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() })?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(());
+    }
+    Err(QueueError::Damaged { path: path.to_path_buf(), message: lines.join("; ") })
+}
+
+fn migrate(conn: &Connection) -> Result<(), QueueError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(QueueError::TooNew { found: version, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let next = i as i64 + 1;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"))
+            .inspect_err(|_| {
+                let _ = conn.execute_batch("ROLLBACK");
+            })?;
+    }
+    Ok(())
+}
+
+fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    let check = sealer.key_check();
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'seal_key_check'", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    match stored {
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('seal_key_check', ?1)", [&check])?;
+            Ok(())
+        }
+        Some(stored) if stored == check => Ok(()),
+        Some(_) => Err(QueueError::KeyMismatch),
+    }
+}
+
+/// The path of the database inside a state directory.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(DB_FILE)
+}

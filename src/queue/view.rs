@@ -1,0 +1,56 @@
+//! What the queue shows of refunds: the shapes returned by the control API and printed by the
+//! CLI. Plain data, serialisable both ways.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A refund with its deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefundView {
+    pub id: String,
+    /// `queued`, `delivered`, `declined`, `failed`, `unknown`, `cancelled`, `expired`, or
+    /// `quarantined` when a seal did not verify.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_reason: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub receipt_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub reason: String,
+    pub operator: String,
+    pub manager_approval: Option<String>,
+    pub unlinked: bool,
+    pub created_at: String,
+    pub balance_after: Option<String>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// One delivery of a refund.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryView {
+    pub destination: String,
+    pub state: String,
+    pub attempts: i64,
+    pub remote_id: Option<String>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (pending deliveries only).
+    pub next_attempt_at: Option<String>,
+    pub updated_at: String,
+}
+
+/// Queue-wide figures for `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueueStatus {
+    /// Refunds per state (every state listed, zeros included).
+    pub refunds: BTreeMap<String, u64>,
+    pub quarantined: u64,
+    /// Age in seconds of the oldest refund still waiting for delivery.
+    pub oldest_pending_age_s: Option<i64>,
+    /// Undelivered amount per currency.
+    pub pending_amount: BTreeMap<String, String>,
+    /// Deliveries per destination and state.
+    pub deliveries: BTreeMap<String, BTreeMap<String, u64>>,
+    pub last_delivered_at: Option<String>,
+}

@@ -1,0 +1,156 @@
+//! What a cashier asks for: the fields of a terminal `refund` event or `POST /v1/refunds`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::rejection::{RejectCode, Rejection};
+use crate::sale::CardRef;
+
+/// The longest free text accepted in `reason`, `operator` and ids; longer input is refused
+/// rather than cut, so nobody is surprised by what was recorded.
+pub const MAX_TEXT: usize = 500;
+
+/// A refund request before validation. Amounts are strings, parsed by validation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RefundDraft {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_transaction_id: Option<String>,
+    pub amount: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    pub reason: String,
+    pub operator: String,
+    /// A tax / discount breakdown; without one, the subtotal rule applies (seed 002).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<String>,
+    /// The id of the manager who approved a refund above the per-refund limit or unlinked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_approval: Option<String>,
+    /// The card presented for a card-present refund; reduced to BIN + last 4 on the way in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_pan: Option<String>,
+}
+
+/// How a draft names its original sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaleRef {
+    Receipt(String),
+    Transaction(String),
+}
+
+impl RefundDraft {
+    /// Checks the shape of the draft (required text present, not too long) and reduces any card
+    /// number to its masked form, so that nothing downstream — not even the idempotency
+    /// fingerprint — ever sees a full PAN.
+    pub fn normalized(mut self) -> Result<RefundDraft, Rejection> {
+        let invalid = |m: String| Rejection::new(RejectCode::InvalidRequest, m);
+        for (name, value) in [("reason", &self.reason), ("operator", &self.operator)] {
+            if value.trim().is_empty() {
+                return Err(invalid(format!("field `{name}` must not be empty")));
+            }
+        }
+        let texts = [
+            ("receipt_id", self.receipt_id.as_deref()),
+            ("original_transaction_id", self.original_transaction_id.as_deref()),
+            ("reason", Some(self.reason.as_str())),
+            ("operator", Some(self.operator.as_str())),
+            ("manager_approval", self.manager_approval.as_deref()),
+        ];
+        for (name, value) in texts {
+            if value.is_some_and(|v| v.chars().count() > MAX_TEXT) {
+                return Err(invalid(format!("field `{name}` is longer than {MAX_TEXT} characters")));
+            }
+        }
+        self.manager_approval = self.manager_approval.filter(|m| !m.trim().is_empty());
+        if let Some(pan) = self.masked_pan.take().filter(|p| !p.trim().is_empty()) {
+            let card = CardRef::from_pan_text(&pan).ok_or_else(|| {
+                invalid("field `masked_pan` must end with the card's last 4 digits".into())
+            })?;
+            self.masked_pan = Some(card.masked());
+        }
+        self.sale_ref()?;
+        Ok(self)
+    }
+
+    /// The original sale the draft names: exactly one of `receipt_id` and
+    /// `original_transaction_id`.
+    pub fn sale_ref(&self) -> Result<SaleRef, Rejection> {
+        let receipt = self.receipt_id.as_deref().filter(|s| !s.trim().is_empty());
+        let txn = self.original_transaction_id.as_deref().filter(|s| !s.trim().is_empty());
+        match (receipt, txn) {
+            (Some(r), None) => Ok(SaleRef::Receipt(r.to_string())),
+            (None, Some(t)) => Ok(SaleRef::Transaction(t.to_string())),
+            (None, None) => Err(Rejection::new(
+                RejectCode::InvalidRequest,
+                "name the original sale with `receipt_id` or `original_transaction_id`",
+            )),
+            (Some(_), Some(_)) => Err(Rejection::new(
+                RejectCode::InvalidRequest,
+                "give either `receipt_id` or `original_transaction_id`, not both",
+            )),
+        }
+    }
+
+    /// A digest of the normalized draft, stored with an idempotency key to tell a true retry
+    /// (same body) from a reused key (different body). Field order is the struct's, so the
+    /// digest is stable.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest(&canonical).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft() -> RefundDraft {
+        RefundDraft {
+            receipt_id: Some("RCP-1".into()),
+            amount: "5.00".into(),
+            reason: "returned".into(),
+            operator: "emp_42".into(),
+            ..RefundDraft::default()
+        }
+    }
+
+    #[test]
+    fn missing_field_is_named_by_the_parser() {
+        let err = serde_json::from_str::<RefundDraft>(r#"{"receipt_id":"R","reason":"x","operator":"o"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("missing field `amount`"), "{err}");
+    }
+
+    #[test]
+    fn a_sale_must_be_named_once() {
+        let mut d = draft();
+        d.receipt_id = None;
+        assert_eq!(d.clone().normalized().unwrap_err().code, RejectCode::InvalidRequest);
+        d.receipt_id = Some("R".into());
+        d.original_transaction_id = Some("T".into());
+        assert_eq!(d.normalized().unwrap_err().code, RejectCode::InvalidRequest);
+    }
+
+    #[test]
+    fn a_full_pan_never_reaches_the_fingerprint() {
+        let mut d = draft();
+        d.masked_pan = Some("4111111111111111".into());
+        let n = d.normalized().unwrap();
+        assert_eq!(n.masked_pan.as_deref(), Some("411111******1111"));
+        let masked = RefundDraft { masked_pan: Some("411111******1111".into()), ..draft() };
+        assert_eq!(n.fingerprint(), masked.fingerprint());
+    }
+
+    #[test]
+    fn fingerprint_tells_bodies_apart() {
+        let a = draft();
+        let b = RefundDraft { amount: "6.00".into(), ..draft() };
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), draft().fingerprint());
+    }
+}

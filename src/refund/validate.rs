@@ -1,0 +1,308 @@
+//! The rules of SPEC section 5, applied to a draft and the facts the queue read inside the same
+//! write transaction that will store the refund (so no two refunds can both pass a limit that
+//! only one of them fits under).
+
+use rust_decimal::Decimal;
+
+use super::draft::RefundDraft;
+use super::rejection::{RejectCode, Rejection};
+use super::{RefundId, ValidRefund};
+use crate::money::{parse_amount, parse_non_negative, Currency};
+use crate::sale::{CardRef, Sale};
+
+/// Limits from config (`[limits]`), applied to every new refund.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub terminal_id: String,
+    pub default_currency: Currency,
+    /// Above this a manager approval is required.
+    pub max_refund: Option<Decimal>,
+    /// The most that may be undelivered at once, per currency (the exposure cap).
+    pub max_pending_total: Option<Decimal>,
+    pub max_queue_len: Option<u64>,
+    pub allow_unlinked: bool,
+}
+
+/// What the queue knows at the moment of the refund.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The original sale, if the ledger has it.
+    pub sale: Option<Sale>,
+    /// The sum of the sale's earlier refunds that still count (not cancelled or declined).
+    pub refunded_before: Decimal,
+    /// The undelivered total in the refund's currency (for the exposure cap).
+    pub pending_in_currency: Decimal,
+    /// Refunds not yet finished (for the queue length cap).
+    pub queue_len: u64,
+}
+
+/// Applies every rule, in an order that reports the most useful reason first.
+pub fn validate(
+    draft: &RefundDraft,
+    facts: &Facts,
+    policy: &Policy,
+    id: RefundId,
+    now_ms: i64,
+) -> Result<ValidRefund, Rejection> {
+    let sale_ref = draft.sale_ref()?;
+    let reject = |code: RejectCode, message: String| Rejection::new(code, message);
+
+    let currency = currency_of(draft, facts.sale.as_ref(), policy.default_currency)?;
+    let amount = parse_amount(&draft.amount, currency)
+        .map_err(|e| reject(RejectCode::InvalidAmount, e.to_string()))?;
+    let breakdown = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| parse_non_negative(v, currency))
+            .transpose()
+            .map_err(|e| reject(RejectCode::InvalidAmount, format!("field `{field}`: {e}")))
+    };
+    let tax = breakdown("tax", &draft.tax)?;
+    let discount = breakdown("discount", &draft.discount)?;
+
+    if let (Some(max), Some(len)) = (policy.max_queue_len, Some(facts.queue_len)) {
+        if len >= max {
+            return Err(reject(
+                RejectCode::QueueFull,
+                format!("the queue already holds {len} undelivered refunds, the configured maximum"),
+            ));
+        }
+    }
+
+    let balance_after = match &facts.sale {
+        None => {
+            if !policy.allow_unlinked {
+                let what = match &sale_ref {
+                    super::SaleRef::Receipt(r) => format!("receipt {r}"),
+                    super::SaleRef::Transaction(t) => format!("transaction {t}"),
+                };
+                return Err(reject(
+                    RejectCode::UnknownSale,
+                    format!("{what} is not in the sales ledger"),
+                ));
+            }
+            if draft.manager_approval.is_none() {
+                return Err(reject(
+                    RejectCode::ManagerApprovalRequired,
+                    "a refund without a known original sale needs a manager approval".to_string(),
+                ));
+            }
+            None
+        }
+        Some(sale) => {
+            check_card(draft, sale)?;
+            let refundable = sale.total - facts.refunded_before;
+            if amount > refundable {
+                return Err(reject(
+                    RejectCode::OverRefund,
+                    format!(
+                        "refundable balance is {} {currency}",
+                        currency.format(refundable.max(Decimal::ZERO))
+                    ),
+                ));
+            }
+            if tax.is_none() && discount.is_none() && amount > sale.subtotal {
+                return Err(reject(
+                    RejectCode::OverSubtotal,
+                    format!(
+                        "without a tax/discount breakdown a refund may not exceed the order subtotal of {} {currency}",
+                        currency.format(sale.subtotal)
+                    ),
+                ));
+            }
+            Some(refundable - amount)
+        }
+    };
+
+    if let Some(max) = policy.max_refund {
+        if amount > max && draft.manager_approval.is_none() {
+            return Err(reject(
+                RejectCode::ManagerApprovalRequired,
+                format!(
+                    "refunds above {} {currency} need a manager approval",
+                    currency.format(max)
+                ),
+            ));
+        }
+    }
+    if let Some(cap) = policy.max_pending_total {
+        if facts.pending_in_currency + amount > cap {
+            return Err(reject(
+                RejectCode::ExposureCap,
+                format!(
+                    "{} {currency} is already waiting to be delivered; the limit while offline is {} {currency}",
+                    currency.format(facts.pending_in_currency),
+                    currency.format(cap)
+                ),
+            ));
+        }
+    }
+
+    let (receipt_id, transaction_id) = match (&facts.sale, sale_ref) {
+        (Some(sale), _) => (Some(sale.receipt_id.clone()), Some(sale.transaction_id.clone())),
+        (None, super::SaleRef::Receipt(r)) => (Some(r), None),
+        (None, super::SaleRef::Transaction(t)) => (None, Some(t)),
+    };
+    Ok(ValidRefund {
+        id,
+        created_at_ms: now_ms,
+        terminal_id: policy.terminal_id.clone(),
+        currency,
+        amount,
+        tax,
+        discount,
+        reason: draft.reason.trim().to_string(),
+        operator: draft.operator.trim().to_string(),
+        manager_approval: draft.manager_approval.clone(),
+        unlinked: facts.sale.is_none(),
+        receipt_id,
+        transaction_id,
+        sale: facts.sale.clone(),
+        balance_after,
+    })
+}
+
+fn currency_of(draft: &RefundDraft, sale: Option<&Sale>, default: Currency) -> Result<Currency, Rejection> {
+    let asked = draft
+        .currency
+        .as_deref()
+        .map(str::parse::<Currency>)
+        .transpose()
+        .map_err(|e| Rejection::new(RejectCode::InvalidAmount, e.to_string()))?;
+    match (sale, asked) {
+        (Some(sale), Some(asked)) if asked != sale.currency => Err(Rejection::new(
+            RejectCode::CurrencyMismatch,
+            format!("the original sale was paid in {}, not {asked}", sale.currency),
+        )),
+        (Some(sale), _) => Ok(sale.currency),
+        (None, asked) => Ok(asked.unwrap_or(default)),
+    }
+}
+
+/// The card-present check: where the sale names a card and a card was presented, their last 4
+/// digits must match.
+fn check_card(draft: &RefundDraft, sale: &Sale) -> Result<(), Rejection> {
+    let presented = draft.masked_pan.as_deref().and_then(CardRef::from_pan_text);
+    if let (Some(presented), Some(original)) = (presented, &sale.card) {
+        if presented.last4 != original.last4 {
+            return Err(Rejection::new(
+                RejectCode::CardMismatch,
+                format!(
+                    "the card presented ends in {}, the sale was paid with a card ending in {}",
+                    presented.last4, original.last4
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sale::tests::example_sale;
+    use std::str::FromStr;
+
+    fn policy() -> Policy {
+        Policy {
+            terminal_id: "till-01".into(),
+            default_currency: "USD".parse().unwrap(),
+            max_refund: Some(Decimal::from(50)),
+            max_pending_total: Some(Decimal::from(200)),
+            max_queue_len: Some(10),
+            allow_unlinked: false,
+        }
+    }
+
+    fn draft(amount: &str) -> RefundDraft {
+        RefundDraft {
+            receipt_id: Some("RCP-2025-001".into()),
+            amount: amount.into(),
+            reason: "returned".into(),
+            operator: "emp_42".into(),
+            ..RefundDraft::default()
+        }
+    }
+
+    fn facts() -> Facts {
+        Facts { sale: Some(example_sale()), ..Facts::default() }
+    }
+
+    fn code(d: &RefundDraft, f: &Facts, p: &Policy) -> RejectCode {
+        validate(d, f, p, RefundId::new(), 0).unwrap_err().code
+    }
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_good_refund_carries_the_sale_and_balance() {
+        let r = validate(&draft("5"), &facts(), &policy(), RefundId::new(), 7).unwrap();
+        assert_eq!(r.currency.format(r.amount), "5.00");
+        assert_eq!(r.balance_after, Some(dec("95.00")));
+        assert_eq!(r.transaction_id.as_deref(), Some("txn_123"));
+        assert!(!r.unlinked);
+    }
+
+    #[test]
+    fn bad_amounts_are_invalid_amount() {
+        for bad in ["1e3", "-5", "0.001", "abc", "0"] {
+            assert_eq!(code(&draft(bad), &facts(), &policy()), RejectCode::InvalidAmount, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cumulative_refunds_stay_within_the_captured_total() {
+        let f = Facts { refunded_before: dec("97.00"), ..facts() };
+        let err = validate(&draft("5.00"), &f, &policy(), RefundId::new(), 0).unwrap_err();
+        assert_eq!(err.code, RejectCode::OverRefund);
+        assert_eq!(err.message, "refundable balance is 3.00 USD");
+        assert!(validate(&draft("3.00"), &f, &policy(), RefundId::new(), 0).is_ok());
+    }
+
+    #[test]
+    fn without_breakdown_the_subtotal_caps_the_amount() {
+        let p = Policy { max_refund: None, ..policy() };
+        assert_eq!(code(&draft("95.00"), &facts(), &p), RejectCode::OverSubtotal);
+        let with_tax = RefundDraft { tax: Some("5.00".into()), ..draft("95.00") };
+        assert!(validate(&with_tax, &facts(), &p, RefundId::new(), 0).is_ok());
+    }
+
+    #[test]
+    fn large_refunds_need_a_manager() {
+        assert_eq!(code(&draft("60.00"), &facts(), &policy()), RejectCode::ManagerApprovalRequired);
+        let approved = RefundDraft { manager_approval: Some("mgr_1".into()), ..draft("60.00") };
+        assert!(validate(&approved, &facts(), &policy(), RefundId::new(), 0).is_ok());
+    }
+
+    #[test]
+    fn exposure_cap_and_queue_length() {
+        let f = Facts { pending_in_currency: dec("199.00"), ..facts() };
+        assert_eq!(code(&draft("5.00"), &f, &policy()), RejectCode::ExposureCap);
+        let f = Facts { queue_len: 10, ..facts() };
+        assert_eq!(code(&draft("5.00"), &f, &policy()), RejectCode::QueueFull);
+    }
+
+    #[test]
+    fn unknown_sales_need_config_and_a_manager() {
+        let none = Facts::default();
+        assert_eq!(code(&draft("5.00"), &none, &policy()), RejectCode::UnknownSale);
+        let p = Policy { allow_unlinked: true, ..policy() };
+        assert_eq!(code(&draft("5.00"), &none, &p), RejectCode::ManagerApprovalRequired);
+        let approved = RefundDraft { manager_approval: Some("mgr".into()), ..draft("5.00") };
+        let r = validate(&approved, &none, &p, RefundId::new(), 0).unwrap();
+        assert!(r.unlinked);
+        assert_eq!(r.currency.code(), "USD");
+    }
+
+    #[test]
+    fn card_and_currency_must_match_the_sale() {
+        let wrong_card = RefundDraft { masked_pan: Some("411111******1111".into()), ..draft("5") };
+        assert_eq!(code(&wrong_card, &facts(), &policy()), RejectCode::CardMismatch);
+        let right_card = RefundDraft { masked_pan: Some("************2257".into()), ..draft("5") };
+        assert!(validate(&right_card, &facts(), &policy(), RefundId::new(), 0).is_ok());
+        let eur = RefundDraft { currency: Some("EUR".into()), ..draft("5") };
+        assert_eq!(code(&eur, &facts(), &policy()), RejectCode::CurrencyMismatch);
+    }
+}

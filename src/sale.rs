@@ -1,0 +1,255 @@
+//! The sales ledger's record: an original sale, as the terminal's `receipt` event or
+//! `POST /v1/receipts` describes it. Refunds are validated offline against these records.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{parse_non_negative, AmountError, Currency};
+
+/// A sale as it arrives from outside (terminal event or control API): amounts still strings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SaleInput {
+    pub receipt_id: String,
+    pub transaction_id: String,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    pub currency: String,
+    pub total: String,
+    pub subtotal: String,
+    #[serde(default)]
+    pub tax: Option<String>,
+    #[serde(default)]
+    pub discount: Option<String>,
+    #[serde(default)]
+    pub payment_method: Option<String>,
+    #[serde(default)]
+    pub processor: Option<String>,
+    #[serde(default)]
+    pub processor_payment_id: Option<String>,
+    #[serde(default)]
+    pub masked_pan: Option<String>,
+    #[serde(default)]
+    pub captured_at: Option<String>,
+    #[serde(default)]
+    pub items: Vec<LineItemInput>,
+}
+
+/// One line of a sale as it arrives from outside.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LineItemInput {
+    pub name: String,
+    pub quantity: u32,
+    pub price: String,
+    pub total: String,
+    pub product_id: String,
+    pub variant_id: String,
+    #[serde(default)]
+    pub sku: Option<String>,
+}
+
+/// A validated original sale. Card data is reduced to BIN and last 4 digits on the way in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sale {
+    pub receipt_id: String,
+    pub transaction_id: String,
+    pub order_id: Option<String>,
+    pub session_id: Option<String>,
+    pub currency: Currency,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub tax: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub discount: Option<Decimal>,
+    pub payment_method: Option<String>,
+    pub processor: Option<String>,
+    pub processor_payment_id: Option<String>,
+    pub card: Option<CardRef>,
+    pub captured_at: Option<String>,
+    pub items: Vec<LineItem>,
+}
+
+/// A sale line, with the product and variant ids Final POS requires on refund lines.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LineItem {
+    pub name: String,
+    pub quantity: u32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub product_id: String,
+    pub variant_id: String,
+    pub sku: Option<String>,
+}
+
+/// What the agent keeps of a card: at most the BIN (first 6) and the last 4 digits
+/// (PCI DSS 3.3/3.4). Built only from digits, so a full PAN can never pass through it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CardRef {
+    pub bin: Option<String>,
+    pub last4: String,
+}
+
+impl CardRef {
+    /// Reduces a masked (or, by mistake, a full) card number to BIN + last 4. Returns `None`
+    /// when fewer than 4 digits end the text, since then nothing identifies the card.
+    pub fn from_pan_text(text: &str) -> Option<CardRef> {
+        let chars: Vec<char> = text.trim().chars().collect();
+        let tail: String = chars.iter().rev().take(4).rev().collect();
+        if tail.len() != 4 || !tail.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let head: String = chars.iter().take(6).collect();
+        let bin = (chars.len() >= 10 && head.chars().all(|c| c.is_ascii_digit())).then_some(head);
+        Some(CardRef { bin, last4: tail })
+    }
+
+    /// The masked form shown and sent: `530957******2257` or `************2257`.
+    pub fn masked(&self) -> String {
+        match &self.bin {
+            Some(bin) => format!("{bin}******{}", self.last4),
+            None => format!("************{}", self.last4),
+        }
+    }
+}
+
+/// Why a sale was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaleError {
+    #[error("field `{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("field `{field}`: {source}")]
+    Amount { field: &'static str, source: AmountError },
+    #[error("subtotal {subtotal} is larger than total {total}")]
+    SubtotalAboveTotal { subtotal: String, total: String },
+    #[error("field `masked_pan` must end with the card's last 4 digits")]
+    BadCard,
+}
+
+impl Sale {
+    /// Validates a sale from outside and reduces its card data.
+    pub fn from_input(input: SaleInput) -> Result<Sale, SaleError> {
+        require("receipt_id", &input.receipt_id)?;
+        require("transaction_id", &input.transaction_id)?;
+        let currency: Currency = input
+            .currency
+            .parse()
+            .map_err(|source| SaleError::Amount { field: "currency", source })?;
+        let amount = |field: &'static str, text: &str| {
+            parse_non_negative(text, currency).map_err(|source| SaleError::Amount { field, source })
+        };
+        let total = amount("total", &input.total)?;
+        let subtotal = amount("subtotal", &input.subtotal)?;
+        if subtotal > total && input.discount.is_none() {
+            return Err(SaleError::SubtotalAboveTotal {
+                subtotal: input.subtotal,
+                total: input.total,
+            });
+        }
+        let tax = input.tax.as_deref().map(|t| amount("tax", t)).transpose()?;
+        let discount = input.discount.as_deref().map(|d| amount("discount", d)).transpose()?;
+        let card = match input.masked_pan.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(CardRef::from_pan_text(text).ok_or(SaleError::BadCard)?),
+        };
+        let mut items = Vec::with_capacity(input.items.len());
+        for item in input.items {
+            require("items.product_id", &item.product_id)?;
+            require("items.variant_id", &item.variant_id)?;
+            items.push(LineItem {
+                price: amount("items.price", &item.price)?,
+                total: amount("items.total", &item.total)?,
+                name: item.name,
+                quantity: item.quantity,
+                product_id: item.product_id,
+                variant_id: item.variant_id,
+                sku: item.sku,
+            });
+        }
+        Ok(Sale {
+            receipt_id: input.receipt_id,
+            transaction_id: input.transaction_id,
+            order_id: non_empty(input.order_id),
+            session_id: non_empty(input.session_id),
+            currency,
+            total,
+            subtotal,
+            tax,
+            discount,
+            payment_method: non_empty(input.payment_method),
+            processor: non_empty(input.processor),
+            processor_payment_id: non_empty(input.processor_payment_id),
+            card,
+            captured_at: non_empty(input.captured_at),
+            items,
+        })
+    }
+}
+
+fn require(field: &'static str, value: &str) -> Result<(), SaleError> {
+    if value.trim().is_empty() {
+        return Err(SaleError::Empty(field));
+    }
+    Ok(())
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The receipt of SPEC section 3, used across the crate's unit tests.
+    pub(crate) fn example_input() -> SaleInput {
+        serde_json::from_str(
+            r#"{"receipt_id":"RCP-2025-001","transaction_id":"txn_123","order_id":"507f1f77bcf86cd799439013",
+            "session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00",
+            "discount":"0.00","payment_method":"credit_card","processor":"gateway","processor_payment_id":"882",
+            "masked_pan":"530957******2257","captured_at":"2026-11-20T10:15:00Z",
+            "items":[{"name":"Sweet Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"}]}"#,
+        )
+        .expect("the example receipt parses")
+    }
+
+    pub(crate) fn example_sale() -> Sale {
+        Sale::from_input(example_input()).expect("the example receipt is valid")
+    }
+
+    #[test]
+    fn example_receipt_is_accepted() {
+        let sale = example_sale();
+        assert_eq!(sale.total.to_string(), "100.00");
+        assert_eq!(sale.card, Some(CardRef { bin: Some("530957".into()), last4: "2257".into() }));
+        assert_eq!(sale.items[0].product_id, "p1");
+    }
+
+    #[test]
+    fn a_full_pan_is_reduced_to_bin_and_last4() {
+        let mut input = example_input();
+        input.masked_pan = Some("5309570000002257".into());
+        let sale = Sale::from_input(input).unwrap();
+        let stored = serde_json::to_string(&sale).unwrap();
+        assert!(!stored.contains("5309570000002257"));
+        assert_eq!(sale.card.unwrap().masked(), "530957******2257");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut input = example_input();
+        input.total = "1e3".into();
+        let err = Sale::from_input(input).unwrap_err();
+        assert!(err.to_string().contains("`total`"), "{err}");
+        let mut input = example_input();
+        input.receipt_id = " ".into();
+        assert_eq!(Sale::from_input(input).unwrap_err(), SaleError::Empty("receipt_id"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Local stand-ins for the cloud APIs, on loopback ports: the demo runs against them, and the
+//! integration tests use them as the servers at the other end. They follow the vendors' seed
+//! pages (required fields, auth headers, error bodies) and can be told to misbehave the way real
+//! networks do.
+
+pub mod finalpos;
+pub mod server;
+
+pub use finalpos::FinalPosSandbox;
+pub use server::Fault;

@@ -1,0 +1,73 @@
+//! Retry decisions as data: what the queue records for a connector's [`Attempt`]. Pure.
+
+use std::time::Duration;
+
+use crate::destinations::{Attempt, Capability};
+use crate::queue::Recorded;
+
+/// Exponential backoff with full jitter, capped: a random delay in `[0, min(max, initial·2ⁿ⁻¹)]`
+/// for the n-th attempt, but never less than what the server asked for in `Retry-After`.
+/// `unit` is a random number in `[0, 1)`.
+pub fn backoff(attempts: i64, initial: Duration, max: Duration, retry_after: Option<Duration>, unit: f64) -> Duration {
+    let exp = attempts.clamp(1, 32) - 1;
+    let ceiling = initial.saturating_mul(1u32 << exp.min(31)).min(max);
+    let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
+    match retry_after {
+        Some(asked) => jittered.max(asked),
+        None => jittered,
+    }
+}
+
+/// Maps an attempt to what is recorded. An ambiguous request is retried only where the
+/// destination deduplicates; elsewhere it becomes `unknown` for a person, never a second payment.
+pub fn decide(attempt: Attempt, capability: Capability, now_ms: i64, delay: impl Fn(Option<Duration>) -> Duration) -> Recorded {
+    let retry_at = |after: Option<Duration>| now_ms + delay(after).as_millis() as i64;
+    match attempt {
+        Attempt::Delivered { remote_id } => Recorded::Delivered { remote_id },
+        Attempt::Progress { step, remote_id } => Recorded::Progress { step, remote_id },
+        Attempt::Declined(error) => Recorded::Declined { error },
+        Attempt::Failed(error) => Recorded::Failed { error },
+        Attempt::Transient { retry_after, error } => Recorded::Retry { at_ms: retry_at(retry_after), error },
+        Attempt::Ambiguous(error) if capability.dedup => Recorded::Retry {
+            at_ms: retry_at(None),
+            error: format!("no answer ({error}); sending again, the destination deduplicates"),
+        },
+        Attempt::Ambiguous(error) => Recorded::Unknown {
+            error: format!("no answer ({error}); the destination may have processed it and does not deduplicate: resolve by hand"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn ambiguous_is_retried_only_with_dedup() {
+        let dedup = Capability { dedup: true, moves_money: false };
+        let no_dedup = Capability { dedup: false, moves_money: true };
+        let a = || Attempt::Ambiguous("timeout".into());
+        assert!(matches!(decide(a(), dedup, 0, |_| S), Recorded::Retry { at_ms: 1000, .. }));
+        assert!(matches!(decide(a(), no_dedup, 0, |_| S), Recorded::Unknown { .. }));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let d = backoff(1, S, Duration::from_secs(300), Some(Duration::from_secs(30)), 0.0);
+        assert_eq!(d, Duration::from_secs(30));
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_its_ceiling(attempts in 0i64..10_000, unit in 0.0f64..1.0) {
+            let max = Duration::from_secs(300);
+            let d = backoff(attempts, S, max, None, unit);
+            prop_assert!(d <= max);
+            let ceiling = S.saturating_mul(1u32 << (attempts.clamp(1, 32) - 1).min(31) as u32).min(max);
+            prop_assert!(d <= ceiling);
+        }
+    }
+}
