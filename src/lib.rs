@@ -15,17 +15,17 @@
 //! - [`sandbox`], [`demo`] — local stand-ins for the cloud APIs and the guided demo.
 //! - [`cli`] — the command line.
 
+pub mod cli;
 pub mod clock;
-pub mod money;
-pub mod sale;
-pub mod refund;
-pub mod routing;
-pub mod queue;
 pub mod config;
-pub mod destinations;
-pub mod sync;
 pub mod control;
 pub mod daemon;
-pub mod sandbox;
 pub mod demo;
-pub mod cli;
+pub mod destinations;
+pub mod money;
+pub mod queue;
+pub mod refund;
+pub mod routing;
+pub mod sale;
+pub mod sandbox;
+pub mod sync;

@@ -1,6 +1,6 @@
 //! `refund-agent`: the command-line entry point. Glue only; see the library for the product.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +12,11 @@ use refund_agent::{daemon, demo};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Demo));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -26,17 +30,21 @@ fn init_logging(quiet: bool) {
     let default = if quiet { "error" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
-fn load_config(path: &PathBuf) -> Result<Config, u8> {
+fn load_config(path: &Path) -> Result<Config, u8> {
     Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE
     })
 }
 
-fn client(socket: &Option<PathBuf>, config: &PathBuf) -> Result<ControlClient, u8> {
+fn client(socket: &Option<PathBuf>, config: &Path) -> Result<ControlClient, u8> {
     match socket {
         Some(s) => Ok(ControlClient::new(s)),
         None => load_config(config).map(|c| ControlClient::new(&c.socket)),
@@ -58,7 +66,9 @@ async fn dispatch(cli: Cli) -> u8 {
                     tracing::error!(error = %e, "refund-agent cannot start");
                     eprintln!("error: {e}");
                     match e {
-                        daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => exit::USAGE,
+                        daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => {
+                            exit::USAGE
+                        }
                         _ => exit::ERROR,
                     }
                 }
@@ -92,7 +102,7 @@ async fn dispatch(cli: Cli) -> u8 {
 }
 
 /// Loads the config, reads every secret with its permission check, and builds the connectors.
-fn check_config(path: &PathBuf) -> u8 {
+fn check_config(path: &Path) -> u8 {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -117,10 +127,19 @@ fn check_config(path: &PathBuf) -> u8 {
     println!("  state dir:    {}", config.state_dir.display());
     println!("  socket:       {}", config.socket.display());
     for d in &config.destinations {
-        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url);
+        println!(
+            "  destination:  {} ({}, {})",
+            d.name,
+            d.kind.name(),
+            d.base_url
+        );
     }
     for r in &config.routes {
-        println!("  route:        processor {} -> {}", r.processor, r.destinations.join(", "));
+        println!(
+            "  route:        processor {} -> {}",
+            r.processor,
+            r.destinations.join(", ")
+        );
     }
     exit::OK
 }

@@ -18,15 +18,69 @@ const MAX_INTEGER_DIGITS: usize = 15;
 /// ISO 4217 codes with their minor units. Only currencies listed here are accepted: a typo in a
 /// currency code must be refused, not settled with a guessed number of decimals.
 const CURRENCIES: &[(&str, u32)] = &[
-    ("AED", 2), ("ARS", 2), ("AUD", 2), ("BGN", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2),
-    ("CHF", 2), ("CLP", 0), ("CNY", 2), ("COP", 2), ("CZK", 2), ("DKK", 2), ("EGP", 2),
-    ("EUR", 2), ("GBP", 2), ("GHS", 2), ("HKD", 2), ("HUF", 2), ("IDR", 2), ("ILS", 2),
-    ("INR", 2), ("IQD", 3), ("ISK", 0), ("JOD", 3), ("JPY", 0), ("KES", 2), ("KRW", 0),
-    ("KWD", 3), ("LYD", 3), ("MAD", 2), ("MXN", 2), ("MYR", 2), ("NGN", 2), ("NOK", 2),
-    ("NZD", 2), ("OMR", 3), ("PEN", 2), ("PHP", 2), ("PKR", 2), ("PLN", 2), ("PYG", 0),
-    ("QAR", 2), ("RON", 2), ("RSD", 2), ("RWF", 0), ("SAR", 2), ("SEK", 2), ("SGD", 2),
-    ("SLE", 2), ("THB", 2), ("TND", 3), ("TRY", 2), ("TWD", 2), ("TZS", 2), ("UAH", 2),
-    ("UGX", 0), ("USD", 2), ("UYU", 2), ("VND", 0), ("XAF", 0), ("XOF", 0), ("ZAR", 2),
+    ("AED", 2),
+    ("ARS", 2),
+    ("AUD", 2),
+    ("BGN", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("COP", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EGP", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("GHS", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("IQD", 3),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KES", 2),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("LYD", 3),
+    ("MAD", 2),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("NGN", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PEN", 2),
+    ("PHP", 2),
+    ("PKR", 2),
+    ("PLN", 2),
+    ("PYG", 0),
+    ("QAR", 2),
+    ("RON", 2),
+    ("RSD", 2),
+    ("RWF", 0),
+    ("SAR", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("SLE", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("TZS", 2),
+    ("UAH", 2),
+    ("UGX", 0),
+    ("USD", 2),
+    ("UYU", 2),
+    ("VND", 0),
+    ("XAF", 0),
+    ("XOF", 0),
+    ("ZAR", 2),
 ];
 
 /// An ISO 4217 currency known to this build, with its number of minor units.
@@ -75,7 +129,10 @@ impl FromStr for Currency {
         CURRENCIES
             .iter()
             .find(|(code, _)| *code == upper)
-            .map(|(code, minor_units)| Currency { code, minor_units: *minor_units })
+            .map(|(code, minor_units)| Currency {
+                code,
+                minor_units: *minor_units,
+            })
             .ok_or_else(|| AmountError::UnknownCurrency(s.to_string()))
     }
 }
@@ -103,7 +160,11 @@ pub enum AmountError {
     #[error("amount {0:?} must be greater than zero")]
     NotPositive(String),
     #[error("amount {amount:?} has more than {max} decimals, the most {currency} allows")]
-    TooManyDecimals { amount: String, currency: &'static str, max: u32 },
+    TooManyDecimals {
+        amount: String,
+        currency: &'static str,
+        max: u32,
+    },
     #[error("amount {0:?} is too large")]
     TooLarge(String),
     #[error("currency {0:?} is not a known ISO 4217 code")]
@@ -178,7 +239,10 @@ mod tests {
     #[test]
     fn accepts_whole_and_cent_amounts() {
         assert_eq!(usd().format(parse_amount("150", usd()).unwrap()), "150.00");
-        assert_eq!(usd().format(parse_amount("150.00", usd()).unwrap()), "150.00");
+        assert_eq!(
+            usd().format(parse_amount("150.00", usd()).unwrap()),
+            "150.00"
+        );
         assert_eq!(usd().format(parse_amount("0.01", usd()).unwrap()), "0.01");
         assert_eq!(usd().format(parse_amount("5.000", usd()).unwrap()), "5.00");
     }
@@ -186,14 +250,34 @@ mod tests {
     #[test]
     fn refuses_bad_forms_with_the_right_reason() {
         let u = usd();
-        assert!(matches!(parse_amount("1e3", u), Err(AmountError::NotDecimal(_))));
-        assert!(matches!(parse_amount("abc", u), Err(AmountError::NotDecimal(_))));
-        assert!(matches!(parse_amount("-5", u), Err(AmountError::NotPositive(_))));
-        assert!(matches!(parse_amount("0", u), Err(AmountError::NotPositive(_))));
-        assert!(matches!(parse_amount("0.00", u), Err(AmountError::NotPositive(_))));
-        assert!(matches!(parse_amount("0.001", u), Err(AmountError::TooManyDecimals { .. })));
+        assert!(matches!(
+            parse_amount("1e3", u),
+            Err(AmountError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            parse_amount("abc", u),
+            Err(AmountError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            parse_amount("-5", u),
+            Err(AmountError::NotPositive(_))
+        ));
+        assert!(matches!(
+            parse_amount("0", u),
+            Err(AmountError::NotPositive(_))
+        ));
+        assert!(matches!(
+            parse_amount("0.00", u),
+            Err(AmountError::NotPositive(_))
+        ));
+        assert!(matches!(
+            parse_amount("0.001", u),
+            Err(AmountError::TooManyDecimals { .. })
+        ));
         assert!(matches!(parse_amount("", u), Err(AmountError::Empty)));
-        for bad in [" 5", "5 ", "+5", ".5", "5.", "1,000.00", "NaN", "inf", "0x10", "５"] {
+        for bad in [
+            " 5", "5 ", "+5", ".5", "5.", "1,000.00", "NaN", "inf", "0x10", "５",
+        ] {
             assert!(parse_amount(bad, u).is_err(), "{bad:?} must be refused");
         }
         assert!(matches!(

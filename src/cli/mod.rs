@@ -21,7 +21,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "refund-agent", version, about = "Takes refunds at the till, keeps them safe offline, delivers them exactly once")]
+#[command(
+    name = "refund-agent",
+    version,
+    about = "Takes refunds at the till, keeps them safe offline, delivers them exactly once"
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "REFUND_AGENT_CONFIG", default_value = crate::config::DEFAULT_PATH)]
@@ -33,6 +37,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process; boxing the larger variants would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent (the daemon).
@@ -70,13 +76,17 @@ pub enum RefundCmd {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// The original sale's receipt id.
-    #[arg(long, conflicts_with = "transaction", required_unless_present = "transaction")]
+    #[arg(
+        long,
+        conflicts_with = "transaction",
+        required_unless_present = "transaction"
+    )]
     pub receipt: Option<String>,
     /// The original sale's transaction id (instead of --receipt).
     #[arg(long)]
     pub transaction: Option<String>,
     /// Amount as a decimal string, e.g. 5.00.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub amount: String,
     #[arg(long)]
     pub reason: String,

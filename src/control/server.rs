@@ -71,7 +71,9 @@ pub async fn bind_socket(path: &Path, group: Option<&str>) -> std::io::Result<Un
     if let Some(group) = group {
         let gid = nix::unistd::Group::from_name(group)
             .map_err(std::io::Error::other)?
-            .ok_or_else(|| std::io::Error::other(format!("control.socket_group: no group named {group:?}")))?
+            .ok_or_else(|| {
+                std::io::Error::other(format!("control.socket_group: no group named {group:?}"))
+            })?
             .gid;
         std::os::unix::fs::chown(path, None, Some(gid.as_raw()))?;
     }
@@ -89,7 +91,13 @@ impl IntoResponse for Failure {
 }
 
 fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
-    Failure(status, ApiError { code: code.into(), message: message.into() })
+    Failure(
+        status,
+        ApiError {
+            code: code.into(),
+            message: message.into(),
+        },
+    )
 }
 
 impl From<Rejection> for Failure {
@@ -119,15 +127,27 @@ impl From<QueueError> for Failure {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        failure(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("invalid JSON body: {e}"),
+        )
+    })
 }
 
-async fn create_refund(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, Failure> {
+async fn create_refund(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
             let k = v.to_str().ok().filter(|k| {
-                !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+                !k.is_empty()
+                    && k.len() <= MAX_IDEMPOTENCY_KEY
+                    && k.bytes().all(|b| b.is_ascii_graphic())
             });
             let k = k.ok_or_else(|| {
                 failure(
@@ -149,10 +169,17 @@ async fn create_refund(State(s): State<AppState>, headers: HeaderMap, body: Byte
     Ok((StatusCode::CREATED, Json(created.refund)).into_response())
 }
 
-async fn show_refund(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, Failure> {
+async fn show_refund(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, Failure> {
     match s.queue.refund(id.clone()).await? {
         Some(r) => Ok(Json(r).into_response()),
-        None => Err(failure(StatusCode::NOT_FOUND, "not_found", format!("no refund with id {id}"))),
+        None => Err(failure(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no refund with id {id}"),
+        )),
     }
 }
 
@@ -162,7 +189,10 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_refunds(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, Failure> {
+async fn list_refunds(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Failure> {
     if let Some(state) = &q.state {
         if state != "quarantined" {
             state
@@ -177,7 +207,11 @@ async fn list_refunds(State(s): State<AppState>, Query(q): Query<ListQuery>) -> 
 async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {
     let input: SaleInput = parse_json(&body)?;
     let added = s.queue.add_sale(input).await??;
-    let status = if added.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if added.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(added.sale)).into_response())
 }
 

@@ -51,9 +51,17 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, SendErro
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers(), SystemTime::now());
     match response.text().await {
-        Ok(body) => Ok(Response { status, retry_after, body }),
+        Ok(body) => Ok(Response {
+            status,
+            retry_after,
+            body,
+        }),
         // The status line arrived, so the server decided; only its details were lost.
-        Err(e) => Ok(Response { status, retry_after, body: format!("(body unreadable: {e})") }),
+        Err(e) => Ok(Response {
+            status,
+            retry_after,
+            body: format!("(body unreadable: {e})"),
+        }),
     }
 }
 
@@ -83,7 +91,10 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
     };
     Some(wait.min(MAX_RETRY_AFTER))
 }

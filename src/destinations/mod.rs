@@ -28,13 +28,19 @@ pub enum Attempt {
     /// The destination has the refund.
     Delivered { remote_id: Option<String> },
     /// One request of several succeeded; the next one follows at `step`.
-    Progress { step: i64, remote_id: Option<String> },
+    Progress {
+        step: i64,
+        remote_id: Option<String>,
+    },
     /// The destination refused this refund (its content or business rules).
     Declined(String),
     /// A permanent failure that is not about the refund (credentials, configuration).
     Failed(String),
     /// Nothing happened at the destination, or it asked us to come back: safe to send again.
-    Transient { retry_after: Option<Duration>, error: String },
+    Transient {
+        retry_after: Option<Duration>,
+        error: String,
+    },
     /// The request may have been processed but no answer came back.
     Ambiguous(String),
 }
@@ -47,7 +53,10 @@ pub enum Connector {
 
 impl Connector {
     /// Builds the connector for a configured destination, reading its secrets.
-    pub fn from_config(dest: &config::Destination, client: &reqwest::Client) -> Result<Connector, ConfigError> {
+    pub fn from_config(
+        dest: &config::Destination,
+        client: &reqwest::Client,
+    ) -> Result<Connector, ConfigError> {
         match &dest.kind {
             DestinationKind::FinalPos { api_key_file } => {
                 let key = config::read_secret(api_key_file)?;

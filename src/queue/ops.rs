@@ -13,7 +13,9 @@ use super::owner::Db;
 use super::rows::{self, DeliveryRow, RefundRow, SaleKey};
 use super::view::{DeliveryView, QueueStatus, RefundView};
 use crate::clock::rfc3339;
-use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef, ValidRefund};
+use crate::refund::{
+    validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef, ValidRefund,
+};
 use crate::sale::{Sale, SaleInput};
 
 /// A refund made (or found again by its idempotency key).
@@ -50,14 +52,20 @@ pub fn create_refund(
                     format!("this idempotency key was already used for refund {refund_id} with different details; use a new key for a new refund"),
                 )));
             }
-            let refund = view(db, &refund_id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {refund_id}")))?;
-            return Ok(Ok(Created { refund, replayed: true }));
+            let refund = view(db, &refund_id, now)?
+                .ok_or_else(|| QueueError::NotFound(format!("refund {refund_id}")))?;
+            return Ok(Ok(Created {
+                refund,
+                replayed: true,
+            }));
         }
     }
 
     let sale = match draft.sale_ref() {
         Ok(SaleRef::Receipt(r)) => rows::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
-        Ok(SaleRef::Transaction(t)) => rows::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
+        Ok(SaleRef::Transaction(t)) => {
+            rows::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?
+        }
         Err(r) => return Ok(Err(r)),
     };
     let facts = gather_facts(db, sale, &draft)?;
@@ -112,7 +120,10 @@ pub fn create_refund(
         )?;
     }
     let refund = view(db, &id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))?;
-    Ok(Ok(Created { refund, replayed: false }))
+    Ok(Ok(Created {
+        refund,
+        replayed: false,
+    }))
 }
 
 fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
@@ -139,7 +150,12 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
         [],
         |r| r.get(0),
     )?;
-    Ok(Facts { sale, refunded_before, pending_in_currency, queue_len: queue_len as u64 })
+    Ok(Facts {
+        sale,
+        refunded_before,
+        pending_in_currency,
+        queue_len: queue_len as u64,
+    })
 }
 
 /// Sums decimal amounts in Rust: SQLite would add them as floats.
@@ -149,8 +165,9 @@ fn sum(db: &Db<'_>, sql: &str, arg: &str) -> Result<Decimal, QueueError> {
     let mut total = Decimal::ZERO;
     for amount in amounts {
         let amount = amount?;
-        total += Decimal::from_str(&amount)
-            .map_err(|_| QueueError::Storage(format!("stored amount {amount:?} is not a decimal")))?;
+        total += Decimal::from_str(&amount).map_err(|_| {
+            QueueError::Storage(format!("stored amount {amount:?} is not a decimal"))
+        })?;
     }
     Ok(total)
 }
@@ -164,7 +181,11 @@ pub struct SaleAdded {
 
 /// Adds a sale to the ledger. The same receipt sent twice is accepted once; a receipt id or
 /// transaction id reused with other details is refused.
-pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAdded, Rejection>, QueueError> {
+pub fn add_sale(
+    db: &Db<'_>,
+    input: SaleInput,
+    now: i64,
+) -> Result<Result<SaleAdded, Rejection>, QueueError> {
     let sale = match Sale::from_input(input) {
         Ok(s) => s,
         Err(e) => {
@@ -175,11 +196,17 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
             return Ok(Err(Rejection::new(code, e.to_string())));
         }
     };
-    let keys = [(SaleKey::Receipt, sale.receipt_id.clone()), (SaleKey::Transaction, sale.transaction_id.clone())];
+    let keys = [
+        (SaleKey::Receipt, sale.receipt_id.clone()),
+        (SaleKey::Transaction, sale.transaction_id.clone()),
+    ];
     for (key, value) in keys {
         if let Some(existing) = rows::find_sale(db.conn, db.sealer, key, &value)? {
             if existing == sale {
-                return Ok(Ok(SaleAdded { sale, replayed: true }));
+                return Ok(Ok(SaleAdded {
+                    sale,
+                    replayed: true,
+                }));
             }
             return Err(QueueError::Conflict(format!(
                 "receipt {} / transaction {} is already in the ledger with different details",
@@ -188,12 +215,17 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
         }
     }
     rows::insert_sale(db.conn, db.sealer, &sale, now)?;
-    Ok(Ok(SaleAdded { sale, replayed: false }))
+    Ok(Ok(SaleAdded {
+        sale,
+        replayed: false,
+    }))
 }
 
 /// A refund as shown to people. A row whose seal fails is quarantined here too.
 pub fn view(db: &Db<'_>, id: &str, now: i64) -> Result<Option<RefundView>, QueueError> {
-    let Some(row) = rows::load_refund(db.conn, id)? else { return Ok(None) };
+    let Some(row) = rows::load_refund(db.conn, id)? else {
+        return Ok(None);
+    };
     Ok(Some(view_row(db, row, now)?))
 }
 
@@ -213,7 +245,11 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
     let body: Option<ValidRefund> = serde_json::from_str(&row.body).ok();
     let text = |f: fn(&ValidRefund) -> Option<String>| body.as_ref().and_then(f);
     Ok(RefundView {
-        state: if quarantine_reason.is_some() { "quarantined".into() } else { row.state.clone() },
+        state: if quarantine_reason.is_some() {
+            "quarantined".into()
+        } else {
+            row.state.clone()
+        },
         quarantine_reason,
         amount: row.amount.clone(),
         currency: row.currency.clone(),
@@ -224,7 +260,9 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
         manager_approval: text(|b| b.manager_approval.clone()),
         unlinked: body.as_ref().is_some_and(|b| b.unlinked),
         created_at: rfc3339(row.created_at),
-        balance_after: body.as_ref().and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
+        balance_after: body
+            .as_ref()
+            .and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
         deliveries: deliveries
             .iter()
             .map(|d| DeliveryView {
@@ -233,7 +271,8 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
                 attempts: d.attempts,
                 remote_id: d.remote_id.clone(),
                 last_error: d.last_error.clone(),
-                next_attempt_at: (d.state() == DeliveryState::Pending).then(|| rfc3339(d.next_attempt_at)),
+                next_attempt_at: (d.state() == DeliveryState::Pending)
+                    .then(|| rfc3339(d.next_attempt_at)),
                 updated_at: rfc3339(d.updated_at),
             })
             .collect(),
@@ -242,14 +281,22 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
 }
 
 /// Refunds, newest first, optionally only those in one state (`quarantined` included).
-pub fn list(db: &Db<'_>, state: Option<&str>, limit: i64, now: i64) -> Result<Vec<RefundView>, QueueError> {
+pub fn list(
+    db: &Db<'_>,
+    state: Option<&str>,
+    limit: i64,
+    now: i64,
+) -> Result<Vec<RefundView>, QueueError> {
     if state == Some("quarantined") {
         let ids: Vec<String> = db
             .conn
             .prepare("SELECT refund_id FROM quarantine ORDER BY at DESC LIMIT ?1")?
             .query_map([limit], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        return ids.iter().filter_map(|id| view(db, id, now).transpose()).collect();
+        return ids
+            .iter()
+            .filter_map(|id| view(db, id, now).transpose())
+            .collect();
     }
     rows::list_refunds(db.conn, state, limit)?
         .into_iter()
@@ -305,16 +352,36 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64) -> Result<Vec<Claim>, QueueE
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
     /// One request of a multi-request delivery succeeded; the delivery stays in flight.
-    Progress { step: i64, remote_id: Option<String> },
-    Delivered { remote_id: Option<String> },
-    Retry { at_ms: i64, error: String },
-    Declined { error: String },
-    Failed { error: String },
-    Unknown { error: String },
+    Progress {
+        step: i64,
+        remote_id: Option<String>,
+    },
+    Delivered {
+        remote_id: Option<String>,
+    },
+    Retry {
+        at_ms: i64,
+        error: String,
+    },
+    Declined {
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+    Unknown {
+        error: String,
+    },
 }
 
 /// Records the outcome of a claimed delivery and updates its refund's state.
-pub fn record(db: &Db<'_>, refund_id: &str, position: i64, outcome: Recorded, now: i64) -> Result<(), QueueError> {
+pub fn record(
+    db: &Db<'_>,
+    refund_id: &str,
+    position: i64,
+    outcome: Recorded,
+    now: i64,
+) -> Result<(), QueueError> {
     let mut all = rows::load_deliveries(db.conn, refund_id)?;
     let idx = all
         .iter()
@@ -356,7 +423,10 @@ pub fn record(db: &Db<'_>, refund_id: &str, position: i64, outcome: Recorded, no
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     if next == DeliveryState::Declined {
         let who = d.destination.clone();
-        for later in all.iter_mut().filter(|l| l.position > position && l.state() == DeliveryState::Pending) {
+        for later in all
+            .iter_mut()
+            .filter(|l| l.position > position && l.state() == DeliveryState::Pending)
+        {
             later.state = DeliveryState::Cancelled.as_str().to_string();
             later.last_error = Some(format!("not sent: {who} declined the refund"));
             later.updated_at = now;
@@ -366,8 +436,15 @@ pub fn record(db: &Db<'_>, refund_id: &str, position: i64, outcome: Recorded, no
     update_refund_state(db, refund_id, &all, now)
 }
 
-fn update_refund_state(db: &Db<'_>, refund_id: &str, deliveries: &[DeliveryRow], now: i64) -> Result<(), QueueError> {
-    let Some(mut row) = rows::load_refund(db.conn, refund_id)? else { return Ok(()) };
+fn update_refund_state(
+    db: &Db<'_>,
+    refund_id: &str,
+    deliveries: &[DeliveryRow],
+    now: i64,
+) -> Result<(), QueueError> {
+    let Some(mut row) = rows::load_refund(db.conn, refund_id)? else {
+        return Ok(());
+    };
     let current = match row.open(db.sealer) {
         Ok((_, state)) => state,
         Err(reason) => return rows::quarantine(db.conn, refund_id, &reason, now),
@@ -395,7 +472,11 @@ pub struct Recovery {
 /// Start-up recovery: a delivery left `in_flight` by a crash may or may not have reached its
 /// destination. It is sent again only where the destination deduplicates on the refund id;
 /// elsewhere it becomes `unknown` for a person (never a blind second payment).
-pub fn recover(db: &Db<'_>, dedup: &dyn Fn(&str) -> bool, now: i64) -> Result<Recovery, QueueError> {
+pub fn recover(
+    db: &Db<'_>,
+    dedup: &dyn Fn(&str) -> bool,
+    now: i64,
+) -> Result<Recovery, QueueError> {
     let mut report = Recovery::default();
     for d in rows::deliveries_in_state(db.conn, DeliveryState::InFlight)? {
         let outcome = if dedup(&d.destination) {
@@ -436,16 +517,27 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
             .query_map([now - max_age], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for id in old {
-            let Some(mut row) = rows::load_refund(db.conn, &id)? else { continue };
+            let Some(mut row) = rows::load_refund(db.conn, &id)? else {
+                continue;
+            };
             if row.open(db.sealer).is_err() {
                 continue;
             }
-            let busy = rows::load_deliveries(db.conn, &id)?.iter().any(|d| d.state() == DeliveryState::InFlight);
+            let busy = rows::load_deliveries(db.conn, &id)?
+                .iter()
+                .any(|d| d.state() == DeliveryState::InFlight);
             if busy {
                 continue;
             }
             rows::set_refund_state(db.conn, db.sealer, &mut row, RefundState::Expired, now)?;
-            rows::audit(db.conn, Some(&id), "agent", "expire", "undelivered for longer than max_pending_age", now)?;
+            rows::audit(
+                db.conn,
+                Some(&id),
+                "agent",
+                "expire",
+                "undelivered for longer than max_pending_age",
+                now,
+            )?;
             tracing::warn!(refund_id = %id, "refund flagged expired: undelivered for longer than max_pending_age");
             expired += 1;
         }
@@ -466,12 +558,18 @@ pub fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
     for state in RefundState::ALL {
         s.refunds.insert(state.as_str().to_string(), 0);
     }
-    let mut stmt = db.conn.prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
+    let mut stmt = db
+        .conn
+        .prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (state, n) = row?;
         s.refunds.insert(state, n as u64);
     }
-    s.quarantined = db.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
+    s.quarantined = db
+        .conn
+        .query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
     let oldest: Option<i64> = db.conn.query_row(
         "SELECT MIN(created_at) FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
         [],
@@ -479,20 +577,32 @@ pub fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
     )?;
     s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
     let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut stmt = db
-        .conn
-        .prepare_cached("SELECT currency, amount FROM refunds WHERE state IN ('queued', 'expired', 'unknown')")?;
+    let mut stmt = db.conn.prepare_cached(
+        "SELECT currency, amount FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
+    )?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
         let (currency, amount) = row?;
         *pending.entry(currency).or_default() += Decimal::from_str(&amount).unwrap_or_default();
     }
-    s.pending_amount = pending.into_iter().map(|(c, a)| (c, a.to_string())).collect();
-    let mut stmt = db
-        .conn
-        .prepare_cached("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+    s.pending_amount = pending
+        .into_iter()
+        .map(|(c, a)| (c, a.to_string()))
+        .collect();
+    let mut stmt = db.conn.prepare_cached(
+        "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })? {
         let (dest, state, n) = row?;
-        s.deliveries.entry(dest).or_default().insert(state, n as u64);
+        s.deliveries
+            .entry(dest)
+            .or_default()
+            .insert(state, n as u64);
     }
     let last: Option<i64> = db.conn.query_row(
         "SELECT MAX(updated_at) FROM deliveries WHERE state = 'delivered'",

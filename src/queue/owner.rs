@@ -66,7 +66,11 @@ impl QueueOwner {
 }
 
 /// Opens the queue and starts its owner thread.
-pub fn start(state_dir: &Path, sealer: Sealer, settings: QueueSettings) -> Result<(QueueHandle, QueueOwner), QueueError> {
+pub fn start(
+    state_dir: &Path,
+    sealer: Sealer,
+    settings: QueueSettings,
+) -> Result<(QueueHandle, QueueOwner), QueueError> {
     let conn = schema::open(state_dir, &sealer)?;
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let thread = thread::Builder::new()
@@ -77,7 +81,11 @@ pub fn start(state_dir: &Path, sealer: Sealer, settings: QueueSettings) -> Resul
 }
 
 fn run(conn: Connection, sealer: Sealer, settings: QueueSettings, mut rx: mpsc::Receiver<Job>) {
-    let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
+    let db = Db {
+        conn: &conn,
+        sealer: &sealer,
+        settings: &settings,
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -113,7 +121,11 @@ fn run_batch(db: &Db<'_>, batch: Vec<Job>) {
             continue;
         }
         let (ok, reply) = job(db);
-        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
         if let Err(e) = db.conn.execute_batch(end) {
             tracing::error!(error = %e, "savepoint could not be closed");
         }
@@ -157,7 +169,11 @@ impl QueueHandle {
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
-    pub async fn create_refund(&self, draft: RefundDraft, key: Option<String>) -> Result<Result<Created, Rejection>, QueueError> {
+    pub async fn create_refund(
+        &self,
+        draft: RefundDraft,
+        key: Option<String>,
+    ) -> Result<Result<Created, Rejection>, QueueError> {
         self.call(move |db| {
             let out = ops::create_refund(db, draft, key.as_deref(), now_ms())?;
             // A rejection stored nothing, but make sure of it by rolling back the savepoint.
@@ -166,16 +182,25 @@ impl QueueHandle {
         .await
     }
 
-    pub async fn add_sale(&self, input: SaleInput) -> Result<Result<SaleAdded, Rejection>, QueueError> {
-        self.call(move |db| ops::add_sale(db, input, now_ms())).await
+    pub async fn add_sale(
+        &self,
+        input: SaleInput,
+    ) -> Result<Result<SaleAdded, Rejection>, QueueError> {
+        self.call(move |db| ops::add_sale(db, input, now_ms()))
+            .await
     }
 
     pub async fn refund(&self, id: String) -> Result<Option<RefundView>, QueueError> {
         self.call(move |db| ops::view(db, &id, now_ms())).await
     }
 
-    pub async fn list(&self, state: Option<String>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
-        self.call(move |db| ops::list(db, state.as_deref(), limit, now_ms())).await
+    pub async fn list(
+        &self,
+        state: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<RefundView>, QueueError> {
+        self.call(move |db| ops::list(db, state.as_deref(), limit, now_ms()))
+            .await
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
@@ -183,15 +208,26 @@ impl QueueHandle {
     }
 
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<Claim>, QueueError> {
-        self.call(move |db| ops::claim_due(db, now_ms(), limit)).await
+        self.call(move |db| ops::claim_due(db, now_ms(), limit))
+            .await
     }
 
-    pub async fn record(&self, refund_id: String, position: i64, outcome: Recorded) -> Result<(), QueueError> {
-        self.call(move |db| ops::record(db, &refund_id, position, outcome, now_ms())).await
+    pub async fn record(
+        &self,
+        refund_id: String,
+        position: i64,
+        outcome: Recorded,
+    ) -> Result<(), QueueError> {
+        self.call(move |db| ops::record(db, &refund_id, position, outcome, now_ms()))
+            .await
     }
 
-    pub async fn recover(&self, dedup: impl Fn(&str) -> bool + Send + 'static) -> Result<Recovery, QueueError> {
-        self.call(move |db| ops::recover(db, &dedup, now_ms())).await
+    pub async fn recover(
+        &self,
+        dedup: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Recovery, QueueError> {
+        self.call(move |db| ops::recover(db, &dedup, now_ms()))
+            .await
     }
 
     pub async fn next_due(&self) -> Result<Option<i64>, QueueError> {

@@ -97,13 +97,20 @@ impl RefundRow {
             self.body.as_bytes(),
         ];
         if !sealer.verify("refund", &fields, &self.seal) {
-            return Err(format!("refund {} has a seal that does not verify", self.id));
+            return Err(format!(
+                "refund {} has a seal that does not verify",
+                self.id
+            ));
         }
         let refund: ValidRefund = serde_json::from_str(&self.body)
             .map_err(|e| format!("refund {} has an unreadable body: {e}", self.id))?;
         let state = self.state.parse::<RefundState>()?;
-        if refund.id.to_string() != self.id || refund.currency.format(refund.amount) != self.amount {
-            return Err(format!("refund {} has columns that disagree with its body", self.id));
+        if refund.id.to_string() != self.id || refund.currency.format(refund.amount) != self.amount
+        {
+            return Err(format!(
+                "refund {} has columns that disagree with its body",
+                self.id
+            ));
         }
         Ok((refund, state))
     }
@@ -127,12 +134,26 @@ impl DeliveryRow {
     }
 
     fn seal_with(&self, sealer: &Sealer, check: Option<&[u8]>) -> Result<[u8; 32], bool> {
-        let nums: Vec<[u8; 8]> = [self.position, self.attempts, self.next_attempt_at, self.step, self.updated_at]
-            .iter()
-            .map(|n| n.to_be_bytes())
-            .collect();
-        let remote = self.remote_id.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
-        let error = self.last_error.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
+        let nums: Vec<[u8; 8]> = [
+            self.position,
+            self.attempts,
+            self.next_attempt_at,
+            self.step,
+            self.updated_at,
+        ]
+        .iter()
+        .map(|n| n.to_be_bytes())
+        .collect();
+        let remote = self
+            .remote_id
+            .as_deref()
+            .map(|s| format!("+{s}"))
+            .unwrap_or_default();
+        let error = self
+            .last_error
+            .as_deref()
+            .map(|s| format!("+{s}"))
+            .unwrap_or_default();
         let fields: [&[u8]; 10] = [
             self.refund_id.as_bytes(),
             &nums[0],
@@ -167,7 +188,11 @@ impl DeliveryRow {
     }
 }
 
-pub fn insert_refund(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
+pub fn insert_refund(
+    conn: &Connection,
+    sealer: &Sealer,
+    row: &mut RefundRow,
+) -> Result<(), QueueError> {
     row.seal = row.compute_seal(sealer).to_vec();
     conn.execute(
         "INSERT INTO refunds (id, receipt_id, currency, amount, state, created_at, updated_at, body, seal)
@@ -202,7 +227,11 @@ pub fn load_refund(conn: &Connection, id: &str) -> Result<Option<RefundRow>, Que
 }
 
 /// Refunds by state (all states when `None`), newest first.
-pub fn list_refunds(conn: &Connection, state: Option<&str>, limit: i64) -> Result<Vec<RefundRow>, QueueError> {
+pub fn list_refunds(
+    conn: &Connection,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RefundRow>, QueueError> {
     let sql = format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2"
     );
@@ -211,7 +240,12 @@ pub fn list_refunds(conn: &Connection, state: Option<&str>, limit: i64) -> Resul
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn save_delivery(conn: &Connection, sealer: &Sealer, row: &mut DeliveryRow, insert: bool) -> Result<(), QueueError> {
+pub fn save_delivery(
+    conn: &Connection,
+    sealer: &Sealer,
+    row: &mut DeliveryRow,
+    insert: bool,
+) -> Result<(), QueueError> {
     row.seal = match row.seal_with(sealer, None) {
         Ok(seal) => seal.to_vec(),
         Err(_) => unreachable!("sealing without a check always returns a seal"),
@@ -224,25 +258,43 @@ pub fn save_delivery(conn: &Connection, sealer: &Sealer, row: &mut DeliveryRow, 
          remote_id = ?8, last_error = ?9, updated_at = ?10, seal = ?11 WHERE refund_id = ?1 AND position = ?2"
     };
     let changed = conn.prepare_cached(sql)?.execute(params![
-        row.refund_id, row.position, row.destination, row.state, row.attempts, row.next_attempt_at,
-        row.step, row.remote_id, row.last_error, row.updated_at, row.seal
+        row.refund_id,
+        row.position,
+        row.destination,
+        row.state,
+        row.attempts,
+        row.next_attempt_at,
+        row.step,
+        row.remote_id,
+        row.last_error,
+        row.updated_at,
+        row.seal
     ])?;
     if changed != 1 {
-        return Err(QueueError::NotFound(format!("delivery {}#{}", row.refund_id, row.position)));
+        return Err(QueueError::NotFound(format!(
+            "delivery {}#{}",
+            row.refund_id, row.position
+        )));
     }
     Ok(())
 }
 
 pub fn load_deliveries(conn: &Connection, refund_id: &str) -> Result<Vec<DeliveryRow>, QueueError> {
-    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position");
+    let sql =
+        format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position");
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([refund_id], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Deliveries in a given state, oldest refund first.
-pub fn deliveries_in_state(conn: &Connection, state: DeliveryState) -> Result<Vec<DeliveryRow>, QueueError> {
-    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY refund_id, position");
+pub fn deliveries_in_state(
+    conn: &Connection,
+    state: DeliveryState,
+) -> Result<Vec<DeliveryRow>, QueueError> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY refund_id, position"
+    );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([state.as_str()], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -250,7 +302,11 @@ pub fn deliveries_in_state(conn: &Connection, state: DeliveryState) -> Result<Ve
 
 /// Deliveries that may be sent now: pending, due, their refund queued and not quarantined, and
 /// every earlier destination of the refund already delivered. Oldest refunds first.
-pub fn due_deliveries(conn: &Connection, now: i64, limit: i64) -> Result<Vec<DeliveryRow>, QueueError> {
+pub fn due_deliveries(
+    conn: &Connection,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, QueueError> {
     let sql = format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
          WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND r.state = 'queued'
@@ -258,14 +314,23 @@ pub fn due_deliveries(conn: &Connection, now: i64, limit: i64) -> Result<Vec<Del
            AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
                            AND e.position < d.position AND e.state <> 'delivered')
          ORDER BY r.seq, d.position LIMIT ?2",
-        DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
+        DELIVERY_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![now, limit], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn quarantine(conn: &Connection, refund_id: &str, reason: &str, now: i64) -> Result<(), QueueError> {
+pub fn quarantine(
+    conn: &Connection,
+    refund_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), QueueError> {
     conn.execute(
         "INSERT OR IGNORE INTO quarantine (refund_id, reason, at) VALUES (?1, ?2, ?3)",
         params![refund_id, reason, now],
@@ -275,11 +340,22 @@ pub fn quarantine(conn: &Connection, refund_id: &str, reason: &str, now: i64) ->
 
 pub fn quarantine_reason(conn: &Connection, refund_id: &str) -> Result<Option<String>, QueueError> {
     Ok(conn
-        .query_row("SELECT reason FROM quarantine WHERE refund_id = ?1", [refund_id], |r| r.get(0))
+        .query_row(
+            "SELECT reason FROM quarantine WHERE refund_id = ?1",
+            [refund_id],
+            |r| r.get(0),
+        )
         .optional()?)
 }
 
-pub fn audit(conn: &Connection, refund_id: Option<&str>, actor: &str, action: &str, detail: &str, now: i64) -> Result<(), QueueError> {
+pub fn audit(
+    conn: &Connection,
+    refund_id: Option<&str>,
+    actor: &str,
+    action: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), QueueError> {
     conn.execute(
         "INSERT INTO audit (at, refund_id, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![now, refund_id, actor, action, detail],
@@ -288,7 +364,12 @@ pub fn audit(conn: &Connection, refund_id: Option<&str>, actor: &str, action: &s
 }
 
 /// Stores a sale in the ledger, sealed.
-pub fn insert_sale(conn: &Connection, sealer: &Sealer, sale: &Sale, now: i64) -> Result<(), QueueError> {
+pub fn insert_sale(
+    conn: &Connection,
+    sealer: &Sealer,
+    sale: &Sale,
+    now: i64,
+) -> Result<(), QueueError> {
     let body = serde_json::to_string(sale).map_err(|e| QueueError::Storage(e.to_string()))?;
     let seal = sale_seal(sealer, &sale.receipt_id, &sale.transaction_id, &body);
     conn.execute(
@@ -299,26 +380,48 @@ pub fn insert_sale(conn: &Connection, sealer: &Sealer, sale: &Sale, now: i64) ->
 }
 
 fn sale_seal(sealer: &Sealer, receipt: &str, txn: &str, body: &str) -> [u8; 32] {
-    sealer.seal("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()])
+    sealer.seal(
+        "sale",
+        &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()],
+    )
 }
 
 /// Finds a sale by receipt id or transaction id, verifying its seal.
-pub fn find_sale(conn: &Connection, sealer: &Sealer, column: SaleKey, value: &str) -> Result<Option<Sale>, QueueError> {
+pub fn find_sale(
+    conn: &Connection,
+    sealer: &Sealer,
+    column: SaleKey,
+    value: &str,
+) -> Result<Option<Sale>, QueueError> {
     let sql = match column {
-        SaleKey::Receipt => "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE receipt_id = ?1",
-        SaleKey::Transaction => "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE transaction_id = ?1",
+        SaleKey::Receipt => {
+            "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE receipt_id = ?1"
+        }
+        SaleKey::Transaction => {
+            "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE transaction_id = ?1"
+        }
     };
     let found: Option<(String, String, String, Vec<u8>)> = conn
         .prepare_cached(sql)?
-        .query_row([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([value], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    let Some((receipt, txn, body, seal)) = found else { return Ok(None) };
-    if !sealer.verify("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()], &seal) {
+    let Some((receipt, txn, body, seal)) = found else {
+        return Ok(None);
+    };
+    if !sealer.verify(
+        "sale",
+        &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()],
+        &seal,
+    ) {
         return Err(QueueError::Conflict(format!(
             "the ledger record of receipt {receipt} has a seal that does not verify; it was altered outside the agent"
         )));
     }
-    serde_json::from_str(&body).map(Some).map_err(|e| QueueError::Storage(e.to_string()))
+    serde_json::from_str(&body)
+        .map(Some)
+        .map_err(|e| QueueError::Storage(e.to_string()))
 }
 
 /// Which column names a sale.

@@ -8,7 +8,13 @@ use crate::queue::Recorded;
 /// Exponential backoff with full jitter, capped: a random delay in `[0, min(max, initial·2ⁿ⁻¹)]`
 /// for the n-th attempt, but never less than what the server asked for in `Retry-After`.
 /// `unit` is a random number in `[0, 1)`.
-pub fn backoff(attempts: i64, initial: Duration, max: Duration, retry_after: Option<Duration>, unit: f64) -> Duration {
+pub fn backoff(
+    attempts: i64,
+    initial: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Duration {
     let exp = attempts.clamp(1, 32) - 1;
     let ceiling = initial.saturating_mul(1u32 << exp.min(31)).min(max);
     let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
@@ -20,7 +26,12 @@ pub fn backoff(attempts: i64, initial: Duration, max: Duration, retry_after: Opt
 
 /// Maps an attempt to what is recorded. An ambiguous request is retried only where the
 /// destination deduplicates; elsewhere it becomes `unknown` for a person, never a second payment.
-pub fn decide(attempt: Attempt, capability: Capability, now_ms: i64, delay: impl Fn(Option<Duration>) -> Duration) -> Recorded {
+pub fn decide(
+    attempt: Attempt,
+    capability: Capability,
+    now_ms: i64,
+    delay: impl Fn(Option<Duration>) -> Duration,
+) -> Recorded {
     let retry_at = |after: Option<Duration>| now_ms + delay(after).as_millis() as i64;
     match attempt {
         Attempt::Delivered { remote_id } => Recorded::Delivered { remote_id },
@@ -47,16 +58,34 @@ mod tests {
 
     #[test]
     fn ambiguous_is_retried_only_with_dedup() {
-        let dedup = Capability { dedup: true, moves_money: false };
-        let no_dedup = Capability { dedup: false, moves_money: true };
+        let dedup = Capability {
+            dedup: true,
+            moves_money: false,
+        };
+        let no_dedup = Capability {
+            dedup: false,
+            moves_money: true,
+        };
         let a = || Attempt::Ambiguous("timeout".into());
-        assert!(matches!(decide(a(), dedup, 0, |_| S), Recorded::Retry { at_ms: 1000, .. }));
-        assert!(matches!(decide(a(), no_dedup, 0, |_| S), Recorded::Unknown { .. }));
+        assert!(matches!(
+            decide(a(), dedup, 0, |_| S),
+            Recorded::Retry { at_ms: 1000, .. }
+        ));
+        assert!(matches!(
+            decide(a(), no_dedup, 0, |_| S),
+            Recorded::Unknown { .. }
+        ));
     }
 
     #[test]
     fn retry_after_is_a_floor() {
-        let d = backoff(1, S, Duration::from_secs(300), Some(Duration::from_secs(30)), 0.0);
+        let d = backoff(
+            1,
+            S,
+            Duration::from_secs(300),
+            Some(Duration::from_secs(30)),
+            0.0,
+        );
         assert_eq!(d, Duration::from_secs(30));
     }
 

@@ -54,7 +54,10 @@ impl Worker {
         {
             let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
             for name in self.connectors.keys() {
-                h.entry(name.clone()).or_insert_with(|| DestinationHealth { connectivity: "unknown".into(), ..Default::default() });
+                h.entry(name.clone()).or_insert_with(|| DestinationHealth {
+                    connectivity: "unknown".into(),
+                    ..Default::default()
+                });
             }
         }
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -64,7 +67,9 @@ impl Worker {
             if now_ms() - last_sweep > IDLE_CHECK.as_millis() as i64 {
                 last_sweep = now_ms();
                 match self.queue.sweep().await {
-                    Ok((expired, purged)) if expired + purged > 0 => tracing::info!(expired, purged, "queue sweep"),
+                    Ok((expired, purged)) if expired + purged > 0 => {
+                        tracing::info!(expired, purged, "queue sweep")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "queue sweep failed"),
                 }
@@ -83,7 +88,9 @@ impl Worker {
             };
             let claimed = !claims.is_empty();
             for claim in claims {
-                let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
                 let this = self.clone();
                 tasks.spawn(async move {
                     this.deliver(claim).await;
@@ -94,7 +101,9 @@ impl Worker {
                 continue;
             }
             let sleep_for = match self.queue.next_due().await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64),
+                Ok(Some(at)) => Duration::from_millis(
+                    (at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64,
+                ),
                 _ => IDLE_CHECK,
             };
             tokio::select! {
@@ -106,11 +115,17 @@ impl Worker {
         }
         let grace = self.settings.request_timeout + Duration::from_secs(1);
         if !tasks.is_empty() {
-            tracing::info!(in_flight = tasks.len(), "waiting for requests in flight before stopping");
+            tracing::info!(
+                in_flight = tasks.len(),
+                "waiting for requests in flight before stopping"
+            );
         }
-        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!("abandoning requests still in flight; they will be resolved at the next start");
+            tracing::warn!(
+                "abandoning requests still in flight; they will be resolved at the next start"
+            );
             tasks.abort_all();
         }
     }
@@ -118,8 +133,18 @@ impl Worker {
     /// Makes every request of one claimed delivery, recording each step as it succeeds.
     async fn deliver(&self, mut claim: Claim) {
         let Some(connector) = self.connectors.get(&claim.destination) else {
-            let error = format!("destination {:?} is no longer configured", claim.destination);
-            let _ = self.queue.record(claim.refund.id.to_string(), claim.position, Recorded::Failed { error }).await;
+            let error = format!(
+                "destination {:?} is no longer configured",
+                claim.destination
+            );
+            let _ = self
+                .queue
+                .record(
+                    claim.refund.id.to_string(),
+                    claim.position,
+                    Recorded::Failed { error },
+                )
+                .await;
             return;
         };
         let capability = connector.capability();
@@ -129,7 +154,13 @@ impl Worker {
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
             let recorded = decide(attempt, capability, now_ms(), |after| {
-                backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
+                backoff(
+                    claim.attempts,
+                    settings.backoff_initial,
+                    settings.backoff_max,
+                    after,
+                    unit,
+                )
             });
             log_outcome(&claim, &recorded);
             let next = match &recorded {
@@ -137,7 +168,11 @@ impl Worker {
                 _ => None,
             };
             let id = claim.refund.id.to_string();
-            if let Err(e) = self.queue.record(id.clone(), claim.position, recorded).await {
+            if let Err(e) = self
+                .queue
+                .record(id.clone(), claim.position, recorded)
+                .await
+            {
                 tracing::error!(refund_id = %id, error = %e, "cannot record a delivery outcome; start-up recovery will resolve it");
                 return;
             }
@@ -160,7 +195,10 @@ impl Worker {
                 h.consecutive_failures += 1;
                 h.last_error = Some(error.clone());
             }
-            Attempt::Declined(_) | Attempt::Failed(_) | Attempt::Delivered { .. } | Attempt::Progress { .. } => {
+            Attempt::Declined(_)
+            | Attempt::Failed(_)
+            | Attempt::Delivered { .. }
+            | Attempt::Progress { .. } => {
                 h.connectivity = "reachable".into();
                 h.consecutive_failures = 0;
                 if let Attempt::Failed(e) = attempt {
@@ -180,12 +218,20 @@ fn log_outcome(claim: &Claim, recorded: &Recorded) {
         Recorded::Delivered { remote_id } => {
             tracing::info!(refund_id = %id, destination = %dest, remote_id = remote_id.as_deref().unwrap_or(""), "delivered")
         }
-        Recorded::Progress { step, .. } => tracing::debug!(refund_id = %id, destination = %dest, step, "step done"),
+        Recorded::Progress { step, .. } => {
+            tracing::debug!(refund_id = %id, destination = %dest, step, "step done")
+        }
         Recorded::Retry { at_ms, error } => {
             tracing::warn!(refund_id = %id, destination = %dest, attempt = claim.attempts, retry_in_ms = at_ms - now_ms(), %error, "will retry")
         }
-        Recorded::Declined { error } => tracing::warn!(refund_id = %id, destination = %dest, %error, "declined"),
-        Recorded::Failed { error } => tracing::error!(refund_id = %id, destination = %dest, %error, "failed"),
-        Recorded::Unknown { error } => tracing::error!(refund_id = %id, destination = %dest, %error, "outcome unknown"),
+        Recorded::Declined { error } => {
+            tracing::warn!(refund_id = %id, destination = %dest, %error, "declined")
+        }
+        Recorded::Failed { error } => {
+            tracing::error!(refund_id = %id, destination = %dest, %error, "failed")
+        }
+        Recorded::Unknown { error } => {
+            tracing::error!(refund_id = %id, destination = %dest, %error, "outcome unknown")
+        }
     }
 }

@@ -14,7 +14,10 @@ use crate::queue::Claim;
 use classify::Request;
 
 /// Final POS deduplicates on `externalId` and records refunds (it moves no money).
-pub const CAPABILITY: Capability = Capability { dedup: true, moves_money: false };
+pub const CAPABILITY: Capability = Capability {
+    dedup: true,
+    moves_money: false,
+};
 
 /// The Final POS connector.
 pub struct FinalPos {
@@ -25,13 +28,19 @@ pub struct FinalPos {
 
 impl fmt::Debug for FinalPos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FinalPos").field("base_url", &self.base_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("FinalPos")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
 impl FinalPos {
     pub fn new(base_url: reqwest::Url, api_key: String, client: reqwest::Client) -> FinalPos {
-        FinalPos { base_url, api_key, client }
+        FinalPos {
+            base_url,
+            api_key,
+            client,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -41,7 +50,11 @@ impl FinalPos {
     /// Makes the claimed delivery's next request.
     pub async fn attempt(&self, claim: &Claim) -> Attempt {
         let (request, path, body) = if claim.step == 0 {
-            (Request::Refund, "/v1/api/refunds", request::refund_body(&claim.refund))
+            (
+                Request::Refund,
+                "/v1/api/refunds",
+                request::refund_body(&claim.refund),
+            )
         } else {
             (
                 Request::Transaction,
@@ -60,8 +73,17 @@ impl FinalPos {
             .header("content-type", "application/json")
             .body(bytes);
         match http::send(builder).await {
-            Ok(r) => classify::classify(request, r.status, &r.body, r.retry_after, claim.remote_id.clone()),
-            Err(SendError::NotSent(e)) => Attempt::Transient { retry_after: None, error: e },
+            Ok(r) => classify::classify(
+                request,
+                r.status,
+                &r.body,
+                r.retry_after,
+                claim.remote_id.clone(),
+            ),
+            Err(SendError::NotSent(e)) => Attempt::Transient {
+                retry_after: None,
+                error: e,
+            },
             Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
         }
     }

@@ -1,0 +1,285 @@
+//! Test harness: the real `refund-agent` binary against a real sandbox server on a loopback
+//! port, with a real SQLite file in a temporary directory. Waiting is always on a condition
+//! with a deadline, never a bare sleep.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use refund_agent::control::client::ControlClient;
+use refund_agent::queue::RefundView;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
+pub const API_KEY: &str = "test-finalpos-key";
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The example receipt of SPEC section 3.
+pub const RECEIPT: &str = r#"{"receipt_id":"RCP-2025-001","transaction_id":"txn_123","order_id":"507f1f77bcf86cd799439013",
+ "session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00",
+ "discount":"0.00","payment_method":"credit_card","processor":"gateway","processor_payment_id":"882",
+ "masked_pan":"530957******2257","captured_at":"2026-11-20T10:15:00Z",
+ "items":[{"name":"Sweet Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"}]}"#;
+
+/// Polls `check` until it returns `Some`, failing the test after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One agent installation: config, secrets, state dir, and (while started) the process.
+pub struct Agent {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Agent {
+    /// Writes a config pointing Final POS at `url`; `extra` is appended to the TOML.
+    pub fn new(url: &str, extra: &str) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("ra-test-")
+            .tempdir()
+            .expect("temp dir");
+        let secret = |name: &str, value: &str| {
+            let p = dir.path().join(name);
+            fs::write(&p, value).expect("write secret");
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
+        };
+        secret(
+            "seal.key",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        );
+        secret("finalpos.key", API_KEY);
+        let socket = dir.path().join("control.sock");
+        let text = format!(
+            r#"
+[agent]
+terminal_id = "till-test"
+state_dir = "{state}"
+seal_key_file = "seal.key"
+
+[control]
+socket = "{socket}"
+
+[sync]
+request_timeout = "5s"
+connect_timeout = "1s"
+backoff_initial = "20ms"
+backoff_max = "200ms"
+
+[destinations.finalpos]
+kind = "finalpos"
+base_url = "{url}"
+api_key_file = "finalpos.key"
+{extra}
+"#,
+            state = dir.path().join("state").display(),
+            socket = socket.display(),
+        );
+        let config = dir.path().join("config.toml");
+        fs::write(&config, text).expect("write config");
+        Agent {
+            dir,
+            config,
+            socket,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("state").join("queue.db")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Starts `refund-agent run` and waits until `/healthz` answers.
+    pub async fn start(&mut self) {
+        self.start_with_env(&[]).await
+    }
+
+    pub async fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env("RUST_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.kill_on_drop(true).spawn().expect("spawn agent");
+        self.child = Some(child);
+        self.starts += 1;
+        let client = self.client();
+        let logs = self.log_path();
+        let child = self.child.as_mut().expect("just set");
+        eventually("the agent to answer /healthz", DEADLINE, || {
+            let client = client.clone();
+            let exited = child.try_wait().ok().flatten();
+            let logs = logs.clone();
+            async move {
+                if let Some(status) = exited {
+                    panic!(
+                        "agent exited early with {status}: {}",
+                        fs::read_to_string(logs).unwrap_or_default()
+                    );
+                }
+                let a = client.request("GET", "/healthz", None, &[]).await.ok()?;
+                (a.status == 200).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("SIGKILL");
+            child.wait().await.expect("reap");
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let pid = child.id().expect("pid") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("agent stops within the deadline")
+            .expect("reap")
+    }
+
+    pub fn client(&self) -> ControlClient {
+        ControlClient::new(&self.socket)
+    }
+
+    /// Runs the CLI against this agent.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .await
+            .expect("run CLI")
+    }
+
+    pub async fn add_receipt(&self, json: &str) {
+        let a = self
+            .client()
+            .request("POST", "/v1/receipts", Some(json.as_bytes().to_vec()), &[])
+            .await
+            .expect("receipt");
+        assert!(
+            a.status == 201 || a.status == 200,
+            "receipt refused: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+
+    pub async fn refund(&self, id: &str) -> Option<RefundView> {
+        let a = self
+            .client()
+            .request("GET", &format!("/v1/refunds/{id}"), None, &[])
+            .await
+            .ok()?;
+        (a.status == 200).then(|| serde_json::from_slice(&a.body).expect("refund JSON"))
+    }
+
+    pub async fn list(&self) -> Vec<RefundView> {
+        let a = self
+            .client()
+            .request("GET", "/v1/refunds?limit=10000", None, &[])
+            .await
+            .expect("list");
+        serde_json::from_slice(&a.body).expect("list JSON")
+    }
+
+    /// Waits until the refund's state is `state`.
+    pub async fn wait_state(&self, id: &str, state: &str) -> RefundView {
+        eventually(&format!("refund {id} to be {state}"), DEADLINE, || async {
+            self.refund(id).await.filter(|r| r.state == state)
+        })
+        .await
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+/// `refund create` through the CLI; returns the output.
+pub async fn cli_refund(agent: &Agent, amount: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "refund",
+        "create",
+        "--receipt",
+        "RCP-2025-001",
+        "--amount",
+        amount,
+        "--reason",
+        "Customer returned item",
+        "--operator",
+        "emp_42",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    agent.cli(&args).await
+}
+
+/// The refund id in a successful `--json` create.
+pub fn created_id(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "create failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: RefundView = serde_json::from_slice(&out.stdout).expect("refund JSON on stdout");
+    v.id
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
