@@ -164,6 +164,8 @@ async fn create_refund(
     if created.replayed {
         return Ok((StatusCode::OK, Json(created.refund)).into_response());
     }
+    #[cfg(feature = "fault-injection")]
+    crash_after_commit_if_asked();
     s.wake.notify_one();
     tracing::info!(refund_id = %created.refund.id, amount = %created.refund.amount, currency = %created.refund.currency, "refund queued");
     Ok((StatusCode::CREATED, Json(created.refund)).into_response())
@@ -267,4 +269,13 @@ async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
 async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {
     s.queue.call(|_| Ok(())).await?;
     Ok(Json(serde_json::json!({"status": "ok"})).into_response())
+}
+
+/// Test hook: dies like `kill -9` right after a refund was committed and before its answer is
+/// written, the window in which a naive client retry would make a second refund.
+#[cfg(feature = "fault-injection")]
+fn crash_after_commit_if_asked() {
+    if std::env::var_os("REFUND_AGENT_FAULT_KILL_AFTER_COMMIT").is_some() {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }

@@ -171,6 +171,15 @@ api_key_file = "finalpos.key"
         }
     }
 
+    /// Waits for the agent to end by itself (a test hook killed it).
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("agent ends")
+            .expect("reap")
+    }
+
     /// SIGTERM, and the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
