@@ -90,6 +90,8 @@ pub fn create_refund(
         receipt_id: refund.receipt_id.clone(),
         currency: refund.currency.code().to_string(),
         amount: refund.currency.format(refund.amount),
+        amount_minor: rows::minor_units(&refund)
+            .ok_or_else(|| QueueError::Storage("amount out of range".into()))?,
         state: RefundState::Queued.as_str().to_string(),
         created_at: now,
         updated_at: now,
@@ -127,49 +129,30 @@ pub fn create_refund(
 }
 
 fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
-    let currency = sale
-        .as_ref()
-        .map(|s| s.currency.code().to_string())
-        .or_else(|| draft.currency.as_ref().map(|c| c.to_ascii_uppercase()))
-        .unwrap_or_else(|| db.settings.policy.default_currency.code().to_string());
+    let currency = match &sale {
+        Some(s) => s.currency,
+        None => draft
+            .currency
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(db.settings.policy.default_currency),
+    };
+    let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
+    // Sums run over integer minor units inside SQLite: exact, and served by an index, so the
+    // cost of a new refund does not grow with the queue.
     let refunded_before = match &sale {
-        Some(sale) => sum(
-            db,
-            "SELECT amount FROM refunds WHERE receipt_id = ?1 AND state NOT IN ('cancelled', 'declined')",
-            &sale.receipt_id,
-        )?,
+        Some(sale) => minor(db.conn.prepare_cached(
+            "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN ('cancelled', 'declined')",
+        )?
+        .query_row([&sale.receipt_id], |r| r.get(0))?),
         None => Decimal::ZERO,
     };
-    let pending_in_currency = sum(
-        db,
-        "SELECT amount FROM refunds WHERE currency = ?1 AND state IN ('queued', 'expired', 'unknown')",
-        &currency,
-    )?;
-    let queue_len: i64 = db.conn.query_row(
-        "SELECT COUNT(*) FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(Facts {
-        sale,
-        refunded_before,
-        pending_in_currency,
-        queue_len: queue_len as u64,
-    })
-}
-
-/// Sums decimal amounts in Rust: SQLite would add them as floats.
-fn sum(db: &Db<'_>, sql: &str, arg: &str) -> Result<Decimal, QueueError> {
-    let mut stmt = db.conn.prepare_cached(sql)?;
-    let amounts = stmt.query_map([arg], |r| r.get::<_, String>(0))?;
-    let mut total = Decimal::ZERO;
-    for amount in amounts {
-        let amount = amount?;
-        total += Decimal::from_str(&amount).map_err(|_| {
-            QueueError::Storage(format!("stored amount {amount:?} is not a decimal"))
-        })?;
-    }
-    Ok(total)
+    let (pending, queue_len): (i64, i64) = db.conn.prepare_cached(
+        "SELECT COALESCE(SUM(CASE WHEN currency = ?1 THEN amount_minor END), 0), COUNT(*)
+         FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
+    )?
+    .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(Facts { sale, refunded_before, pending_in_currency: minor(pending), queue_len: queue_len as u64 })
 }
 
 /// A sale registered (or found identical).

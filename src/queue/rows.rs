@@ -18,6 +18,8 @@ pub struct RefundRow {
     pub receipt_id: Option<String>,
     pub currency: String,
     pub amount: String,
+    /// The amount in minor units (cents), so that SQLite can sum amounts exactly.
+    pub amount_minor: i64,
     pub state: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -44,7 +46,7 @@ pub struct DeliveryRow {
 }
 
 const REFUND_COLUMNS: &str =
-    "seq, id, receipt_id, currency, amount, state, created_at, updated_at, body, seal";
+    "seq, id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, seal";
 const DELIVERY_COLUMNS: &str = "refund_id, position, destination, state, attempts, next_attempt_at, step, remote_id, last_error, updated_at, seal";
 
 impl RefundRow {
@@ -55,47 +57,41 @@ impl RefundRow {
             receipt_id: r.get(2)?,
             currency: r.get(3)?,
             amount: r.get(4)?,
-            state: r.get(5)?,
-            created_at: r.get(6)?,
-            updated_at: r.get(7)?,
-            body: r.get(8)?,
-            seal: r.get(9)?,
+            amount_minor: r.get(5)?,
+            state: r.get(6)?,
+            created_at: r.get(7)?,
+            updated_at: r.get(8)?,
+            body: r.get(9)?,
+            seal: r.get(10)?,
         })
     }
 
+    /// The sealed fields, in a fixed order.
+    fn seal_fields(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.id.as_bytes().to_vec(),
+            self.receipt_id.as_deref().unwrap_or("").as_bytes().to_vec(),
+            self.currency.as_bytes().to_vec(),
+            self.amount.as_bytes().to_vec(),
+            self.amount_minor.to_be_bytes().to_vec(),
+            self.state.as_bytes().to_vec(),
+            self.created_at.to_be_bytes().to_vec(),
+            self.updated_at.to_be_bytes().to_vec(),
+            self.body.as_bytes().to_vec(),
+        ]
+    }
+
     fn compute_seal(&self, sealer: &Sealer) -> [u8; 32] {
-        let created = self.created_at.to_be_bytes();
-        let updated = self.updated_at.to_be_bytes();
-        sealer.seal(
-            "refund",
-            &[
-                self.id.as_bytes(),
-                self.receipt_id.as_deref().unwrap_or("").as_bytes(),
-                self.currency.as_bytes(),
-                self.amount.as_bytes(),
-                self.state.as_bytes(),
-                &created,
-                &updated,
-                self.body.as_bytes(),
-            ],
-        )
+        let fields = self.seal_fields();
+        let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        sealer.seal("refund", &refs)
     }
 
     /// Checks the seal and that the indexed columns agree with the sealed body; returns the
     /// refund and its state, or why the row cannot be trusted.
     pub fn open(&self, sealer: &Sealer) -> Result<(ValidRefund, RefundState), String> {
-        let created = self.created_at.to_be_bytes();
-        let updated = self.updated_at.to_be_bytes();
-        let fields: [&[u8]; 8] = [
-            self.id.as_bytes(),
-            self.receipt_id.as_deref().unwrap_or("").as_bytes(),
-            self.currency.as_bytes(),
-            self.amount.as_bytes(),
-            self.state.as_bytes(),
-            &created,
-            &updated,
-            self.body.as_bytes(),
-        ];
+        let fields = self.seal_fields();
+        let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         if !sealer.verify("refund", &fields, &self.seal) {
             return Err(format!(
                 "refund {} has a seal that does not verify",
@@ -105,7 +101,9 @@ impl RefundRow {
         let refund: ValidRefund = serde_json::from_str(&self.body)
             .map_err(|e| format!("refund {} has an unreadable body: {e}", self.id))?;
         let state = self.state.parse::<RefundState>()?;
-        if refund.id.to_string() != self.id || refund.currency.format(refund.amount) != self.amount
+        if refund.id.to_string() != self.id
+            || refund.currency.format(refund.amount) != self.amount
+            || minor_units(&refund) != Some(self.amount_minor)
         {
             return Err(format!(
                 "refund {} has columns that disagree with its body",
@@ -195,9 +193,9 @@ pub fn insert_refund(
 ) -> Result<(), QueueError> {
     row.seal = row.compute_seal(sealer).to_vec();
     conn.execute(
-        "INSERT INTO refunds (id, receipt_id, currency, amount, state, created_at, updated_at, body, seal)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![row.id, row.receipt_id, row.currency, row.amount, row.state, row.created_at, row.updated_at, row.body, row.seal],
+        "INSERT INTO refunds (id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, seal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![row.id, row.receipt_id, row.currency, row.amount, row.amount_minor, row.state, row.created_at, row.updated_at, row.body, row.seal],
     )?;
     row.seq = conn.last_insert_rowid();
     Ok(())
@@ -429,4 +427,11 @@ pub fn find_sale(
 pub enum SaleKey {
     Receipt,
     Transaction,
+}
+
+/// A refund's amount in minor units (5.00 USD → 500), or `None` if it does not fit.
+pub fn minor_units(refund: &ValidRefund) -> Option<i64> {
+    let mut scaled = refund.amount * rust_decimal::Decimal::from(10i64.pow(refund.currency.minor_units()));
+    scaled.rescale(0);
+    i64::try_from(scaled).ok()
 }

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
         receipt_id TEXT,
         currency TEXT NOT NULL,
         amount TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL,
         state TEXT NOT NULL,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL,
@@ -36,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
         seal BLOB NOT NULL) STRICT;
      CREATE INDEX refunds_by_receipt ON refunds(receipt_id);
      CREATE INDEX refunds_by_state ON refunds(state, seq);
+     CREATE INDEX refunds_open_totals ON refunds(state, currency, amount_minor);
      CREATE TABLE deliveries (
         refund_id TEXT NOT NULL REFERENCES refunds(id) ON DELETE CASCADE,
         position INTEGER NOT NULL,
