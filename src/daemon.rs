@@ -162,12 +162,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             }
         }
     });
+    // `host_str` keeps the brackets of an IPv6 literal, so this is a valid connect target.
+    let probe_targets = config
+        .destinations
+        .iter()
+        .filter_map(|d| Some((d.name.clone(), format!("{}:{}", d.base_url.host_str()?, d.base_url.port_or_known_default()?))))
+        .collect();
     let worker = Worker {
         queue: queue.clone(),
         connectors,
         settings: config.sync.clone(),
         wake,
         health,
+        probe_targets: Arc::new(probe_targets),
     };
     let worker = tokio::spawn(worker.run(shutdown_rx));
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");

@@ -5,7 +5,7 @@
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, DATE, RETRY_AFTER};
 
 use crate::config::SyncSettings;
 
@@ -33,6 +33,8 @@ pub fn client(settings: &SyncSettings) -> Result<reqwest::Client, reqwest::Error
 pub struct Response {
     pub status: u16,
     pub retry_after: Option<Duration>,
+    /// The server's `Date` header: its clock, from which the clock offset is measured.
+    pub date: Option<SystemTime>,
     pub body: String,
 }
 
@@ -50,16 +52,23 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, SendErro
     let response = request.send().await.map_err(classify_error)?;
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers(), SystemTime::now());
+    let date = response
+        .headers()
+        .get(DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
     match response.text().await {
         Ok(body) => Ok(Response {
             status,
             retry_after,
+            date,
             body,
         }),
         // The status line arrived, so the server decided; only its details were lost.
         Err(e) => Ok(Response {
             status,
             retry_after,
+            date,
             body: format!("(body unreadable: {e})"),
         }),
     }

@@ -3,8 +3,11 @@
 //! flow), and declares its [`Capability`]: whether the server deduplicates on our refund id and
 //! whether it moves money.
 
+pub mod clock;
 pub mod finalpos;
+pub mod gateway;
 pub mod http;
+pub mod olive;
 
 use std::time::Duration;
 
@@ -41,6 +44,9 @@ pub enum Attempt {
         retry_after: Option<Duration>,
         error: String,
     },
+    /// No connection could be made: the request never left, and the destination or the
+    /// network is down. Safe to send again, and worth probing for its return.
+    Unreachable(String),
     /// The request may have been processed but no answer came back.
     Ambiguous(String),
 }
@@ -49,6 +55,8 @@ pub enum Attempt {
 #[derive(Debug)]
 pub enum Connector {
     FinalPos(finalpos::FinalPos),
+    Olive(olive::Olive),
+    Gateway(gateway::Gateway),
 }
 
 impl Connector {
@@ -66,19 +74,38 @@ impl Connector {
                     client.clone(),
                 )))
             }
-            other => Err(ConfigError::Invalid {
-                key: format!("destinations.{}.kind", dest.name),
-                message: format!(
-                    "kind {:?} is not implemented in this version of refund-agent (only \"finalpos\" is); see README",
-                    other.name()
-                ),
-            }),
+            DestinationKind::Olive {
+                api_key_id,
+                hmac_secret_file,
+            } => {
+                let secret = config::read_secret(hmac_secret_file)?;
+                Ok(Connector::Olive(olive::Olive::new(
+                    dest.base_url.clone(),
+                    api_key_id.clone(),
+                    secret,
+                    client.clone(),
+                )))
+            }
+            DestinationKind::Gateway {
+                token_file,
+                terminal_id,
+            } => {
+                let token = config::read_secret(token_file)?;
+                Ok(Connector::Gateway(gateway::Gateway::new(
+                    dest.base_url.clone(),
+                    token.text()?.to_string(),
+                    *terminal_id,
+                    client.clone(),
+                )))
+            }
         }
     }
 
     pub fn capability(&self) -> Capability {
         match self {
             Connector::FinalPos(_) => finalpos::CAPABILITY,
+            Connector::Olive(_) => olive::CAPABILITY,
+            Connector::Gateway(_) => gateway::CAPABILITY,
         }
     }
 
@@ -86,6 +113,8 @@ impl Connector {
     pub async fn attempt(&self, claim: &Claim) -> Attempt {
         match self {
             Connector::FinalPos(c) => c.attempt(claim).await,
+            Connector::Olive(c) => c.attempt(claim).await,
+            Connector::Gateway(c) => c.attempt(claim).await,
         }
     }
 }

@@ -298,11 +298,12 @@ pub struct Claim {
     pub remote_id: Option<String>,
 }
 
-/// Claims up to `limit` due deliveries for sending. Rows whose seals fail are quarantined and
-/// never returned: nothing altered is ever sent.
-pub fn claim_due(db: &Db<'_>, now: i64, limit: i64) -> Result<Vec<Claim>, QueueError> {
+/// Claims up to `limit` due deliveries for sending, except to the destinations in `skip`.
+/// Rows whose seals fail are quarantined and never returned: nothing altered is ever sent.
+pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<Vec<Claim>, QueueError> {
+    let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
     let mut claims = Vec::new();
-    for mut d in rows::due_deliveries(db.conn, now, limit)? {
+    for mut d in rows::due_deliveries(db.conn, now, limit, &skip)? {
         let opened = rows::load_refund(db.conn, &d.refund_id)?
             .ok_or_else(|| format!("refund {} is missing", d.refund_id))
             .and_then(|row| row.open(db.sealer))
@@ -479,14 +480,35 @@ pub fn recover(
     Ok(report)
 }
 
-/// The earliest time a pending delivery becomes due, to know how long the worker may sleep.
-pub fn next_due(db: &Db<'_>) -> Result<Option<i64>, QueueError> {
-    Ok(db.conn.query_row(
+/// The earliest time a pending delivery becomes due (destinations in `skip` aside), to know
+/// how long the worker may sleep.
+pub fn next_due(db: &Db<'_>, skip: &[String]) -> Result<Option<i64>, QueueError> {
+    let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
+    Ok(db.conn.prepare_cached(
         "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN refunds r ON r.id = d.refund_id
-         WHERE d.state = 'pending' AND r.state = 'queued'",
-        [],
-        |r| r.get(0),
-    )?)
+         WHERE d.state = 'pending' AND r.state = 'queued'
+           AND d.destination NOT IN (SELECT value FROM json_each(?1))",
+    )?
+    .query_row([skip], |r| r.get(0))?)
+}
+
+/// Makes every pending delivery to `destination` due now: its connectivity is back, and
+/// waiting out a backoff that grew while it was away would only delay the refunds.
+pub fn reset_backoff(db: &Db<'_>, destination: &str, now: i64) -> Result<u64, QueueError> {
+    let mut n = 0;
+    let rows: Vec<DeliveryRow> = rows::deliveries_in_state(db.conn, DeliveryState::Pending)?
+        .into_iter()
+        .filter(|d| d.destination == destination && d.next_attempt_at > now)
+        .collect();
+    for mut d in rows {
+        if d.open(db.sealer).is_err() {
+            continue;
+        }
+        d.next_attempt_at = now;
+        rows::save_delivery(db.conn, db.sealer, &mut d, false)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Flags refunds undelivered for longer than `max_pending_age` as expired (for a person to

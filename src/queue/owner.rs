@@ -207,9 +207,8 @@ impl QueueHandle {
         self.call(|db| ops::status(db, now_ms())).await
     }
 
-    pub async fn claim_due(&self, limit: i64) -> Result<Vec<Claim>, QueueError> {
-        self.call(move |db| ops::claim_due(db, now_ms(), limit))
-            .await
+    pub async fn claim_due(&self, limit: i64, skip: Vec<String>) -> Result<Vec<Claim>, QueueError> {
+        self.call(move |db| ops::claim_due(db, now_ms(), limit, &skip)).await
     }
 
     pub async fn record(
@@ -230,8 +229,12 @@ impl QueueHandle {
             .await
     }
 
-    pub async fn next_due(&self) -> Result<Option<i64>, QueueError> {
-        self.call(ops::next_due).await
+    pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {
+        self.call(move |db| ops::next_due(db, &skip)).await
+    }
+
+    pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {
+        self.call(move |db| ops::reset_backoff(db, &destination, now_ms())).await
     }
 
     pub async fn sweep(&self) -> Result<(u64, u64), QueueError> {

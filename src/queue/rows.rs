@@ -298,28 +298,22 @@ pub fn deliveries_in_state(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Deliveries that may be sent now: pending, due, their refund queued and not quarantined, and
-/// every earlier destination of the refund already delivered. Oldest refunds first.
-pub fn due_deliveries(
-    conn: &Connection,
-    now: i64,
-    limit: i64,
-) -> Result<Vec<DeliveryRow>, QueueError> {
+/// Deliveries that may be sent now: pending, due, their refund queued and not quarantined,
+/// every earlier destination of the refund already delivered, and their destination not in
+/// `skip` (a JSON array of names the worker holds back). Oldest refunds first.
+pub fn due_deliveries(conn: &Connection, now: i64, limit: i64, skip: &str) -> Result<Vec<DeliveryRow>, QueueError> {
     let sql = format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
          WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND r.state = 'queued'
+           AND d.destination NOT IN (SELECT value FROM json_each(?3))
            AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
            AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
                            AND e.position < d.position AND e.state <> 'delivered')
          ORDER BY r.seq, d.position LIMIT ?2",
-        DELIVERY_COLUMNS
-            .split(", ")
-            .map(|c| format!("d.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![now, limit], DeliveryRow::from_row)?;
+    let rows = stmt.query_map(params![now, limit, skip], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

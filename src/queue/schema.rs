@@ -35,7 +35,7 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         body TEXT NOT NULL,
         seal BLOB NOT NULL) STRICT;
-     CREATE INDEX refunds_by_receipt ON refunds(receipt_id);
+     CREATE INDEX refunds_by_receipt ON refunds(receipt_id, state, amount_minor);
      CREATE INDEX refunds_by_state ON refunds(state, seq);
      CREATE INDEX refunds_open_totals ON refunds(state, currency, amount_minor);
      CREATE TABLE deliveries (

@@ -4,7 +4,11 @@
 //! networks do.
 
 pub mod finalpos;
+pub mod gateway;
+pub mod olive;
 pub mod server;
 
 pub use finalpos::FinalPosSandbox;
+pub use gateway::GatewaySandbox;
+pub use olive::OliveSandbox;
 pub use server::Fault;

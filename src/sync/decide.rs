@@ -39,6 +39,7 @@ pub fn decide(
         Attempt::Declined(error) => Recorded::Declined { error },
         Attempt::Failed(error) => Recorded::Failed { error },
         Attempt::Transient { retry_after, error } => Recorded::Retry { at_ms: retry_at(retry_after), error },
+        Attempt::Unreachable(error) => Recorded::Retry { at_ms: retry_at(None), error },
         Attempt::Ambiguous(error) if capability.dedup => Recorded::Retry {
             at_ms: retry_at(None),
             error: format!("no answer ({error}); sending again, the destination deduplicates"),

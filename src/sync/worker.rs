@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Serialize;
@@ -23,6 +23,11 @@ use crate::queue::{Claim, QueueHandle, Recorded};
 pub const MAX_IN_FLIGHT: usize = 8;
 /// The longest the worker sleeps without looking at the queue (expiry sweeps run then too).
 const IDLE_CHECK: Duration = Duration::from_secs(30);
+/// How often an unreachable destination is probed with a TCP connect, so that the return of
+/// the network is noticed within seconds however long the refunds' backoff has grown.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the worker knows of each destination's reachability, for status and metrics.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -32,6 +37,15 @@ pub struct DestinationHealth {
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_failures: u64,
+    /// While set, no delivery to this destination is claimed: one failure is enough to know
+    /// it is down, and new refunds must not each pay for finding that out again.
+    #[serde(skip)]
+    pub hold_until: Option<Instant>,
+    /// The hold came from a connection failure, so a cheap TCP probe may lift it early.
+    #[serde(skip)]
+    pub probe: bool,
+    #[serde(skip)]
+    pub last_probe: Option<Instant>,
 }
 
 /// Shared, cheap-to-read destination health.
@@ -46,6 +60,8 @@ pub struct Worker {
     /// Notified when a new refund is queued.
     pub wake: Arc<Notify>,
     pub health: Health,
+    /// `host:port` of each destination, for connectivity probes.
+    pub probe_targets: Arc<HashMap<String, String>>,
 }
 
 impl Worker {
@@ -62,6 +78,7 @@ impl Worker {
         }
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut tasks = JoinSet::new();
+        let mut probes: JoinSet<()> = JoinSet::new();
         let mut last_sweep = 0i64;
         while !*shutdown.borrow() {
             if now_ms() - last_sweep > IDLE_CHECK.as_millis() as i64 {
@@ -74,11 +91,15 @@ impl Worker {
                     Err(e) => tracing::error!(error = %e, "queue sweep failed"),
                 }
             }
+            let (held, wake_at) = self.holds(&mut probes);
             let free = permits.available_permits();
-            let claims = if free == 0 {
+            // With every destination on hold there is nothing to claim: skip the queue entirely,
+            // so that refunds queued while offline cost the worker no database work.
+            let all_held = held.len() >= self.connectors.len();
+            let claims = if free == 0 || all_held {
                 Vec::new()
             } else {
-                match self.queue.claim_due(free as i64).await {
+                match self.queue.claim_due(free as i64, held.clone()).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot claim deliveries");
@@ -88,9 +109,7 @@ impl Worker {
             };
             let claimed = !claims.is_empty();
             for claim in claims {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    break;
-                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else { break };
                 let this = self.clone();
                 tasks.spawn(async move {
                     this.deliver(claim).await;
@@ -100,19 +119,23 @@ impl Worker {
             if claimed {
                 continue;
             }
-            let sleep_for = match self.queue.next_due().await {
-                Ok(Some(at)) => Duration::from_millis(
-                    (at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64,
-                ),
+            let next_due = if all_held { Ok(None) } else { self.queue.next_due(held).await };
+            let mut sleep_for = match next_due {
+                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64),
                 _ => IDLE_CHECK,
             };
+            if let Some(at) = wake_at {
+                sleep_for = sleep_for.min(at.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(sleep_for), if permits.available_permits() > 0 => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(_) = probes.join_next(), if !probes.is_empty() => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
+        probes.abort_all();
         let grace = self.settings.request_timeout + Duration::from_secs(1);
         if !tasks.is_empty() {
             tracing::info!(
@@ -150,10 +173,9 @@ impl Worker {
         let capability = connector.capability();
         loop {
             let attempt = connector.attempt(&claim).await;
-            self.note_health(&claim.destination, &attempt);
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
-            let recorded = decide(attempt, capability, now_ms(), |after| {
+            let recorded = decide(attempt.clone(), capability, now_ms(), |after| {
                 backoff(
                     claim.attempts,
                     settings.backoff_initial,
@@ -162,6 +184,7 @@ impl Worker {
                     unit,
                 )
             });
+            self.note_health(&claim.destination, &attempt, &recorded);
             log_outcome(&claim, &recorded);
             let next = match &recorded {
                 Recorded::Progress { step, remote_id } => Some((*step, remote_id.clone())),
@@ -186,21 +209,30 @@ impl Worker {
         }
     }
 
-    fn note_health(&self, destination: &str, attempt: &Attempt) {
+    fn note_health(&self, destination: &str, attempt: &Attempt, recorded: &Recorded) {
         let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let h = all.entry(destination.to_string()).or_default();
+        let retry_at = match recorded {
+            Recorded::Retry { at_ms, .. } => {
+                Some(Instant::now() + Duration::from_millis((at_ms - now_ms()).max(0) as u64))
+            }
+            _ => None,
+        };
         match attempt {
-            Attempt::Transient { error, .. } | Attempt::Ambiguous(error) => {
-                h.connectivity = "unreachable".into();
+            Attempt::Unreachable(error) | Attempt::Transient { error, .. } | Attempt::Ambiguous(error) => {
+                h.connectivity = if matches!(attempt, Attempt::Transient { .. }) { "reachable" } else { "unreachable" }.into();
                 h.consecutive_failures += 1;
                 h.last_error = Some(error.clone());
+                if let Some(until) = retry_at {
+                    h.hold_until = Some(until);
+                    h.probe = matches!(attempt, Attempt::Unreachable(_));
+                }
             }
-            Attempt::Declined(_)
-            | Attempt::Failed(_)
-            | Attempt::Delivered { .. }
-            | Attempt::Progress { .. } => {
+            Attempt::Declined(_) | Attempt::Failed(_) | Attempt::Delivered { .. } | Attempt::Progress { .. } => {
                 h.connectivity = "reachable".into();
                 h.consecutive_failures = 0;
+                h.hold_until = None;
+                h.probe = false;
                 if let Attempt::Failed(e) = attempt {
                     h.last_error = Some(e.clone());
                 } else {
@@ -209,7 +241,38 @@ impl Worker {
             }
         }
     }
-}
+
+    /// The destinations on hold now, and when the worker must look again (a hold ends or a
+    /// probe is due). Starts the probes that are due.
+    fn holds(&self, probes: &mut JoinSet<()>) -> (Vec<String>, Option<Instant>) {
+        let now = Instant::now();
+        let mut held = Vec::new();
+        let mut wake_at: Option<Instant> = None;
+        let mut earliest = |t: Instant| wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, h) in all.iter_mut() {
+            let Some(until) = h.hold_until.filter(|u| *u > now) else {
+                h.hold_until = None;
+                continue;
+            };
+            held.push(name.clone());
+            earliest(until);
+            if !h.probe {
+                continue;
+            }
+            let due = h.last_probe.map_or(now, |t| t + PROBE_INTERVAL);
+            if due > now {
+                earliest(due);
+                continue;
+            }
+            h.last_probe = Some(now);
+            earliest(now + PROBE_INTERVAL);
+            if let Some(target) = self.probe_targets.get(name) {
+                probes.spawn(probe(self.clone(), name.clone(), target.clone()));
+            }
+        }
+        (held, wake_at)
+    }}
 
 fn log_outcome(claim: &Claim, recorded: &Recorded) {
     let id = claim.refund.id;
@@ -234,4 +297,25 @@ fn log_outcome(claim: &Claim, recorded: &Recorded) {
             tracing::error!(refund_id = %id, destination = %dest, %error, "outcome unknown")
         }
     }
+}
+
+/// A TCP connect to the destination. When it succeeds the hold is lifted and the destination's
+/// pending deliveries become due at once.
+async fn probe(worker: Worker, name: String, target: String) {
+    let ok = matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&target)).await, Ok(Ok(_)));
+    if !ok {
+        return;
+    }
+    {
+        let mut all = worker.health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = all.get_mut(&name) {
+            h.hold_until = None;
+            h.probe = false;
+        }
+    }
+    match worker.queue.reset_backoff(name.clone()).await {
+        Ok(n) => tracing::info!(destination = %name, due_now = n, "destination reachable again; sending its queue"),
+        Err(e) => tracing::error!(destination = %name, error = %e, "cannot reset the backoff"),
+    }
+    worker.wake.notify_one();
 }

@@ -80,10 +80,7 @@ impl FinalPos {
                 r.retry_after,
                 claim.remote_id.clone(),
             ),
-            Err(SendError::NotSent(e)) => Attempt::Transient {
-                retry_after: None,
-                error: e,
-            },
+            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
             Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
         }
     }

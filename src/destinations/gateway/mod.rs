@@ -1,0 +1,135 @@
+//! The card gateway (seed 002): the processor that moves the money back to the card. One
+//! request per delivery, `POST /payment/{original_payment_id}/refund` with a Bearer token.
+//!
+//! The seed does not promise that `externalId` is deduplicated, so a request whose outcome is
+//! unknown is never sent again (it becomes `unknown` for a person): a second request could
+//! refund the card twice.
+
+pub mod classify;
+pub mod request;
+
+use std::fmt;
+
+use crate::destinations::clock::ClockOffset;
+use crate::destinations::http::{self, SendError};
+use crate::destinations::{Attempt, Capability};
+use crate::queue::Claim;
+
+/// The gateway moves money and does not promise deduplication.
+pub const CAPABILITY: Capability = Capability {
+    dedup: false,
+    moves_money: true,
+};
+
+/// The card gateway connector.
+pub struct Gateway {
+    base_url: reqwest::Url,
+    token: String,
+    /// The dashboard terminal id sent as `terminal.id`.
+    terminal_id: i64,
+    client: reqwest::Client,
+    /// Measured from every answer's `Date` header; nothing is signed here, status reports it.
+    clock: ClockOffset,
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("base_url", &self.base_url.as_str())
+            .field("terminal_id", &self.terminal_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        base_url: reqwest::Url,
+        token: String,
+        terminal_id: i64,
+        client: reqwest::Client,
+    ) -> Gateway {
+        Gateway {
+            base_url,
+            token,
+            terminal_id,
+            client,
+            clock: ClockOffset::new(),
+        }
+    }
+
+    /// The measured offset of the gateway's clock, shared (status reports it).
+    pub fn clock(&self) -> &ClockOffset {
+        &self.clock
+    }
+
+    /// Sends the claimed refund.
+    pub async fn attempt(&self, claim: &Claim) -> Attempt {
+        let url = match request::payment_id(&claim.refund)
+            .and_then(|id| request::refund_url(&self.base_url, id))
+        {
+            Ok(u) => u,
+            Err(m) => return Attempt::Failed(m),
+        };
+        let body = match serde_json::to_vec(&request::refund_body(&claim.refund, self.terminal_id))
+        {
+            Ok(b) => b,
+            Err(e) => return Attempt::Failed(format!("cannot encode the request: {e}")),
+        };
+        let builder = self
+            .client
+            .post(url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body);
+        match http::send(builder).await {
+            Ok(r) => {
+                if let Some(date) = r.date {
+                    self.clock.observe(date, crate::clock::now_ms());
+                }
+                classify::classify(r.status, &r.body, r.retry_after)
+            }
+            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
+            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_never_resends_money() {
+        assert_eq!(
+            CAPABILITY,
+            Capability {
+                dedup: false,
+                moves_money: true
+            }
+        );
+    }
+
+    fn test_client() -> reqwest::Client {
+        let d = std::time::Duration::from_secs(1);
+        http::client(&crate::config::SyncSettings {
+            request_timeout: d,
+            connect_timeout: d,
+            backoff_initial: d,
+            backoff_max: d,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let g = Gateway::new(
+            "https://gw.example.com".parse().unwrap(),
+            "sekrit-token".into(),
+            24,
+            test_client(),
+        );
+        let text = format!("{g:?}");
+        assert!(!text.contains("sekrit"), "{text}");
+        assert!(text.contains("gw.example.com"), "{text}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Olive POS (seed 004): HMAC-signed POS refunds. One request per delivery,
+//! `POST /api/v1/pos/refund` with `{"original_transaction_id","amount","reason","initiated_by"}`,
+//! signed over the exact bytes sent with a timestamp Olive accepts for five minutes only.
+//!
+//! Olive documents no deduplication, so a request whose outcome is unknown is never sent again
+//! (it becomes `unknown` for a person). Because kiosk clocks are often wrong, every answer's
+//! `Date` header updates this destination's [`ClockOffset`], requests are signed with the
+//! server's time, and a 401 that a wrong clock explains is retried at once with the corrected
+//! time.
+
+pub mod classify;
+pub mod sign;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::Secret;
+use crate::destinations::clock::{self, ClockOffset};
+use crate::destinations::http::{self, SendError};
+use crate::destinations::{Attempt, Capability};
+use crate::queue::Claim;
+use crate::refund::ValidRefund;
+
+/// Olive moves money and does not deduplicate.
+pub const CAPABILITY: Capability = Capability {
+    dedup: false,
+    moves_money: true,
+};
+
+/// The refund endpoint, below the configured base URL.
+pub const REFUND_PATH: &str = "/api/v1/pos/refund";
+
+/// The Olive connector.
+pub struct Olive {
+    base_url: reqwest::Url,
+    api_key_id: String,
+    secret: Secret,
+    client: reqwest::Client,
+    /// Olive's clock as measured from its `Date` headers; requests are signed with it.
+    clock: ClockOffset,
+}
+
+impl fmt::Debug for Olive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Olive")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key_id", &self.api_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The request body, in the seed's field order.
+#[derive(Debug, Serialize)]
+struct RefundBody<'a> {
+    original_transaction_id: &'a str,
+    amount: String,
+    reason: &'a str,
+    initiated_by: &'a str,
+}
+
+/// The exact bytes sent (and signed) for a refund. Pure.
+pub fn refund_body(refund: &ValidRefund) -> Result<Vec<u8>, String> {
+    let original_transaction_id = refund
+        .transaction_id
+        .as_deref()
+        .or(refund.sale.as_ref().map(|s| s.transaction_id.as_str()))
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            "the refund has no original transaction id, which Olive requires \
+             (original_transaction_id); refund it in the Olive back office instead"
+                .to_string()
+        })?;
+    let body = RefundBody {
+        original_transaction_id,
+        amount: refund.currency.format(refund.amount),
+        reason: &refund.reason,
+        initiated_by: &refund.operator,
+    };
+    serde_json::to_vec(&body).map_err(|e| format!("cannot encode the request: {e}"))
+}
+
+/// `{base}/api/v1/pos/refund`, keeping any path prefix of the base URL (it is part of what is
+/// signed).
+pub fn refund_url(base_url: &reqwest::Url) -> Result<reqwest::Url, String> {
+    let text = format!("{}{}", base_url.as_str().trim_end_matches('/'), REFUND_PATH);
+    reqwest::Url::parse(&text).map_err(|e| format!("base_url {base_url} is unusable: {e}"))
+}
+
+impl Olive {
+    pub fn new(
+        base_url: reqwest::Url,
+        api_key_id: String,
+        secret: Secret,
+        client: reqwest::Client,
+    ) -> Olive {
+        Olive {
+            base_url,
+            api_key_id,
+            secret,
+            client,
+            clock: ClockOffset::new(),
+        }
+    }
+
+    /// The measured offset of Olive's clock, shared (status reports it).
+    pub fn clock(&self) -> &ClockOffset {
+        &self.clock
+    }
+
+    /// Signs and sends the claimed refund. Each attempt is signed afresh with the current time.
+    pub async fn attempt(&self, claim: &Claim) -> Attempt {
+        let body = match refund_body(&claim.refund) {
+            Ok(b) => b,
+            Err(m) => return Attempt::Failed(m),
+        };
+        let url = match refund_url(&self.base_url) {
+            Ok(u) => u,
+            Err(m) => return Attempt::Failed(m),
+        };
+        let signed_ms = self.clock.server_now_ms(crate::clock::now_ms());
+        let timestamp = sign::timestamp(signed_ms.div_euclid(1000));
+        let signature =
+            sign::signature(self.secret.expose(), "POST", url.path(), &timestamp, &body);
+        let builder = self
+            .client
+            .post(url)
+            .header("X-API-Key-ID", &self.api_key_id)
+            .header("X-Timestamp", &timestamp)
+            .header("X-Signature", signature)
+            .header("content-type", "application/json")
+            .body(body);
+        match http::send(builder).await {
+            Ok(r) => {
+                let skew_ms = r.date.map(|date| {
+                    self.clock.observe(date, crate::clock::now_ms());
+                    clock::measure_ms(date, signed_ms)
+                });
+                classify::classify(r.status, &r.body, r.retry_after, skew_ms)
+            }
+            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
+            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refund::{validate, Facts, Policy, RefundDraft, RefundId};
+    use crate::sale::tests::example_sale;
+
+    fn refund(reason: &str) -> ValidRefund {
+        let draft = RefundDraft {
+            receipt_id: Some("RCP-2025-001".into()),
+            amount: "5".into(),
+            reason: reason.into(),
+            operator: "emp_42".into(),
+            ..RefundDraft::default()
+        };
+        let policy = Policy {
+            terminal_id: "till-01".into(),
+            default_currency: "USD".parse().unwrap(),
+            max_refund: None,
+            max_pending_total: None,
+            max_queue_len: None,
+            allow_unlinked: true,
+        };
+        let facts = Facts {
+            sale: Some(example_sale()),
+            ..Facts::default()
+        };
+        validate(&draft, &facts, &policy, RefundId::new(), 0).unwrap()
+    }
+
+    #[test]
+    fn body_is_exactly_the_seed_fields_in_order() {
+        let bytes = refund_body(&refund("Customer returned item")).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"original_transaction_id":"txn_123","amount":"5.00","reason":"Customer returned item","initiated_by":"emp_42"}"#
+        );
+    }
+
+    #[test]
+    fn quotes_and_non_ascii_are_plain_json() {
+        let bytes = refund_body(&refund(r#"said "kaputt" — zurück"#)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["reason"], r#"said "kaputt" — zurück"#);
+        assert!(String::from_utf8(bytes).unwrap().contains("zurück"));
+    }
+
+    #[test]
+    fn a_refund_without_a_transaction_id_is_not_sent() {
+        let mut r = refund("x");
+        r.transaction_id = None;
+        r.sale = None;
+        let err = refund_body(&r).unwrap_err();
+        assert!(err.contains("original transaction id"), "{err}");
+    }
+
+    #[test]
+    fn the_signed_path_keeps_the_base_path_prefix() {
+        let plain = refund_url(&"http://127.0.0.1:8080".parse().unwrap()).unwrap();
+        assert_eq!(plain.path(), "/api/v1/pos/refund");
+        let prefixed = refund_url(&"https://api.example.com/olive/".parse().unwrap()).unwrap();
+        assert_eq!(prefixed.path(), "/olive/api/v1/pos/refund");
+    }
+
+    #[test]
+    fn capability_never_resends_money() {
+        assert_eq!(
+            CAPABILITY,
+            Capability {
+                dedup: false,
+                moves_money: true
+            }
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! End-to-end against Olive (seed 004): the real binary, a real SQLite file, and an Olive
+//! sandbox on a loopback port that checks every signature and timestamp.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+use refund_agent::queue::RefundView;
+use refund_agent::sandbox::{Fault, OliveSandbox};
+use rust_decimal::Decimal;
+
+const KEY_ID: &str = "pos_key_test";
+const SECRET: &str = "olive-test-secret";
+
+fn dec(s: &str) -> Decimal {
+    s.parse().expect("decimal")
+}
+
+/// An agent whose every refund goes to Olive at `url`, signing with `secret`. `limits` is an
+/// optional `[limits]` body.
+fn olive_agent(url: &str, secret: &str, limits: &str) -> Agent {
+    let extra = format!(
+        r#"
+[destinations.olive]
+kind = "olive"
+base_url = "{url}"
+api_key_id = "{KEY_ID}"
+hmac_secret_file = "olive.secret"
+
+[[routes]]
+processor = "*"
+destinations = ["olive"]
+
+[limits]
+{limits}
+"#
+    );
+    let agent = Agent::new(url, &extra);
+    let path = agent.dir.path().join("olive.secret");
+    fs::write(&path, secret).expect("write secret");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    agent
+}
+
+/// Starts an Olive sandbox that knows the example sale's transaction (`txn_123`) with
+/// `captured` captured, and an agent for it that has the example receipt.
+async fn setup(captured: Option<&str>) -> (OliveSandbox, Agent) {
+    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes())
+        .await
+        .expect("start the Olive sandbox");
+    if let Some(c) = captured {
+        olive.add_transaction("txn_123", dec(c));
+    }
+    let mut agent = olive_agent(&olive.url(), SECRET, "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    (olive, agent)
+}
+
+/// `refunds show ID --json`, as a technician would read it.
+async fn show(agent: &Agent, id: &str) -> RefundView {
+    let out = agent.cli(&["refunds", "show", id, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("refund JSON")
+}
+
+/// Waits for `state`, then returns the delivery's `last_error` as `refunds show` prints it.
+async fn ends(agent: &Agent, id: &str, state: &str) -> String {
+    agent.wait_state(id, state).await;
+    let shown = show(agent, id).await;
+    assert_eq!(shown.deliveries[0].state, state, "{shown:?}");
+    shown.deliveries[0].last_error.clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_is_signed_and_delivered_once() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let done = agent.wait_state(&id, "delivered").await;
+    assert_eq!(done.deliveries[0].destination, "olive");
+    assert_eq!(done.deliveries[0].remote_id.as_deref(), Some("rfnd_1"));
+
+    let refunds = olive.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["original_transaction_id"], "txn_123");
+    assert_eq!(refunds[0]["amount"], "5.00");
+    assert_eq!(refunds[0]["reason"], "Customer returned item");
+    assert_eq!(refunds[0]["initiated_by"], "emp_42");
+    assert_eq!(olive.refunded("txn_123"), Some(dec("5.00")));
+    let seen = olive.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/api/v1/pos/refund");
+    assert_eq!(seen[0].status, 200);
+    let ts = seen[0].timestamp.as_deref().unwrap_or_default();
+    assert!(ts.len() == 20 && ts.ends_with('Z'), "{ts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amount_olive_refuses_is_declined_with_its_message() {
+    // Olive's record of the sale allows less than the agent's ledger does.
+    let (olive, agent) = setup(Some("3.00")).await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let error = ends(&agent, &id, "declined").await;
+    assert!(
+        error.contains("INVALID_AMOUNT") && error.contains("exceeds the refundable balance"),
+        "{error}"
+    );
+    assert!(olive.refunds().is_empty());
+    assert_eq!(olive.seen().len(), 1, "a refusal is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_refund_of_a_fully_refunded_sale_is_declined_as_already_refunded() {
+    let (olive, agent) = setup(Some("5.00")).await;
+    let first = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    agent.wait_state(&first, "delivered").await;
+    let second = created_id(&cli_refund(&agent, "1.00", &[]).await);
+    let error = ends(&agent, &second, "declined").await;
+    assert!(error.starts_with("already refunded"), "{error}");
+    assert!(
+        error.contains("ALREADY_REFUNDED") && error.contains("txn_123"),
+        "{error}"
+    );
+    assert_eq!(olive.refunds().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_transaction_is_declined_as_not_found() {
+    let (olive, agent) = setup(None).await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let error = ends(&agent, &id, "declined").await;
+    assert!(
+        error.contains("HTTP 404 TXN_NOT_FOUND") && error.contains("Transaction txn_123 not found"),
+        "{error}"
+    );
+    assert_eq!(olive.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_refund_permission_fails() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    olive.forbid_refunds(true);
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let error = ends(&agent, &id, "failed").await;
+    assert!(
+        error.contains("HTTP 403 FORBIDDEN") && error.contains("not permitted to issue refunds"),
+        "{error}"
+    );
+    assert_eq!(olive.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_with_a_right_clock_fails_as_refused_credentials() {
+    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes())
+        .await
+        .unwrap();
+    olive.add_transaction("txn_123", dec("100.00"));
+    let mut agent = olive_agent(&olive.url(), "not-the-secret", "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let error = ends(&agent, &id, "failed").await;
+    assert!(
+        error.starts_with("credentials refused") && error.contains("INVALID_SIGNATURE"),
+        "{error}"
+    );
+    assert_eq!(olive.seen().len(), 1, "refused credentials are not retried");
+    assert!(olive.refunds().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_till_clock_an_hour_behind_is_corrected_and_the_refund_delivered() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    // Olive's clock is an hour ahead of the till's: the first signature is outside its window.
+    olive.set_clock_offset(3600);
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let done = agent.wait_state(&id, "delivered").await;
+    assert_eq!(done.deliveries[0].remote_id.as_deref(), Some("rfnd_1"));
+    let seen = olive.seen();
+    let outcome: Vec<(u16, Option<&str>)> =
+        seen.iter().map(|s| (s.status, s.code.as_deref())).collect();
+    assert_eq!(
+        outcome,
+        [(401, Some("INVALID_TIMESTAMP")), (200, None)],
+        "{seen:?}"
+    );
+    assert_ne!(
+        seen[0].timestamp, seen[1].timestamp,
+        "the retry is signed afresh with Olive's time"
+    );
+    assert_eq!(olive.refunds().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_then_delivered_after_retry_after() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    olive.inject(Fault::Status(429, Some(1)), 1);
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let done = agent.wait_state(&id, "delivered").await;
+    assert_eq!(done.deliveries[0].attempts, 2, "{done:?}");
+    let seen = olive.seen();
+    let statuses: Vec<u16> = seen.iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [429, 200]);
+    assert!(
+        seen[1].at.duration_since(seen[0].at) >= Duration::from_millis(950),
+        "Retry-After: 1 was honoured: {:?}",
+        seen[1].at.duration_since(seen[0].at)
+    );
+    assert_eq!(olive.refunds().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_then_delivered_exactly_once() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    olive.inject(Fault::Status(503, None), 3);
+    olive.inject(Fault::Status(500, None), 1);
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let done = agent.wait_state(&id, "delivered").await;
+    assert_eq!(done.deliveries[0].attempts, 5, "{done:?}");
+    let statuses: Vec<u16> = olive.seen().iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [503, 503, 503, 500, 200]);
+    assert_eq!(olive.refunds().len(), 1);
+    assert_eq!(olive.refunded("txn_123"), Some(dec("5.00")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_after_commit_ends_unknown_and_is_never_resent() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    olive.inject(Fault::CommitThenDrop, 1);
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let error = ends(&agent, &id, "unknown").await;
+    assert!(error.contains("resolve by hand"), "{error}");
+    assert_eq!(
+        olive.seen().len(),
+        1,
+        "Olive does not deduplicate, so the request is never sent twice: {:?}",
+        olive.seen()
+    );
+    assert_eq!(olive.refunds().len(), 1, "the money did move once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_without_a_transaction_id_fails_without_a_request() {
+    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes())
+        .await
+        .unwrap();
+    let mut agent = olive_agent(&olive.url(), SECRET, "allow_unlinked = true");
+    agent.start().await;
+    let out = agent
+        .cli(&[
+            "refund",
+            "create",
+            "--receipt",
+            "RCP-PAPER-ONLY",
+            "--amount",
+            "5.00",
+            "--reason",
+            "Receipt from the old till",
+            "--operator",
+            "emp_42",
+            "--manager-approval",
+            "mgr_7",
+            "--json",
+        ])
+        .await;
+    let id = created_id(&out);
+    let error = ends(&agent, &id, "failed").await;
+    assert!(error.contains("no original transaction id"), "{error}");
+    assert!(
+        olive.seen().is_empty(),
+        "nothing was sent: {:?}",
+        olive.seen()
+    );
+}
