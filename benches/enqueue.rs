@@ -15,7 +15,8 @@ use refund_agent::daemon;
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let base = std::env::var("BENCH_DIR").map(Into::into).unwrap_or_else(|_| std::env::temp_dir());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     println!("| what | clients | refunds | rate (/s) | p50 (ms) | p99 (ms) | vs raw |");
     println!("|---|---|---|---|---|---|---|");
@@ -59,8 +60,11 @@ fn raw_sqlite(dir: &Path, n: usize) -> (f64, Vec<Duration>) {
     for i in 0..n {
         let t = Instant::now();
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        conn.execute("INSERT INTO t (key, body, seal) VALUES (?1, ?2, ?3)", rusqlite::params![i.to_string(), body, [0u8; 32].to_vec()])
-            .expect("insert");
+        conn.execute(
+            "INSERT INTO t (key, body, seal) VALUES (?1, ?2, ?3)",
+            rusqlite::params![i.to_string(), body, [0u8; 32].to_vec()],
+        )
+        .expect("insert");
         conn.execute_batch("COMMIT").expect("commit");
         lat.push(t.elapsed());
     }
@@ -89,7 +93,10 @@ async fn through_api(dir: &Path, n: usize, clients: usize) -> (f64, Vec<Duration
     let client = ControlClient::new(&running.socket);
     let receipt = r#"{"receipt_id":"R1","transaction_id":"T1","currency":"USD","total":"100000000.00","subtotal":"100000000.00",
         "items":[{"name":"Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1"}]}"#;
-    let a = client.request("POST", "/v1/receipts", Some(receipt.as_bytes().to_vec()), &[]).await.expect("receipt");
+    let a = client
+        .request("POST", "/v1/receipts", Some(receipt.as_bytes().to_vec()), &[])
+        .await
+        .expect("receipt");
     assert_eq!(a.status, 201);
 
     let per_client = n / clients;

@@ -27,10 +27,7 @@ pub const DEFAULT_PATH: &str = "/etc/refund-agent/config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -40,10 +37,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,11 +94,7 @@ struct RawControl {
 
 impl Default for RawControl {
     fn default() -> Self {
-        RawControl {
-            socket: default_socket(),
-            socket_group: None,
-            tcp: None,
-        }
+        RawControl { socket: default_socket(), socket_group: None, tcp: None }
     }
 }
 
@@ -189,22 +179,11 @@ fn d5m() -> String {
 #[serde(tag = "kind", deny_unknown_fields)]
 enum RawDestination {
     #[serde(rename = "finalpos")]
-    FinalPos {
-        base_url: String,
-        api_key_file: String,
-    },
+    FinalPos { base_url: String, api_key_file: String },
     #[serde(rename = "olive")]
-    Olive {
-        base_url: String,
-        api_key_id: String,
-        hmac_secret_file: String,
-    },
+    Olive { base_url: String, api_key_id: String, hmac_secret_file: String },
     #[serde(rename = "gateway")]
-    Gateway {
-        base_url: String,
-        token_file: String,
-        terminal_id: i64,
-    },
+    Gateway { base_url: String, token_file: String, terminal_id: i64 },
 }
 
 /// The validated configuration.
@@ -250,17 +229,9 @@ pub struct Destination {
 /// The API a destination speaks, with where its secrets live.
 #[derive(Debug, Clone)]
 pub enum DestinationKind {
-    FinalPos {
-        api_key_file: PathBuf,
-    },
-    Olive {
-        api_key_id: String,
-        hmac_secret_file: PathBuf,
-    },
-    Gateway {
-        token_file: PathBuf,
-        terminal_id: i64,
-    },
+    FinalPos { api_key_file: PathBuf },
+    Olive { api_key_id: String, hmac_secret_file: PathBuf },
+    Gateway { token_file: PathBuf, terminal_id: i64 },
 }
 
 impl DestinationKind {
@@ -283,9 +254,7 @@ impl Secret {
     }
     /// The secret as text (API keys, tokens), without surrounding whitespace.
     pub fn text(&self) -> Result<&str, ConfigError> {
-        std::str::from_utf8(&self.0)
-            .map(str::trim)
-            .map_err(|_| invalid("secret", "is not UTF-8 text"))
+        std::str::from_utf8(&self.0).map(str::trim).map_err(|_| invalid("secret", "is not UTF-8 text"))
     }
 }
 
@@ -298,10 +267,8 @@ impl fmt::Debug for Secret {
 impl Config {
     /// Reads, overrides from the environment and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_toml(&text, path, std::env::vars())
     }
 
@@ -311,17 +278,11 @@ impl Config {
         path: &Path,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let parse_err = |message: String| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        };
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let parse_err = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         apply_env(&mut table, env)?;
-        let raw: RawConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+        let raw: RawConfig =
+            table.try_into().map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         validate(raw, path, &base_dir)
     }
@@ -354,9 +315,7 @@ fn apply_env(
             .unwrap_or(toml::Value::String(value));
         let mut cursor = &mut *table;
         for part in &parts[..parts.len() - 1] {
-            let entry = cursor
-                .entry(part.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = cursor.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             cursor = entry
                 .as_table_mut()
                 .ok_or_else(|| invalid(name.clone(), format!("`{part}` is not a table")))?;
@@ -386,16 +345,10 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
         .as_deref()
         .map(|t| {
             let addr: SocketAddr = t.parse().map_err(|_| {
-                invalid(
-                    "control.tcp",
-                    format!("{t:?} is not an address like 127.0.0.1:7878"),
-                )
+                invalid("control.tcp", format!("{t:?} is not an address like 127.0.0.1:7878"))
             })?;
             if !addr.ip().is_loopback() {
-                return Err(invalid(
-                    "control.tcp",
-                    "the control API may only listen on a loopback address",
-                ));
+                return Err(invalid("control.tcp", "the control API may only listen on a loopback address"));
             }
             Ok(addr)
         })
@@ -417,51 +370,27 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
     for (name, d) in raw.destinations {
         let key = |k: &str| format!("destinations.{name}.{k}");
         let (url, kind) = match d {
-            RawDestination::FinalPos {
-                base_url,
-                api_key_file,
-            } => (
-                base_url,
-                DestinationKind::FinalPos {
-                    api_key_file: secret_path(&api_key_file, base_dir),
-                },
-            ),
-            RawDestination::Olive {
-                base_url,
-                api_key_id,
-                hmac_secret_file,
-            } => (
+            RawDestination::FinalPos { base_url, api_key_file } => {
+                (base_url, DestinationKind::FinalPos { api_key_file: secret_path(&api_key_file, base_dir) })
+            }
+            RawDestination::Olive { base_url, api_key_id, hmac_secret_file } => (
                 base_url,
                 DestinationKind::Olive {
                     api_key_id,
                     hmac_secret_file: secret_path(&hmac_secret_file, base_dir),
                 },
             ),
-            RawDestination::Gateway {
+            RawDestination::Gateway { base_url, token_file, terminal_id } => (
                 base_url,
-                token_file,
-                terminal_id,
-            } => (
-                base_url,
-                DestinationKind::Gateway {
-                    token_file: secret_path(&token_file, base_dir),
-                    terminal_id,
-                },
+                DestinationKind::Gateway { token_file: secret_path(&token_file, base_dir), terminal_id },
             ),
         };
         let base_url = base_url_checked(&key("base_url"), &url)?;
-        destinations.push(Destination {
-            name,
-            base_url,
-            kind,
-        });
+        destinations.push(Destination { name, base_url, kind });
     }
     for (i, route) in raw.routes.iter().enumerate() {
         if route.destinations.is_empty() {
-            return Err(invalid(
-                format!("routes[{i}].destinations"),
-                "must name at least one destination",
-            ));
+            return Err(invalid(format!("routes[{i}].destinations"), "must name at least one destination"));
         }
         for d in &route.destinations {
             if !destinations.iter().any(|x| &x.name == d) {
@@ -480,10 +409,7 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
             ));
         }
         if !["none", "even", "odd"].contains(&t.parity.as_str()) {
-            return Err(invalid(
-                "terminal.parity",
-                format!("{:?} is not one of none, even, odd", t.parity),
-            ));
+            return Err(invalid("terminal.parity", format!("{:?} is not one of none, even, odd", t.parity)));
         }
         if let Some(d) = &t.session_timeout {
             duration("terminal.session_timeout", d)?;
@@ -518,33 +444,18 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
 
 /// Parses `"10s"`, `"5m"`, `"72h"`, `"30d"`.
 pub fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text).map_err(|e| {
-        invalid(
-            key,
-            format!("{text:?} is not a duration like \"10s\" or \"5m\" ({e})"),
-        )
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| invalid(key, format!("{text:?} is not a duration like \"10s\" or \"5m\" ({e})")))
 }
 
 /// `https://` anywhere; `http://` only for loopback hosts (tests, the demo).
 pub fn base_url_checked(key: &str, text: &str) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(text)
-        .map_err(|e| invalid(key, format!("{text:?} is not a URL ({e})")))?;
+    let url = reqwest::Url::parse(text).map_err(|e| invalid(key, format!("{text:?} is not a URL ({e})")))?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
-        "http" => {
-            return Err(invalid(
-                key,
-                "plain http:// is only allowed for loopback hosts; use https://",
-            ))
-        }
-        other => {
-            return Err(invalid(
-                key,
-                format!("scheme {other}:// is not supported; use https://"),
-            ))
-        }
+        "http" => return Err(invalid(key, "plain http:// is only allowed for loopback hosts; use https://")),
+        other => return Err(invalid(key, format!("scheme {other}:// is not supported; use https://"))),
     }
     if url.host_str().is_none() {
         return Err(invalid(key, "has no host"));
@@ -579,10 +490,7 @@ fn secret_path(name: &str, base_dir: &Path) -> PathBuf {
 /// Reads a secret file, refusing one that group or others may read: a leaked seal key or API
 /// key lets anyone forge queue rows or refunds.
 pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
-    let err = |message: String| ConfigError::Secret {
-        path: path.to_path_buf(),
-        message,
-    };
+    let err = |message: String| ConfigError::Secret { path: path.to_path_buf(), message };
     let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {
         return Err(err("is not a regular file".into()));
@@ -618,11 +526,7 @@ mod tests {
     "#;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(
-            text,
-            Path::new("/etc/refund-agent/config.toml"),
-            std::iter::empty(),
-        )
+        Config::from_toml(text, Path::new("/etc/refund-agent/config.toml"), std::iter::empty())
     }
 
     #[test]
@@ -637,17 +541,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = load(&MINIMAL.replace("[agent]", "[agent]\nterminal_idd = \"x\""))
-            .unwrap_err()
-            .to_string();
+        let err = load(&MINIMAL.replace("[agent]", "[agent]\nterminal_idd = \"x\"")).unwrap_err().to_string();
         assert!(err.contains("terminal_idd"), "{err}");
-        let err = load(&format!("{MINIMAL}\n[limits]\nmax_refnd = \"5\""))
-            .unwrap_err()
-            .to_string();
+        let err = load(&format!("{MINIMAL}\n[limits]\nmax_refnd = \"5\"")).unwrap_err().to_string();
         assert!(err.contains("max_refnd"), "{err}");
-        let err = load(&MINIMAL.replace("api_key_file", "api_key_fil"))
-            .unwrap_err()
-            .to_string();
+        let err = load(&MINIMAL.replace("api_key_file", "api_key_fil")).unwrap_err().to_string();
         assert!(err.contains("api_key_fil"), "{err}");
     }
 
@@ -676,40 +574,26 @@ mod tests {
     #[test]
     fn env_overrides_apply_and_are_checked() {
         let env = vec![
-            (
-                "REFUND_AGENT__AGENT__STATE_DIR".to_string(),
-                "/srv/state".to_string(),
-            ),
-            (
-                "REFUND_AGENT__LIMITS__MAX_QUEUE_LEN".to_string(),
-                "7".to_string(),
-            ),
+            ("REFUND_AGENT__AGENT__STATE_DIR".to_string(), "/srv/state".to_string()),
+            ("REFUND_AGENT__LIMITS__MAX_QUEUE_LEN".to_string(), "7".to_string()),
         ];
         let c = Config::from_toml(MINIMAL, Path::new("/c.toml"), env.into_iter()).unwrap();
         assert_eq!(c.state_dir, Path::new("/srv/state"));
         assert_eq!(c.max_queue_len, Some(7));
         let env = vec![("REFUND_AGENT__AGENT__BOGUS".to_string(), "1".to_string())];
-        let err = Config::from_toml(MINIMAL, Path::new("/c.toml"), env.into_iter())
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml(MINIMAL, Path::new("/c.toml"), env.into_iter()).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = load(&format!("{MINIMAL}\n[sync]\nrequest_timeout = \"ten\""))
-            .unwrap_err()
-            .to_string();
+        let err = load(&format!("{MINIMAL}\n[sync]\nrequest_timeout = \"ten\"")).unwrap_err().to_string();
         assert!(err.contains("sync.request_timeout"), "{err}");
-        let err = load(&format!("{MINIMAL}\n[limits]\nmax_refund = \"1e3\""))
+        let err = load(&format!("{MINIMAL}\n[limits]\nmax_refund = \"1e3\"")).unwrap_err().to_string();
+        assert!(err.contains("limits.max_refund"), "{err}");
+        let err = load(&format!("{MINIMAL}\n[[routes]]\nprocessor = \"*\"\ndestinations = [\"nope\"]"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("limits.max_refund"), "{err}");
-        let err = load(&format!(
-            "{MINIMAL}\n[[routes]]\nprocessor = \"*\"\ndestinations = [\"nope\"]"
-        ))
-        .unwrap_err()
-        .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 

@@ -66,20 +66,14 @@ pub fn queue_settings(config: &Config) -> QueueSettings {
 /// Builds every configured connector, reading their secrets.
 pub fn connectors(config: &Config) -> Result<HashMap<String, Connector>, StartError> {
     let client = http::client(&config.sync).map_err(|e| StartError::Http(e.to_string()))?;
-    config
-        .destinations
-        .iter()
-        .map(|d| Ok((d.name.clone(), Connector::from_config(d, &client)?)))
-        .collect()
+    config.destinations.iter().map(|d| Ok((d.name.clone(), Connector::from_config(d, &client)?))).collect()
 }
 
 /// Reads the seal key.
 pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
     let key = config.seal_key()?;
-    Sealer::new(key.expose().to_vec()).map_err(|e| StartError::SealKey {
-        path: config.seal_key_file.clone(),
-        message: e.to_string(),
-    })
+    Sealer::new(key.expose().to_vec())
+        .map_err(|e| StartError::SealKey { path: config.seal_key_file.clone(), message: e.to_string() })
 }
 
 /// Starts everything; returns once the queue is open, recovery is done and the socket listens.
@@ -88,18 +82,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let connectors = Arc::new(connectors(config)?);
     let settings = queue_settings(config);
     let state_dir = config.state_dir.clone();
-    let (queue, owner) =
-        tokio::task::spawn_blocking(move || queue::start(&state_dir, sealer, settings))
-            .await
-            .map_err(|e| QueueError::Storage(e.to_string()))??;
+    let (queue, owner) = tokio::task::spawn_blocking(move || queue::start(&state_dir, sealer, settings))
+        .await
+        .map_err(|e| QueueError::Storage(e.to_string()))??;
 
-    let dedup: HashMap<String, bool> = connectors
-        .iter()
-        .map(|(k, c)| (k.clone(), c.capability().dedup))
-        .collect();
-    let recovery = queue
-        .recover(move |dest| dedup.get(dest).copied().unwrap_or(false))
-        .await?;
+    let dedup: HashMap<String, bool> =
+        connectors.iter().map(|(k, c)| (k.clone(), c.capability().dedup)).collect();
+    let recovery = queue.recover(move |dest| dedup.get(dest).copied().unwrap_or(false)).await?;
     if recovery.resent + recovery.unknown > 0 {
         tracing::warn!(
             resent = recovery.resent,
@@ -110,10 +99,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let listener = server::bind_socket(&config.socket, config.socket_group.as_deref())
         .await
-        .map_err(|e| StartError::Socket {
-            path: config.socket.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| StartError::Socket { path: config.socket.clone(), message: e.to_string() })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let health = Arc::new(Mutex::new(HashMap::new()));
@@ -121,21 +107,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         queue: queue.clone(),
         wake: wake.clone(),
         health: health.clone(),
+        clocks: connectors.iter().map(|(k, c)| (k.clone(), c.clock().clone())).collect(),
         started: Instant::now(),
         terminal_id: config.terminal_id.clone(),
     });
     let stop_rx = shutdown_rx.clone();
     let tcp = match config.tcp {
-        Some(addr) => {
-            Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| StartError::Socket {
-                        path: PathBuf::from(addr.to_string()),
-                        message: e.to_string(),
-                    })?,
-            )
-        }
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Socket {
+            path: PathBuf::from(addr.to_string()),
+            message: e.to_string(),
+        })?),
         None => None,
     };
     let server = tokio::spawn(async move {
@@ -144,8 +125,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         };
         match tcp {
             Some(tcp) => {
-                let unix = axum::serve(listener, app.clone())
-                    .with_graceful_shutdown(stopped(stop_rx.clone()));
+                let unix =
+                    axum::serve(listener, app.clone()).with_graceful_shutdown(stopped(stop_rx.clone()));
                 let tcp = axum::serve(tcp, app).with_graceful_shutdown(stopped(stop_rx));
                 tokio::select! {
                     r = unix => if let Err(e) = r { tracing::error!(error = %e, "control socket failed") },
@@ -153,10 +134,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 }
             }
             None => {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped(stop_rx))
-                    .await
-                {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await {
                     tracing::error!(error = %e, "control socket failed");
                 }
             }
@@ -166,7 +144,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let probe_targets = config
         .destinations
         .iter()
-        .filter_map(|d| Some((d.name.clone(), format!("{}:{}", d.base_url.host_str()?, d.base_url.port_or_known_default()?))))
+        .filter_map(|d| {
+            Some((
+                d.name.clone(),
+                format!("{}:{}", d.base_url.host_str()?, d.base_url.port_or_known_default()?),
+            ))
+        })
         .collect();
     let worker = Worker {
         queue: queue.clone(),
@@ -178,14 +161,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let worker = tokio::spawn(worker.run(shutdown_rx));
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");
-    Ok(Running {
-        socket: config.socket.clone(),
-        queue,
-        shutdown,
-        server,
-        worker,
-        owner,
-    })
+    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, owner })
 }
 
 impl Running {
@@ -213,10 +189,8 @@ pub async fn run(config: &Config) -> Result<(), StartError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stopping");
         return;
     };

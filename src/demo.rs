@@ -22,18 +22,19 @@ const API_KEY: &str = "demo-finalpos-key";
 
 /// Runs the demo, printing each step.
 pub async fn run() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("refund-agent-demo-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("refund-agent-demo-").tempdir()?;
     say("refund-agent demo: a till, a refund, a network outage, and exactly-once delivery.");
-    say(&format!(
-        "Working in {} (deleted at the end).\n",
-        dir.path().display()
-    ));
+    say(&format!("Working in {} (deleted at the end).\n", dir.path().display()));
 
     let sandbox = FinalPosSandbox::start(API_KEY).await?;
     sandbox.go_offline().await;
-    step(1, &format!("A local Final POS sandbox is set up at {} — and taken OFFLINE (its port refuses connections).", sandbox.url()));
+    step(
+        1,
+        &format!(
+            "A local Final POS sandbox is set up at {} — and taken OFFLINE (its port refuses connections).",
+            sandbox.url()
+        ),
+    );
 
     let config = write_config(dir.path(), &sandbox.url())?;
     let running = daemon::start(&config).await.context("starting the agent")?;
@@ -48,35 +49,21 @@ pub async fn run() -> Result<()> {
         "items": [{"name": "Sweet Tea", "quantity": 1, "price": "5.00", "total": "5.00",
                    "product_id": "p1", "variant_id": "v1", "sku": "SKU-001"}]
     });
-    expect(
-        &client
-            .request(
-                "POST",
-                "/v1/receipts",
-                Some(receipt.to_string().into_bytes()),
-                &[],
-            )
-            .await?,
-        201,
-    )?;
+    expect(&client.request("POST", "/v1/receipts", Some(receipt.to_string().into_bytes()), &[]).await?, 201)?;
     step(3, "The terminal reports a sale: receipt RCP-2025-001, 100.00 USD (90.00 + 10.00 tax), card ending 2257.");
 
-    step(4, "A customer returns a Sweet Tea. The cashier asks for a 5.00 USD refund while the cloud is down:");
+    step(
+        4,
+        "A customer returns a Sweet Tea. The cashier asks for a 5.00 USD refund while the cloud is down:",
+    );
     let refund = json!({"receipt_id": "RCP-2025-001", "amount": "5.00", "reason": "Customer returned item", "operator": "emp_42"});
     let body = refund.to_string().into_bytes();
     let key = [("idempotency-key", "demo-tap-1")];
-    let answer = client
-        .request("POST", "/v1/refunds", Some(body.clone()), &key)
-        .await?;
+    let answer = client.request("POST", "/v1/refunds", Some(body.clone()), &key).await?;
     expect(&answer, 201)?;
     let created: RefundView = serde_json::from_slice(&answer.body)?;
-    detail(&format!(
-        "acknowledged: refund {} is queued (committed to disk before this answer).",
-        created.id
-    ));
-    let again = client
-        .request("POST", "/v1/refunds", Some(body), &key)
-        .await?;
+    detail(&format!("acknowledged: refund {} is queued (committed to disk before this answer).", created.id));
+    let again = client.request("POST", "/v1/refunds", Some(body), &key).await?;
     expect(&again, 200)?;
     let again: RefundView = serde_json::from_slice(&again.body)?;
     detail(&format!(
@@ -84,32 +71,18 @@ pub async fn run() -> Result<()> {
         again.id
     ));
 
-    step(
-        5,
-        "The agent checks every refund offline against the sale before queueing it:",
-    );
+    step(5, "The agent checks every refund offline against the sale before queueing it:");
     for (amount, why) in [
         ("96.00", "more than the sale's refundable balance"),
         ("1e3", "not a plain amount"),
         ("0.001", "a fraction of a cent"),
     ] {
-        let bad = json!({"receipt_id": "RCP-2025-001", "amount": amount, "reason": "test", "operator": "emp_42"});
-        let a = client
-            .request(
-                "POST",
-                "/v1/refunds",
-                Some(bad.to_string().into_bytes()),
-                &[],
-            )
-            .await?;
-        let e: ApiError = serde_json::from_slice(&a.body).unwrap_or(ApiError {
-            code: "?".into(),
-            message: String::new(),
-        });
-        detail(&format!(
-            "{amount:>6} ({why}) → HTTP {} {}: {}",
-            a.status, e.code, e.message
-        ));
+        let bad =
+            json!({"receipt_id": "RCP-2025-001", "amount": amount, "reason": "test", "operator": "emp_42"});
+        let a = client.request("POST", "/v1/refunds", Some(bad.to_string().into_bytes()), &[]).await?;
+        let e: ApiError =
+            serde_json::from_slice(&a.body).unwrap_or(ApiError { code: "?".into(), message: String::new() });
+        detail(&format!("{amount:>6} ({why}) → HTTP {} {}: {}", a.status, e.code, e.message));
     }
 
     let view = wait_for(&client, &created.id, Duration::from_secs(15), |r| {
@@ -124,20 +97,11 @@ pub async fn run() -> Result<()> {
             d.attempts
         ),
     );
-    detail(&format!(
-        "last error: {}",
-        d.last_error.as_deref().unwrap_or("-")
-    ));
+    detail(&format!("last error: {}", d.last_error.as_deref().unwrap_or("-")));
 
     sandbox.go_online().await?;
-    step(
-        7,
-        "The network comes back: the sandbox listens again on the same port.",
-    );
-    let done = wait_for(&client, &created.id, Duration::from_secs(20), |r| {
-        r.state == "delivered"
-    })
-    .await?;
+    step(7, "The network comes back: the sandbox listens again on the same port.");
+    let done = wait_for(&client, &created.id, Duration::from_secs(20), |r| r.state == "delivered").await?;
     let d = &done.deliveries[0];
     detail(&format!(
         "refund {} is DELIVERED to {} after {} attempts (Final POS id {}).",
@@ -176,10 +140,7 @@ pub async fn run() -> Result<()> {
     }
 
     running.stop().await;
-    step(
-        9,
-        "The agent stops cleanly (SIGTERM does the same). One refund, delivered exactly once.",
-    );
+    step(9, "The agent stops cleanly (SIGTERM does the same). One refund, delivered exactly once.");
     say("\nNext: `cargo test` runs the test suite; README.md explains configuration and the CLI.");
     Ok(())
 }
@@ -224,11 +185,7 @@ api_key_file = "finalpos.key"
     );
     let path = dir.join("config.toml");
     fs::write(&path, text)?;
-    Ok(Config::from_toml(
-        &fs::read_to_string(&path)?,
-        &path,
-        std::iter::empty(),
-    )?)
+    Ok(Config::from_toml(&fs::read_to_string(&path)?, &path, std::iter::empty())?)
 }
 
 async fn wait_for(
@@ -239,9 +196,7 @@ async fn wait_for(
 ) -> Result<RefundView> {
     let start = Instant::now();
     loop {
-        let a = client
-            .request("GET", &format!("/v1/refunds/{id}"), None, &[])
-            .await?;
+        let a = client.request("GET", &format!("/v1/refunds/{id}"), None, &[]).await?;
         let view: RefundView = serde_json::from_slice(&a.body)?;
         if done(&view) {
             return Ok(view);
@@ -255,11 +210,7 @@ async fn wait_for(
 
 fn expect(answer: &Answer, status: u16) -> Result<()> {
     if answer.status != status {
-        bail!(
-            "expected HTTP {status}, got {}: {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
+        bail!("expected HTTP {status}, got {}: {}", answer.status, String::from_utf8_lossy(&answer.body));
     }
     Ok(())
 }

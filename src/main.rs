@@ -12,11 +12,7 @@ use refund_agent::{daemon, demo};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Demo));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -30,11 +26,7 @@ fn init_logging(quiet: bool) {
     let default = if quiet { "error" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 fn load_config(path: &Path) -> Result<Config, u8> {
@@ -66,9 +58,7 @@ async fn dispatch(cli: Cli) -> u8 {
                     tracing::error!(error = %e, "refund-agent cannot start");
                     eprintln!("error: {e}");
                     match e {
-                        daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => {
-                            exit::USAGE
-                        }
+                        daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => exit::USAGE,
                         _ => exit::ERROR,
                     }
                 }
@@ -127,19 +117,10 @@ fn check_config(path: &Path) -> u8 {
     println!("  state dir:    {}", config.state_dir.display());
     println!("  socket:       {}", config.socket.display());
     for d in &config.destinations {
-        println!(
-            "  destination:  {} ({}, {})",
-            d.name,
-            d.kind.name(),
-            d.base_url
-        );
+        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url);
     }
     for r in &config.routes {
-        println!(
-            "  route:        processor {} -> {}",
-            r.processor,
-            r.destinations.join(", ")
-        );
+        println!("  route:        processor {} -> {}", r.processor, r.destinations.join(", "));
     }
     exit::OK
 }

@@ -129,10 +129,7 @@ impl FromStr for Currency {
         CURRENCIES
             .iter()
             .find(|(code, _)| *code == upper)
-            .map(|(code, minor_units)| Currency {
-                code,
-                minor_units: *minor_units,
-            })
+            .map(|(code, minor_units)| Currency { code, minor_units: *minor_units })
             .ok_or_else(|| AmountError::UnknownCurrency(s.to_string()))
     }
 }
@@ -160,11 +157,7 @@ pub enum AmountError {
     #[error("amount {0:?} must be greater than zero")]
     NotPositive(String),
     #[error("amount {amount:?} has more than {max} decimals, the most {currency} allows")]
-    TooManyDecimals {
-        amount: String,
-        currency: &'static str,
-        max: u32,
-    },
+    TooManyDecimals { amount: String, currency: &'static str, max: u32 },
     #[error("amount {0:?} is too large")]
     TooLarge(String),
     #[error("currency {0:?} is not a known ISO 4217 code")]
@@ -211,8 +204,7 @@ pub fn parse_non_negative(text: &str, currency: Currency) -> Result<Decimal, Amo
     if frac_part.len() > 18 {
         return Err(AmountError::NotDecimal(text.to_string()));
     }
-    let mut value =
-        Decimal::from_str(text).map_err(|_| AmountError::NotDecimal(text.to_string()))?;
+    let mut value = Decimal::from_str(text).map_err(|_| AmountError::NotDecimal(text.to_string()))?;
     value.rescale(currency.minor_units);
     Ok(value)
 }
@@ -239,10 +231,7 @@ mod tests {
     #[test]
     fn accepts_whole_and_cent_amounts() {
         assert_eq!(usd().format(parse_amount("150", usd()).unwrap()), "150.00");
-        assert_eq!(
-            usd().format(parse_amount("150.00", usd()).unwrap()),
-            "150.00"
-        );
+        assert_eq!(usd().format(parse_amount("150.00", usd()).unwrap()), "150.00");
         assert_eq!(usd().format(parse_amount("0.01", usd()).unwrap()), "0.01");
         assert_eq!(usd().format(parse_amount("5.000", usd()).unwrap()), "5.00");
     }
@@ -250,40 +239,17 @@ mod tests {
     #[test]
     fn refuses_bad_forms_with_the_right_reason() {
         let u = usd();
-        assert!(matches!(
-            parse_amount("1e3", u),
-            Err(AmountError::NotDecimal(_))
-        ));
-        assert!(matches!(
-            parse_amount("abc", u),
-            Err(AmountError::NotDecimal(_))
-        ));
-        assert!(matches!(
-            parse_amount("-5", u),
-            Err(AmountError::NotPositive(_))
-        ));
-        assert!(matches!(
-            parse_amount("0", u),
-            Err(AmountError::NotPositive(_))
-        ));
-        assert!(matches!(
-            parse_amount("0.00", u),
-            Err(AmountError::NotPositive(_))
-        ));
-        assert!(matches!(
-            parse_amount("0.001", u),
-            Err(AmountError::TooManyDecimals { .. })
-        ));
+        assert!(matches!(parse_amount("1e3", u), Err(AmountError::NotDecimal(_))));
+        assert!(matches!(parse_amount("abc", u), Err(AmountError::NotDecimal(_))));
+        assert!(matches!(parse_amount("-5", u), Err(AmountError::NotPositive(_))));
+        assert!(matches!(parse_amount("0", u), Err(AmountError::NotPositive(_))));
+        assert!(matches!(parse_amount("0.00", u), Err(AmountError::NotPositive(_))));
+        assert!(matches!(parse_amount("0.001", u), Err(AmountError::TooManyDecimals { .. })));
         assert!(matches!(parse_amount("", u), Err(AmountError::Empty)));
-        for bad in [
-            " 5", "5 ", "+5", ".5", "5.", "1,000.00", "NaN", "inf", "0x10", "５",
-        ] {
+        for bad in [" 5", "5 ", "+5", ".5", "5.", "1,000.00", "NaN", "inf", "0x10", "５"] {
             assert!(parse_amount(bad, u).is_err(), "{bad:?} must be refused");
         }
-        assert!(matches!(
-            parse_amount("9999999999999999", u),
-            Err(AmountError::TooLarge(_))
-        ));
+        assert!(matches!(parse_amount("9999999999999999", u), Err(AmountError::TooLarge(_))));
     }
 
     #[test]

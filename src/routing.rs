@@ -23,12 +23,7 @@ impl Router {
     pub fn new(routes: Vec<Route>, mut all: Vec<String>) -> Router {
         if routes.is_empty() {
             all.sort();
-            return Router {
-                routes: vec![Route {
-                    processor: "*".into(),
-                    destinations: all,
-                }],
-            };
+            return Router { routes: vec![Route { processor: "*".into(), destinations: all }] };
         }
         Router { routes }
     }
@@ -48,29 +43,17 @@ mod tests {
     use super::*;
 
     fn route(p: &str, d: &[&str]) -> Route {
-        Route {
-            processor: p.into(),
-            destinations: d.iter().map(|s| s.to_string()).collect(),
-        }
+        Route { processor: p.into(), destinations: d.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]
     fn first_match_wins_and_star_catches_the_rest() {
         let r = Router::new(
-            vec![
-                route("olive", &["olive", "finalpos"]),
-                route("*", &["gateway", "finalpos"]),
-            ],
+            vec![route("olive", &["olive", "finalpos"]), route("*", &["gateway", "finalpos"])],
             vec![],
         );
-        assert_eq!(
-            r.destinations_for(Some("olive")).unwrap(),
-            ["olive", "finalpos"]
-        );
-        assert_eq!(
-            r.destinations_for(Some("gateway")).unwrap(),
-            ["gateway", "finalpos"]
-        );
+        assert_eq!(r.destinations_for(Some("olive")).unwrap(), ["olive", "finalpos"]);
+        assert_eq!(r.destinations_for(Some("gateway")).unwrap(), ["gateway", "finalpos"]);
         assert_eq!(r.destinations_for(None).unwrap(), ["gateway", "finalpos"]);
     }
 

@@ -126,10 +126,7 @@ pub enum SaleError {
     #[error("field `{0}` must not be empty")]
     Empty(&'static str),
     #[error("field `{field}`: {source}")]
-    Amount {
-        field: &'static str,
-        source: AmountError,
-    },
+    Amount { field: &'static str, source: AmountError },
     #[error("subtotal {subtotal} is larger than total {total}")]
     SubtotalAboveTotal { subtotal: String, total: String },
     #[error("field `masked_pan` must end with the card's last 4 digits")]
@@ -141,27 +138,18 @@ impl Sale {
     pub fn from_input(input: SaleInput) -> Result<Sale, SaleError> {
         require("receipt_id", &input.receipt_id)?;
         require("transaction_id", &input.transaction_id)?;
-        let currency: Currency = input.currency.parse().map_err(|source| SaleError::Amount {
-            field: "currency",
-            source,
-        })?;
+        let currency: Currency =
+            input.currency.parse().map_err(|source| SaleError::Amount { field: "currency", source })?;
         let amount = |field: &'static str, text: &str| {
             parse_non_negative(text, currency).map_err(|source| SaleError::Amount { field, source })
         };
         let total = amount("total", &input.total)?;
         let subtotal = amount("subtotal", &input.subtotal)?;
         if subtotal > total && input.discount.is_none() {
-            return Err(SaleError::SubtotalAboveTotal {
-                subtotal: input.subtotal,
-                total: input.total,
-            });
+            return Err(SaleError::SubtotalAboveTotal { subtotal: input.subtotal, total: input.total });
         }
         let tax = input.tax.as_deref().map(|t| amount("tax", t)).transpose()?;
-        let discount = input
-            .discount
-            .as_deref()
-            .map(|d| amount("discount", d))
-            .transpose()?;
+        let discount = input.discount.as_deref().map(|d| amount("discount", d)).transpose()?;
         let card = match input.masked_pan.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => Some(CardRef::from_pan_text(text).ok_or(SaleError::BadCard)?),
@@ -235,13 +223,7 @@ pub(crate) mod tests {
     fn example_receipt_is_accepted() {
         let sale = example_sale();
         assert_eq!(sale.total.to_string(), "100.00");
-        assert_eq!(
-            sale.card,
-            Some(CardRef {
-                bin: Some("530957".into()),
-                last4: "2257".into()
-            })
-        );
+        assert_eq!(sale.card, Some(CardRef { bin: Some("530957".into()), last4: "2257".into() }));
         assert_eq!(sale.items[0].product_id, "p1");
     }
 
@@ -263,9 +245,6 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("`total`"), "{err}");
         let mut input = example_input();
         input.receipt_id = " ".into();
-        assert_eq!(
-            Sale::from_input(input).unwrap_err(),
-            SaleError::Empty("receipt_id")
-        );
+        assert_eq!(Sale::from_input(input).unwrap_err(), SaleError::Empty("receipt_id"));
     }
 }

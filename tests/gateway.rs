@@ -47,9 +47,7 @@ destinations = ["gateway"]
 /// Starts a gateway sandbox that knows payment 882 (the example sale's) when `payment` gives
 /// its captured amount and subtotal, and an agent for it that has the example receipt.
 async fn setup(payment: Option<(&str, &str)>) -> (GatewaySandbox, Agent) {
-    let gw = GatewaySandbox::start(TOKEN)
-        .await
-        .expect("start the gateway sandbox");
+    let gw = GatewaySandbox::start(TOKEN).await.expect("start the gateway sandbox");
     if let Some((captured, subtotal)) = payment {
         gw.add_payment("882", dec(captured), dec(subtotal));
     }
@@ -114,8 +112,7 @@ async fn above_the_captured_amount_is_declined_with_the_gateways_reason() {
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let error = ends(&agent, &id, "declined").await;
     assert!(
-        error.contains("declined by the card gateway")
-            && error.contains("exceeds the captured amount"),
+        error.contains("declined by the card gateway") && error.contains("exceeds the captured amount"),
         "{error}"
     );
     assert!(gw.refunds().is_empty());
@@ -149,10 +146,7 @@ async fn a_wrong_token_fails_without_retrying() {
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let error = ends(&agent, &id, "failed").await;
-    assert!(
-        error.contains("HTTP 401: Invalid or missing bearer token"),
-        "{error}"
-    );
+    assert!(error.contains("HTTP 401: Invalid or missing bearer token"), "{error}");
     assert_eq!(gw.seen().len(), 1);
     assert!(gw.refunds().is_empty());
 }
@@ -164,17 +158,9 @@ async fn other_documented_errors_end_in_the_right_state() {
         gw.inject(Fault::Status(status, None), 1);
         let id = created_id(&cli_refund(&agent, "1.00", &[]).await);
         let error = ends(&agent, &id, state).await;
-        assert!(
-            error.contains(&format!("HTTP {status}: Injected failure")),
-            "{status}: {error}"
-        );
+        assert!(error.contains(&format!("HTTP {status}: Injected failure")), "{status}: {error}");
     }
-    assert_eq!(
-        gw.seen().len(),
-        3,
-        "none of them is retried: {:?}",
-        gw.seen()
-    );
+    assert_eq!(gw.seen().len(), 3, "none of them is retried: {:?}", gw.seen());
     assert!(gw.refunds().is_empty());
 }
 

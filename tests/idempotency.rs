@@ -7,17 +7,13 @@ mod common;
 use common::*;
 use refund_agent::sandbox::FinalPosSandbox;
 
-const BODY: &str = r#"{"receipt_id":"RCP-2025-001","amount":"5.00","reason":"Customer returned item","operator":"emp_42"}"#;
+const BODY: &str =
+    r#"{"receipt_id":"RCP-2025-001","amount":"5.00","reason":"Customer returned item","operator":"emp_42"}"#;
 
 async fn post(agent: &Agent, body: &str, key: &str) -> (u16, serde_json::Value) {
     let a = agent
         .client()
-        .request(
-            "POST",
-            "/v1/refunds",
-            Some(body.as_bytes().to_vec()),
-            &[("idempotency-key", key)],
-        )
+        .request("POST", "/v1/refunds", Some(body.as_bytes().to_vec()), &[("idempotency-key", key)])
         .await
         .expect("answer");
     (a.status, serde_json::from_slice(&a.body).expect("JSON"))
@@ -87,10 +83,7 @@ async fn the_same_key_with_another_body_is_refused_and_stores_nothing() {
     let (s2, err) = post(&agent, &BODY.replace("5.00", "6.00"), "k-1").await;
     assert_eq!(s2, 422);
     assert_eq!(err["code"], "idempotency_key_reused");
-    assert!(err["message"]
-        .as_str()
-        .unwrap()
-        .contains(first["id"].as_str().unwrap()));
+    assert!(err["message"].as_str().unwrap().contains(first["id"].as_str().unwrap()));
     assert_eq!(agent.list().await.len(), 1);
 }
 
@@ -101,9 +94,7 @@ async fn killed_between_commit_and_reply_the_cli_retry_finds_the_one_refund() {
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     agent.terminate().await;
-    agent
-        .start_with_env(&[("REFUND_AGENT_FAULT_KILL_AFTER_COMMIT", "1")])
-        .await;
+    agent.start_with_env(&[("REFUND_AGENT_FAULT_KILL_AFTER_COMMIT", "1")]).await;
 
     // The CLI sends, the agent commits and dies before answering; the CLI keeps retrying with
     // its key while the agent is restarted (as systemd would).
@@ -112,23 +103,8 @@ async fn killed_between_commit_and_reply_the_cli_retry_finds_the_one_refund() {
         tokio::process::Command::new(BIN)
             .arg("--config")
             .arg(config)
-            .args([
-                "refund",
-                "create",
-                "--receipt",
-                "RCP-2025-001",
-                "--amount",
-                "5.00",
-            ])
-            .args([
-                "--reason",
-                "Customer returned item",
-                "--operator",
-                "emp_42",
-                "--retries",
-                "20",
-                "--json",
-            ])
+            .args(["refund", "create", "--receipt", "RCP-2025-001", "--amount", "5.00"])
+            .args(["--reason", "Customer returned item", "--operator", "emp_42", "--retries", "20", "--json"])
             .output()
             .await
             .expect("CLI runs")
@@ -138,11 +114,7 @@ async fn killed_between_commit_and_reply_the_cli_retry_finds_the_one_refund() {
     agent.start().await;
     let out = cli.await.unwrap();
     let id = created_id(&out);
-    assert!(
-        stderr(&out).contains("retrying with the same idempotency key"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("retrying with the same idempotency key"), "{}", stderr(&out));
 
     let all = agent.list().await;
     assert_eq!(all.len(), 1, "exactly one refund exists: {all:?}");
@@ -159,15 +131,8 @@ async fn killed_between_commit_and_reply_an_explicit_key_finds_the_refund_later(
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     agent.terminate().await;
-    agent
-        .start_with_env(&[("REFUND_AGENT_FAULT_KILL_AFTER_COMMIT", "1")])
-        .await;
-    let lost = cli_refund(
-        &agent,
-        "5.00",
-        &["--idempotency-key", "kiosk-42", "--retries", "0"],
-    )
-    .await;
+    agent.start_with_env(&[("REFUND_AGENT_FAULT_KILL_AFTER_COMMIT", "1")]).await;
+    let lost = cli_refund(&agent, "5.00", &["--idempotency-key", "kiosk-42", "--retries", "0"]).await;
     assert_eq!(lost.status.code(), Some(4), "{}", stderr(&lost));
     assert!(
         stderr(&lost).contains("--idempotency-key kiosk-42"),

@@ -48,9 +48,7 @@ destinations = ["olive"]
 /// Starts an Olive sandbox that knows the example sale's transaction (`txn_123`) with
 /// `captured` captured, and an agent for it that has the example receipt.
 async fn setup(captured: Option<&str>) -> (OliveSandbox, Agent) {
-    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes())
-        .await
-        .expect("start the Olive sandbox");
+    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes()).await.expect("start the Olive sandbox");
     if let Some(c) = captured {
         olive.add_transaction("txn_123", dec(c));
     }
@@ -104,10 +102,7 @@ async fn an_amount_olive_refuses_is_declined_with_its_message() {
     let (olive, agent) = setup(Some("3.00")).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let error = ends(&agent, &id, "declined").await;
-    assert!(
-        error.contains("INVALID_AMOUNT") && error.contains("exceeds the refundable balance"),
-        "{error}"
-    );
+    assert!(error.contains("INVALID_AMOUNT") && error.contains("exceeds the refundable balance"), "{error}");
     assert!(olive.refunds().is_empty());
     assert_eq!(olive.seen().len(), 1, "a refusal is not retried");
 }
@@ -120,10 +115,7 @@ async fn a_second_refund_of_a_fully_refunded_sale_is_declined_as_already_refunde
     let second = created_id(&cli_refund(&agent, "1.00", &[]).await);
     let error = ends(&agent, &second, "declined").await;
     assert!(error.starts_with("already refunded"), "{error}");
-    assert!(
-        error.contains("ALREADY_REFUNDED") && error.contains("txn_123"),
-        "{error}"
-    );
+    assert!(error.contains("ALREADY_REFUNDED") && error.contains("txn_123"), "{error}");
     assert_eq!(olive.refunds().len(), 1);
 }
 
@@ -154,19 +146,14 @@ async fn a_key_without_refund_permission_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_with_a_right_clock_fails_as_refused_credentials() {
-    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes())
-        .await
-        .unwrap();
+    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes()).await.unwrap();
     olive.add_transaction("txn_123", dec("100.00"));
     let mut agent = olive_agent(&olive.url(), "not-the-secret", "");
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let error = ends(&agent, &id, "failed").await;
-    assert!(
-        error.starts_with("credentials refused") && error.contains("INVALID_SIGNATURE"),
-        "{error}"
-    );
+    assert!(error.starts_with("credentials refused") && error.contains("INVALID_SIGNATURE"), "{error}");
     assert_eq!(olive.seen().len(), 1, "refused credentials are not retried");
     assert!(olive.refunds().is_empty());
 }
@@ -180,17 +167,9 @@ async fn a_till_clock_an_hour_behind_is_corrected_and_the_refund_delivered() {
     let done = agent.wait_state(&id, "delivered").await;
     assert_eq!(done.deliveries[0].remote_id.as_deref(), Some("rfnd_1"));
     let seen = olive.seen();
-    let outcome: Vec<(u16, Option<&str>)> =
-        seen.iter().map(|s| (s.status, s.code.as_deref())).collect();
-    assert_eq!(
-        outcome,
-        [(401, Some("INVALID_TIMESTAMP")), (200, None)],
-        "{seen:?}"
-    );
-    assert_ne!(
-        seen[0].timestamp, seen[1].timestamp,
-        "the retry is signed afresh with Olive's time"
-    );
+    let outcome: Vec<(u16, Option<&str>)> = seen.iter().map(|s| (s.status, s.code.as_deref())).collect();
+    assert_eq!(outcome, [(401, Some("INVALID_TIMESTAMP")), (200, None)], "{seen:?}");
+    assert_ne!(seen[0].timestamp, seen[1].timestamp, "the retry is signed afresh with Olive's time");
     assert_eq!(olive.refunds().len(), 1);
 }
 
@@ -244,9 +223,7 @@ async fn no_answer_after_commit_ends_unknown_and_is_never_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_without_a_transaction_id_fails_without_a_request() {
-    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes())
-        .await
-        .unwrap();
+    let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes()).await.unwrap();
     let mut agent = olive_agent(&olive.url(), SECRET, "allow_unlinked = true");
     agent.start().await;
     let out = agent
@@ -269,9 +246,5 @@ async fn a_refund_without_a_transaction_id_fails_without_a_request() {
     let id = created_id(&out);
     let error = ends(&agent, &id, "failed").await;
     assert!(error.contains("no original transaction id"), "{error}");
-    assert!(
-        olive.seen().is_empty(),
-        "nothing was sent: {:?}",
-        olive.seen()
-    );
+    assert!(olive.seen().is_empty(), "nothing was sent: {:?}", olive.seen());
 }

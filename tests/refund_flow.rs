@@ -38,19 +38,11 @@ async fn a_cli_refund_arrives_once_with_the_seed_fields() {
     assert_eq!(txns[0]["type"], "refund");
     assert_eq!(txns[0]["refundId"], "fp_rfd_1");
     assert_eq!(txns[0]["externalId"], id.as_str());
-    assert_eq!(
-        fp.seen().len(),
-        2,
-        "one refund request and one transaction request: {:?}",
-        fp.seen()
-    );
+    assert_eq!(fp.seen().len(), 2, "one refund request and one transaction request: {:?}", fp.seen());
 
     let show = agent.cli(&["refunds", "show", &id]).await;
     let text = String::from_utf8_lossy(&show.stdout);
-    assert!(
-        text.contains("delivered") && text.contains("fp_rfd_1"),
-        "{text}"
-    );
+    assert!(text.contains("delivered") && text.contains("fp_rfd_1"), "{text}");
     assert_eq!(agent.terminate().await.code(), Some(0), "SIGTERM exits 0");
 }
 
@@ -71,11 +63,7 @@ async fn bad_refunds_are_refused_clearly_and_store_nothing() {
     for (amount, extra, code) in cases {
         let out = cli_refund(&agent, amount, extra).await;
         assert_eq!(out.status.code(), Some(3), "{amount}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains(code),
-            "{amount}: expected {code} in {:?}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(code), "{amount}: expected {code} in {:?}", stderr(&out));
     }
     let unknown = agent
         .cli(&[
@@ -99,30 +87,12 @@ async fn bad_refunds_are_refused_clearly_and_store_nothing() {
     );
 
     // A missing field: the CLI refuses before sending, and the API names the field.
-    let missing = agent
-        .cli(&[
-            "refund",
-            "create",
-            "--receipt",
-            "RCP-2025-001",
-            "--amount",
-            "5",
-            "--reason",
-            "r",
-        ])
-        .await;
+    let missing =
+        agent.cli(&["refund", "create", "--receipt", "RCP-2025-001", "--amount", "5", "--reason", "r"]).await;
     assert_eq!(missing.status.code(), Some(2));
-    assert!(
-        stderr(&missing).contains("--operator"),
-        "{}",
-        stderr(&missing)
-    );
+    assert!(stderr(&missing).contains("--operator"), "{}", stderr(&missing));
     let body = br#"{"receipt_id":"RCP-2025-001","reason":"r","operator":"o"}"#.to_vec();
-    let a = agent
-        .client()
-        .request("POST", "/v1/refunds", Some(body), &[])
-        .await
-        .unwrap();
+    let a = agent.client().request("POST", "/v1/refunds", Some(body), &[]).await.unwrap();
     assert_eq!(a.status, 400);
     assert!(String::from_utf8_lossy(&a.body).contains("missing field `amount`"));
 
@@ -130,11 +100,9 @@ async fn bad_refunds_are_refused_clearly_and_store_nothing() {
     assert!(fp.seen().is_empty(), "nothing sent");
     let count: i64 = rusqlite::Connection::open(agent.db_path())
         .unwrap()
-        .query_row(
-            "SELECT (SELECT COUNT(*) FROM refunds) + (SELECT COUNT(*) FROM deliveries)",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT (SELECT COUNT(*) FROM refunds) + (SELECT COUNT(*) FROM deliveries)", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(count, 0, "no row in the database file");
 }
@@ -190,17 +158,10 @@ async fn kill_9_while_the_request_is_in_flight_is_resent_and_deduplicated() {
 
     agent.start().await;
     let done = agent.wait_state(&id, "delivered").await;
-    assert_eq!(
-        fp.refunds().len(),
-        1,
-        "the resend was recognised (409), not stored twice"
-    );
+    assert_eq!(fp.refunds().len(), 1, "the resend was recognised (409), not stored twice");
     assert_eq!(fp.transactions().len(), 1);
     assert!(fp.seen().iter().any(|s| s.status == 409), "{:?}", fp.seen());
-    assert!(
-        agent.logs().contains("recovered deliveries"),
-        "recovery is logged"
-    );
+    assert!(agent.logs().contains("recovered deliveries"), "recovery is logged");
     assert_eq!(done.deliveries[0].state, "delivered");
 }
 
@@ -224,11 +185,7 @@ async fn a_row_edited_behind_the_agents_back_is_quarantined_and_never_sent() {
 
     fp.go_online().await.unwrap();
     eventually("the worker to quarantine the refund", DEADLINE, || async {
-        let a = agent
-            .client()
-            .request("GET", "/v1/status", None, &[])
-            .await
-            .ok()?;
+        let a = agent.client().request("GET", "/v1/status", None, &[]).await.ok()?;
         let v: serde_json::Value = serde_json::from_slice(&a.body).ok()?;
         (v["queue"]["quarantined"] == 1).then_some(())
     })
@@ -236,11 +193,7 @@ async fn a_row_edited_behind_the_agents_back_is_quarantined_and_never_sent() {
     let shown = agent.refund(&id).await.unwrap();
     assert_eq!(shown.state, "quarantined");
     assert!(shown.quarantine_reason.unwrap().contains("seal"));
-    assert!(
-        fp.seen().is_empty(),
-        "nothing altered is sent: {:?}",
-        fp.seen()
-    );
+    assert!(fp.seen().is_empty(), "nothing altered is sent: {:?}", fp.seen());
     let status = agent.cli(&["status"]).await;
     assert!(String::from_utf8_lossy(&status.stdout).contains("QUARANTINED"));
 }
@@ -253,11 +206,7 @@ async fn a_swapped_seal_key_or_damaged_file_refuses_to_start() {
     agent.terminate().await;
 
     let key = agent.dir.path().join("seal.key");
-    std::fs::write(
-        &key,
-        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
-    )
-    .unwrap();
+    std::fs::write(&key, "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff").unwrap();
     let out = tokio::process::Command::new(BIN)
         .arg("--config")
         .arg(&agent.config)
@@ -266,13 +215,13 @@ async fn a_swapped_seal_key_or_damaged_file_refuses_to_start() {
         .await
         .unwrap();
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("different seal key"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("different seal key"), "{}", stderr(&out));
 
-    std::fs::write(agent.db_path(), b"this is not a database, it was overwritten by accident ......................................").unwrap();
+    std::fs::write(
+        agent.db_path(),
+        b"this is not a database, it was overwritten by accident ......................................",
+    )
+    .unwrap();
     let out = tokio::process::Command::new(BIN)
         .arg("--config")
         .arg(&agent.config)
@@ -296,11 +245,7 @@ async fn check_config_names_the_problem() {
     .unwrap();
     let out = agent.cli(&["check-config"]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("finalpos.key") && stderr(&out).contains("chmod 600"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("finalpos.key") && stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     std::fs::write(
         &agent.config,
         std::fs::read_to_string(&agent.config).unwrap() + "\n[limits]\nmax_refnd = \"5\"\n",

@@ -17,11 +17,7 @@ use crate::refund::RefundDraft;
 fn refused(answer: &Answer) -> u8 {
     match serde_json::from_slice::<ApiError>(&answer.body) {
         Ok(e) => eprintln!("refused ({}): {}", e.code, e.message),
-        Err(_) => eprintln!(
-            "refused: HTTP {}: {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        ),
+        Err(_) => eprintln!("refused: HTTP {}: {}", answer.status, String::from_utf8_lossy(&answer.body)),
     }
     match answer.status {
         404 => exit::NOT_FOUND,
@@ -40,10 +36,7 @@ fn print_json(body: &[u8]) {
 }
 
 async fn get(client: &ControlClient, path: &str) -> Result<Answer, u8> {
-    client
-        .request("GET", path, None, &[])
-        .await
-        .map_err(|e| unreachable(&e))
+    client.request("GET", path, None, &[]).await.map_err(|e| unreachable(&e))
 }
 
 pub async fn status(client: &ControlClient, json: bool) -> u8 {
@@ -92,29 +85,15 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    let key = args
-        .idempotency_key
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let key = args.idempotency_key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let mut wait = Duration::from_millis(200);
     let mut tries = 0;
     let answer = loop {
-        match client
-            .request(
-                "POST",
-                "/v1/refunds",
-                Some(body.clone()),
-                &[("idempotency-key", &key)],
-            )
-            .await
-        {
+        match client.request("POST", "/v1/refunds", Some(body.clone()), &[("idempotency-key", &key)]).await {
             Ok(a) if a.status == 503 && tries < args.retries => {}
             Ok(a) => break a,
             Err(e) if tries < args.retries => {
-                let what = if e.not_sent() {
-                    "agent not reachable"
-                } else {
-                    "answer lost"
-                };
+                let what = if e.not_sent() { "agent not reachable" } else { "answer lost" };
                 eprintln!("{what}; retrying with the same idempotency key {key} ({e})");
             }
             Err(e) => {
@@ -135,20 +114,10 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
     }
     match serde_json::from_slice::<RefundView>(&answer.body) {
         Ok(r) => {
-            let verb = if answer.status == 200 {
-                "already existed (same idempotency key)"
-            } else {
-                "queued"
-            };
-            println!(
-                "Refund {} {verb}: {} {} (state {}).",
-                r.id, r.amount, r.currency, r.state
-            );
-            let dests: Vec<String> = r
-                .deliveries
-                .iter()
-                .map(|d| format!("{} ({})", d.destination, d.state))
-                .collect();
+            let verb = if answer.status == 200 { "already existed (same idempotency key)" } else { "queued" };
+            println!("Refund {} {verb}: {} {} (state {}).", r.id, r.amount, r.currency, r.state);
+            let dests: Vec<String> =
+                r.deliveries.iter().map(|d| format!("{} ({})", d.destination, d.state)).collect();
             println!("Deliveries: {}", dests.join(", "));
             exit::OK
         }
@@ -227,10 +196,7 @@ pub async fn receipt(client: &ControlClient, cmd: ReceiptCmd) -> u8 {
             return exit::USAGE;
         }
     };
-    let answer = match client
-        .request("POST", "/v1/receipts", Some(body), &[])
-        .await
-    {
+    let answer = match client.request("POST", "/v1/receipts", Some(body), &[]).await {
         Ok(a) => a,
         Err(e) => return unreachable(&e),
     };
@@ -240,11 +206,7 @@ pub async fn receipt(client: &ControlClient, cmd: ReceiptCmd) -> u8 {
     if json {
         print_json(&answer.body);
     } else {
-        let verb = if answer.status == 200 {
-            "was already in the ledger"
-        } else {
-            "added to the ledger"
-        };
+        let verb = if answer.status == 200 { "was already in the ledger" } else { "added to the ledger" };
         let id = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
             .and_then(|v| v["receipt_id"].as_str().map(str::to_string))

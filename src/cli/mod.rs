@@ -76,11 +76,7 @@ pub enum RefundCmd {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// The original sale's receipt id.
-    #[arg(
-        long,
-        conflicts_with = "transaction",
-        required_unless_present = "transaction"
-    )]
+    #[arg(long, conflicts_with = "transaction", required_unless_present = "transaction")]
     pub receipt: Option<String>,
     /// The original sale's transaction id (instead of --receipt).
     #[arg(long)]

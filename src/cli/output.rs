@@ -10,11 +10,8 @@ pub fn refund_table(refunds: &[RefundView]) -> String {
         "ID", "STATE", "AMOUNT", "RECEIPT", "CREATED"
     );
     for r in refunds {
-        let deliveries: Vec<String> = r
-            .deliveries
-            .iter()
-            .map(|d| format!("{}:{}", d.destination, d.state))
-            .collect();
+        let deliveries: Vec<String> =
+            r.deliveries.iter().map(|d| format!("{}:{}", d.destination, d.state)).collect();
         out.push_str(&format!(
             "{:<36}  {:<11}  {:>12}  {:<16}  {:<20}  {}\n",
             r.id,
@@ -42,22 +39,14 @@ pub fn refund_detail(r: &RefundView) -> String {
     }
     line(&mut out, "Amount", &format!("{} {}", r.amount, r.currency));
     line(&mut out, "Receipt", r.receipt_id.as_deref().unwrap_or("-"));
-    line(
-        &mut out,
-        "Transaction",
-        r.transaction_id.as_deref().unwrap_or("-"),
-    );
+    line(&mut out, "Transaction", r.transaction_id.as_deref().unwrap_or("-"));
     line(&mut out, "Reason", &r.reason);
     line(&mut out, "Operator", &r.operator);
     if let Some(m) = &r.manager_approval {
         line(&mut out, "Manager approval", m);
     }
     if r.unlinked {
-        line(
-            &mut out,
-            "Unlinked",
-            "yes (original sale not in the ledger)",
-        );
+        line(&mut out, "Unlinked", "yes (original sale not in the ledger)");
     }
     if let Some(b) = &r.balance_after {
         line(&mut out, "Balance after", &format!("{b} {}", r.currency));
@@ -65,10 +54,7 @@ pub fn refund_detail(r: &RefundView) -> String {
     line(&mut out, "Created", &r.created_at);
     out.push_str("Deliveries:\n");
     for d in &r.deliveries {
-        out.push_str(&format!(
-            "  {:<12} {:<10} attempts={}",
-            d.destination, d.state, d.attempts
-        ));
+        out.push_str(&format!("  {:<12} {:<10} attempts={}", d.destination, d.state, d.attempts));
         if let Some(id) = &d.remote_id {
             out.push_str(&format!(" remote_id={id}"));
         }
@@ -85,24 +71,12 @@ pub fn refund_detail(r: &RefundView) -> String {
 
 /// The status summary.
 pub fn status(s: &StatusBody) -> String {
-    let mut out = format!(
-        "refund-agent {} on {} (up {}s)\n",
-        s.version, s.terminal_id, s.uptime_s
-    );
-    let counts: Vec<String> = s
-        .queue
-        .refunds
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("{k}={n}"))
-        .collect();
+    let mut out = format!("refund-agent {} on {} (up {}s)\n", s.version, s.terminal_id, s.uptime_s);
+    let counts: Vec<String> =
+        s.queue.refunds.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
     out.push_str(&format!(
         "Refunds:      {}\n",
-        if counts.is_empty() {
-            "none".into()
-        } else {
-            counts.join(" ")
-        }
+        if counts.is_empty() { "none".into() } else { counts.join(" ") }
     ));
     if s.queue.quarantined > 0 {
         out.push_str(&format!(
@@ -116,15 +90,15 @@ pub fn status(s: &StatusBody) -> String {
     for (c, a) in &s.queue.pending_amount {
         out.push_str(&format!("Pending:      {a} {c}\n"));
     }
-    out.push_str(&format!(
-        "Last sync:    {}\n",
-        s.queue.last_delivered_at.as_deref().unwrap_or("never")
-    ));
+    out.push_str(&format!("Last sync:    {}\n", s.queue.last_delivered_at.as_deref().unwrap_or("never")));
     let mut names: Vec<&String> = s.destinations.keys().collect();
     names.sort();
     for name in names {
         let h = &s.destinations[name];
         out.push_str(&format!("Destination {name}: {}", h.connectivity));
+        if let Some(ms) = h.clock_offset_ms.filter(|ms| ms.abs() >= 2000) {
+            out.push_str(&format!(", its clock is {:+}s from ours", ms / 1000));
+        }
         if h.consecutive_failures > 0 {
             out.push_str(&format!(", {} failures in a row", h.consecutive_failures));
         }

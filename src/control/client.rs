@@ -41,9 +41,7 @@ pub struct ControlClient {
 
 impl ControlClient {
     pub fn new(socket: &Path) -> ControlClient {
-        ControlClient {
-            socket: socket.to_path_buf(),
-        }
+        ControlClient { socket: socket.to_path_buf() }
     }
 
     /// Sends one request on a fresh connection.
@@ -56,21 +54,12 @@ impl ControlClient {
     ) -> Result<Answer, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| ClientError::Connect {
-                path: self.socket.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::Connect { path: self.socket.clone(), message: e.to_string() })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ClientError::Connect {
-                path: self.socket.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::Connect { path: self.socket.clone(), message: e.to_string() })?;
         let driver = tokio::spawn(conn);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "refund-agent");
+        let mut builder = Request::builder().method(method).uri(path).header("host", "refund-agent");
         if body.is_some() {
             builder = builder.header("content-type", "application/json");
         }
@@ -80,10 +69,7 @@ impl ControlClient {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Lost(format!("bad request: {e}")))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| ClientError::Lost(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| ClientError::Lost(e.to_string()))?;
         let status = response.status().as_u16();
         let body = response
             .into_body()

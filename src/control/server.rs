@@ -19,6 +19,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use super::ApiError;
+use crate::destinations::clock::ClockOffset;
 use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState};
 use crate::refund::{RefundDraft, RejectCode, Rejection};
 use crate::sale::SaleInput;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub queue: QueueHandle,
     pub wake: Arc<Notify>,
     pub health: Health,
+    /// Each destination's measured clock offset.
+    pub clocks: HashMap<String, ClockOffset>,
     pub started: Instant,
     pub terminal_id: String,
 }
@@ -71,9 +74,7 @@ pub async fn bind_socket(path: &Path, group: Option<&str>) -> std::io::Result<Un
     if let Some(group) = group {
         let gid = nix::unistd::Group::from_name(group)
             .map_err(std::io::Error::other)?
-            .ok_or_else(|| {
-                std::io::Error::other(format!("control.socket_group: no group named {group:?}"))
-            })?
+            .ok_or_else(|| std::io::Error::other(format!("control.socket_group: no group named {group:?}")))?
             .gid;
         std::os::unix::fs::chown(path, None, Some(gid.as_raw()))?;
     }
@@ -91,13 +92,7 @@ impl IntoResponse for Failure {
 }
 
 fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
-    Failure(
-        status,
-        ApiError {
-            code: code.into(),
-            message: message.into(),
-        },
-    )
+    Failure(status, ApiError { code: code.into(), message: message.into() })
 }
 
 impl From<Rejection> for Failure {
@@ -127,13 +122,8 @@ impl From<QueueError> for Failure {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
-        failure(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("invalid JSON body: {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid JSON body: {e}")))
 }
 
 async fn create_refund(
@@ -145,9 +135,7 @@ async fn create_refund(
         None => None,
         Some(v) => {
             let k = v.to_str().ok().filter(|k| {
-                !k.is_empty()
-                    && k.len() <= MAX_IDEMPOTENCY_KEY
-                    && k.bytes().all(|b| b.is_ascii_graphic())
+                !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
             });
             let k = k.ok_or_else(|| {
                 failure(
@@ -171,17 +159,10 @@ async fn create_refund(
     Ok((StatusCode::CREATED, Json(created.refund)).into_response())
 }
 
-async fn show_refund(
-    State(s): State<AppState>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Response, Failure> {
+async fn show_refund(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, Failure> {
     match s.queue.refund(id.clone()).await? {
         Some(r) => Ok(Json(r).into_response()),
-        None => Err(failure(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no refund with id {id}"),
-        )),
+        None => Err(failure(StatusCode::NOT_FOUND, "not_found", format!("no refund with id {id}"))),
     }
 }
 
@@ -191,10 +172,7 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_refunds(
-    State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, Failure> {
+async fn list_refunds(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, Failure> {
     if let Some(state) = &q.state {
         if state != "quarantined" {
             state
@@ -209,11 +187,7 @@ async fn list_refunds(
 async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {
     let input: SaleInput = parse_json(&body)?;
     let added = s.queue.add_sale(input).await??;
-    let status = if added.replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if added.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(added.sale)).into_response())
 }
 
@@ -234,6 +208,8 @@ pub struct DestinationHealthBody {
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_failures: u64,
+    /// The destination's clock minus ours, from its `Date` headers.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl From<DestinationHealth> for DestinationHealthBody {
@@ -243,6 +219,7 @@ impl From<DestinationHealth> for DestinationHealthBody {
             last_success_at: h.last_success_at,
             last_error: h.last_error,
             consecutive_failures: h.consecutive_failures,
+            clock_offset_ms: None,
         }
     }
 }
@@ -254,7 +231,11 @@ async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .map(|(k, v)| {
+            let mut body: DestinationHealthBody = v.clone().into();
+            body.clock_offset_ms = s.clocks.get(k).and_then(ClockOffset::offset_ms);
+            (k.clone(), body)
+        })
         .collect();
     Ok(Json(StatusBody {
         version: env!("CARGO_PKG_VERSION").into(),

@@ -59,9 +59,7 @@ impl ClockOffset {
 /// header is truncated to the second, so the server's clock was somewhere in the following
 /// second: its middle is the best guess.
 pub fn measure_ms(server_date: SystemTime, local_ms: i64) -> i64 {
-    unix_ms(server_date)
-        .saturating_add(500)
-        .saturating_sub(local_ms)
+    unix_ms(server_date).saturating_add(500).saturating_sub(local_ms)
 }
 
 /// Milliseconds since the Unix epoch (negative before it).

@@ -58,19 +58,9 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, SendErro
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
     match response.text().await {
-        Ok(body) => Ok(Response {
-            status,
-            retry_after,
-            date,
-            body,
-        }),
+        Ok(body) => Ok(Response { status, retry_after, date, body }),
         // The status line arrived, so the server decided; only its details were lost.
-        Err(e) => Ok(Response {
-            status,
-            retry_after,
-            date,
-            body: format!("(body unreadable: {e})"),
-        }),
+        Err(e) => Ok(Response { status, retry_after, date, body: format!("(body unreadable: {e})") }),
     }
 }
 
@@ -100,10 +90,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO),
+        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
     };
     Some(wait.min(MAX_RETRY_AFTER))
 }

@@ -31,19 +31,13 @@ pub enum Attempt {
     /// The destination has the refund.
     Delivered { remote_id: Option<String> },
     /// One request of several succeeded; the next one follows at `step`.
-    Progress {
-        step: i64,
-        remote_id: Option<String>,
-    },
+    Progress { step: i64, remote_id: Option<String> },
     /// The destination refused this refund (its content or business rules).
     Declined(String),
     /// A permanent failure that is not about the refund (credentials, configuration).
     Failed(String),
     /// Nothing happened at the destination, or it asked us to come back: safe to send again.
-    Transient {
-        retry_after: Option<Duration>,
-        error: String,
-    },
+    Transient { retry_after: Option<Duration>, error: String },
     /// No connection could be made: the request never left, and the destination or the
     /// network is down. Safe to send again, and worth probing for its return.
     Unreachable(String),
@@ -74,10 +68,7 @@ impl Connector {
                     client.clone(),
                 )))
             }
-            DestinationKind::Olive {
-                api_key_id,
-                hmac_secret_file,
-            } => {
+            DestinationKind::Olive { api_key_id, hmac_secret_file } => {
                 let secret = config::read_secret(hmac_secret_file)?;
                 Ok(Connector::Olive(olive::Olive::new(
                     dest.base_url.clone(),
@@ -86,10 +77,7 @@ impl Connector {
                     client.clone(),
                 )))
             }
-            DestinationKind::Gateway {
-                token_file,
-                terminal_id,
-            } => {
+            DestinationKind::Gateway { token_file, terminal_id } => {
                 let token = config::read_secret(token_file)?;
                 Ok(Connector::Gateway(gateway::Gateway::new(
                     dest.base_url.clone(),
@@ -106,6 +94,15 @@ impl Connector {
             Connector::FinalPos(_) => finalpos::CAPABILITY,
             Connector::Olive(_) => olive::CAPABILITY,
             Connector::Gateway(_) => gateway::CAPABILITY,
+        }
+    }
+
+    /// The destination's clock offset, measured from its `Date` headers.
+    pub fn clock(&self) -> &clock::ClockOffset {
+        match self {
+            Connector::FinalPos(c) => c.clock(),
+            Connector::Olive(c) => c.clock(),
+            Connector::Gateway(c) => c.clock(),
         }
     }
 

@@ -72,12 +72,10 @@ impl FromStr for DeliveryState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         use DeliveryState::*;
-        [
-            Pending, InFlight, Delivered, Declined, Failed, Unknown, Cancelled,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-        .ok_or_else(|| format!("unknown delivery state {s:?}"))
+        [Pending, InFlight, Delivered, Declined, Failed, Unknown, Cancelled]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery state {s:?}"))
     }
 }
 
@@ -134,10 +132,7 @@ impl RefundState {
 
     /// Whether the refund's money is still "out there" undelivered (exposure cap, queue length).
     pub fn is_open(self) -> bool {
-        matches!(
-            self,
-            RefundState::Queued | RefundState::Expired | RefundState::Unknown
-        )
+        matches!(self, RefundState::Queued | RefundState::Expired | RefundState::Unknown)
     }
 }
 
@@ -166,11 +161,7 @@ pub fn aggregate(deliveries: &[DeliveryState]) -> RefundState {
     }
     let any_delivered = deliveries.contains(&D::Delivered);
     if deliveries.contains(&D::Declined) {
-        return if any_delivered {
-            RefundState::Failed
-        } else {
-            RefundState::Declined
-        };
+        return if any_delivered { RefundState::Failed } else { RefundState::Declined };
     }
     if deliveries.contains(&D::Failed) {
         return RefundState::Failed;
@@ -194,35 +185,16 @@ mod tests {
     fn aggregate_examples() {
         assert_eq!(aggregate(&[D::Pending, D::Pending]), RefundState::Queued);
         assert_eq!(aggregate(&[D::Delivered, D::InFlight]), RefundState::Queued);
-        assert_eq!(
-            aggregate(&[D::Delivered, D::Delivered]),
-            RefundState::Delivered
-        );
-        assert_eq!(
-            aggregate(&[D::Declined, D::Cancelled]),
-            RefundState::Declined
-        );
+        assert_eq!(aggregate(&[D::Delivered, D::Delivered]), RefundState::Delivered);
+        assert_eq!(aggregate(&[D::Declined, D::Cancelled]), RefundState::Declined);
         assert_eq!(aggregate(&[D::Delivered, D::Declined]), RefundState::Failed);
         assert_eq!(aggregate(&[D::Unknown, D::Pending]), RefundState::Unknown);
     }
 
     #[test]
     fn final_states_do_not_move_without_a_person() {
-        for s in [
-            D::Delivered,
-            D::Declined,
-            D::Failed,
-            D::Unknown,
-            D::Cancelled,
-        ] {
-            for n in [
-                D::Pending,
-                D::InFlight,
-                D::Delivered,
-                D::Declined,
-                D::Failed,
-                D::Unknown,
-            ] {
+        for s in [D::Delivered, D::Declined, D::Failed, D::Unknown, D::Cancelled] {
+            for n in [D::Pending, D::InFlight, D::Delivered, D::Declined, D::Failed, D::Unknown] {
                 assert!(!s.can_become(n), "{s} -> {n}");
             }
         }

@@ -13,9 +13,7 @@ use super::owner::Db;
 use super::rows::{self, DeliveryRow, RefundRow, SaleKey};
 use super::view::{DeliveryView, QueueStatus, RefundView};
 use crate::clock::rfc3339;
-use crate::refund::{
-    validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef, ValidRefund,
-};
+use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef, ValidRefund};
 use crate::sale::{Sale, SaleInput};
 
 /// A refund made (or found again by its idempotency key).
@@ -54,18 +52,13 @@ pub fn create_refund(
             }
             let refund = view(db, &refund_id, now)?
                 .ok_or_else(|| QueueError::NotFound(format!("refund {refund_id}")))?;
-            return Ok(Ok(Created {
-                refund,
-                replayed: true,
-            }));
+            return Ok(Ok(Created { refund, replayed: true }));
         }
     }
 
     let sale = match draft.sale_ref() {
         Ok(SaleRef::Receipt(r)) => rows::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
-        Ok(SaleRef::Transaction(t)) => {
-            rows::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?
-        }
+        Ok(SaleRef::Transaction(t)) => rows::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
         Err(r) => return Ok(Err(r)),
     };
     let facts = gather_facts(db, sale, &draft)?;
@@ -122,10 +115,7 @@ pub fn create_refund(
         )?;
     }
     let refund = view(db, &id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))?;
-    Ok(Ok(Created {
-        refund,
-        replayed: false,
-    }))
+    Ok(Ok(Created { refund, replayed: false }))
 }
 
 fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
@@ -147,11 +137,13 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
         .query_row([&sale.receipt_id], |r| r.get(0))?),
         None => Decimal::ZERO,
     };
-    let (pending, queue_len): (i64, i64) = db.conn.prepare_cached(
-        "SELECT COALESCE(SUM(CASE WHEN currency = ?1 THEN amount_minor END), 0), COUNT(*)
+    let (pending, queue_len): (i64, i64) = db
+        .conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(CASE WHEN currency = ?1 THEN amount_minor END), 0), COUNT(*)
          FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
-    )?
-    .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        )?
+        .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(Facts { sale, refunded_before, pending_in_currency: minor(pending), queue_len: queue_len as u64 })
 }
 
@@ -164,11 +156,7 @@ pub struct SaleAdded {
 
 /// Adds a sale to the ledger. The same receipt sent twice is accepted once; a receipt id or
 /// transaction id reused with other details is refused.
-pub fn add_sale(
-    db: &Db<'_>,
-    input: SaleInput,
-    now: i64,
-) -> Result<Result<SaleAdded, Rejection>, QueueError> {
+pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAdded, Rejection>, QueueError> {
     let sale = match Sale::from_input(input) {
         Ok(s) => s,
         Err(e) => {
@@ -179,17 +167,12 @@ pub fn add_sale(
             return Ok(Err(Rejection::new(code, e.to_string())));
         }
     };
-    let keys = [
-        (SaleKey::Receipt, sale.receipt_id.clone()),
-        (SaleKey::Transaction, sale.transaction_id.clone()),
-    ];
+    let keys =
+        [(SaleKey::Receipt, sale.receipt_id.clone()), (SaleKey::Transaction, sale.transaction_id.clone())];
     for (key, value) in keys {
         if let Some(existing) = rows::find_sale(db.conn, db.sealer, key, &value)? {
             if existing == sale {
-                return Ok(Ok(SaleAdded {
-                    sale,
-                    replayed: true,
-                }));
+                return Ok(Ok(SaleAdded { sale, replayed: true }));
             }
             return Err(QueueError::Conflict(format!(
                 "receipt {} / transaction {} is already in the ledger with different details",
@@ -198,10 +181,7 @@ pub fn add_sale(
         }
     }
     rows::insert_sale(db.conn, db.sealer, &sale, now)?;
-    Ok(Ok(SaleAdded {
-        sale,
-        replayed: false,
-    }))
+    Ok(Ok(SaleAdded { sale, replayed: false }))
 }
 
 /// A refund as shown to people. A row whose seal fails is quarantined here too.
@@ -228,11 +208,7 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
     let body: Option<ValidRefund> = serde_json::from_str(&row.body).ok();
     let text = |f: fn(&ValidRefund) -> Option<String>| body.as_ref().and_then(f);
     Ok(RefundView {
-        state: if quarantine_reason.is_some() {
-            "quarantined".into()
-        } else {
-            row.state.clone()
-        },
+        state: if quarantine_reason.is_some() { "quarantined".into() } else { row.state.clone() },
         quarantine_reason,
         amount: row.amount.clone(),
         currency: row.currency.clone(),
@@ -243,9 +219,7 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
         manager_approval: text(|b| b.manager_approval.clone()),
         unlinked: body.as_ref().is_some_and(|b| b.unlinked),
         created_at: rfc3339(row.created_at),
-        balance_after: body
-            .as_ref()
-            .and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
+        balance_after: body.as_ref().and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
         deliveries: deliveries
             .iter()
             .map(|d| DeliveryView {
@@ -254,8 +228,7 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
                 attempts: d.attempts,
                 remote_id: d.remote_id.clone(),
                 last_error: d.last_error.clone(),
-                next_attempt_at: (d.state() == DeliveryState::Pending)
-                    .then(|| rfc3339(d.next_attempt_at)),
+                next_attempt_at: (d.state() == DeliveryState::Pending).then(|| rfc3339(d.next_attempt_at)),
                 updated_at: rfc3339(d.updated_at),
             })
             .collect(),
@@ -264,27 +237,16 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
 }
 
 /// Refunds, newest first, optionally only those in one state (`quarantined` included).
-pub fn list(
-    db: &Db<'_>,
-    state: Option<&str>,
-    limit: i64,
-    now: i64,
-) -> Result<Vec<RefundView>, QueueError> {
+pub fn list(db: &Db<'_>, state: Option<&str>, limit: i64, now: i64) -> Result<Vec<RefundView>, QueueError> {
     if state == Some("quarantined") {
         let ids: Vec<String> = db
             .conn
             .prepare("SELECT refund_id FROM quarantine ORDER BY at DESC LIMIT ?1")?
             .query_map([limit], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        return ids
-            .iter()
-            .filter_map(|id| view(db, id, now).transpose())
-            .collect();
+        return ids.iter().filter_map(|id| view(db, id, now).transpose()).collect();
     }
-    rows::list_refunds(db.conn, state, limit)?
-        .into_iter()
-        .map(|row| view_row(db, row, now))
-        .collect()
+    rows::list_refunds(db.conn, state, limit)?.into_iter().map(|row| view_row(db, row, now)).collect()
 }
 
 /// A delivery handed to the sync worker, already marked `in_flight` and committed.
@@ -407,10 +369,7 @@ pub fn record(
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     if next == DeliveryState::Declined {
         let who = d.destination.clone();
-        for later in all
-            .iter_mut()
-            .filter(|l| l.position > position && l.state() == DeliveryState::Pending)
-        {
+        for later in all.iter_mut().filter(|l| l.position > position && l.state() == DeliveryState::Pending) {
             later.state = DeliveryState::Cancelled.as_str().to_string();
             later.last_error = Some(format!("not sent: {who} declined the refund"));
             later.updated_at = now;
@@ -456,11 +415,7 @@ pub struct Recovery {
 /// Start-up recovery: a delivery left `in_flight` by a crash may or may not have reached its
 /// destination. It is sent again only where the destination deduplicates on the refund id;
 /// elsewhere it becomes `unknown` for a person (never a blind second payment).
-pub fn recover(
-    db: &Db<'_>,
-    dedup: &dyn Fn(&str) -> bool,
-    now: i64,
-) -> Result<Recovery, QueueError> {
+pub fn recover(db: &Db<'_>, dedup: &dyn Fn(&str) -> bool, now: i64) -> Result<Recovery, QueueError> {
     let mut report = Recovery::default();
     for d in rows::deliveries_in_state(db.conn, DeliveryState::InFlight)? {
         let outcome = if dedup(&d.destination) {
@@ -484,12 +439,14 @@ pub fn recover(
 /// how long the worker may sleep.
 pub fn next_due(db: &Db<'_>, skip: &[String]) -> Result<Option<i64>, QueueError> {
     let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
-    Ok(db.conn.prepare_cached(
-        "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN refunds r ON r.id = d.refund_id
+    Ok(db
+        .conn
+        .prepare_cached(
+            "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN refunds r ON r.id = d.refund_id
          WHERE d.state = 'pending' AND r.state = 'queued'
            AND d.destination NOT IN (SELECT value FROM json_each(?1))",
-    )?
-    .query_row([skip], |r| r.get(0))?)
+        )?
+        .query_row([skip], |r| r.get(0))?)
 }
 
 /// Makes every pending delivery to `destination` due now: its connectivity is back, and
@@ -528,9 +485,8 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
             if row.open(db.sealer).is_err() {
                 continue;
             }
-            let busy = rows::load_deliveries(db.conn, &id)?
-                .iter()
-                .any(|d| d.state() == DeliveryState::InFlight);
+            let busy =
+                rows::load_deliveries(db.conn, &id)?.iter().any(|d| d.state() == DeliveryState::InFlight);
             if busy {
                 continue;
             }
@@ -563,18 +519,12 @@ pub fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
     for state in RefundState::ALL {
         s.refunds.insert(state.as_str().to_string(), 0);
     }
-    let mut stmt = db
-        .conn
-        .prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
+    let mut stmt = db.conn.prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (state, n) = row?;
         s.refunds.insert(state, n as u64);
     }
-    s.quarantined = db
-        .conn
-        .query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64;
+    s.quarantined = db.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
     let oldest: Option<i64> = db.conn.query_row(
         "SELECT MIN(created_at) FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
         [],
@@ -589,31 +539,20 @@ pub fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         let (currency, amount) = row?;
         *pending.entry(currency).or_default() += Decimal::from_str(&amount).unwrap_or_default();
     }
-    s.pending_amount = pending
-        .into_iter()
-        .map(|(c, a)| (c, a.to_string()))
-        .collect();
-    let mut stmt = db.conn.prepare_cached(
-        "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })? {
+    s.pending_amount = pending.into_iter().map(|(c, a)| (c, a.to_string())).collect();
+    let mut stmt = db
+        .conn
+        .prepare_cached("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")?;
+    for row in
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
+    {
         let (dest, state, n) = row?;
-        s.deliveries
-            .entry(dest)
-            .or_default()
-            .insert(state, n as u64);
+        s.deliveries.entry(dest).or_default().insert(state, n as u64);
     }
-    let last: Option<i64> = db.conn.query_row(
-        "SELECT MAX(updated_at) FROM deliveries WHERE state = 'delivered'",
-        [],
-        |r| r.get(0),
-    )?;
+    let last: Option<i64> =
+        db.conn.query_row("SELECT MAX(updated_at) FROM deliveries WHERE state = 'delivered'", [], |r| {
+            r.get(0)
+        })?;
     s.last_delivered_at = last.map(rfc3339);
     Ok(s)
 }

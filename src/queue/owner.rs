@@ -81,11 +81,7 @@ pub fn start(
 }
 
 fn run(conn: Connection, sealer: Sealer, settings: QueueSettings, mut rx: mpsc::Receiver<Job>) {
-    let db = Db {
-        conn: &conn,
-        sealer: &sealer,
-        settings: &settings,
-    };
+    let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -121,11 +117,7 @@ fn run_batch(db: &Db<'_>, batch: Vec<Job>) {
             continue;
         }
         let (ok, reply) = job(db);
-        let end = if ok {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
-        };
+        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
         if let Err(e) = db.conn.execute_batch(end) {
             tracing::error!(error = %e, "savepoint could not be closed");
         }
@@ -182,25 +174,16 @@ impl QueueHandle {
         .await
     }
 
-    pub async fn add_sale(
-        &self,
-        input: SaleInput,
-    ) -> Result<Result<SaleAdded, Rejection>, QueueError> {
-        self.call(move |db| ops::add_sale(db, input, now_ms()))
-            .await
+    pub async fn add_sale(&self, input: SaleInput) -> Result<Result<SaleAdded, Rejection>, QueueError> {
+        self.call(move |db| ops::add_sale(db, input, now_ms())).await
     }
 
     pub async fn refund(&self, id: String) -> Result<Option<RefundView>, QueueError> {
         self.call(move |db| ops::view(db, &id, now_ms())).await
     }
 
-    pub async fn list(
-        &self,
-        state: Option<String>,
-        limit: i64,
-    ) -> Result<Vec<RefundView>, QueueError> {
-        self.call(move |db| ops::list(db, state.as_deref(), limit, now_ms()))
-            .await
+    pub async fn list(&self, state: Option<String>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
+        self.call(move |db| ops::list(db, state.as_deref(), limit, now_ms())).await
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
@@ -217,16 +200,14 @@ impl QueueHandle {
         position: i64,
         outcome: Recorded,
     ) -> Result<(), QueueError> {
-        self.call(move |db| ops::record(db, &refund_id, position, outcome, now_ms()))
-            .await
+        self.call(move |db| ops::record(db, &refund_id, position, outcome, now_ms())).await
     }
 
     pub async fn recover(
         &self,
         dedup: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Recovery, QueueError> {
-        self.call(move |db| ops::recover(db, &dedup, now_ms()))
-            .await
+        self.call(move |db| ops::recover(db, &dedup, now_ms())).await
     }
 
     pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {

@@ -93,10 +93,7 @@ impl RefundRow {
         let fields = self.seal_fields();
         let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         if !sealer.verify("refund", &fields, &self.seal) {
-            return Err(format!(
-                "refund {} has a seal that does not verify",
-                self.id
-            ));
+            return Err(format!("refund {} has a seal that does not verify", self.id));
         }
         let refund: ValidRefund = serde_json::from_str(&self.body)
             .map_err(|e| format!("refund {} has an unreadable body: {e}", self.id))?;
@@ -105,10 +102,7 @@ impl RefundRow {
             || refund.currency.format(refund.amount) != self.amount
             || minor_units(&refund) != Some(self.amount_minor)
         {
-            return Err(format!(
-                "refund {} has columns that disagree with its body",
-                self.id
-            ));
+            return Err(format!("refund {} has columns that disagree with its body", self.id));
         }
         Ok((refund, state))
     }
@@ -132,26 +126,13 @@ impl DeliveryRow {
     }
 
     fn seal_with(&self, sealer: &Sealer, check: Option<&[u8]>) -> Result<[u8; 32], bool> {
-        let nums: Vec<[u8; 8]> = [
-            self.position,
-            self.attempts,
-            self.next_attempt_at,
-            self.step,
-            self.updated_at,
-        ]
-        .iter()
-        .map(|n| n.to_be_bytes())
-        .collect();
-        let remote = self
-            .remote_id
-            .as_deref()
-            .map(|s| format!("+{s}"))
-            .unwrap_or_default();
-        let error = self
-            .last_error
-            .as_deref()
-            .map(|s| format!("+{s}"))
-            .unwrap_or_default();
+        let nums: Vec<[u8; 8]> =
+            [self.position, self.attempts, self.next_attempt_at, self.step, self.updated_at]
+                .iter()
+                .map(|n| n.to_be_bytes())
+                .collect();
+        let remote = self.remote_id.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
+        let error = self.last_error.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
         let fields: [&[u8]; 10] = [
             self.refund_id.as_bytes(),
             &nums[0],
@@ -186,11 +167,7 @@ impl DeliveryRow {
     }
 }
 
-pub fn insert_refund(
-    conn: &Connection,
-    sealer: &Sealer,
-    row: &mut RefundRow,
-) -> Result<(), QueueError> {
+pub fn insert_refund(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
     row.seal = row.compute_seal(sealer).to_vec();
     conn.execute(
         "INSERT INTO refunds (id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, seal)
@@ -269,30 +246,22 @@ pub fn save_delivery(
         row.seal
     ])?;
     if changed != 1 {
-        return Err(QueueError::NotFound(format!(
-            "delivery {}#{}",
-            row.refund_id, row.position
-        )));
+        return Err(QueueError::NotFound(format!("delivery {}#{}", row.refund_id, row.position)));
     }
     Ok(())
 }
 
 pub fn load_deliveries(conn: &Connection, refund_id: &str) -> Result<Vec<DeliveryRow>, QueueError> {
-    let sql =
-        format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position");
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position");
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([refund_id], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Deliveries in a given state, oldest refund first.
-pub fn deliveries_in_state(
-    conn: &Connection,
-    state: DeliveryState,
-) -> Result<Vec<DeliveryRow>, QueueError> {
-    let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY refund_id, position"
-    );
+pub fn deliveries_in_state(conn: &Connection, state: DeliveryState) -> Result<Vec<DeliveryRow>, QueueError> {
+    let sql =
+        format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = ?1 ORDER BY refund_id, position");
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([state.as_str()], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -301,7 +270,12 @@ pub fn deliveries_in_state(
 /// Deliveries that may be sent now: pending, due, their refund queued and not quarantined,
 /// every earlier destination of the refund already delivered, and their destination not in
 /// `skip` (a JSON array of names the worker holds back). Oldest refunds first.
-pub fn due_deliveries(conn: &Connection, now: i64, limit: i64, skip: &str) -> Result<Vec<DeliveryRow>, QueueError> {
+pub fn due_deliveries(
+    conn: &Connection,
+    now: i64,
+    limit: i64,
+    skip: &str,
+) -> Result<Vec<DeliveryRow>, QueueError> {
     let sql = format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
          WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND r.state = 'queued'
@@ -317,12 +291,7 @@ pub fn due_deliveries(conn: &Connection, now: i64, limit: i64, skip: &str) -> Re
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn quarantine(
-    conn: &Connection,
-    refund_id: &str,
-    reason: &str,
-    now: i64,
-) -> Result<(), QueueError> {
+pub fn quarantine(conn: &Connection, refund_id: &str, reason: &str, now: i64) -> Result<(), QueueError> {
     conn.execute(
         "INSERT OR IGNORE INTO quarantine (refund_id, reason, at) VALUES (?1, ?2, ?3)",
         params![refund_id, reason, now],
@@ -332,11 +301,7 @@ pub fn quarantine(
 
 pub fn quarantine_reason(conn: &Connection, refund_id: &str) -> Result<Option<String>, QueueError> {
     Ok(conn
-        .query_row(
-            "SELECT reason FROM quarantine WHERE refund_id = ?1",
-            [refund_id],
-            |r| r.get(0),
-        )
+        .query_row("SELECT reason FROM quarantine WHERE refund_id = ?1", [refund_id], |r| r.get(0))
         .optional()?)
 }
 
@@ -356,12 +321,7 @@ pub fn audit(
 }
 
 /// Stores a sale in the ledger, sealed.
-pub fn insert_sale(
-    conn: &Connection,
-    sealer: &Sealer,
-    sale: &Sale,
-    now: i64,
-) -> Result<(), QueueError> {
+pub fn insert_sale(conn: &Connection, sealer: &Sealer, sale: &Sale, now: i64) -> Result<(), QueueError> {
     let body = serde_json::to_string(sale).map_err(|e| QueueError::Storage(e.to_string()))?;
     let seal = sale_seal(sealer, &sale.receipt_id, &sale.transaction_id, &body);
     conn.execute(
@@ -372,10 +332,7 @@ pub fn insert_sale(
 }
 
 fn sale_seal(sealer: &Sealer, receipt: &str, txn: &str, body: &str) -> [u8; 32] {
-    sealer.seal(
-        "sale",
-        &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()],
-    )
+    sealer.seal("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()])
 }
 
 /// Finds a sale by receipt id or transaction id, verifying its seal.
@@ -386,34 +343,24 @@ pub fn find_sale(
     value: &str,
 ) -> Result<Option<Sale>, QueueError> {
     let sql = match column {
-        SaleKey::Receipt => {
-            "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE receipt_id = ?1"
-        }
+        SaleKey::Receipt => "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE receipt_id = ?1",
         SaleKey::Transaction => {
             "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE transaction_id = ?1"
         }
     };
     let found: Option<(String, String, String, Vec<u8>)> = conn
         .prepare_cached(sql)?
-        .query_row([value], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
+        .query_row([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     let Some((receipt, txn, body, seal)) = found else {
         return Ok(None);
     };
-    if !sealer.verify(
-        "sale",
-        &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()],
-        &seal,
-    ) {
+    if !sealer.verify("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()], &seal) {
         return Err(QueueError::Conflict(format!(
             "the ledger record of receipt {receipt} has a seal that does not verify; it was altered outside the agent"
         )));
     }
-    serde_json::from_str(&body)
-        .map(Some)
-        .map_err(|e| QueueError::Storage(e.to_string()))
+    serde_json::from_str(&body).map(Some).map_err(|e| QueueError::Storage(e.to_string()))
 }
 
 /// Which column names a sale.

@@ -78,14 +78,9 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
     let path = state_dir.join(DB_FILE);
     let conn = Connection::open_with_flags(
         &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| QueueError::Open {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| QueueError::Open { path: path.clone(), message: e.to_string() })?;
     configure(&conn, &path)?;
     integrity_check(&conn, &path)?;
     migrate(&conn)?;
@@ -101,26 +96,17 @@ fn create_state_dir(dir: &Path) -> Result<(), QueueError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| QueueError::Open {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| QueueError::Open {
-        path: dir.to_path_buf(),
-        message: e.to_string(),
-    })
+        .map_err(|e| QueueError::Open { path: dir.to_path_buf(), message: e.to_string() })?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| QueueError::Open { path: dir.to_path_buf(), message: e.to_string() })
 }
 
 /// WAL + `synchronous=FULL`: every COMMIT is on disk before it returns, so an acknowledged
 /// refund survives a power cut. Foreign keys keep deliveries tied to their refund.
 fn configure(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let damaged = |e: rusqlite::Error| QueueError::Damaged {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(damaged)?;
+    let damaged =
+        |e: rusqlite::Error| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() };
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(damaged)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(QueueError::Open {
             path: path.to_path_buf(),
@@ -136,43 +122,29 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), QueueError> {
 fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     let mut stmt = conn
         .prepare("PRAGMA integrity_check")
-        .map_err(|e| QueueError::Damaged {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() })?;
     let lines: Vec<String> = stmt
         .query_map([], |r| r.get(0))
         .and_then(|rows| rows.collect())
-        .map_err(|e| QueueError::Damaged {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() })?;
     if lines.len() == 1 && lines[0] == "ok" {
         return Ok(());
     }
-    Err(QueueError::Damaged {
-        path: path.to_path_buf(),
-        message: lines.join("; "),
-    })
+    Err(QueueError::Damaged { path: path.to_path_buf(), message: lines.join("; ") })
 }
 
 fn migrate(conn: &Connection) -> Result<(), QueueError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(QueueError::TooNew {
-            found: version,
-            known,
-        });
+        return Err(QueueError::TooNew { found: version, known });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let next = i as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
-        ))
-        .inspect_err(|_| {
-            let _ = conn.execute_batch("ROLLBACK");
-        })?;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"))
+            .inspect_err(|_| {
+                let _ = conn.execute_batch("ROLLBACK");
+            })?;
     }
     Ok(())
 }
@@ -180,25 +152,12 @@ fn migrate(conn: &Connection) -> Result<(), QueueError> {
 fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     let check = sealer.key_check();
     let stored: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'seal_key_check'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM meta WHERE key = 'seal_key_check'", [], |r| r.get(0))
         .map(Some)
-        .or_else(|e| {
-            if e == rusqlite::Error::QueryReturnedNoRows {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        })?;
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
     match stored {
         None => {
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('seal_key_check', ?1)",
-                [&check],
-            )?;
+            conn.execute("INSERT INTO meta (key, value) VALUES ('seal_key_check', ?1)", [&check])?;
             Ok(())
         }
         Some(stored) if stored == check => Ok(()),

@@ -56,26 +56,20 @@ impl RefundDraft {
         }
         let texts = [
             ("receipt_id", self.receipt_id.as_deref()),
-            (
-                "original_transaction_id",
-                self.original_transaction_id.as_deref(),
-            ),
+            ("original_transaction_id", self.original_transaction_id.as_deref()),
             ("reason", Some(self.reason.as_str())),
             ("operator", Some(self.operator.as_str())),
             ("manager_approval", self.manager_approval.as_deref()),
         ];
         for (name, value) in texts {
             if value.is_some_and(|v| v.chars().count() > MAX_TEXT) {
-                return Err(invalid(format!(
-                    "field `{name}` is longer than {MAX_TEXT} characters"
-                )));
+                return Err(invalid(format!("field `{name}` is longer than {MAX_TEXT} characters")));
             }
         }
         self.manager_approval = self.manager_approval.filter(|m| !m.trim().is_empty());
         if let Some(pan) = self.masked_pan.take().filter(|p| !p.trim().is_empty()) {
-            let card = CardRef::from_pan_text(&pan).ok_or_else(|| {
-                invalid("field `masked_pan` must end with the card's last 4 digits".into())
-            })?;
+            let card = CardRef::from_pan_text(&pan)
+                .ok_or_else(|| invalid("field `masked_pan` must end with the card's last 4 digits".into()))?;
             self.masked_pan = Some(card.masked());
         }
         self.sale_ref()?;
@@ -86,10 +80,7 @@ impl RefundDraft {
     /// `original_transaction_id`.
     pub fn sale_ref(&self) -> Result<SaleRef, Rejection> {
         let receipt = self.receipt_id.as_deref().filter(|s| !s.trim().is_empty());
-        let txn = self
-            .original_transaction_id
-            .as_deref()
-            .filter(|s| !s.trim().is_empty());
+        let txn = self.original_transaction_id.as_deref().filter(|s| !s.trim().is_empty());
         match (receipt, txn) {
             (Some(r), None) => Ok(SaleRef::Receipt(r.to_string())),
             (None, Some(t)) => Ok(SaleRef::Transaction(t.to_string())),
@@ -129,10 +120,8 @@ mod tests {
 
     #[test]
     fn missing_field_is_named_by_the_parser() {
-        let err = serde_json::from_str::<RefundDraft>(
-            r#"{"receipt_id":"R","reason":"x","operator":"o"}"#,
-        )
-        .unwrap_err();
+        let err = serde_json::from_str::<RefundDraft>(r#"{"receipt_id":"R","reason":"x","operator":"o"}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("missing field `amount`"), "{err}");
     }
 
@@ -140,10 +129,7 @@ mod tests {
     fn a_sale_must_be_named_once() {
         let mut d = draft();
         d.receipt_id = None;
-        assert_eq!(
-            d.clone().normalized().unwrap_err().code,
-            RejectCode::InvalidRequest
-        );
+        assert_eq!(d.clone().normalized().unwrap_err().code, RejectCode::InvalidRequest);
         d.receipt_id = Some("R".into());
         d.original_transaction_id = Some("T".into());
         assert_eq!(d.normalized().unwrap_err().code, RejectCode::InvalidRequest);
@@ -155,20 +141,14 @@ mod tests {
         d.masked_pan = Some("4111111111111111".into());
         let n = d.normalized().unwrap();
         assert_eq!(n.masked_pan.as_deref(), Some("411111******1111"));
-        let masked = RefundDraft {
-            masked_pan: Some("411111******1111".into()),
-            ..draft()
-        };
+        let masked = RefundDraft { masked_pan: Some("411111******1111".into()), ..draft() };
         assert_eq!(n.fingerprint(), masked.fingerprint());
     }
 
     #[test]
     fn fingerprint_tells_bodies_apart() {
         let a = draft();
-        let b = RefundDraft {
-            amount: "6.00".into(),
-            ..draft()
-        };
+        let b = RefundDraft { amount: "6.00".into(), ..draft() };
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), draft().fingerprint());
     }

@@ -49,10 +49,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: RejectCode, message: impl Into<String>) -> Rejection {
-        Rejection {
-            code,
-            message: message.into(),
-        }
+        Rejection { code, message: message.into() }
     }
 }
 

@@ -64,9 +64,7 @@ pub fn validate(
         if len >= max {
             return Err(reject(
                 RejectCode::QueueFull,
-                format!(
-                    "the queue already holds {len} undelivered refunds, the configured maximum"
-                ),
+                format!("the queue already holds {len} undelivered refunds, the configured maximum"),
             ));
         }
     }
@@ -78,10 +76,7 @@ pub fn validate(
                     super::SaleRef::Receipt(r) => format!("receipt {r}"),
                     super::SaleRef::Transaction(t) => format!("transaction {t}"),
                 };
-                return Err(reject(
-                    RejectCode::UnknownSale,
-                    format!("{what} is not in the sales ledger"),
-                ));
+                return Err(reject(RejectCode::UnknownSale, format!("{what} is not in the sales ledger")));
             }
             if draft.manager_approval.is_none() {
                 return Err(reject(
@@ -120,10 +115,7 @@ pub fn validate(
         if amount > max && draft.manager_approval.is_none() {
             return Err(reject(
                 RejectCode::ManagerApprovalRequired,
-                format!(
-                    "refunds above {} {currency} need a manager approval",
-                    currency.format(max)
-                ),
+                format!("refunds above {} {currency} need a manager approval", currency.format(max)),
             ));
         }
     }
@@ -141,10 +133,7 @@ pub fn validate(
     }
 
     let (receipt_id, transaction_id) = match (&facts.sale, sale_ref) {
-        (Some(sale), _) => (
-            Some(sale.receipt_id.clone()),
-            Some(sale.transaction_id.clone()),
-        ),
+        (Some(sale), _) => (Some(sale.receipt_id.clone()), Some(sale.transaction_id.clone())),
         (None, super::SaleRef::Receipt(r)) => (Some(r), None),
         (None, super::SaleRef::Transaction(t)) => (None, Some(t)),
     };
@@ -167,11 +156,7 @@ pub fn validate(
     })
 }
 
-fn currency_of(
-    draft: &RefundDraft,
-    sale: Option<&Sale>,
-    default: Currency,
-) -> Result<Currency, Rejection> {
+fn currency_of(draft: &RefundDraft, sale: Option<&Sale>, default: Currency) -> Result<Currency, Rejection> {
     let asked = draft
         .currency
         .as_deref()
@@ -181,10 +166,7 @@ fn currency_of(
     match (sale, asked) {
         (Some(sale), Some(asked)) if asked != sale.currency => Err(Rejection::new(
             RejectCode::CurrencyMismatch,
-            format!(
-                "the original sale was paid in {}, not {asked}",
-                sale.currency
-            ),
+            format!("the original sale was paid in {}, not {asked}", sale.currency),
         )),
         (Some(sale), _) => Ok(sale.currency),
         (None, asked) => Ok(asked.unwrap_or(default)),
@@ -237,10 +219,7 @@ mod tests {
     }
 
     fn facts() -> Facts {
-        Facts {
-            sale: Some(example_sale()),
-            ..Facts::default()
-        }
+        Facts { sale: Some(example_sale()), ..Facts::default() }
     }
 
     fn code(d: &RefundDraft, f: &Facts, p: &Policy) -> RejectCode {
@@ -263,20 +242,13 @@ mod tests {
     #[test]
     fn bad_amounts_are_invalid_amount() {
         for bad in ["1e3", "-5", "0.001", "abc", "0"] {
-            assert_eq!(
-                code(&draft(bad), &facts(), &policy()),
-                RejectCode::InvalidAmount,
-                "{bad}"
-            );
+            assert_eq!(code(&draft(bad), &facts(), &policy()), RejectCode::InvalidAmount, "{bad}");
         }
     }
 
     #[test]
     fn cumulative_refunds_stay_within_the_captured_total() {
-        let f = Facts {
-            refunded_before: dec("97.00"),
-            ..facts()
-        };
+        let f = Facts { refunded_before: dec("97.00"), ..facts() };
         let err = validate(&draft("5.00"), &f, &policy(), RefundId::new(), 0).unwrap_err();
         assert_eq!(err.code, RejectCode::OverRefund);
         assert_eq!(err.message, "refundable balance is 3.00 USD");
@@ -285,67 +257,34 @@ mod tests {
 
     #[test]
     fn without_breakdown_the_subtotal_caps_the_amount() {
-        let p = Policy {
-            max_refund: None,
-            ..policy()
-        };
-        assert_eq!(
-            code(&draft("95.00"), &facts(), &p),
-            RejectCode::OverSubtotal
-        );
-        let with_tax = RefundDraft {
-            tax: Some("5.00".into()),
-            ..draft("95.00")
-        };
+        let p = Policy { max_refund: None, ..policy() };
+        assert_eq!(code(&draft("95.00"), &facts(), &p), RejectCode::OverSubtotal);
+        let with_tax = RefundDraft { tax: Some("5.00".into()), ..draft("95.00") };
         assert!(validate(&with_tax, &facts(), &p, RefundId::new(), 0).is_ok());
     }
 
     #[test]
     fn large_refunds_need_a_manager() {
-        assert_eq!(
-            code(&draft("60.00"), &facts(), &policy()),
-            RejectCode::ManagerApprovalRequired
-        );
-        let approved = RefundDraft {
-            manager_approval: Some("mgr_1".into()),
-            ..draft("60.00")
-        };
+        assert_eq!(code(&draft("60.00"), &facts(), &policy()), RejectCode::ManagerApprovalRequired);
+        let approved = RefundDraft { manager_approval: Some("mgr_1".into()), ..draft("60.00") };
         assert!(validate(&approved, &facts(), &policy(), RefundId::new(), 0).is_ok());
     }
 
     #[test]
     fn exposure_cap_and_queue_length() {
-        let f = Facts {
-            pending_in_currency: dec("199.00"),
-            ..facts()
-        };
+        let f = Facts { pending_in_currency: dec("199.00"), ..facts() };
         assert_eq!(code(&draft("5.00"), &f, &policy()), RejectCode::ExposureCap);
-        let f = Facts {
-            queue_len: 10,
-            ..facts()
-        };
+        let f = Facts { queue_len: 10, ..facts() };
         assert_eq!(code(&draft("5.00"), &f, &policy()), RejectCode::QueueFull);
     }
 
     #[test]
     fn unknown_sales_need_config_and_a_manager() {
         let none = Facts::default();
-        assert_eq!(
-            code(&draft("5.00"), &none, &policy()),
-            RejectCode::UnknownSale
-        );
-        let p = Policy {
-            allow_unlinked: true,
-            ..policy()
-        };
-        assert_eq!(
-            code(&draft("5.00"), &none, &p),
-            RejectCode::ManagerApprovalRequired
-        );
-        let approved = RefundDraft {
-            manager_approval: Some("mgr".into()),
-            ..draft("5.00")
-        };
+        assert_eq!(code(&draft("5.00"), &none, &policy()), RejectCode::UnknownSale);
+        let p = Policy { allow_unlinked: true, ..policy() };
+        assert_eq!(code(&draft("5.00"), &none, &p), RejectCode::ManagerApprovalRequired);
+        let approved = RefundDraft { manager_approval: Some("mgr".into()), ..draft("5.00") };
         let r = validate(&approved, &none, &p, RefundId::new(), 0).unwrap();
         assert!(r.unlinked);
         assert_eq!(r.currency.code(), "USD");
@@ -353,26 +292,11 @@ mod tests {
 
     #[test]
     fn card_and_currency_must_match_the_sale() {
-        let wrong_card = RefundDraft {
-            masked_pan: Some("411111******1111".into()),
-            ..draft("5")
-        };
-        assert_eq!(
-            code(&wrong_card, &facts(), &policy()),
-            RejectCode::CardMismatch
-        );
-        let right_card = RefundDraft {
-            masked_pan: Some("************2257".into()),
-            ..draft("5")
-        };
+        let wrong_card = RefundDraft { masked_pan: Some("411111******1111".into()), ..draft("5") };
+        assert_eq!(code(&wrong_card, &facts(), &policy()), RejectCode::CardMismatch);
+        let right_card = RefundDraft { masked_pan: Some("************2257".into()), ..draft("5") };
         assert!(validate(&right_card, &facts(), &policy(), RefundId::new(), 0).is_ok());
-        let eur = RefundDraft {
-            currency: Some("EUR".into()),
-            ..draft("5")
-        };
-        assert_eq!(
-            code(&eur, &facts(), &policy()),
-            RejectCode::CurrencyMismatch
-        );
+        let eur = RefundDraft { currency: Some("EUR".into()), ..draft("5") };
+        assert_eq!(code(&eur, &facts(), &policy()), RejectCode::CurrencyMismatch);
     }
 }

@@ -81,32 +81,17 @@ impl FinalPosSandbox {
 
     /// The refund records created, in order.
     pub fn refunds(&self) -> Vec<Value> {
-        self.shared
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .refunds
-            .clone()
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).refunds.clone()
     }
 
     /// The transaction records created, in order.
     pub fn transactions(&self) -> Vec<Value> {
-        self.shared
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .transactions
-            .clone()
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).transactions.clone()
     }
 
     /// Every request that reached a handler.
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seen
-            .clone()
+        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).seen.clone()
     }
 }
 
@@ -122,25 +107,16 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// Checks auth and parses the body, or gives the error answer.
 fn admit(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Value, Box<Response>> {
     if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(shared.api_key.as_str()) {
-        return Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid or missing API key",
-        )));
+        return Err(Box::new(error(StatusCode::UNAUTHORIZED, "Invalid or missing API key")));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            &format!("Invalid JSON: {e}"),
-        ))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &format!("Invalid JSON: {e}"))))
 }
 
 fn is_amount(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
         let (i, f) = s.split_once('.').unwrap_or((s, "0"));
-        !i.is_empty()
-            && i.bytes().all(|b| b.is_ascii_digit())
-            && f.bytes().all(|b| b.is_ascii_digit())
+        !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && f.bytes().all(|b| b.is_ascii_digit())
     })
 }
 
@@ -151,14 +127,8 @@ fn validate_refund(body: &Value) -> Result<(), String> {
         .ok_or("Validation failed: Field `lineItems` is required.")?;
     for item in items {
         for field in ["productId", "variantId"] {
-            if item
-                .get(field)
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                return Err(format!(
-                    "Validation failed: Field `lineItems.{field}` is required."
-                ));
+            if item.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(format!("Validation failed: Field `lineItems.{field}` is required."));
             }
         }
     }
@@ -170,9 +140,7 @@ fn validate_refund(body: &Value) -> Result<(), String> {
     for field in ["total", "subTotal", "totalTaxes"] {
         if let Some(v) = body.get("summary").and_then(|s| s.get(field)) {
             if !is_amount(v) {
-                return Err(format!(
-                    "Validation failed: Field `summary.{field}` must be a decimal string."
-                ));
+                return Err(format!("Validation failed: Field `summary.{field}` must be a decimal string."));
             }
         }
     }
@@ -200,25 +168,13 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let external_id = body
-        .get("externalId")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let record = |status: u16| Seen {
-        path: "/v1/api/refunds".into(),
-        external_id: external_id.clone(),
-        status,
-    };
+    let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string);
+    let record =
+        |status: u16| Seen { path: "/v1/api/refunds".into(), external_id: external_id.clone(), status };
     if let Some(Fault::Status(code, retry_after)) = fault {
-        s.store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seen
-            .push(record(code));
-        let mut r = error(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            "Injected failure",
-        );
+        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(code));
+        let mut r =
+            error(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "Injected failure");
         if let Some(secs) = retry_after {
             r.headers_mut().insert("retry-after", secs.into());
         }
@@ -230,16 +186,9 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
             store.seen.push(record(400));
             return error(StatusCode::BAD_REQUEST, &m);
         }
-        if store
-            .refunds
-            .iter()
-            .any(|r| r["externalId"].as_str() == external_id.as_deref())
-        {
+        if store.refunds.iter().any(|r| r["externalId"].as_str() == external_id.as_deref()) {
             store.seen.push(record(409));
-            return error(
-                StatusCode::CONFLICT,
-                "A refund with this externalId already exists",
-            );
+            return error(StatusCode::CONFLICT, "A refund with this externalId already exists");
         }
         let mut created = body.clone();
         created["id"] = json!(format!("fp_rfd_{}", store.refunds.len() + 1));
@@ -251,11 +200,7 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
     finish(&s, fault, response).await
 }
 
-async fn get_refund(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn get_refund(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(s.api_key.as_str()) {
         return error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
     }
@@ -272,25 +217,13 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let external_id = body
-        .get("externalId")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let record = |status: u16| Seen {
-        path: "/v1/api/transactions".into(),
-        external_id: external_id.clone(),
-        status,
-    };
+    let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string);
+    let record =
+        |status: u16| Seen { path: "/v1/api/transactions".into(), external_id: external_id.clone(), status };
     if let Some(Fault::Status(code, retry_after)) = fault {
-        s.store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seen
-            .push(record(code));
-        let mut r = error(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            "Injected failure",
-        );
+        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(code));
+        let mut r =
+            error(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "Injected failure");
         if let Some(secs) = retry_after {
             r.headers_mut().insert("retry-after", secs.into());
         }
@@ -302,10 +235,7 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
             && body.get("type").is_some_and(|t| t != "sale")
         {
             store.seen.push(record(400));
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Validation failed: Field `type` is invalid.",
-            );
+            return error(StatusCode::BAD_REQUEST, "Validation failed: Field `type` is invalid.");
         }
         if !body.get("amount").is_some_and(is_amount) {
             store.seen.push(record(400));
@@ -315,16 +245,10 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
             );
         }
         if external_id.is_some()
-            && store
-                .transactions
-                .iter()
-                .any(|t| t["externalId"].as_str() == external_id.as_deref())
+            && store.transactions.iter().any(|t| t["externalId"].as_str() == external_id.as_deref())
         {
             store.seen.push(record(409));
-            return error(
-                StatusCode::CONFLICT,
-                "A transaction with this externalId already exists",
-            );
+            return error(StatusCode::CONFLICT, "A transaction with this externalId already exists");
         }
         let mut created = body.clone();
         created["id"] = json!(format!("fp_txn_{}", store.transactions.len() + 1));

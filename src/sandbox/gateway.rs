@@ -53,12 +53,7 @@ struct Store {
 
 impl Default for Store {
     fn default() -> Self {
-        Store {
-            payments: HashMap::new(),
-            refunds: Vec::new(),
-            seen: Vec::new(),
-            next_id: FIRST_ID,
-        }
+        Store { payments: HashMap::new(), refunds: Vec::new(), seen: Vec::new(), next_id: FIRST_ID }
     }
 }
 
@@ -92,9 +87,7 @@ impl GatewaySandbox {
             faults: Faults::default(),
             release: Arc::default(),
         };
-        let app = Router::new()
-            .route("/payment/{id}/refund", post(refund))
-            .with_state(shared.clone());
+        let app = Router::new().route("/payment/{id}/refund", post(refund)).with_state(shared.clone());
         let server = Switchable::start(app, shared.release.clone()).await?;
         Ok(GatewaySandbox { server, shared })
     }
@@ -118,14 +111,10 @@ impl GatewaySandbox {
 
     /// Registers an original payment: what was captured and the order's subtotal.
     pub fn add_payment(&self, id: &str, captured: Decimal, subtotal: Decimal) {
-        self.shared.lock().payments.insert(
-            id.to_string(),
-            Payment {
-                captured,
-                subtotal,
-                refunded: Decimal::ZERO,
-            },
-        );
+        self.shared
+            .lock()
+            .payments
+            .insert(id.to_string(), Payment { captured, subtotal, refunded: Decimal::ZERO });
     }
 
     /// The approved refund records, in order.
@@ -135,11 +124,7 @@ impl GatewaySandbox {
 
     /// How much of a payment has been refunded.
     pub fn refunded(&self, payment_id: &str) -> Option<Decimal> {
-        self.shared
-            .lock()
-            .payments
-            .get(payment_id)
-            .map(|p| p.refunded)
+        self.shared.lock().payments.get(payment_id).map(|p| p.refunded)
     }
 
     /// Every request that reached the handler.
@@ -149,11 +134,7 @@ impl GatewaySandbox {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(json!({ "status": status.as_u16(), "message": message })),
-    )
-        .into_response()
+    (status, Json(json!({ "status": status.as_u16(), "message": message }))).into_response()
 }
 
 /// An amount as the seed shows it (`"1.99"`) or as a number.
@@ -173,11 +154,7 @@ fn amount_of(v: Option<&Value>) -> Option<Decimal> {
 
 /// The answer to a well-formed refund of a known payment: the new transaction record, with
 /// `status.status` `Approved` or `Declined`.
-fn decide(
-    store: &mut Store,
-    payment_id: &str,
-    body: &Value,
-) -> Result<Value, (StatusCode, String)> {
+fn decide(store: &mut Store, payment_id: &str, body: &Value) -> Result<Value, (StatusCode, String)> {
     let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_string());
     if !body.is_object() {
         return Err(bad("Body must be a JSON object"));
@@ -185,27 +162,21 @@ fn decide(
     let terminal = body
         .pointer("/terminal/id")
         .and_then(Value::as_i64)
-        .ok_or((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "terminal.id is required".to_string(),
-        ))?;
+        .ok_or((StatusCode::UNPROCESSABLE_ENTITY, "terminal.id is required".to_string()))?;
     let amount = amount_of(body.get("amount"))
         .filter(|a| *a > Decimal::ZERO)
         .ok_or_else(|| bad("amount must be a positive decimal"))?;
     let order = body.get("order").filter(|o| !o.is_null());
-    let breakdown =
-        ["tax", "discounts"].map(|f| order.and_then(|o| o.get(f)).filter(|v| !v.is_null()));
+    let breakdown = ["tax", "discounts"].map(|f| order.and_then(|o| o.get(f)).filter(|v| !v.is_null()));
     for value in breakdown.iter().flatten() {
         if amount_of(Some(value)).is_none() {
             return Err(bad("order.tax and order.discounts must be decimal amounts"));
         }
     }
-    let payment = store.payments.get_mut(payment_id).ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            format!("Payment {payment_id} not found"),
-        )
-    })?;
+    let payment = store
+        .payments
+        .get_mut(payment_id)
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("Payment {payment_id} not found")))?;
     let reason = if payment.refunded + amount > payment.captured {
         Some(format!(
             "Refund amount exceeds the captured amount of the original transaction ({} captured, {} already refunded)",
@@ -289,10 +260,8 @@ async fn refund(
         }
         return r;
     }
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer =
+        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if bearer != Some(s.token.as_str()) {
         s.lock().seen.push(record(StatusCode::UNAUTHORIZED, None));
         return error(StatusCode::UNAUTHORIZED, "Invalid or missing bearer token");
@@ -301,10 +270,7 @@ async fn refund(
         let mut store = s.lock();
         let answer = match &parsed {
             Some(body) => decide(&mut store, &payment_id, body),
-            None => Err((
-                StatusCode::BAD_REQUEST,
-                "Body must be valid JSON".to_string(),
-            )),
+            None => Err((StatusCode::BAD_REQUEST, "Body must be valid JSON".to_string())),
         };
         match answer {
             Ok(record_json) => {
@@ -349,35 +315,17 @@ mod tests {
     fn the_seed_rules() {
         let mut s = store();
         let body = |amount: &str, order: Value| json!({"amount": amount, "terminal": {"id": 24}, "externalId": "x", "order": order});
-        assert_eq!(
-            status(&decide(&mut s, "1", &body("5.00", Value::Null))),
-            "404"
-        );
-        assert_eq!(
-            status(&decide(&mut s, "882", &json!({"amount": "5.00"}))),
-            "422"
-        );
-        assert_eq!(
-            status(&decide(&mut s, "882", &body("-1", Value::Null))),
-            "400"
-        );
+        assert_eq!(status(&decide(&mut s, "1", &body("5.00", Value::Null))), "404");
+        assert_eq!(status(&decide(&mut s, "882", &json!({"amount": "5.00"}))), "422");
+        assert_eq!(status(&decide(&mut s, "882", &body("-1", Value::Null))), "400");
         // Above the subtotal without a breakdown; allowed with one.
-        assert_eq!(
-            status(&decide(&mut s, "882", &body("95.00", Value::Null))),
-            "Declined"
-        );
+        assert_eq!(status(&decide(&mut s, "882", &body("95.00", Value::Null))), "Declined");
         let ok = decide(&mut s, "882", &body("95.00", json!({"tax": "9.50"})));
         assert_eq!(status(&ok), "Approved");
         assert_eq!(ok.unwrap()["id"], FIRST_ID + 1);
         // Cumulative refunds stay within the captured amount.
-        assert_eq!(
-            status(&decide(&mut s, "882", &body("5.01", Value::Null))),
-            "Declined"
-        );
-        assert_eq!(
-            status(&decide(&mut s, "882", &body("5.00", Value::Null))),
-            "Approved"
-        );
+        assert_eq!(status(&decide(&mut s, "882", &body("5.01", Value::Null))), "Declined");
+        assert_eq!(status(&decide(&mut s, "882", &body("5.00", Value::Null))), "Approved");
         assert_eq!(s.refunds.len(), 2);
         assert_eq!(s.payments["882"].refunded, Decimal::new(10000, 2));
     }

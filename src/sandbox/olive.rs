@@ -108,10 +108,7 @@ impl OliveSandbox {
         };
         let app = Router::new()
             .route("/api/v1/pos/refund", post(refund))
-            .layer(axum::middleware::map_response_with_state(
-                shared.clone(),
-                stamp_date,
-            ))
+            .layer(axum::middleware::map_response_with_state(shared.clone(), stamp_date))
             .with_state(shared.clone());
         let server = Switchable::start(app, shared.release.clone()).await?;
         Ok(OliveSandbox { server, shared })
@@ -136,13 +133,7 @@ impl OliveSandbox {
 
     /// Registers an original transaction that may be refunded up to `captured`.
     pub fn add_transaction(&self, id: &str, captured: Decimal) {
-        self.shared.lock().transactions.insert(
-            id.to_string(),
-            Txn {
-                captured,
-                refunded: Decimal::ZERO,
-            },
-        );
+        self.shared.lock().transactions.insert(id.to_string(), Txn { captured, refunded: Decimal::ZERO });
     }
 
     /// Sets the server's clock `secs` ahead of the real time (negative: behind), as when the
@@ -163,11 +154,7 @@ impl OliveSandbox {
 
     /// How much of a transaction has been refunded.
     pub fn refunded(&self, transaction_id: &str) -> Option<Decimal> {
-        self.shared
-            .lock()
-            .transactions
-            .get(transaction_id)
-            .map(|t| t.refunded)
+        self.shared.lock().transactions.get(transaction_id).map(|t| t.refunded)
     }
 
     /// Every request that reached the handler.
@@ -204,17 +191,11 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 fn authenticate(s: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
     let unauthorized = |code, message: String| (StatusCode::UNAUTHORIZED, code, message);
     if header(headers, "x-api-key-id") != Some(s.api_key_id.as_str()) {
-        return Err(unauthorized(
-            "INVALID_API_KEY",
-            "Missing or unknown X-API-Key-ID".into(),
-        ));
+        return Err(unauthorized("INVALID_API_KEY", "Missing or unknown X-API-Key-ID".into()));
     }
     let timestamp = header(headers, "x-timestamp").unwrap_or_default();
     let signed_at = OffsetDateTime::parse(timestamp, &Rfc3339).map_err(|_| {
-        unauthorized(
-            "INVALID_TIMESTAMP",
-            format!("X-Timestamp {timestamp:?} is not an RFC 3339 time"),
-        )
+        unauthorized("INVALID_TIMESTAMP", format!("X-Timestamp {timestamp:?} is not an RFC 3339 time"))
     })?;
     let now = OffsetDateTime::from(s.now());
     if (now - signed_at).unsigned_abs() > SIGNATURE_WINDOW {
@@ -226,19 +207,13 @@ fn authenticate(s: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) -> Res
             ),
         ));
     }
-    let given = header(headers, "x-signature")
-        .and_then(|h| hex::decode(h).ok())
-        .unwrap_or_default();
+    let given = header(headers, "x-signature").and_then(|h| hex::decode(h).ok()).unwrap_or_default();
     let mut mac = Hmac::<Sha256>::new_from_slice(&s.secret)
         .map_err(|e| unauthorized("INVALID_SIGNATURE", e.to_string()))?;
     mac.update(format!("POST\n{path}\n{timestamp}\n").as_bytes());
     mac.update(body);
-    mac.verify_slice(&given).map_err(|_| {
-        unauthorized(
-            "INVALID_SIGNATURE",
-            "X-Signature does not match the request".into(),
-        )
-    })
+    mac.verify_slice(&given)
+        .map_err(|_| unauthorized("INVALID_SIGNATURE", "X-Signature does not match the request".into()))
 }
 
 fn positive_amount(text: &str) -> Option<Decimal> {
@@ -247,10 +222,7 @@ fn positive_amount(text: &str) -> Option<Decimal> {
         && !frac.is_empty()
         && int.bytes().all(|b| b.is_ascii_digit())
         && frac.bytes().all(|b| b.is_ascii_digit());
-    plain
-        .then(|| Decimal::from_str(text).ok())
-        .flatten()
-        .filter(|a| *a > Decimal::ZERO)
+    plain.then(|| Decimal::from_str(text).ok()).flatten().filter(|a| *a > Decimal::ZERO)
 }
 
 /// Applies the refund to the store, or says why not.
@@ -270,23 +242,14 @@ fn process(store: &mut Store, body: Option<&Value>) -> Result<Value, Refusal> {
     let reason = field("reason")?;
     let initiated_by = field("initiated_by")?;
     let amount = positive_amount(amount_text).ok_or_else(|| {
-        bad(
-            "INVALID_AMOUNT",
-            format!("Amount {amount_text:?} must be a positive decimal like \"150.00\""),
-        )
+        bad("INVALID_AMOUNT", format!("Amount {amount_text:?} must be a positive decimal like \"150.00\""))
     })?;
-    let txn = store.transactions.get_mut(txn_id).ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            "TXN_NOT_FOUND",
-            format!("Transaction {txn_id} not found"),
-        )
-    })?;
+    let txn = store
+        .transactions
+        .get_mut(txn_id)
+        .ok_or_else(|| (StatusCode::NOT_FOUND, "TXN_NOT_FOUND", format!("Transaction {txn_id} not found")))?;
     if txn.refunded >= txn.captured {
-        return Err(bad(
-            "ALREADY_REFUNDED",
-            format!("Transaction {txn_id} has already been fully refunded"),
-        ));
+        return Err(bad("ALREADY_REFUNDED", format!("Transaction {txn_id} has already been fully refunded")));
     }
     let refundable = txn.captured - txn.refunded;
     if amount > refundable {
@@ -393,36 +356,17 @@ mod tests {
     #[test]
     fn refund_rules() {
         let mut store = Store::default();
-        store.transactions.insert(
-            "t1".into(),
-            Txn {
-                captured: Decimal::new(1000, 2),
-                refunded: Decimal::ZERO,
-            },
-        );
+        store
+            .transactions
+            .insert("t1".into(), Txn { captured: Decimal::new(1000, 2), refunded: Decimal::ZERO });
         let body = |txn: &str, amount: &str| json!({"original_transaction_id": txn, "amount": amount, "reason": "r", "initiated_by": "o"});
         let code = |r: Result<Value, Refusal>| r.err().map(|(s, c, _)| (s.as_u16(), c));
-        assert_eq!(
-            code(process(&mut store, Some(&body("nope", "1.00")))),
-            Some((404, "TXN_NOT_FOUND"))
-        );
-        assert_eq!(
-            code(process(&mut store, Some(&body("t1", "x")))),
-            Some((400, "INVALID_AMOUNT"))
-        );
-        assert_eq!(
-            code(process(&mut store, Some(&body("t1", "10.01")))),
-            Some((400, "INVALID_AMOUNT"))
-        );
+        assert_eq!(code(process(&mut store, Some(&body("nope", "1.00")))), Some((404, "TXN_NOT_FOUND")));
+        assert_eq!(code(process(&mut store, Some(&body("t1", "x")))), Some((400, "INVALID_AMOUNT")));
+        assert_eq!(code(process(&mut store, Some(&body("t1", "10.01")))), Some((400, "INVALID_AMOUNT")));
         let ok = process(&mut store, Some(&body("t1", "10.00"))).unwrap();
         assert_eq!(ok["refund_transaction_id"], "rfnd_1");
-        assert_eq!(
-            code(process(&mut store, Some(&body("t1", "1.00")))),
-            Some((400, "ALREADY_REFUNDED"))
-        );
-        assert_eq!(
-            code(process(&mut store, None)),
-            Some((400, "VALIDATION_ERROR"))
-        );
+        assert_eq!(code(process(&mut store, Some(&body("t1", "1.00")))), Some((400, "ALREADY_REFUNDED")));
+        assert_eq!(code(process(&mut store, None)), Some((400, "VALIDATION_ERROR")));
     }
 }

@@ -51,12 +51,7 @@ impl Switchable {
     pub async fn start(app: axum::Router, release: Arc<Notify>) -> std::io::Result<Switchable> {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = listener.local_addr()?;
-        let s = Switchable {
-            addr,
-            app,
-            running: Mutex::new(None),
-            release,
-        };
+        let s = Switchable { addr, app, running: Mutex::new(None), release };
         s.serve(listener);
         Ok(s)
     }
@@ -77,20 +72,14 @@ impl Switchable {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await;
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
         });
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((tx, task));
     }
 
     /// Closes the port: new connections are refused, as when the network is down.
     pub async fn go_offline(&self) {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((tx, task)) = running {
             let _ = tx.send(true);
             self.release.notify_waiters();
@@ -100,12 +89,7 @@ impl Switchable {
 
     /// Opens the same port again.
     pub async fn go_online(&self) -> std::io::Result<()> {
-        if self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
+        if self.running.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return Ok(());
         }
         let listener = bind(self.addr)?;

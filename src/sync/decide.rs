@@ -59,34 +59,16 @@ mod tests {
 
     #[test]
     fn ambiguous_is_retried_only_with_dedup() {
-        let dedup = Capability {
-            dedup: true,
-            moves_money: false,
-        };
-        let no_dedup = Capability {
-            dedup: false,
-            moves_money: true,
-        };
+        let dedup = Capability { dedup: true, moves_money: false };
+        let no_dedup = Capability { dedup: false, moves_money: true };
         let a = || Attempt::Ambiguous("timeout".into());
-        assert!(matches!(
-            decide(a(), dedup, 0, |_| S),
-            Recorded::Retry { at_ms: 1000, .. }
-        ));
-        assert!(matches!(
-            decide(a(), no_dedup, 0, |_| S),
-            Recorded::Unknown { .. }
-        ));
+        assert!(matches!(decide(a(), dedup, 0, |_| S), Recorded::Retry { at_ms: 1000, .. }));
+        assert!(matches!(decide(a(), no_dedup, 0, |_| S), Recorded::Unknown { .. }));
     }
 
     #[test]
     fn retry_after_is_a_floor() {
-        let d = backoff(
-            1,
-            S,
-            Duration::from_secs(300),
-            Some(Duration::from_secs(30)),
-            0.0,
-        );
+        let d = backoff(1, S, Duration::from_secs(300), Some(Duration::from_secs(30)), 0.0);
         assert_eq!(d, Duration::from_secs(30));
     }
 

@@ -121,7 +121,9 @@ impl Worker {
             }
             let next_due = if all_held { Ok(None) } else { self.queue.next_due(held).await };
             let mut sleep_for = match next_due {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64),
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
+                }
                 _ => IDLE_CHECK,
             };
             if let Some(at) = wake_at {
@@ -138,17 +140,11 @@ impl Worker {
         probes.abort_all();
         let grace = self.settings.request_timeout + Duration::from_secs(1);
         if !tasks.is_empty() {
-            tracing::info!(
-                in_flight = tasks.len(),
-                "waiting for requests in flight before stopping"
-            );
+            tracing::info!(in_flight = tasks.len(), "waiting for requests in flight before stopping");
         }
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(
-                "abandoning requests still in flight; they will be resolved at the next start"
-            );
+            tracing::warn!("abandoning requests still in flight; they will be resolved at the next start");
             tasks.abort_all();
         }
     }
@@ -156,17 +152,10 @@ impl Worker {
     /// Makes every request of one claimed delivery, recording each step as it succeeds.
     async fn deliver(&self, mut claim: Claim) {
         let Some(connector) = self.connectors.get(&claim.destination) else {
-            let error = format!(
-                "destination {:?} is no longer configured",
-                claim.destination
-            );
+            let error = format!("destination {:?} is no longer configured", claim.destination);
             let _ = self
                 .queue
-                .record(
-                    claim.refund.id.to_string(),
-                    claim.position,
-                    Recorded::Failed { error },
-                )
+                .record(claim.refund.id.to_string(), claim.position, Recorded::Failed { error })
                 .await;
             return;
         };
@@ -176,13 +165,7 @@ impl Worker {
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
             let recorded = decide(attempt.clone(), capability, now_ms(), |after| {
-                backoff(
-                    claim.attempts,
-                    settings.backoff_initial,
-                    settings.backoff_max,
-                    after,
-                    unit,
-                )
+                backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
             });
             self.note_health(&claim.destination, &attempt, &recorded);
             log_outcome(&claim, &recorded);
@@ -191,11 +174,7 @@ impl Worker {
                 _ => None,
             };
             let id = claim.refund.id.to_string();
-            if let Err(e) = self
-                .queue
-                .record(id.clone(), claim.position, recorded)
-                .await
-            {
+            if let Err(e) = self.queue.record(id.clone(), claim.position, recorded).await {
                 tracing::error!(refund_id = %id, error = %e, "cannot record a delivery outcome; start-up recovery will resolve it");
                 return;
             }
@@ -220,7 +199,9 @@ impl Worker {
         };
         match attempt {
             Attempt::Unreachable(error) | Attempt::Transient { error, .. } | Attempt::Ambiguous(error) => {
-                h.connectivity = if matches!(attempt, Attempt::Transient { .. }) { "reachable" } else { "unreachable" }.into();
+                h.connectivity =
+                    if matches!(attempt, Attempt::Transient { .. }) { "reachable" } else { "unreachable" }
+                        .into();
                 h.consecutive_failures += 1;
                 h.last_error = Some(error.clone());
                 if let Some(until) = retry_at {
@@ -228,7 +209,10 @@ impl Worker {
                     h.probe = matches!(attempt, Attempt::Unreachable(_));
                 }
             }
-            Attempt::Declined(_) | Attempt::Failed(_) | Attempt::Delivered { .. } | Attempt::Progress { .. } => {
+            Attempt::Declined(_)
+            | Attempt::Failed(_)
+            | Attempt::Delivered { .. }
+            | Attempt::Progress { .. } => {
                 h.connectivity = "reachable".into();
                 h.consecutive_failures = 0;
                 h.hold_until = None;
@@ -272,7 +256,8 @@ impl Worker {
             }
         }
         (held, wake_at)
-    }}
+    }
+}
 
 fn log_outcome(claim: &Claim, recorded: &Recorded) {
     let id = claim.refund.id;
@@ -302,7 +287,10 @@ fn log_outcome(claim: &Claim, recorded: &Recorded) {
 /// A TCP connect to the destination. When it succeeds the hold is lifted and the destination's
 /// pending deliveries become due at once.
 async fn probe(worker: Worker, name: String, target: String) {
-    let ok = matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&target)).await, Ok(Ok(_)));
+    let ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&target)).await,
+        Ok(Ok(_))
+    );
     if !ok {
         return;
     }
@@ -314,7 +302,9 @@ async fn probe(worker: Worker, name: String, target: String) {
         }
     }
     match worker.queue.reset_backoff(name.clone()).await {
-        Ok(n) => tracing::info!(destination = %name, due_now = n, "destination reachable again; sending its queue"),
+        Ok(n) => {
+            tracing::info!(destination = %name, due_now = n, "destination reachable again; sending its queue")
+        }
         Err(e) => tracing::error!(destination = %name, error = %e, "cannot reset the backoff"),
     }
     worker.wake.notify_one();

@@ -38,10 +38,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -58,19 +55,13 @@ pub struct Agent {
 impl Agent {
     /// Writes a config pointing Final POS at `url`; `extra` is appended to the TOML.
     pub fn new(url: &str, extra: &str) -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("ra-test-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("ra-test-").tempdir().expect("temp dir");
         let secret = |name: &str, value: &str| {
             let p = dir.path().join(name);
             fs::write(&p, value).expect("write secret");
             fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
         };
-        secret(
-            "seal.key",
-            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-        );
+        secret("seal.key", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
         secret("finalpos.key", API_KEY);
         let socket = dir.path().join("control.sock");
         let text = format!(
@@ -100,13 +91,7 @@ api_key_file = "finalpos.key"
         );
         let config = dir.path().join("config.toml");
         fs::write(&config, text).expect("write config");
-        Agent {
-            dir,
-            config,
-            socket,
-            child: None,
-            starts: 0,
-        }
+        Agent { dir, config, socket, child: None, starts: 0 }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -124,11 +109,7 @@ api_key_file = "finalpos.key"
 
     pub async fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "agent already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&self.config)
@@ -174,21 +155,15 @@ api_key_file = "finalpos.key"
     /// Waits for the agent to end by itself (a test hook killed it).
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
-        tokio::time::timeout(DEADLINE, child.wait())
-            .await
-            .expect("agent ends")
-            .expect("reap")
+        tokio::time::timeout(DEADLINE, child.wait()).await.expect("agent ends").expect("reap")
     }
 
     /// SIGTERM, and the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
         let pid = child.id().expect("pid") as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
         tokio::time::timeout(DEADLINE, child.wait())
             .await
             .expect("agent stops within the deadline")
@@ -201,13 +176,7 @@ api_key_file = "finalpos.key"
 
     /// Runs the CLI against this agent.
     pub async fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .await
-            .expect("run CLI")
+        Command::new(BIN).arg("--config").arg(&self.config).args(args).output().await.expect("run CLI")
     }
 
     pub async fn add_receipt(&self, json: &str) {
@@ -216,28 +185,16 @@ api_key_file = "finalpos.key"
             .request("POST", "/v1/receipts", Some(json.as_bytes().to_vec()), &[])
             .await
             .expect("receipt");
-        assert!(
-            a.status == 201 || a.status == 200,
-            "receipt refused: {}",
-            String::from_utf8_lossy(&a.body)
-        );
+        assert!(a.status == 201 || a.status == 200, "receipt refused: {}", String::from_utf8_lossy(&a.body));
     }
 
     pub async fn refund(&self, id: &str) -> Option<RefundView> {
-        let a = self
-            .client()
-            .request("GET", &format!("/v1/refunds/{id}"), None, &[])
-            .await
-            .ok()?;
+        let a = self.client().request("GET", &format!("/v1/refunds/{id}"), None, &[]).await.ok()?;
         (a.status == 200).then(|| serde_json::from_slice(&a.body).expect("refund JSON"))
     }
 
     pub async fn list(&self) -> Vec<RefundView> {
-        let a = self
-            .client()
-            .request("GET", "/v1/refunds?limit=10000", None, &[])
-            .await
-            .expect("list");
+        let a = self.client().request("GET", "/v1/refunds?limit=10000", None, &[]).await.expect("list");
         serde_json::from_slice(&a.body).expect("list JSON")
     }
 

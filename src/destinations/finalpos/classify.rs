@@ -26,21 +26,12 @@ pub fn classify(
             .and_then(|v| v.get("id").and_then(|id| id.as_str().map(str::to_string)))
     };
     match (status, request) {
-        (200..=299, Request::Refund) => Attempt::Progress {
-            step: 1,
-            remote_id: remote_id(),
-        },
-        (409, Request::Refund) => Attempt::Progress {
-            step: 1,
-            remote_id: None,
-        },
-        (200..=299, Request::Transaction) | (409, Request::Transaction) => Attempt::Delivered {
-            remote_id: known_remote,
-        },
-        (408 | 429 | 500..=599, _) => Attempt::Transient {
-            retry_after,
-            error: describe(status, body),
-        },
+        (200..=299, Request::Refund) => Attempt::Progress { step: 1, remote_id: remote_id() },
+        (409, Request::Refund) => Attempt::Progress { step: 1, remote_id: None },
+        (200..=299, Request::Transaction) | (409, Request::Transaction) => {
+            Attempt::Delivered { remote_id: known_remote }
+        }
+        (408 | 429 | 500..=599, _) => Attempt::Transient { retry_after, error: describe(status, body) },
         (400 | 422, _) => Attempt::Declined(describe(status, body)),
         _ => Attempt::Failed(describe(status, body)),
     }
@@ -53,13 +44,9 @@ pub fn describe(status: u16, body: &str) -> String {
         let v = parsed.as_ref()?.get(name)?;
         match v {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(|i| i.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            serde_json::Value::Array(items) => {
+                Some(items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join("; "))
+            }
             _ => None,
         }
     };
@@ -89,29 +76,18 @@ mod tests {
     #[test]
     fn created_refund_moves_to_the_transaction_step() {
         let a = classify(Request::Refund, 201, r#"{"id":"o1p2"}"#, None, None);
-        assert_eq!(
-            a,
-            Attempt::Progress {
-                step: 1,
-                remote_id: Some("o1p2".into())
-            }
-        );
+        assert_eq!(a, Attempt::Progress { step: 1, remote_id: Some("o1p2".into()) });
     }
 
     #[test]
     fn conflict_means_already_there() {
         assert_eq!(
             classify(Request::Refund, 409, "{}", None, None),
-            Attempt::Progress {
-                step: 1,
-                remote_id: None
-            }
+            Attempt::Progress { step: 1, remote_id: None }
         );
         assert_eq!(
             classify(Request::Transaction, 409, "{}", None, Some("r".into())),
-            Attempt::Delivered {
-                remote_id: Some("r".into())
-            }
+            Attempt::Delivered { remote_id: Some("r".into()) }
         );
     }
 
@@ -120,30 +96,16 @@ mod tests {
         let body = r#"{"statusCode":400,"message":"Validation failed: Field `orderId` is required.","error":"Bad Request"}"#;
         assert_eq!(
             classify(Request::Refund, 400, body, None, None),
-            Attempt::Declined(
-                "HTTP 400 Bad Request: Validation failed: Field `orderId` is required.".into()
-            )
+            Attempt::Declined("HTTP 400 Bad Request: Validation failed: Field `orderId` is required.".into())
         );
-        assert!(matches!(
-            classify(Request::Refund, 401, "{}", None, None),
-            Attempt::Failed(_)
-        ));
-        assert!(matches!(
-            classify(Request::Refund, 404, "{}", None, None),
-            Attempt::Failed(_)
-        ));
+        assert!(matches!(classify(Request::Refund, 401, "{}", None, None), Attempt::Failed(_)));
+        assert!(matches!(classify(Request::Refund, 404, "{}", None, None), Attempt::Failed(_)));
     }
 
     #[test]
     fn transient_statuses_retry_with_retry_after() {
         for s in [408, 429, 500, 502, 503, 504] {
-            let a = classify(
-                Request::Transaction,
-                s,
-                "",
-                Some(Duration::from_secs(3)),
-                None,
-            );
+            let a = classify(Request::Transaction, s, "", Some(Duration::from_secs(3)), None);
             assert!(
                 matches!(a, Attempt::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(3)),
                 "{s}"

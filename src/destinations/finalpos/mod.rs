@@ -8,39 +8,37 @@ pub mod request;
 
 use std::fmt;
 
+use crate::destinations::clock::ClockOffset;
 use crate::destinations::http::{self, SendError};
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 use classify::Request;
 
 /// Final POS deduplicates on `externalId` and records refunds (it moves no money).
-pub const CAPABILITY: Capability = Capability {
-    dedup: true,
-    moves_money: false,
-};
+pub const CAPABILITY: Capability = Capability { dedup: true, moves_money: false };
 
 /// The Final POS connector.
 pub struct FinalPos {
     base_url: reqwest::Url,
     api_key: String,
     client: reqwest::Client,
+    clock: ClockOffset,
 }
 
 impl fmt::Debug for FinalPos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FinalPos")
-            .field("base_url", &self.base_url.as_str())
-            .finish_non_exhaustive()
+        f.debug_struct("FinalPos").field("base_url", &self.base_url.as_str()).finish_non_exhaustive()
     }
 }
 
 impl FinalPos {
     pub fn new(base_url: reqwest::Url, api_key: String, client: reqwest::Client) -> FinalPos {
-        FinalPos {
-            base_url,
-            api_key,
-            client,
-        }
+        FinalPos { base_url, api_key, client, clock: ClockOffset::new() }
+    }
+
+    /// The measured offset of Final POS's clock (from its `Date` headers), for status.
+    pub fn clock(&self) -> &ClockOffset {
+        &self.clock
     }
 
     fn url(&self, path: &str) -> String {
@@ -50,11 +48,7 @@ impl FinalPos {
     /// Makes the claimed delivery's next request.
     pub async fn attempt(&self, claim: &Claim) -> Attempt {
         let (request, path, body) = if claim.step == 0 {
-            (
-                Request::Refund,
-                "/v1/api/refunds",
-                request::refund_body(&claim.refund),
-            )
+            (Request::Refund, "/v1/api/refunds", request::refund_body(&claim.refund))
         } else {
             (
                 Request::Transaction,
@@ -73,13 +67,12 @@ impl FinalPos {
             .header("content-type", "application/json")
             .body(bytes);
         match http::send(builder).await {
-            Ok(r) => classify::classify(
-                request,
-                r.status,
-                &r.body,
-                r.retry_after,
-                claim.remote_id.clone(),
-            ),
+            Ok(r) => {
+                if let Some(date) = r.date {
+                    self.clock.observe(date, crate::clock::now_ms());
+                }
+                classify::classify(request, r.status, &r.body, r.retry_after, claim.remote_id.clone())
+            }
             Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
             Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
         }

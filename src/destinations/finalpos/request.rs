@@ -54,16 +54,8 @@ pub fn refund_body(refund: &ValidRefund) -> Value {
         "summary": summary,
         "payment": [payment],
     });
-    put(
-        &mut body,
-        "orderId",
-        sale.and_then(|s| s.order_id.as_deref()),
-    );
-    put(
-        &mut body,
-        "sessionId",
-        sale.and_then(|s| s.session_id.as_deref()),
-    );
+    put(&mut body, "orderId", sale.and_then(|s| s.order_id.as_deref()));
+    put(&mut body, "sessionId", sale.and_then(|s| s.session_id.as_deref()));
     if let Some(balance) = refund.balance_after {
         body["balance"] = json!(c.format(balance));
     }
@@ -82,21 +74,9 @@ pub fn transaction_body(refund: &ValidRefund, remote_refund_id: Option<&str>) ->
         "notes": refund.reason,
         "employee": refund.operator,
     });
-    put(
-        &mut body,
-        "paymentMethod",
-        sale.and_then(|s| s.payment_method.as_deref()),
-    );
-    put(
-        &mut body,
-        "sessionId",
-        sale.and_then(|s| s.session_id.as_deref()),
-    );
-    put(
-        &mut body,
-        "orderId",
-        sale.and_then(|s| s.order_id.as_deref()),
-    );
+    put(&mut body, "paymentMethod", sale.and_then(|s| s.payment_method.as_deref()));
+    put(&mut body, "sessionId", sale.and_then(|s| s.session_id.as_deref()));
+    put(&mut body, "orderId", sale.and_then(|s| s.order_id.as_deref()));
     put(&mut body, "receiptId", refund.receipt_id.as_deref());
     put(&mut body, "refundId", remote_refund_id);
     if let Some(balance) = refund.balance_after {
@@ -142,10 +122,7 @@ mod tests {
             max_queue_len: None,
             allow_unlinked: false,
         };
-        let facts = Facts {
-            sale: Some(example_sale()),
-            ..Facts::default()
-        };
+        let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
         validate(&draft, &facts, &policy, RefundId::new(), 0).unwrap()
     }
 

@@ -18,10 +18,7 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Attem
             describe(status, body)
         )),
         400 | 404 | 422 => Attempt::Declined(describe(status, body)),
-        408 | 429 | 500..=599 => Attempt::Transient {
-            retry_after,
-            error: describe(status, body),
-        },
+        408 | 429 | 500..=599 => Attempt::Transient { retry_after, error: describe(status, body) },
         _ => Attempt::Failed(describe(status, body)),
     }
 }
@@ -29,9 +26,7 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Attem
 fn classify_record(status: u16, body: &str) -> Attempt {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let record = parsed.as_ref();
-    let outcome = record
-        .and_then(|v| v.pointer("/status/status"))
-        .and_then(Value::as_str);
+    let outcome = record.and_then(|v| v.pointer("/status/status")).and_then(Value::as_str);
     let remote_id = record.and_then(|v| v.get("id")).and_then(|id| match id {
         Value::Number(n) => Some(n.to_string()),
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -45,19 +40,14 @@ fn classify_record(status: u16, body: &str) -> Attempt {
                 .and_then(Value::as_str)
                 .filter(|r| !r.trim().is_empty())
                 .unwrap_or("no reason given");
-            let id = remote_id
-                .map(|i| format!(" (gateway record {i})"))
-                .unwrap_or_default();
+            let id = remote_id.map(|i| format!(" (gateway record {i})")).unwrap_or_default();
             Attempt::Declined(format!("declined by the card gateway{id}: {reason}"))
         }
         // Processed, but the answer does not say whether money moved: a person must look.
         Some(other) => Attempt::Ambiguous(format!(
             "HTTP {status} with refund status {other:?}, neither Approved nor Declined"
         )),
-        None => Attempt::Ambiguous(format!(
-            "HTTP {status} without a refund status: {}",
-            snippet(body)
-        )),
+        None => Attempt::Ambiguous(format!("HTTP {status} without a refund status: {}", snippet(body))),
     }
 }
 
@@ -82,11 +72,8 @@ pub fn describe(status: u16, body: &str) -> String {
 /// `status.reason` or `detail`.
 fn message_of(body: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
-    let text = |v: Option<&Value>| {
-        v.and_then(Value::as_str)
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string)
-    };
+    let text =
+        |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string);
     let errors = v.get("errors").map(|e| match e {
         Value::Array(items) => items
             .iter()
@@ -122,36 +109,25 @@ mod tests {
 
     #[test]
     fn approved_is_delivered_with_the_record_id() {
-        assert_eq!(
-            classify(200, APPROVED, None),
-            Attempt::Delivered {
-                remote_id: Some("883".into())
-            }
-        );
+        assert_eq!(classify(200, APPROVED, None), Attempt::Delivered { remote_id: Some("883".into()) });
         assert_eq!(
             classify(201, r#"{"id":"r-9","status":{"status":"Approved"}}"#, None),
-            Attempt::Delivered {
-                remote_id: Some("r-9".into())
-            }
+            Attempt::Delivered { remote_id: Some("r-9".into()) }
         );
     }
 
     #[test]
     fn declined_keeps_the_reason() {
-        let body = r#"{"id": 884, "status": {"status": "Declined", "reason": "Amount exceeds captured amount"}}"#;
+        let body =
+            r#"{"id": 884, "status": {"status": "Declined", "reason": "Amount exceeds captured amount"}}"#;
         assert_eq!(
             classify(200, body, None),
             Attempt::Declined(
-                "declined by the card gateway (gateway record 884): Amount exceeds captured amount"
-                    .into()
+                "declined by the card gateway (gateway record 884): Amount exceeds captured amount".into()
             )
         );
         assert_eq!(
-            classify(
-                200,
-                r#"{"status":{"status":"Declined","reason":null}}"#,
-                None
-            ),
+            classify(200, r#"{"status":{"status":"Declined","reason":null}}"#, None),
             Attempt::Declined("declined by the card gateway: no reason given".into())
         );
     }
@@ -183,34 +159,14 @@ mod tests {
                 r#"{"message":"amount must be a positive decimal"}"#,
                 "HTTP 400: amount must be a positive decimal",
             ),
-            (
-                404,
-                r#"{"error":"Payment 882 not found"}"#,
-                "HTTP 404: Payment 882 not found",
-            ),
-            (
-                422,
-                r#"{"errors":["terminal.id is required"]}"#,
-                "HTTP 422: terminal.id is required",
-            ),
-            (
-                422,
-                r#"{"errors":{"amount":"too large"}}"#,
-                "HTTP 422: amount: too large",
-            ),
-            (
-                400,
-                r#"{"error":{"message":"bad json"}}"#,
-                "HTTP 400: bad json",
-            ),
+            (404, r#"{"error":"Payment 882 not found"}"#, "HTTP 404: Payment 882 not found"),
+            (422, r#"{"errors":["terminal.id is required"]}"#, "HTTP 422: terminal.id is required"),
+            (422, r#"{"errors":{"amount":"too large"}}"#, "HTTP 422: amount: too large"),
+            (400, r#"{"error":{"message":"bad json"}}"#, "HTTP 400: bad json"),
             (404, "Not Found", "HTTP 404: Not Found"),
         ];
         for (status, body, expected) in cases {
-            assert_eq!(
-                classify(status, body, None),
-                Attempt::Declined(expected.into()),
-                "{body}"
-            );
+            assert_eq!(classify(status, body, None), Attempt::Declined(expected.into()), "{body}");
         }
     }
 

@@ -16,10 +16,7 @@ use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 
 /// The gateway moves money and does not promise deduplication.
-pub const CAPABILITY: Capability = Capability {
-    dedup: false,
-    moves_money: true,
-};
+pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true };
 
 /// The card gateway connector.
 pub struct Gateway {
@@ -42,19 +39,8 @@ impl fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(
-        base_url: reqwest::Url,
-        token: String,
-        terminal_id: i64,
-        client: reqwest::Client,
-    ) -> Gateway {
-        Gateway {
-            base_url,
-            token,
-            terminal_id,
-            client,
-            clock: ClockOffset::new(),
-        }
+    pub fn new(base_url: reqwest::Url, token: String, terminal_id: i64, client: reqwest::Client) -> Gateway {
+        Gateway { base_url, token, terminal_id, client, clock: ClockOffset::new() }
     }
 
     /// The measured offset of the gateway's clock, shared (status reports it).
@@ -64,14 +50,12 @@ impl Gateway {
 
     /// Sends the claimed refund.
     pub async fn attempt(&self, claim: &Claim) -> Attempt {
-        let url = match request::payment_id(&claim.refund)
-            .and_then(|id| request::refund_url(&self.base_url, id))
-        {
-            Ok(u) => u,
-            Err(m) => return Attempt::Failed(m),
-        };
-        let body = match serde_json::to_vec(&request::refund_body(&claim.refund, self.terminal_id))
-        {
+        let url =
+            match request::payment_id(&claim.refund).and_then(|id| request::refund_url(&self.base_url, id)) {
+                Ok(u) => u,
+                Err(m) => return Attempt::Failed(m),
+            };
+        let body = match serde_json::to_vec(&request::refund_body(&claim.refund, self.terminal_id)) {
             Ok(b) => b,
             Err(e) => return Attempt::Failed(format!("cannot encode the request: {e}")),
         };
@@ -100,13 +84,7 @@ mod tests {
 
     #[test]
     fn capability_never_resends_money() {
-        assert_eq!(
-            CAPABILITY,
-            Capability {
-                dedup: false,
-                moves_money: true
-            }
-        );
+        assert_eq!(CAPABILITY, Capability { dedup: false, moves_money: true });
     }
 
     fn test_client() -> reqwest::Client {
@@ -122,12 +100,8 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_token() {
-        let g = Gateway::new(
-            "https://gw.example.com".parse().unwrap(),
-            "sekrit-token".into(),
-            24,
-            test_client(),
-        );
+        let g =
+            Gateway::new("https://gw.example.com".parse().unwrap(), "sekrit-token".into(), 24, test_client());
         let text = format!("{g:?}");
         assert!(!text.contains("sekrit"), "{text}");
         assert!(text.contains("gw.example.com"), "{text}");

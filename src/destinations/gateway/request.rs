@@ -79,10 +79,7 @@ mod tests {
             max_queue_len: None,
             allow_unlinked: false,
         };
-        let facts = Facts {
-            sale: Some(example_sale()),
-            ..Facts::default()
-        };
+        let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
         validate(&draft, &facts, &policy, RefundId::new(), 0).unwrap()
     }
 
@@ -90,10 +87,7 @@ mod tests {
     fn body_has_amount_terminal_and_external_id() {
         let r = refund("5", None, None);
         let b = refund_body(&r, 24);
-        assert_eq!(
-            b,
-            json!({"amount": "5.00", "terminal": {"id": 24}, "externalId": r.id.to_string()})
-        );
+        assert_eq!(b, json!({"amount": "5.00", "terminal": {"id": 24}, "externalId": r.id.to_string()}));
     }
 
     #[test]
@@ -120,14 +114,8 @@ mod tests {
     #[test]
     fn urls_escape_the_id_and_keep_a_base_prefix() {
         let base: reqwest::Url = "http://127.0.0.1:9000".parse().unwrap();
-        assert_eq!(
-            refund_url(&base, "882").unwrap().as_str(),
-            "http://127.0.0.1:9000/payment/882/refund"
-        );
-        assert_eq!(
-            refund_url(&base, "8/2?x").unwrap().path(),
-            "/payment/8%2F2%3Fx/refund"
-        );
+        assert_eq!(refund_url(&base, "882").unwrap().as_str(), "http://127.0.0.1:9000/payment/882/refund");
+        assert_eq!(refund_url(&base, "8/2?x").unwrap().path(), "/payment/8%2F2%3Fx/refund");
         let prefixed: reqwest::Url = "https://gw.example.com/v2/".parse().unwrap();
         assert_eq!(
             refund_url(&prefixed, "882").unwrap().as_str(),

@@ -13,12 +13,7 @@ use crate::destinations::Attempt;
 /// Classifies an answer. `skew_ms` is the server's clock (its `Date` header) minus the time the
 /// request was signed with, when the answer had a `Date`: it tells a 401 caused by a wrong till
 /// clock from one caused by wrong credentials.
-pub fn classify(
-    status: u16,
-    body: &str,
-    retry_after: Option<Duration>,
-    skew_ms: Option<i64>,
-) -> Attempt {
+pub fn classify(status: u16, body: &str, retry_after: Option<Duration>, skew_ms: Option<i64>) -> Attempt {
     match status {
         200..=299 => classify_success(status, body),
         401 => match skew_ms {
@@ -61,27 +56,20 @@ pub fn classify(
 
 fn classify_success(status: u16, body: &str) -> Attempt {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let remote_id = parsed
-        .as_ref()
-        .and_then(|v| v.get("refund_transaction_id"))
-        .and_then(|id| match id {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
-    let success = parsed
-        .as_ref()
-        .and_then(|v| v.get("success"))
-        .and_then(Value::as_bool);
+    let remote_id = parsed.as_ref().and_then(|v| v.get("refund_transaction_id")).and_then(|id| match id {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    let success = parsed.as_ref().and_then(|v| v.get("success")).and_then(Value::as_bool);
     match (success, remote_id) {
         (Some(true), remote_id) | (None, remote_id @ Some(_)) => Attempt::Delivered { remote_id },
         (Some(false), _) => Attempt::Declined(describe(status, body)),
         // The request was processed but the answer does not say whether money moved: a person
         // must look, exactly as when no answer came back.
-        (None, None) => Attempt::Ambiguous(format!(
-            "HTTP {status} without a readable outcome: {}",
-            snippet(body)
-        )),
+        (None, None) => {
+            Attempt::Ambiguous(format!("HTTP {status} without a readable outcome: {}", snippet(body)))
+        }
     }
 }
 
@@ -114,9 +102,7 @@ pub fn error_of(body: &str) -> ErrorBody {
 
 /// `ALREADY_REFUNDED`, not `Bad Request`.
 fn looks_like_code(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// `HTTP 400 ALREADY_REFUNDED: Transaction txn_1 was already refunded`, from the error body when
@@ -159,9 +145,7 @@ mod tests {
         let body = r#"{"success":true,"message":"Refund processed successfully","refund_transaction_id":"rfnd_abc789","amount":"1,500.00 SLE"}"#;
         assert_eq!(
             classify(200, body, None, Some(0)),
-            Attempt::Delivered {
-                remote_id: Some("rfnd_abc789".into())
-            }
+            Attempt::Delivered { remote_id: Some("rfnd_abc789".into()) }
         );
     }
 
@@ -184,29 +168,15 @@ mod tests {
 
     #[test]
     fn invalid_amount_and_already_refunded_are_declined_with_code_and_message() {
-        let a = classify(
-            400,
-            &nested("INVALID_AMOUNT", "Amount exceeds refundable balance"),
-            None,
-            None,
-        );
-        assert_eq!(
-            a,
-            Attempt::Declined("HTTP 400 INVALID_AMOUNT: Amount exceeds refundable balance".into())
-        );
-        let Attempt::Declined(m) = classify(
-            400,
-            &nested("ALREADY_REFUNDED", "Transaction txn_1 was already refunded"),
-            None,
-            None,
-        ) else {
+        let a = classify(400, &nested("INVALID_AMOUNT", "Amount exceeds refundable balance"), None, None);
+        assert_eq!(a, Attempt::Declined("HTTP 400 INVALID_AMOUNT: Amount exceeds refundable balance".into()));
+        let Attempt::Declined(m) =
+            classify(400, &nested("ALREADY_REFUNDED", "Transaction txn_1 was already refunded"), None, None)
+        else {
             panic!("declined expected");
         };
         assert!(m.starts_with("already refunded"), "{m}");
-        assert!(
-            m.contains("ALREADY_REFUNDED: Transaction txn_1 was already refunded"),
-            "{m}"
-        );
+        assert!(m.contains("ALREADY_REFUNDED: Transaction txn_1 was already refunded"), "{m}");
     }
 
     #[test]
@@ -223,26 +193,17 @@ mod tests {
             );
         }
         assert_eq!(
-            describe(
-                400,
-                r#"{"error":"Bad Request","message":"amount is required"}"#
-            ),
+            describe(400, r#"{"error":"Bad Request","message":"amount is required"}"#),
             "HTTP 400: amount is required"
         );
-        assert_eq!(
-            describe(400, r#"{"error":"amount is required"}"#),
-            "HTTP 400: amount is required"
-        );
+        assert_eq!(describe(400, r#"{"error":"amount is required"}"#), "HTTP 400: amount is required");
         assert_eq!(describe(502, "Bad gateway\n"), "HTTP 502: Bad gateway");
         assert_eq!(describe(500, ""), "HTTP 500");
     }
 
     #[test]
     fn a_404_without_olives_code_is_a_configuration_failure() {
-        assert!(matches!(
-            classify(404, "Not Found", None, None),
-            Attempt::Failed(_)
-        ));
+        assert!(matches!(classify(404, "Not Found", None, None), Attempt::Failed(_)));
     }
 
     #[test]
@@ -257,10 +218,7 @@ mod tests {
             }
             other => panic!("expected transient, got {other:?}"),
         }
-        assert!(matches!(
-            classify(401, &body, None, Some(-61_000)),
-            Attempt::Transient { .. }
-        ));
+        assert!(matches!(classify(401, &body, None, Some(-61_000)), Attempt::Transient { .. }));
     }
 
     #[test]
@@ -277,18 +235,11 @@ mod tests {
 
     #[test]
     fn forbidden_is_failed() {
-        let Attempt::Failed(m) = classify(
-            403,
-            &nested("FORBIDDEN", "Key lacks refund scope"),
-            None,
-            None,
-        ) else {
+        let Attempt::Failed(m) = classify(403, &nested("FORBIDDEN", "Key lacks refund scope"), None, None)
+        else {
             panic!("failed expected");
         };
-        assert!(
-            m.contains("HTTP 403 FORBIDDEN: Key lacks refund scope"),
-            "{m}"
-        );
+        assert!(m.contains("HTTP 403 FORBIDDEN: Key lacks refund scope"), "{m}");
     }
 
     #[test]

@@ -23,10 +23,7 @@ use crate::queue::Claim;
 use crate::refund::ValidRefund;
 
 /// Olive moves money and does not deduplicate.
-pub const CAPABILITY: Capability = Capability {
-    dedup: false,
-    moves_money: true,
-};
+pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true };
 
 /// The refund endpoint, below the configured base URL.
 pub const REFUND_PATH: &str = "/api/v1/pos/refund";
@@ -88,19 +85,8 @@ pub fn refund_url(base_url: &reqwest::Url) -> Result<reqwest::Url, String> {
 }
 
 impl Olive {
-    pub fn new(
-        base_url: reqwest::Url,
-        api_key_id: String,
-        secret: Secret,
-        client: reqwest::Client,
-    ) -> Olive {
-        Olive {
-            base_url,
-            api_key_id,
-            secret,
-            client,
-            clock: ClockOffset::new(),
-        }
+    pub fn new(base_url: reqwest::Url, api_key_id: String, secret: Secret, client: reqwest::Client) -> Olive {
+        Olive { base_url, api_key_id, secret, client, clock: ClockOffset::new() }
     }
 
     /// The measured offset of Olive's clock, shared (status reports it).
@@ -120,8 +106,7 @@ impl Olive {
         };
         let signed_ms = self.clock.server_now_ms(crate::clock::now_ms());
         let timestamp = sign::timestamp(signed_ms.div_euclid(1000));
-        let signature =
-            sign::signature(self.secret.expose(), "POST", url.path(), &timestamp, &body);
+        let signature = sign::signature(self.secret.expose(), "POST", url.path(), &timestamp, &body);
         let builder = self
             .client
             .post(url)
@@ -166,10 +151,7 @@ mod tests {
             max_queue_len: None,
             allow_unlinked: true,
         };
-        let facts = Facts {
-            sale: Some(example_sale()),
-            ..Facts::default()
-        };
+        let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
         validate(&draft, &facts, &policy, RefundId::new(), 0).unwrap()
     }
 
@@ -209,12 +191,6 @@ mod tests {
 
     #[test]
     fn capability_never_resends_money() {
-        assert_eq!(
-            CAPABILITY,
-            Capability {
-                dedup: false,
-                moves_money: true
-            }
-        );
+        assert_eq!(CAPABILITY, Capability { dedup: false, moves_money: true });
     }
 }

@@ -63,18 +63,13 @@ mod tests {
     }
 
     fn openssl_available() -> bool {
-        Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
+        Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success())
     }
 
     #[test]
     fn matches_the_seed_recipe_run_with_openssl() {
         if !openssl_available() {
-            eprintln!(
-                "skipping: no openssl command on this machine (the fixed vector below still runs)"
-            );
+            eprintln!("skipping: no openssl command on this machine (the fixed vector below still runs)");
             return;
         }
         let cases: &[(&str, &str, &str)] = &[
@@ -92,8 +87,7 @@ mod tests {
             ("another-secret", SEED_TIME, ""),
         ];
         for (secret, ts, body) in cases {
-            let expected =
-                openssl_recipe(secret, ts, body).expect("the openssl recipe produced a digest");
+            let expected = openssl_recipe(secret, ts, body).expect("the openssl recipe produced a digest");
             let ours = signature(secret.as_bytes(), "POST", PATH, ts, body.as_bytes());
             assert_eq!(ours, expected, "secret {secret:?}, body {body}");
         }
@@ -103,13 +97,7 @@ mod tests {
     fn seed_example_fixed_vector() {
         // Computed with the seed's openssl recipe and the secret "olive_demo_secret".
         assert_eq!(
-            signature(
-                b"olive_demo_secret",
-                "POST",
-                PATH,
-                SEED_TIME,
-                SEED_BODY.as_bytes()
-            ),
+            signature(b"olive_demo_secret", "POST", PATH, SEED_TIME, SEED_BODY.as_bytes()),
             "11116d34c7125550aa93e4246dc379e873edc6d235d3ed8831676db27cc13e24"
         );
     }
@@ -118,19 +106,11 @@ mod tests {
     fn every_part_is_covered() {
         let base = signature(b"k", "POST", PATH, SEED_TIME, b"{}");
         assert_eq!(base.len(), 64);
-        assert!(base
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(base.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         assert_ne!(base, signature(b"k2", "POST", PATH, SEED_TIME, b"{}"));
         assert_ne!(base, signature(b"k", "PUT", PATH, SEED_TIME, b"{}"));
-        assert_ne!(
-            base,
-            signature(b"k", "POST", "/p/api/v1/pos/refund", SEED_TIME, b"{}")
-        );
-        assert_ne!(
-            base,
-            signature(b"k", "POST", PATH, "2026-03-10T12:00:01Z", b"{}")
-        );
+        assert_ne!(base, signature(b"k", "POST", "/p/api/v1/pos/refund", SEED_TIME, b"{}"));
+        assert_ne!(base, signature(b"k", "POST", PATH, "2026-03-10T12:00:01Z", b"{}"));
         assert_ne!(base, signature(b"k", "POST", PATH, SEED_TIME, b"{ }"));
     }
 
