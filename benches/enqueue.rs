@@ -5,12 +5,14 @@
 //! `BENCH_DIR` = where the databases go, default the system temp dir). Prints a Markdown table.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use refund_agent::config::Config;
 use refund_agent::control::client::ControlClient;
 use refund_agent::daemon;
+
+/// Sales the refunds are spread over.
+const RECEIPTS: usize = 200;
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
@@ -91,29 +93,33 @@ async fn through_api(dir: &Path, n: usize, clients: usize) -> (f64, Vec<Duration
     let config = Config::from_toml(&text, &dir.join("config.toml"), std::iter::empty()).expect("config");
     let running = daemon::start(&config).await.expect("start");
     let client = ControlClient::new(&running.socket);
-    let receipt = r#"{"receipt_id":"R1","transaction_id":"T1","currency":"USD","total":"100000000.00","subtotal":"100000000.00",
-        "items":[{"name":"Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1"}]}"#;
-    let a = client
-        .request("POST", "/v1/receipts", Some(receipt.as_bytes().to_vec()), &[])
-        .await
-        .expect("receipt");
-    assert_eq!(a.status, 201);
+    // A few refunds per sale, as at a real till (a sale's earlier refunds are read for each new one).
+    for r in 0..RECEIPTS {
+        let receipt = format!(
+            r#"{{"receipt_id":"R{r}","transaction_id":"T{r}","currency":"USD","total":"1000.00","subtotal":"1000.00",
+            "items":[{{"name":"Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1"}}]}}"#
+        );
+        let a =
+            client.request("POST", "/v1/receipts", Some(receipt.into_bytes()), &[]).await.expect("receipt");
+        assert_eq!(a.status, 201);
+    }
 
     let per_client = n / clients;
-    let body: Arc<Vec<u8>> =
-        Arc::new(br#"{"receipt_id":"R1","amount":"0.01","reason":"benchmark","operator":"bench"}"#.to_vec());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let client = client.clone();
-        let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
             for i in 0..per_client {
                 let key = format!("bench-{c}-{i}");
+                let r = (c * per_client + i) % RECEIPTS;
+                let body = format!(
+                    r#"{{"receipt_id":"R{r}","amount":"0.01","reason":"benchmark","operator":"bench"}}"#
+                );
                 let t = Instant::now();
                 let a = client
-                    .request("POST", "/v1/refunds", Some(body.to_vec()), &[("idempotency-key", &key)])
+                    .request("POST", "/v1/refunds", Some(body.into_bytes()), &[("idempotency-key", &key)])
                     .await
                     .expect("answer");
                 assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));

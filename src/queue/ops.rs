@@ -109,8 +109,9 @@ pub fn create_refund(
         rows::save_delivery(db.conn, db.sealer, &mut d, true)?;
     }
     if let Some(key) = key {
-        db.conn.execute(
+        db.conn.prepare_cached(
             "INSERT INTO idempotency_keys (key, fingerprint, refund_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?.execute(
             params![key, fingerprint.to_vec(), id, now],
         )?;
     }
@@ -128,8 +129,9 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
             .unwrap_or(db.settings.policy.default_currency),
     };
     let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
-    // Sums run over integer minor units inside SQLite: exact, and served by an index, so the
-    // cost of a new refund does not grow with the queue.
+    // Sums are integer minor units: exact. The sale's refunds come from a covering index and
+    // the open totals from `open_totals` (kept by triggers), so the cost of a new refund does
+    // not grow with the queue.
     let refunded_before = match &sale {
         Some(sale) => minor(db.conn.prepare_cached(
             "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN ('cancelled', 'declined')",
@@ -140,8 +142,8 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
     let (pending, queue_len): (i64, i64) = db
         .conn
         .prepare_cached(
-            "SELECT COALESCE(SUM(CASE WHEN currency = ?1 THEN amount_minor END), 0), COUNT(*)
-         FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
+            "SELECT COALESCE(SUM(CASE WHEN currency = ?1 THEN amount_minor END), 0), COALESCE(SUM(count), 0)
+             FROM open_totals",
         )?
         .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(Facts { sale, refunded_before, pending_in_currency: minor(pending), queue_len: queue_len as u64 })
@@ -505,8 +507,9 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
     }
     let mut purged = 0;
     if let Some(retention) = db.settings.retention_ms {
-        purged = db.conn.execute(
+        purged = db.conn.prepare_cached(
             "DELETE FROM refunds WHERE state IN ('delivered', 'cancelled', 'declined') AND updated_at < ?1",
+        )?.execute(
             [now - retention],
         )? as u64;
     }

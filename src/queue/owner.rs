@@ -98,7 +98,7 @@ fn run(conn: Connection, sealer: Sealer, settings: QueueSettings, mut rx: mpsc::
 }
 
 fn run_batch(db: &Db<'_>, batch: Vec<Job>) {
-    if let Err(e) = db.conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(db.conn, "BEGIN IMMEDIATE") {
         let err = QueueError::from(e);
         for job in batch {
             // Run nothing; tell each caller the transaction could not start.
@@ -110,20 +110,24 @@ fn run_batch(db: &Db<'_>, batch: Vec<Job>) {
     }
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch {
-        if let Err(e) = db.conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec_cached(db.conn, "SAVEPOINT job") {
             let err = QueueError::from(e);
             let (_, reply) = job_refused();
             reply(Some(&err));
             continue;
         }
         let (ok, reply) = job(db);
-        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-        if let Err(e) = db.conn.execute_batch(end) {
+        let end = if ok {
+            exec_cached(db.conn, "RELEASE job")
+        } else {
+            db.conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        };
+        if let Err(e) = end {
             tracing::error!(error = %e, "savepoint could not be closed");
         }
         replies.push(reply);
     }
-    let commit_error = db.conn.execute_batch("COMMIT").err().map(QueueError::from);
+    let commit_error = exec_cached(db.conn, "COMMIT").err().map(QueueError::from);
     if let Some(e) = &commit_error {
         tracing::error!(error = %e, "COMMIT failed; nothing of this batch was stored");
         let _ = db.conn.execute_batch("ROLLBACK");
@@ -131,6 +135,12 @@ fn run_batch(db: &Db<'_>, batch: Vec<Job>) {
     for reply in replies {
         reply(commit_error.as_ref());
     }
+}
+
+/// Runs a statement through the statement cache: these run for every job, and parsing them
+/// again each time shows up in the enqueue rate.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn job_refused() -> (bool, Reply) {

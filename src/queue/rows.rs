@@ -169,9 +169,10 @@ impl DeliveryRow {
 
 pub fn insert_refund(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
     row.seal = row.compute_seal(sealer).to_vec();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO refunds (id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, seal)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?.execute(
         params![row.id, row.receipt_id, row.currency, row.amount, row.amount_minor, row.state, row.created_at, row.updated_at, row.body, row.seal],
     )?;
     row.seq = conn.last_insert_rowid();
@@ -189,16 +190,14 @@ pub fn set_refund_state(
     row.state = state.as_str().to_string();
     row.updated_at = now;
     row.seal = row.compute_seal(sealer).to_vec();
-    conn.execute(
-        "UPDATE refunds SET state = ?2, updated_at = ?3, seal = ?4 WHERE id = ?1",
-        params![row.id, row.state, row.updated_at, row.seal],
-    )?;
+    conn.prepare_cached("UPDATE refunds SET state = ?2, updated_at = ?3, seal = ?4 WHERE id = ?1")?
+        .execute(params![row.id, row.state, row.updated_at, row.seal])?;
     Ok(())
 }
 
 pub fn load_refund(conn: &Connection, id: &str) -> Result<Option<RefundRow>, QueueError> {
     let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1");
-    Ok(conn.query_row(&sql, [id], RefundRow::from_row).optional()?)
+    Ok(conn.prepare_cached(&sql)?.query_row([id], RefundRow::from_row).optional()?)
 }
 
 /// Refunds by state (all states when `None`), newest first.
@@ -292,10 +291,8 @@ pub fn due_deliveries(
 }
 
 pub fn quarantine(conn: &Connection, refund_id: &str, reason: &str, now: i64) -> Result<(), QueueError> {
-    conn.execute(
-        "INSERT OR IGNORE INTO quarantine (refund_id, reason, at) VALUES (?1, ?2, ?3)",
-        params![refund_id, reason, now],
-    )?;
+    conn.prepare_cached("INSERT OR IGNORE INTO quarantine (refund_id, reason, at) VALUES (?1, ?2, ?3)")?
+        .execute(params![refund_id, reason, now])?;
     Ok(())
 }
 
@@ -313,10 +310,10 @@ pub fn audit(
     detail: &str,
     now: i64,
 ) -> Result<(), QueueError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (at, refund_id, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![now, refund_id, actor, action, detail],
-    )?;
+    )?
+    .execute(params![now, refund_id, actor, action, detail])?;
     Ok(())
 }
 
@@ -324,10 +321,10 @@ pub fn audit(
 pub fn insert_sale(conn: &Connection, sealer: &Sealer, sale: &Sale, now: i64) -> Result<(), QueueError> {
     let body = serde_json::to_string(sale).map_err(|e| QueueError::Storage(e.to_string()))?;
     let seal = sale_seal(sealer, &sale.receipt_id, &sale.transaction_id, &body);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO sales (receipt_id, transaction_id, created_at, body, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![sale.receipt_id, sale.transaction_id, now, body, seal.to_vec()],
-    )?;
+    )?
+    .execute(params![sale.receipt_id, sale.transaction_id, now, body, seal.to_vec()])?;
     Ok(())
 }
 

@@ -38,6 +38,27 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX refunds_by_receipt ON refunds(receipt_id, state, amount_minor);
      CREATE INDEX refunds_by_state ON refunds(state, seq);
      CREATE INDEX refunds_open_totals ON refunds(state, currency, amount_minor);
+     CREATE TABLE open_totals (
+        currency TEXT PRIMARY KEY,
+        amount_minor INTEGER NOT NULL,
+        count INTEGER NOT NULL) STRICT;
+     CREATE TRIGGER open_totals_insert AFTER INSERT ON refunds
+        WHEN NEW.state IN ('queued', 'expired', 'unknown') BEGIN
+        INSERT INTO open_totals (currency, amount_minor, count) VALUES (NEW.currency, NEW.amount_minor, 1)
+            ON CONFLICT (currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor, count = count + 1;
+     END;
+     CREATE TRIGGER open_totals_delete AFTER DELETE ON refunds
+        WHEN OLD.state IN ('queued', 'expired', 'unknown') BEGIN
+        UPDATE open_totals SET amount_minor = amount_minor - OLD.amount_minor, count = count - 1
+            WHERE currency = OLD.currency;
+     END;
+     CREATE TRIGGER open_totals_update AFTER UPDATE OF state, currency, amount_minor ON refunds BEGIN
+        UPDATE open_totals SET amount_minor = amount_minor - OLD.amount_minor, count = count - 1
+            WHERE currency = OLD.currency AND OLD.state IN ('queued', 'expired', 'unknown');
+        INSERT INTO open_totals (currency, amount_minor, count)
+            SELECT NEW.currency, NEW.amount_minor, 1 WHERE NEW.state IN ('queued', 'expired', 'unknown')
+            ON CONFLICT (currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor, count = count + 1;
+     END;
      CREATE TABLE deliveries (
         refund_id TEXT NOT NULL REFERENCES refunds(id) ON DELETE CASCADE,
         position INTEGER NOT NULL,
@@ -85,6 +106,7 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
     integrity_check(&conn, &path)?;
     migrate(&conn)?;
     check_key(&conn, sealer)?;
+    rebuild_totals(&conn)?;
     Ok(conn)
 }
 
@@ -146,6 +168,24 @@ fn migrate(conn: &Connection) -> Result<(), QueueError> {
                 let _ = conn.execute_batch("ROLLBACK");
             })?;
     }
+    Ok(())
+}
+
+/// `open_totals` (undelivered amount and count per currency, kept by triggers so that a new
+/// refund's limits cost O(1)) is derived data: rebuilt from the refunds at every start, so that
+/// nothing done to the file outside the agent can make it lie for long.
+fn rebuild_totals(conn: &Connection) -> Result<(), QueueError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         DELETE FROM open_totals;
+         INSERT INTO open_totals (currency, amount_minor, count)
+             SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
+             WHERE state IN ('queued', 'expired', 'unknown') GROUP BY currency;
+         COMMIT;",
+    )
+    .inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })?;
     Ok(())
 }
 
