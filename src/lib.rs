@@ -3,29 +3,31 @@
 //!
 //! Modules in the order data flows through them:
 //!
+//! - [`terminal`] — bytes from the serial terminal → frames → events (PCI-sanitized).
 //! - [`money`], [`sale`] — amounts and the original sales (the ledger's records).
 //! - [`refund`] — a draft from a cashier becomes a validated refund.
 //! - [`routing`] — which destinations a refund goes to.
 //! - [`queue`] — the durable, sealed SQLite queue and its single owner thread.
 //! - [`sync`] — the worker that claims due deliveries and decides retries.
-//! - [`destinations`] — one connector per cloud API (HTTP lives only here).
+//! - [`destinations`] — one connector per cloud API (HTTP to the outside lives only here).
 //! - [`control`] — the control API on a Unix socket, and its client for the CLI.
 //! - [`config`] — the TOML configuration and secret files.
 //! - [`daemon`] — wires it together and handles shutdown.
 //! - [`sandbox`], [`demo`] — local stand-ins for the cloud APIs and the guided demo.
-//! - [`cli`] — the command line.
+//! - [`cli`] — the command line; [`clock`] — time helpers.
 
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod demo;
-pub mod destinations;
+pub mod terminal;
 pub mod money;
-pub mod queue;
+pub mod sale;
 pub mod refund;
 pub mod routing;
-pub mod sale;
-pub mod sandbox;
+pub mod queue;
 pub mod sync;
+pub mod destinations;
+pub mod control;
+pub mod config;
+pub mod daemon;
+pub mod sandbox;
+pub mod demo;
+pub mod cli;
+pub mod clock;
