@@ -53,6 +53,9 @@ pub mod schema;
 pub mod seal;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
 pub use ops::{Claim, Created, Recorded, Recovery, SaleAdded};
