@@ -190,9 +190,7 @@ proptest! {
         let f = Fixture::new(&["a", "b"]);
         let mut in_flight: Vec<(String, i64)> = Vec::new();
         let mut finals: std::collections::HashMap<(String, i64), String> = Default::default();
-        let mut now = 100;
-        for op in ops_list {
-            now += 1;
+        for (now, op) in (101i64..).zip(ops_list) {
             match op {
                 Op::Create(cents) => {
                     let amount = format!("{}.{:02}", cents / 100, cents % 100);
