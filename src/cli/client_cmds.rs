@@ -157,8 +157,21 @@ pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
                 }
             }
         }
+        RefundsCmd::Retry { id, operator, json } => {
+            manual(client, &id, "retry", serde_json::json!({ "operator": operator }), json).await
+        }
+        RefundsCmd::Cancel { id, operator, reason, json } => {
+            let body = serde_json::json!({ "operator": operator, "reason": reason });
+            manual(client, &id, "cancel", body, json).await
+        }
+        RefundsCmd::Resolve { id, delivered, not_delivered: _, destination, operator, json } => {
+            let outcome = if delivered { "delivered" } else { "not_delivered" };
+            let body =
+                serde_json::json!({ "operator": operator, "outcome": outcome, "destination": destination });
+            manual(client, &id, "resolve", body, json).await
+        }
         RefundsCmd::Show { id, json } => {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            if !valid_id(&id) {
                 eprintln!("error: {id:?} is not a refund id");
                 return exit::USAGE;
             }
@@ -183,6 +196,40 @@ pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
                     exit::ERROR
                 }
             }
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// `refunds retry|cancel|resolve`: a person's decision, audit-logged by the agent.
+async fn manual(client: &ControlClient, id: &str, action: &str, body: serde_json::Value, json: bool) -> u8 {
+    if !valid_id(id) {
+        eprintln!("error: {id:?} is not a refund id");
+        return exit::USAGE;
+    }
+    let path = format!("/v1/refunds/{id}/{action}");
+    let answer = match client.request("POST", &path, Some(body.to_string().into_bytes()), &[]).await {
+        Ok(a) => a,
+        Err(e) => return unreachable(&e),
+    };
+    if answer.status != 200 {
+        return refused(&answer);
+    }
+    if json {
+        print_json(&answer.body);
+        return exit::OK;
+    }
+    match serde_json::from_slice::<RefundView>(&answer.body) {
+        Ok(r) => {
+            print!("{}", output::refund_detail(&r));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: unexpected answer: {e}");
+            exit::ERROR
         }
     }
 }

@@ -130,6 +130,42 @@ pub enum RefundsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Send a failed or expired refund again (after fixing what made it fail).
+    Retry {
+        id: String,
+        /// Who decides (audit-logged).
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a refund before any money moved.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a delivery whose outcome is unknown, after checking at the destination.
+    Resolve {
+        id: String,
+        /// The destination has the refund.
+        #[arg(long, conflicts_with = "not_delivered", required_unless_present = "not_delivered")]
+        delivered: bool,
+        /// The destination does not have it: send it again.
+        #[arg(long)]
+        not_delivered: bool,
+        /// Which destination, when several are unknown.
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

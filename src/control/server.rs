@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use super::ApiError;
 use crate::destinations::clock::ClockOffset;
-use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState};
+use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState, Resolution};
 use crate::refund::{RefundDraft, RejectCode, Rejection};
 use crate::sale::SaleInput;
 use crate::sync::{DestinationHealth, Health};
@@ -47,6 +47,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/refunds", post(create_refund).get(list_refunds))
         .route("/v1/refunds/{id}", get(show_refund))
+        .route("/v1/refunds/{id}/retry", post(retry_refund))
+        .route("/v1/refunds/{id}/cancel", post(cancel_refund))
+        .route("/v1/refunds/{id}/resolve", post(resolve_refund))
         .route("/v1/receipts", post(add_receipt))
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
@@ -112,6 +115,7 @@ impl From<QueueError> for Failure {
             QueueError::Conflict(_) => StatusCode::CONFLICT,
             QueueError::NotFound(_) => StatusCode::NOT_FOUND,
             QueueError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            QueueError::InvalidTransition(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -182,6 +186,75 @@ async fn list_refunds(State(s): State<AppState>, Query(q): Query<ListQuery>) -> 
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     Ok(Json(s.queue.list(q.state, limit).await?).into_response())
+}
+
+/// The body of the manual actions: who decides, and for cancel/resolve what.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManualAction {
+    operator: String,
+    #[serde(default)]
+    reason: Option<String>,
+    /// `delivered` or `not_delivered` (resolve only).
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    destination: Option<String>,
+}
+
+fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
+    let action: ManualAction = parse_json(body)?;
+    if action.operator.trim().is_empty() || action.operator.len() > 500 {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "field `operator` must name who decides",
+        ));
+    }
+    Ok(action)
+}
+
+async fn retry_refund(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let action = manual_action(&body)?;
+    let view = s.queue.retry(id, action.operator).await?;
+    s.wake.notify_one();
+    Ok(Json(view).into_response())
+}
+
+async fn cancel_refund(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let action = manual_action(&body)?;
+    let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
+    Ok(Json(s.queue.cancel(id, action.operator, reason).await?).into_response())
+}
+
+async fn resolve_refund(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let action = manual_action(&body)?;
+    let resolution = match action.outcome.as_deref() {
+        Some("delivered") => Resolution::Delivered,
+        Some("not_delivered") => Resolution::NotDelivered,
+        _ => {
+            return Err(failure(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "field `outcome` must be \"delivered\" or \"not_delivered\"",
+            ))
+        }
+    };
+    let view = s.queue.resolve(id, action.destination, resolution, action.operator).await?;
+    s.wake.notify_one();
+    Ok(Json(view).into_response())
 }
 
 async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {

@@ -46,6 +46,7 @@
 
 pub mod delivery;
 pub mod error;
+pub mod manual;
 pub mod ops;
 pub mod owner;
 pub mod rows;
@@ -58,6 +59,7 @@ mod tests;
 
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
+pub use manual::Resolution;
 pub use ops::{Claim, Created, Recorded, Recovery, SaleAdded};
 pub use owner::{start, Db, QueueHandle, QueueOwner, QueueSettings};
 pub use seal::Sealer;

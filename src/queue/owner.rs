@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::QueueError;
+use super::manual::{self, Resolution};
 use super::ops::{self, Claim, Created, Recorded, Recovery, SaleAdded};
 use super::schema;
 use super::seal::Sealer;
@@ -222,6 +223,30 @@ impl QueueHandle {
 
     pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {
         self.call(move |db| ops::next_due(db, &skip)).await
+    }
+
+    pub async fn retry(&self, id: String, operator: String) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::retry(db, &id, &operator, now_ms())).await
+    }
+
+    pub async fn cancel(
+        &self,
+        id: String,
+        operator: String,
+        reason: String,
+    ) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::cancel(db, &id, &operator, &reason, now_ms())).await
+    }
+
+    pub async fn resolve(
+        &self,
+        id: String,
+        destination: Option<String>,
+        resolution: Resolution,
+        operator: String,
+    ) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::resolve(db, &id, destination.as_deref(), resolution, &operator, now_ms()))
+            .await
     }
 
     pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {

@@ -1,0 +1,177 @@
+//! Decisions made by a person (through the CLI or the control API): retry, cancel, resolve.
+//! Each is checked against the refund's state, recorded in the `audit` table with the operator,
+//! and never lets money move twice: an `unknown` delivery is resent only after a person has
+//! checked at the destination that it is not there.
+
+use super::delivery::{aggregate, DeliveryState, RefundState};
+use super::error::QueueError;
+use super::owner::Db;
+use super::rows::{self, DeliveryRow};
+use super::view::RefundView;
+
+/// A person's answer for a delivery whose outcome was unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The destination has the refund: record it as delivered.
+    Delivered,
+    /// The destination does not have it: send it again.
+    NotDelivered,
+}
+
+fn invalid(message: String) -> QueueError {
+    QueueError::InvalidTransition(message)
+}
+
+/// Loads and verifies a refund and its deliveries; a failed seal quarantines and refuses.
+fn load(
+    db: &Db<'_>,
+    id: &str,
+    now: i64,
+) -> Result<(rows::RefundRow, RefundState, Vec<DeliveryRow>), QueueError> {
+    let row = rows::load_refund(db.conn, id)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))?;
+    let deliveries = rows::load_deliveries(db.conn, id)?;
+    let checked = row.open(db.sealer).and_then(|(_, state)| {
+        deliveries.iter().try_for_each(|d| d.open(db.sealer).map(|_| ())).map(|_| state)
+    });
+    match checked {
+        Ok(state) if rows::quarantine_reason(db.conn, id)?.is_none() => Ok((row, state, deliveries)),
+        Ok(_) => {
+            Err(invalid(format!("refund {id} is quarantined; it can only be investigated, not changed")))
+        }
+        Err(reason) => {
+            rows::quarantine(db.conn, id, &reason, now)?;
+            Err(invalid(format!("refund {id} is quarantined: {reason}")))
+        }
+    }
+}
+
+fn save_state(
+    db: &Db<'_>,
+    mut row: rows::RefundRow,
+    deliveries: &[DeliveryRow],
+    forced: Option<RefundState>,
+    now: i64,
+) -> Result<(), QueueError> {
+    let states: Vec<DeliveryState> = deliveries.iter().map(DeliveryRow::state).collect();
+    let next = forced.unwrap_or_else(|| aggregate(&states));
+    rows::set_refund_state(db.conn, db.sealer, &mut row, next, now)
+}
+
+/// Sends a refund again after a person fixed what made it fail (credentials, configuration), or
+/// takes an expired refund back into the queue. `unknown` deliveries must be resolved first and
+/// declined refunds are final (make a new refund).
+pub fn retry(db: &Db<'_>, id: &str, operator: &str, now: i64) -> Result<RefundView, QueueError> {
+    let (row, state, mut deliveries) = load(db, id, now)?;
+    match state {
+        RefundState::Failed | RefundState::Expired | RefundState::Queued => {}
+        RefundState::Unknown => {
+            return Err(invalid(format!(
+                "refund {id} has a delivery whose outcome is unknown; check at the destination and use resolve first"
+            )))
+        }
+        other => return Err(invalid(format!("refund {id} is {other}; only failed, expired or queued refunds can be retried"))),
+    }
+    if deliveries.iter().any(|d| d.state() == DeliveryState::Unknown) {
+        return Err(invalid(format!(
+            "refund {id} has a delivery whose outcome is unknown; resolve it first"
+        )));
+    }
+    let mut changed = 0;
+    for d in
+        deliveries.iter_mut().filter(|d| matches!(d.state(), DeliveryState::Failed | DeliveryState::Pending))
+    {
+        d.state = DeliveryState::Pending.as_str().to_string();
+        d.next_attempt_at = now;
+        d.updated_at = now;
+        rows::save_delivery(db.conn, db.sealer, d, false)?;
+        changed += 1;
+    }
+    save_state(db, row, &deliveries, None, now)?;
+    rows::audit(db.conn, Some(id), operator, "retry", &format!("{changed} deliveries due now"), now)?;
+    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+}
+
+/// Cancels a refund before any money moved: refused once any delivery was made, is in flight,
+/// or has an unknown outcome.
+pub fn cancel(
+    db: &Db<'_>,
+    id: &str,
+    operator: &str,
+    reason: &str,
+    now: i64,
+) -> Result<RefundView, QueueError> {
+    let (row, state, mut deliveries) = load(db, id, now)?;
+    if matches!(state, RefundState::Cancelled | RefundState::Declined | RefundState::Delivered) {
+        return Err(invalid(format!("refund {id} is already {state}")));
+    }
+    if let Some(d) = deliveries.iter().find(|d| {
+        matches!(d.state(), DeliveryState::Delivered | DeliveryState::InFlight | DeliveryState::Unknown)
+    }) {
+        return Err(invalid(format!(
+            "refund {id} cannot be cancelled: its delivery to {} is {} (money may have moved)",
+            d.destination, d.state
+        )));
+    }
+    for d in deliveries.iter_mut().filter(|d| !d.state().is_final() || d.state() == DeliveryState::Failed) {
+        d.state = DeliveryState::Cancelled.as_str().to_string();
+        d.last_error = Some(format!("cancelled by {operator}"));
+        d.updated_at = now;
+        rows::save_delivery(db.conn, db.sealer, d, false)?;
+    }
+    save_state(db, row, &deliveries, Some(RefundState::Cancelled), now)?;
+    rows::audit(db.conn, Some(id), operator, "cancel", reason, now)?;
+    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+}
+
+/// Resolves an `unknown` delivery after a person checked at the destination. With several
+/// unknown deliveries, `destination` says which.
+pub fn resolve(
+    db: &Db<'_>,
+    id: &str,
+    destination: Option<&str>,
+    resolution: Resolution,
+    operator: &str,
+    now: i64,
+) -> Result<RefundView, QueueError> {
+    let (row, _, mut deliveries) = load(db, id, now)?;
+    let unknown: Vec<usize> = deliveries
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| {
+            d.state() == DeliveryState::Unknown && destination.is_none_or(|n| n == d.destination)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let i = match unknown.as_slice() {
+        [i] => *i,
+        [] => {
+            return Err(invalid(format!(
+                "refund {id} has no delivery with an unknown outcome{}",
+                for_dest(destination)
+            )))
+        }
+        _ => {
+            return Err(invalid(format!(
+                "refund {id} has several unknown deliveries; name one with --destination"
+            )))
+        }
+    };
+    let d = &mut deliveries[i];
+    let (state, what) = match resolution {
+        Resolution::Delivered => (DeliveryState::Delivered, "delivered"),
+        Resolution::NotDelivered => (DeliveryState::Pending, "not delivered; sending again"),
+    };
+    d.state = state.as_str().to_string();
+    d.next_attempt_at = now;
+    d.updated_at = now;
+    d.last_error = Some(format!("resolved by {operator}: {what}"));
+    let dest = d.destination.clone();
+    rows::save_delivery(db.conn, db.sealer, d, false)?;
+    save_state(db, row, &deliveries, None, now)?;
+    rows::audit(db.conn, Some(id), operator, "resolve", &format!("{dest}: {what}"), now)?;
+    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+}
+
+fn for_dest(destination: Option<&str>) -> String {
+    destination.map(|d| format!(" at {d}")).unwrap_or_default()
+}
