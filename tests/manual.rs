@@ -94,7 +94,7 @@ async fn cancel_before_money_moved_frees_the_balance_and_sends_nothing() {
     fp.go_online().await.unwrap();
     agent.wait_state(&again, "delivered").await;
     let sent: Vec<_> = fp.refunds().iter().map(|r| r["externalId"].as_str().unwrap().to_string()).collect();
-    assert_eq!(sent, [again.clone()], "the cancelled refund was never sent");
+    assert_eq!(sent, std::slice::from_ref(&again), "the cancelled refund was never sent");
     let late = agent.cli(&["refunds", "cancel", &again, "--operator", "mgr_1"]).await;
     assert_eq!(late.status.code(), Some(3), "a delivered refund cannot be cancelled");
     let audit = audit_rows(&agent);
