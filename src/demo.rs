@@ -1,6 +1,6 @@
 //! `refund-agent demo`: the whole flow on this machine, narrated. A temporary state directory,
-//! a local Final POS sandbox on a loopback port, the real daemon in-process, and the control
-//! API as the kiosk UI would use it.
+//! local sandboxes of the three cloud APIs on loopback ports, the real daemon in-process, and
+//! the control API as the kiosk UI would use it.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -9,143 +9,247 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rand::Rng;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::control::client::{Answer, ControlClient};
 use crate::control::ApiError;
 use crate::daemon;
 use crate::queue::RefundView;
-use crate::sandbox::FinalPosSandbox;
+use crate::sandbox::{Fault, FinalPosSandbox, GatewaySandbox, OliveSandbox};
 
-const API_KEY: &str = "demo-finalpos-key";
+const FINALPOS_KEY: &str = "demo-finalpos-key";
+const GATEWAY_TOKEN: &str = "demo-gateway-token";
+const OLIVE_KEY_ID: &str = "pos_key_demo";
+const OLIVE_SECRET: &str = "demo-olive-hmac-secret";
+
+struct Clouds {
+    finalpos: FinalPosSandbox,
+    gateway: GatewaySandbox,
+    olive: OliveSandbox,
+}
+
+impl Clouds {
+    async fn start() -> Result<Clouds> {
+        let clouds = Clouds {
+            finalpos: FinalPosSandbox::start(FINALPOS_KEY).await?,
+            gateway: GatewaySandbox::start(GATEWAY_TOKEN).await?,
+            olive: OliveSandbox::start(OLIVE_KEY_ID, OLIVE_SECRET.as_bytes()).await?,
+        };
+        clouds.gateway.add_payment("882", "100.00".parse()?, "90.00".parse()?);
+        clouds.olive.add_transaction("txn_olive_9", "40.00".parse()?);
+        // The till's clock is an hour behind Olive's: Olive will refuse its first signature.
+        clouds.olive.set_clock_offset(3600);
+        Ok(clouds)
+    }
+
+    async fn offline(&self) {
+        self.finalpos.go_offline().await;
+        self.gateway.go_offline().await;
+        self.olive.go_offline().await;
+    }
+
+    async fn online(&self) -> Result<()> {
+        self.finalpos.go_online().await?;
+        self.gateway.go_online().await?;
+        self.olive.go_online().await?;
+        Ok(())
+    }
+}
 
 /// Runs the demo, printing each step.
 pub async fn run() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("refund-agent-demo-").tempdir()?;
-    say("refund-agent demo: a till, a refund, a network outage, and exactly-once delivery.");
-    say(&format!("Working in {} (deleted at the end).\n", dir.path().display()));
+    say("refund-agent demo: a till, refunds, a network outage, a wrong clock, a lost answer.");
+    say(&format!("Working in {} (deleted at the end).", dir.path().display()));
 
-    let sandbox = FinalPosSandbox::start(API_KEY).await?;
-    sandbox.go_offline().await;
-    step(
-        1,
-        &format!(
-            "A local Final POS sandbox is set up at {} — and taken OFFLINE (its port refuses connections).",
-            sandbox.url()
-        ),
-    );
+    let clouds = Clouds::start().await?;
+    clouds.offline().await;
+    step(1, "Local sandboxes of the three cloud APIs are set up on loopback ports — and taken OFFLINE:");
+    detail(&format!("card gateway {}   (moves money; refunds card sales)", clouds.gateway.url()));
+    detail(&format!(
+        "Olive POS    {}   (moves money; HMAC-signed; its clock is 1 h ahead of the till)",
+        clouds.olive.url()
+    ));
+    detail(&format!("Final POS    {}   (back office; records every refund)", clouds.finalpos.url()));
 
-    let config = write_config(dir.path(), &sandbox.url())?;
+    let config = write_config(dir.path(), &clouds)?;
     let running = daemon::start(&config).await.context("starting the agent")?;
     let client = ControlClient::new(&running.socket);
     step(2, "The agent is running: queue opened (SQLite, WAL, synchronous=FULL), control API listening.");
 
-    let receipt = json!({
-        "receipt_id": "RCP-2025-001", "transaction_id": "txn_123", "order_id": "507f1f77bcf86cd799439013",
-        "session_id": "507f1f77bcf86cd799439012", "currency": "USD", "total": "100.00", "subtotal": "90.00",
-        "tax": "10.00", "discount": "0.00", "payment_method": "credit_card", "processor": "gateway",
-        "processor_payment_id": "882", "masked_pan": "530957******2257", "captured_at": "2026-11-20T10:15:00Z",
-        "items": [{"name": "Sweet Tea", "quantity": 1, "price": "5.00", "total": "5.00",
-                   "product_id": "p1", "variant_id": "v1", "sku": "SKU-001"}]
-    });
-    expect(&client.request("POST", "/v1/receipts", Some(receipt.to_string().into_bytes()), &[]).await?, 201)?;
-    step(3, "The terminal reports a sale: receipt RCP-2025-001, 100.00 USD (90.00 + 10.00 tax), card ending 2257.");
+    post(
+        &client,
+        "/v1/receipts",
+        sale("RCP-2025-001", "txn_123", "100.00", "90.00", "gateway", "882"),
+        &[],
+        201,
+    )
+    .await?;
+    post(
+        &client,
+        "/v1/receipts",
+        sale("RCP-2025-002", "txn_olive_9", "40.00", "40.00", "olive", "o-1"),
+        &[],
+        201,
+    )
+    .await?;
+    step(3, "Two sales are in the ledger:");
+    detail("RCP-2025-001: 100.00 USD by card through the gateway  → refunds go to gateway, then Final POS");
+    detail("RCP-2025-002:  40.00 USD through Olive                 → refunds go to Olive, then Final POS");
 
-    step(
-        4,
-        "A customer returns a Sweet Tea. The cashier asks for a 5.00 USD refund while the cloud is down:",
-    );
-    let refund = json!({"receipt_id": "RCP-2025-001", "amount": "5.00", "reason": "Customer returned item", "operator": "emp_42"});
-    let body = refund.to_string().into_bytes();
-    let key = [("idempotency-key", "demo-tap-1")];
-    let answer = client.request("POST", "/v1/refunds", Some(body.clone()), &key).await?;
-    expect(&answer, 201)?;
-    let created: RefundView = serde_json::from_slice(&answer.body)?;
-    detail(&format!("acknowledged: refund {} is queued (committed to disk before this answer).", created.id));
-    let again = client.request("POST", "/v1/refunds", Some(body), &key).await?;
-    expect(&again, 200)?;
+    step(4, "While the network is down, the cashier refunds a Sweet Tea (5.00) and a 12.50 item:");
+    let tea = refund("RCP-2025-001", "5.00");
+    let first = post(&client, "/v1/refunds", tea.clone(), &[("idempotency-key", "kiosk-tap-1")], 201).await?;
+    let first: RefundView = serde_json::from_slice(&first.body)?;
+    detail(&format!("refund {} queued — acknowledged only after it was committed to disk", first.id));
+    let again = post(&client, "/v1/refunds", tea, &[("idempotency-key", "kiosk-tap-1")], 200).await?;
     let again: RefundView = serde_json::from_slice(&again.body)?;
     detail(&format!(
-        "the kiosk UI taps twice (same Idempotency-Key): answer 200 with the same refund {} — no second refund.",
+        "a double tap (same Idempotency-Key) answers 200 with the same refund {} — no second refund",
         again.id
     ));
+    let olive = post(&client, "/v1/refunds", refund("RCP-2025-002", "12.50"), &[], 201).await?;
+    let olive: RefundView = serde_json::from_slice(&olive.body)?;
+    detail(&format!("refund {} queued for Olive", olive.id));
 
-    step(5, "The agent checks every refund offline against the sale before queueing it:");
+    step(5, "Every refund is checked offline against its sale before it is queued:");
     for (amount, why) in [
-        ("96.00", "more than the sale's refundable balance"),
+        ("96.00", "above the refundable balance"),
         ("1e3", "not a plain amount"),
         ("0.001", "a fraction of a cent"),
     ] {
-        let bad =
-            json!({"receipt_id": "RCP-2025-001", "amount": amount, "reason": "test", "operator": "emp_42"});
-        let a = client.request("POST", "/v1/refunds", Some(bad.to_string().into_bytes()), &[]).await?;
+        let a = client
+            .request(
+                "POST",
+                "/v1/refunds",
+                Some(refund("RCP-2025-001", amount).to_string().into_bytes()),
+                &[],
+            )
+            .await?;
         let e: ApiError =
             serde_json::from_slice(&a.body).unwrap_or(ApiError { code: "?".into(), message: String::new() });
         detail(&format!("{amount:>6} ({why}) → HTTP {} {}: {}", a.status, e.code, e.message));
     }
 
-    let view = wait_for(&client, &created.id, Duration::from_secs(15), |r| {
-        r.deliveries.iter().any(|d| d.attempts >= 2)
+    let waiting = wait_for(&client, &first.id, |r| {
+        r.deliveries[0].attempts >= 1 && r.deliveries[0].last_error.is_some()
     })
     .await?;
-    let d = &view.deliveries[0];
-    step(
-        6,
-        &format!(
-            "The agent tries to deliver and fails ({} attempts so far), backing off between tries:",
-            d.attempts
-        ),
-    );
-    detail(&format!("last error: {}", d.last_error.as_deref().unwrap_or("-")));
+    step(6, "The agent tries, fails, and puts the unreachable clouds on hold (it probes them every 2 s):");
+    detail(&format!("gateway: {}", waiting.deliveries[0].last_error.as_deref().unwrap_or("-")));
 
-    sandbox.go_online().await?;
-    step(7, "The network comes back: the sandbox listens again on the same port.");
-    let done = wait_for(&client, &created.id, Duration::from_secs(20), |r| r.state == "delivered").await?;
-    let d = &done.deliveries[0];
+    clouds.online().await?;
+    step(7, "The network comes back. Within seconds the probes notice and the queue drains:");
+    let first = wait_for(&client, &first.id, |r| r.state == "delivered").await?;
+    for d in &first.deliveries {
+        detail(&format!(
+            "{}: {} after {} attempt(s), remote id {}",
+            d.destination,
+            d.state,
+            d.attempts,
+            d.remote_id.as_deref().unwrap_or("-")
+        ));
+    }
+    let olive = wait_for(&client, &olive.id, |r| r.state == "delivered").await?;
+    let status: Value = serde_json::from_slice(&client.request("GET", "/v1/status", None, &[]).await?.body)?;
+    let offset = status["destinations"]["olive"]["clock_offset_ms"].as_i64().unwrap_or(0);
     detail(&format!(
-        "refund {} is DELIVERED to {} after {} attempts (Final POS id {}).",
-        done.id,
-        d.destination,
-        d.attempts,
-        d.remote_id.as_deref().unwrap_or("-")
+        "olive: first answer 401 (our timestamp looked an hour old); the agent read Olive's Date header, \
+         measured its clock {:+} s ahead, signed again and was paid: {} after {} attempts",
+        offset / 1000,
+        olive.deliveries[0].state,
+        olive.deliveries[0].attempts
     ));
 
-    let refunds = sandbox.refunds();
-    let transactions = sandbox.transactions();
-    step(8, "What Final POS received:");
-    for r in &refunds {
-        detail(&format!(
-            "refund record {}: externalId {}, {} {}, order {}, line item {}",
-            r["id"],
-            r["externalId"],
-            r["summary"]["total"],
-            r["currency"],
-            r["orderId"],
-            r["lineItems"][0]["name"]
-        ));
-    }
-    for t in &transactions {
-        detail(&format!(
-            "transaction record {}: type {}, amount {}, refundId {}",
-            t["id"], t["type"], t["amount"], t["refundId"]
-        ));
-    }
-    if refunds.len() != 1 || transactions.len() != 1 {
-        bail!(
-            "expected exactly one refund and one transaction record, found {} and {}",
-            refunds.len(),
-            transactions.len()
-        );
+    step(8, "A lost answer: the gateway refunds 3.00 but the connection drops before it answers.");
+    clouds.gateway.inject(Fault::CommitThenDrop, 1);
+    let lost = post(&client, "/v1/refunds", refund("RCP-2025-001", "3.00"), &[], 201).await?;
+    let lost: RefundView = serde_json::from_slice(&lost.body)?;
+    let unknown = wait_for(&client, &lost.id, |r| r.state == "unknown").await?;
+    detail(&format!(
+        "refund {} is UNKNOWN: {}",
+        unknown.id,
+        unknown.deliveries[0].last_error.as_deref().unwrap_or("-")
+    ));
+    detail(&format!(
+        "the gateway does not deduplicate, so the agent did NOT send it again (gateway saw {} request for it)",
+        clouds.gateway.seen().iter().filter(|s| s.external_id.as_deref() == Some(lost.id.as_str())).count()
+    ));
+    let manual = json!({"operator": "mgr_1", "outcome": "delivered"});
+    post(&client, &format!("/v1/refunds/{}/resolve", lost.id), manual, &[], 200).await?;
+    let resolved = wait_for(&client, &lost.id, |r| r.state == "delivered").await?;
+    detail(&format!(
+        "a manager checks the gateway's dashboard, finds it, and runs `refunds resolve {} --delivered --operator mgr_1`:",
+        lost.id
+    ));
+    detail(&format!("the decision is audit-logged and Final POS gets its record → {}", resolved.state));
+
+    step(9, "What the clouds received — each refund exactly once:");
+    detail(&format!(
+        "card gateway: {} refunds {:?}",
+        clouds.gateway.refunds().len(),
+        amounts(&clouds.gateway.refunds())
+    ));
+    detail(&format!(
+        "Olive POS:    {} refund  {:?}",
+        clouds.olive.refunds().len(),
+        amounts(&clouds.olive.refunds())
+    ));
+    let fp = clouds.finalpos.refunds();
+    detail(&format!(
+        "Final POS:    {} refund records, {} transaction records",
+        fp.len(),
+        clouds.finalpos.transactions().len()
+    ));
+    if clouds.gateway.refunds().len() != 2 || clouds.olive.refunds().len() != 1 || fp.len() != 3 {
+        bail!("unexpected deliveries: something was lost or sent twice");
     }
 
     running.stop().await;
-    step(9, "The agent stops cleanly (SIGTERM does the same). One refund, delivered exactly once.");
-    say("\nNext: `cargo test` runs the test suite; README.md explains configuration and the CLI.");
+    step(10, "The agent stops cleanly (SIGTERM does the same).");
+    say("\nNext: `cargo test --all-features` runs the tests; README.md explains configuration and the CLI.");
     Ok(())
 }
 
-fn write_config(dir: &Path, url: &str) -> Result<Config> {
+fn sale(receipt: &str, txn: &str, total: &str, subtotal: &str, processor: &str, payment: &str) -> Value {
+    json!({
+        "receipt_id": receipt, "transaction_id": txn, "order_id": "507f1f77bcf86cd799439013",
+        "session_id": "507f1f77bcf86cd799439012", "currency": "USD", "total": total, "subtotal": subtotal,
+        "payment_method": "credit_card", "processor": processor, "processor_payment_id": payment,
+        "masked_pan": "530957******2257", "captured_at": "2026-11-20T10:15:00Z",
+        "items": [{"name": "Sweet Tea", "quantity": 1, "price": "5.00", "total": "5.00",
+                   "product_id": "p1", "variant_id": "v1", "sku": "SKU-001"}]
+    })
+}
+
+fn refund(receipt: &str, amount: &str) -> Value {
+    json!({"receipt_id": receipt, "amount": amount, "reason": "Customer returned item", "operator": "emp_42"})
+}
+
+fn amounts(records: &[Value]) -> Vec<String> {
+    records.iter().map(|r| r["amount"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+async fn post(
+    client: &ControlClient,
+    path: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+    status: u16,
+) -> Result<Answer> {
+    let answer = client.request("POST", path, Some(body.to_string().into_bytes()), headers).await?;
+    if answer.status != status {
+        bail!(
+            "{path}: expected HTTP {status}, got {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    Ok(answer)
+}
+
+fn write_config(dir: &Path, clouds: &Clouds) -> Result<Config> {
     let secret = |name: &str, value: &[u8]| -> Result<()> {
         let path = dir.join(name);
         fs::write(&path, value)?;
@@ -154,7 +258,9 @@ fn write_config(dir: &Path, url: &str) -> Result<Config> {
     };
     let key: [u8; 32] = rand::rng().random();
     secret("seal.key", hex::encode(key).as_bytes())?;
-    secret("finalpos.key", API_KEY.as_bytes())?;
+    secret("finalpos.key", FINALPOS_KEY.as_bytes())?;
+    secret("gateway.token", GATEWAY_TOKEN.as_bytes())?;
+    secret("olive.secret", OLIVE_SECRET.as_bytes())?;
     let text = format!(
         r#"
 [agent]
@@ -177,11 +283,34 @@ backoff_max = "1s"
 
 [destinations.finalpos]
 kind = "finalpos"
-base_url = "{url}"
+base_url = "{finalpos}"
 api_key_file = "finalpos.key"
+
+[destinations.gateway]
+kind = "gateway"
+base_url = "{gateway}"
+token_file = "gateway.token"
+terminal_id = 24
+
+[destinations.olive]
+kind = "olive"
+base_url = "{olive}"
+api_key_id = "{OLIVE_KEY_ID}"
+hmac_secret_file = "olive.secret"
+
+[[routes]]
+processor = "olive"
+destinations = ["olive", "finalpos"]
+
+[[routes]]
+processor = "*"
+destinations = ["gateway", "finalpos"]
 "#,
         state = dir.join("state").display(),
         socket = dir.join("control.sock").display(),
+        finalpos = clouds.finalpos.url(),
+        gateway = clouds.gateway.url(),
+        olive = clouds.olive.url(),
     );
     let path = dir.join("config.toml");
     fs::write(&path, text)?;
@@ -191,9 +320,9 @@ api_key_file = "finalpos.key"
 async fn wait_for(
     client: &ControlClient,
     id: &str,
-    limit: Duration,
     done: impl Fn(&RefundView) -> bool,
 ) -> Result<RefundView> {
+    let limit = Duration::from_secs(20);
     let start = Instant::now();
     loop {
         let a = client.request("GET", &format!("/v1/refunds/{id}"), None, &[]).await?;
@@ -206,13 +335,6 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn expect(answer: &Answer, status: u16) -> Result<()> {
-    if answer.status != status {
-        bail!("expected HTTP {status}, got {}: {}", answer.status, String::from_utf8_lossy(&answer.body));
-    }
-    Ok(())
 }
 
 fn say(text: &str) {
