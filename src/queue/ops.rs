@@ -438,17 +438,20 @@ pub fn recover(db: &Db<'_>, dedup: &dyn Fn(&str) -> bool, now: i64) -> Result<Re
 }
 
 /// The earliest time a pending delivery becomes due (destinations in `skip` aside), to know
-/// how long the worker may sleep.
+/// how long the worker may sleep. Written as ORDER BY … LIMIT 1 so that SQLite walks
+/// `deliveries_due` in order and stops at the first match instead of scanning the queue.
 pub fn next_due(db: &Db<'_>, skip: &[String]) -> Result<Option<i64>, QueueError> {
     let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
     Ok(db
         .conn
         .prepare_cached(
-            "SELECT MIN(d.next_attempt_at) FROM deliveries d JOIN refunds r ON r.id = d.refund_id
+            "SELECT d.next_attempt_at FROM deliveries d JOIN refunds r ON r.id = d.refund_id
          WHERE d.state = 'pending' AND r.state = 'queued'
-           AND d.destination NOT IN (SELECT value FROM json_each(?1))",
+           AND d.destination NOT IN (SELECT value FROM json_each(?1))
+         ORDER BY d.next_attempt_at LIMIT 1",
         )?
-        .query_row([skip], |r| r.get(0))?)
+        .query_row([skip], |r| r.get(0))
+        .optional()?)
 }
 
 /// Makes every pending delivery to `destination` due now: its connectivity is back, and

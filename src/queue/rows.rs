@@ -268,7 +268,9 @@ pub fn deliveries_in_state(conn: &Connection, state: DeliveryState) -> Result<Ve
 
 /// Deliveries that may be sent now: pending, due, their refund queued and not quarantined,
 /// every earlier destination of the refund already delivered, and their destination not in
-/// `skip` (a JSON array of names the worker holds back). Oldest refunds first.
+/// `skip` (a JSON array of names the worker holds back). Oldest refunds first: refund ids are
+/// UUIDv7, so their order is creation order, and `deliveries_oldest_first` serves it without
+/// sorting the whole queue.
 pub fn due_deliveries(
     conn: &Connection,
     now: i64,
@@ -282,7 +284,7 @@ pub fn due_deliveries(
            AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
            AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
                            AND e.position < d.position AND e.state <> 'delivered')
-         ORDER BY r.seq, d.position LIMIT ?2",
+         ORDER BY d.refund_id, d.position LIMIT ?2",
         DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
     );
     let mut stmt = conn.prepare_cached(&sql)?;

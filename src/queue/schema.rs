@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
         seal BLOB NOT NULL,
         PRIMARY KEY (refund_id, position)) STRICT;
      CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
+     CREATE INDEX deliveries_oldest_first ON deliveries(state, refund_id, position);
      CREATE TABLE idempotency_keys (
         key TEXT PRIMARY KEY,
         fingerprint BLOB NOT NULL,

@@ -119,7 +119,8 @@ impl Worker {
             if claimed {
                 continue;
             }
-            let next_due = if all_held { Ok(None) } else { self.queue.next_due(held).await };
+            // With every permit taken, only a finishing request can let more work start.
+            let next_due = if all_held || free == 0 { Ok(None) } else { self.queue.next_due(held).await };
             let mut sleep_for = match next_due {
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
