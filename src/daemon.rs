@@ -30,6 +30,8 @@ pub enum StartError {
     Socket { path: PathBuf, message: String },
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Terminal(#[from] crate::terminal::TerminalError),
 }
 
 /// A started daemon: its control socket answers and its worker runs.
@@ -40,6 +42,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
+    terminal: Option<crate::terminal::Terminal>,
     owner: QueueOwner,
 }
 
@@ -103,6 +106,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let health = Arc::new(Mutex::new(HashMap::new()));
+    let terminal = match &config.terminal {
+        Some(t) => Some(crate::terminal::spawn(t, queue.clone(), wake.clone(), shutdown_rx.clone())?),
+        None => None,
+    };
     let app = server::router(AppState {
         queue: queue.clone(),
         wake: wake.clone(),
@@ -110,6 +117,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         clocks: connectors.iter().map(|(k, c)| (k.clone(), c.clock().clone())).collect(),
         started: Instant::now(),
         terminal_id: config.terminal_id.clone(),
+        terminal: terminal.as_ref().map(crate::terminal::Terminal::status),
     });
     let stop_rx = shutdown_rx.clone();
     let tcp = match config.tcp {
@@ -161,7 +169,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let worker = tokio::spawn(worker.run(shutdown_rx));
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");
-    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, owner })
+    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, terminal, owner })
 }
 
 impl Running {
@@ -171,6 +179,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         let _ = self.worker.await;
+        if let Some(terminal) = self.terminal {
+            terminal.stop().await;
+        }
         drop(self.queue);
         let owner = self.owner;
         let _ = tokio::task::spawn_blocking(move || owner.join()).await;

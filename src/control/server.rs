@@ -40,6 +40,8 @@ pub struct AppState {
     pub clocks: HashMap<String, ClockOffset>,
     pub started: Instant,
     pub terminal_id: String,
+    /// The serial terminal's link status, when `[terminal]` is configured.
+    pub terminal: Option<crate::terminal::device::SharedStatus>,
 }
 
 /// The API's routes.
@@ -272,6 +274,8 @@ pub struct StatusBody {
     pub uptime_s: u64,
     pub queue: QueueStatus,
     pub destinations: HashMap<String, DestinationHealthBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<crate::terminal::device::TerminalStatus>,
 }
 
 /// A destination's health as the API shows it.
@@ -316,6 +320,7 @@ async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
         uptime_s: s.started.elapsed().as_secs(),
         queue,
         destinations,
+        terminal: s.terminal.as_ref().map(crate::terminal::snapshot),
     })
     .into_response())
 }

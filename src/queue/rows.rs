@@ -270,7 +270,8 @@ pub fn deliveries_in_state(conn: &Connection, state: DeliveryState) -> Result<Ve
 /// every earlier destination of the refund already delivered, and their destination not in
 /// `skip` (a JSON array of names the worker holds back). Oldest refunds first: refund ids are
 /// UUIDv7, so their order is creation order, and `deliveries_oldest_first` serves it without
-/// sorting the whole queue.
+/// sorting the whole queue (the unary `+` keeps SQLite from choosing the time index instead,
+/// which would sort every due delivery for each claim).
 pub fn due_deliveries(
     conn: &Connection,
     now: i64,
@@ -279,7 +280,7 @@ pub fn due_deliveries(
 ) -> Result<Vec<DeliveryRow>, QueueError> {
     let sql = format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
-         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND r.state = 'queued'
+         WHERE d.state = 'pending' AND +d.next_attempt_at <= ?1 AND r.state = 'queued'
            AND d.destination NOT IN (SELECT value FROM json_each(?3))
            AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
            AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id

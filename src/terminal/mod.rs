@@ -16,9 +16,118 @@
 //!    `lines` framing (a barcode scanner) each line becomes a receipt scan instead. Replies go the
 //!    other way through [`event::Reply::to_json`] and [`codec::encode_reply`].
 //!
-//! The daemon owns the serial port and the domain logic; keeping this module pure means every
-//! edge case of the wire protocol can be unit-, property- and fuzz-tested without hardware.
+//! Around that pure core, three more stages run the refund conversation with a real device:
+//!
+//! 4. **event → action** ([`session`]): the cashier's scan → card → refund session as a pure state
+//!    machine with a timeout, deciding what to answer and what to ask of the queue.
+//! 5. **the port** ([`device`]): the serial port in dedicated threads, reopened with backoff when
+//!    the device disappears, and the [`device::TerminalStatus`] shown in `/v1/status`.
+//! 6. **the glue** ([`task`]): an async task that feeds device bytes through stages 1–4, makes the
+//!    queue calls and writes the replies.
+//!
+//! Keeping stages 1–4 pure means every edge case of the wire protocol can be unit-, property- and
+//! fuzz-tested without hardware; only [`spawn`] touches a device.
 
 pub mod codec;
 pub mod event;
 pub mod pci;
+pub mod session;
+pub mod device;
+pub mod task;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::RawTerminal;
+use crate::queue::QueueHandle;
+use codec::{Decoder, Framing, UnknownFraming};
+use device::{PortSettings, SharedStatus, TerminalStatus};
+
+/// Chunks read from the port that may wait for the link task; beyond this the reader blocks and
+/// the terminal is slowed down by the serial line instead of the agent buffering without bound.
+const EVENT_BACKLOG: usize = 64;
+/// Encoded replies that may wait for the writer thread.
+const REPLY_BACKLOG: usize = 256;
+
+/// Why the terminal could not be started; config is checked at load, so these are rare.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("terminal.framing: {0}")]
+    Framing(#[from] UnknownFraming),
+    #[error("terminal.parity: {0:?} is not one of none, even, odd")]
+    Parity(String),
+    #[error("terminal.session_timeout: {0:?} is not a duration like \"2m\"")]
+    SessionTimeout(String),
+    #[error("cannot start the terminal threads: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The running terminal: the link task and the device threads.
+#[derive(Debug)]
+pub struct Terminal {
+    task: JoinHandle<()>,
+    device: device::Device,
+    status: SharedStatus,
+}
+
+/// Starts reading the configured device. The device does not need to exist yet: the agent keeps
+/// trying to open it with backoff, and serves the control API meanwhile.
+pub fn spawn(
+    config: &RawTerminal,
+    queue: QueueHandle,
+    wake: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Terminal, TerminalError> {
+    let framing: Framing = config.framing.parse()?;
+    let parity =
+        device::parity(&config.parity).ok_or_else(|| TerminalError::Parity(config.parity.clone()))?;
+    let timeout = match &config.session_timeout {
+        Some(text) => {
+            humantime::parse_duration(text).map_err(|_| TerminalError::SessionTimeout(text.clone()))?
+        }
+        None => session::DEFAULT_TIMEOUT,
+    };
+    let status = SharedStatus::default();
+    {
+        let mut s = device::lock(&status);
+        s.device = config.device.display().to_string();
+        s.framing = framing.to_string();
+    }
+    let (events_tx, events) = mpsc::channel(EVENT_BACKLOG);
+    let (replies, replies_rx) = mpsc::channel(REPLY_BACKLOG);
+    let settings = PortSettings { path: config.device.clone(), baud: config.baud, parity };
+    tracing::info!(device = %config.device.display(), %framing, baud = config.baud, session_timeout = ?timeout, "terminal input started");
+    let device = device::start(settings, status.clone(), events_tx, replies_rx)?;
+    let link = task::Link {
+        framing,
+        decoder: Decoder::new(framing),
+        session: session::Session::new(timeout),
+        queue,
+        wake,
+        status: status.clone(),
+        replies,
+    };
+    let task = tokio::spawn(task::run(link, events, shutdown));
+    Ok(Terminal { task, device, status })
+}
+
+impl Terminal {
+    /// The live status, for `/v1/status`.
+    pub fn status(&self) -> SharedStatus {
+        self.status.clone()
+    }
+
+    /// Waits for the link task to finish after shutdown was signalled, then for the threads.
+    pub async fn stop(self) {
+        let _ = self.task.await;
+        let device = self.device;
+        let _ = tokio::task::spawn_blocking(move || device.join()).await;
+    }
+}
+
+/// A snapshot of the status.
+pub fn snapshot(status: &SharedStatus) -> TerminalStatus {
+    device::lock(status).clone()
+}
