@@ -91,6 +91,16 @@ pub fn status(s: &StatusBody) -> String {
         out.push_str(&format!("Pending:      {a} {c}\n"));
     }
     out.push_str(&format!("Last sync:    {}\n", s.queue.last_delivered_at.as_deref().unwrap_or("never")));
+    if let Some(t) = &s.terminal {
+        let link = if t.connected { "connected" } else { "DISCONNECTED (reopening with backoff)" };
+        out.push_str(&format!(
+            "Terminal:     {} ({}) {link}, {} reconnects, {} events, {} dropped\n",
+            t.device, t.framing, t.reconnects, t.frames_ok, t.frames_dropped
+        ));
+        if let Some(e) = t.last_error.as_deref().filter(|_| !t.connected) {
+            out.push_str(&format!("              last error: {e}\n"));
+        }
+    }
     let mut names: Vec<&String> = s.destinations.keys().collect();
     names.sort();
     for name in names {
