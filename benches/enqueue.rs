@@ -25,10 +25,15 @@ fn main() {
     let raw_dir = tempfile::tempdir_in(&base).expect("temp dir");
     let (raw_rate, raw_lat) = raw_sqlite(raw_dir.path(), n);
     row("raw SQLite, 1 INSERT per COMMIT", 1, n, raw_rate, &raw_lat, raw_rate);
-    for clients in [1usize, 8, 32] {
+    for (clients, keep_alive) in [(1usize, false), (1, true), (8, true), (32, true), (64, true)] {
         let dir = tempfile::tempdir_in(&base).expect("temp dir");
-        let (rate, lat) = rt.block_on(through_api(dir.path(), n, clients));
-        row("control API `POST /v1/refunds`", clients, n, rate, &lat, raw_rate);
+        let (rate, lat) = rt.block_on(through_api(dir.path(), n, clients, keep_alive));
+        let what = if keep_alive {
+            "`POST /v1/refunds`, keep-alive (kiosk UI)"
+        } else {
+            "`POST /v1/refunds`, a connection per request (CLI)"
+        };
+        row(what, clients, n, rate, &lat, raw_rate);
     }
 }
 
@@ -73,7 +78,7 @@ fn raw_sqlite(dir: &Path, n: usize) -> (f64, Vec<Duration>) {
     (n as f64 / start.elapsed().as_secs_f64(), lat)
 }
 
-async fn through_api(dir: &Path, n: usize, clients: usize) -> (f64, Vec<Duration>) {
+async fn through_api(dir: &Path, n: usize, clients: usize, keep_alive: bool) -> (f64, Vec<Duration>) {
     let secret = |name: &str, value: &str| {
         let p = dir.join(name);
         std::fs::write(&p, value).expect("secret");
@@ -111,6 +116,7 @@ async fn through_api(dir: &Path, n: usize, clients: usize) -> (f64, Vec<Duration
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
+            let mut conn = if keep_alive { Some(client.connect().await.expect("connect")) } else { None };
             for i in 0..per_client {
                 let key = format!("bench-{c}-{i}");
                 let r = (c * per_client + i) % RECEIPTS;
@@ -118,10 +124,12 @@ async fn through_api(dir: &Path, n: usize, clients: usize) -> (f64, Vec<Duration
                     r#"{{"receipt_id":"R{r}","amount":"0.01","reason":"benchmark","operator":"bench"}}"#
                 );
                 let t = Instant::now();
-                let a = client
-                    .request("POST", "/v1/refunds", Some(body.into_bytes()), &[("idempotency-key", &key)])
-                    .await
-                    .expect("answer");
+                let headers = [("idempotency-key", key.as_str())];
+                let a = match conn.as_mut() {
+                    Some(c) => c.request("POST", "/v1/refunds", Some(body.into_bytes()), &headers).await,
+                    None => client.request("POST", "/v1/refunds", Some(body.into_bytes()), &headers).await,
+                }
+                .expect("answer");
                 assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
                 lat.push(t.elapsed());
             }

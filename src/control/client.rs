@@ -52,13 +52,52 @@ impl ControlClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
+        let mut conn = self.connect().await?;
+        conn.request(method, path, body, headers).await
+    }
+
+    /// Opens a connection that can carry many requests (HTTP keep-alive), as a kiosk UI would.
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        let connect_error = |e: &dyn std::fmt::Display| ClientError::Connect {
+            path: self.socket.clone(),
+            message: e.to_string(),
+        };
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| connect_error(&e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ClientError::Connect { path: self.socket.clone(), message: e.to_string() })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Connect { path: self.socket.clone(), message: e.to_string() })?;
+            .map_err(|e| connect_error(&e))?;
         let driver = tokio::spawn(conn);
+        Ok(Connection { sender, driver })
+    }
+}
+
+/// One open connection to the agent.
+#[derive(Debug)]
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Connection {
+    /// Sends one request and reads the whole answer.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, ClientError> {
+        // A connection that is closed before the request is written has sent nothing.
+        self.sender.ready().await.map_err(|e| ClientError::Connect {
+            path: PathBuf::from("(open connection)"),
+            message: e.to_string(),
+        })?;
         let mut builder = Request::builder().method(method).uri(path).header("host", "refund-agent");
         if body.is_some() {
             builder = builder.header("content-type", "application/json");
@@ -69,7 +108,8 @@ impl ControlClient {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Lost(format!("bad request: {e}")))?;
-        let response = sender.send_request(request).await.map_err(|e| ClientError::Lost(e.to_string()))?;
+        let response =
+            self.sender.send_request(request).await.map_err(|e| ClientError::Lost(e.to_string()))?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
@@ -78,7 +118,6 @@ impl ControlClient {
             .map_err(|e| ClientError::Lost(e.to_string()))?
             .to_bytes()
             .to_vec();
-        driver.abort();
         Ok(Answer { status, body })
     }
 }

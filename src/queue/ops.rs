@@ -92,6 +92,7 @@ pub fn create_refund(
         seal: Vec::new(),
     };
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
+    let mut written = Vec::with_capacity(destinations.len());
     for (position, destination) in destinations.iter().enumerate() {
         let mut d = DeliveryRow {
             refund_id: id.clone(),
@@ -107,6 +108,7 @@ pub fn create_refund(
             seal: Vec::new(),
         };
         rows::save_delivery(db.conn, db.sealer, &mut d, true)?;
+        written.push(d);
     }
     if let Some(key) = key {
         db.conn.prepare_cached(
@@ -115,8 +117,8 @@ pub fn create_refund(
             params![key, fingerprint.to_vec(), id, now],
         )?;
     }
-    let refund = view(db, &id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))?;
-    Ok(Ok(Created { refund, replayed: false }))
+    // Built from what was just written: reading it back would only cost time.
+    Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }
 
 fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
@@ -208,8 +210,18 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
     }
     let quarantine_reason = rows::quarantine_reason(db.conn, &row.id)?;
     let body: Option<ValidRefund> = serde_json::from_str(&row.body).ok();
-    let text = |f: fn(&ValidRefund) -> Option<String>| body.as_ref().and_then(f);
-    Ok(RefundView {
+    Ok(build_view(row, body.as_ref(), &deliveries, quarantine_reason))
+}
+
+/// The view of a refund from its rows (already verified, or just written).
+fn build_view(
+    row: RefundRow,
+    body: Option<&ValidRefund>,
+    deliveries: &[DeliveryRow],
+    quarantine_reason: Option<String>,
+) -> RefundView {
+    let text = |f: fn(&ValidRefund) -> Option<String>| body.and_then(f);
+    RefundView {
         state: if quarantine_reason.is_some() { "quarantined".into() } else { row.state.clone() },
         quarantine_reason,
         amount: row.amount.clone(),
@@ -219,9 +231,9 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
         reason: text(|b| Some(b.reason.clone())).unwrap_or_default(),
         operator: text(|b| Some(b.operator.clone())).unwrap_or_default(),
         manager_approval: text(|b| b.manager_approval.clone()),
-        unlinked: body.as_ref().is_some_and(|b| b.unlinked),
+        unlinked: body.is_some_and(|b| b.unlinked),
         created_at: rfc3339(row.created_at),
-        balance_after: body.as_ref().and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
+        balance_after: body.and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
         deliveries: deliveries
             .iter()
             .map(|d| DeliveryView {
@@ -235,7 +247,7 @@ fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueEr
             })
             .collect(),
         id: row.id,
-    })
+    }
 }
 
 /// Refunds, newest first, optionally only those in one state (`quarantined` included).
