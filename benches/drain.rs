@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use refund_agent::control::client::ControlClient;
 use refund_agent::sandbox::server::Switchable;
-use refund_agent::sync::worker::MAX_IN_FLIGHT;
+use refund_agent::sync::worker::MAX_IN_FLIGHT_PER_DESTINATION as IN_FLIGHT;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
@@ -100,10 +100,10 @@ async fn run(n: usize, latency: Duration) {
 async fn plain_client(url: &str, n: usize) -> f64 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
-    let per = n / MAX_IN_FLIGHT;
+    let per = n / IN_FLIGHT;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..MAX_IN_FLIGHT {
+    for w in 0..IN_FLIGHT {
         let client = client.clone();
         let url = format!("{url}/payment/882/refund");
         tasks.push(tokio::spawn(async move {
@@ -125,7 +125,7 @@ async fn plain_client(url: &str, n: usize) -> f64 {
     for t in tasks {
         t.await.expect("client task");
     }
-    (per * MAX_IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
+    (per * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn enqueue(client: &ControlClient, n: usize) {

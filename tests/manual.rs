@@ -80,9 +80,23 @@ async fn cancel_before_money_moved_frees_the_balance_and_sends_nothing() {
     let fp = FinalPosSandbox::start(API_KEY).await.unwrap();
     fp.go_offline().await;
     let mut agent = Agent::new(&fp.url(), "");
-    agent.start().await;
+    // A long backoff keeps the refund pending after its first failed attempt, so the cancel
+    // below does not meet it in flight (which it would rightly refuse).
+    agent
+        .start_with_env(&[
+            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
+            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
+        ])
+        .await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "90.00", &[]).await);
+    eventually("the first attempt to fail", DEADLINE, || async {
+        agent
+            .refund(&id)
+            .await
+            .filter(|r| r.deliveries[0].attempts == 1 && r.deliveries[0].state == "pending")
+    })
+    .await;
     let over = cli_refund(&agent, "10.01", &[]).await;
     assert!(stderr(&over).contains("over_refund"), "{}", stderr(&over));
 

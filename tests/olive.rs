@@ -174,6 +174,22 @@ async fn a_till_clock_an_hour_behind_is_corrected_and_the_refund_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_till_clock_an_hour_fast_is_corrected_and_the_refund_delivered() {
+    let (olive, agent) = setup(Some("100.00")).await;
+    // Olive's clock is an hour behind the till's: the till's timestamps look an hour early.
+    olive.set_clock_offset(-3600);
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    agent.wait_state(&id, "delivered").await;
+    let outcome: Vec<u16> = olive.seen().iter().map(|s| s.status).collect();
+    assert_eq!(outcome, [401, 200]);
+    assert_eq!(olive.refunds().len(), 1);
+    let status = agent.client().request("GET", "/v1/status", None, &[]).await.expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&status.body).expect("JSON");
+    let offset = status["destinations"]["olive"]["clock_offset_ms"].as_i64().expect("offset measured");
+    assert!((-3_602_000..=-3_598_000).contains(&offset), "status reports the offset: {offset}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_then_delivered_after_retry_after() {
     let (olive, agent) = setup(Some("100.00")).await;
     olive.inject(Fault::Status(429, Some(1)), 1);

@@ -269,3 +269,18 @@ async fn check_config_names_the_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("max_refnd"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_pos_commits_then_drops_the_connection_and_the_resend_is_recognised() {
+    let fp = FinalPosSandbox::start(API_KEY).await.unwrap();
+    fp.inject(Fault::CommitThenDrop, 1);
+    let mut agent = Agent::new(&fp.url(), "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    agent.wait_state(&id, "delivered").await;
+    assert_eq!(fp.refunds().len(), 1, "stored once although it was sent twice");
+    assert_eq!(fp.transactions().len(), 1);
+    let statuses: Vec<u16> = fp.seen().iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [201, 409, 201], "the resend is answered 409 and counts as delivered");
+}

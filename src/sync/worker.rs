@@ -20,7 +20,17 @@ use crate::destinations::{Attempt, Connector};
 use crate::queue::{Claim, QueueHandle, Recorded};
 
 /// The most requests in flight at once, over all destinations.
-pub const MAX_IN_FLIGHT: usize = 8;
+pub const MAX_IN_FLIGHT: usize = 16;
+/// The most requests in flight to one destination: enough to drain a queue quickly, few enough
+/// not to look like an attack to a cloud API's rate limiter.
+pub const MAX_IN_FLIGHT_PER_DESTINATION: usize = 8;
+
+/// Requests in flight per destination.
+type Busy = Arc<Mutex<HashMap<String, usize>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 /// The longest the worker sleeps without looking at the queue (expiry sweeps run then too).
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 /// How often an unreachable destination is probed with a TCP connect, so that the return of
@@ -77,6 +87,7 @@ impl Worker {
             }
         }
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let busy: Busy = Arc::default();
         let mut tasks = JoinSet::new();
         let mut probes: JoinSet<()> = JoinSet::new();
         let mut last_sweep = 0i64;
@@ -96,23 +107,22 @@ impl Worker {
             // With every destination on hold there is nothing to claim: skip the queue entirely,
             // so that refunds queued while offline cost the worker no database work.
             let all_held = held.len() >= self.connectors.len();
-            let claims = if free == 0 || all_held {
-                Vec::new()
-            } else {
-                match self.queue.claim_due(free as i64, held.clone()).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot claim deliveries");
-                        Vec::new()
-                    }
-                }
-            };
+            let claims =
+                if free == 0 || all_held { Vec::new() } else { self.claim(free, &held, &busy).await };
             let claimed = !claims.is_empty();
             for claim in claims {
-                let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+                // Claims never exceed the free permits (only this loop takes them), so this
+                // cannot fail; a claim is never dropped, since it is already `in_flight` on disk.
+                let permit = permits.clone().try_acquire_owned().ok();
                 let this = self.clone();
+                let busy = busy.clone();
+                *lock(&busy).entry(claim.destination.clone()).or_default() += 1;
                 tasks.spawn(async move {
+                    let destination = claim.destination.clone();
                     this.deliver(claim).await;
+                    if let Some(n) = lock(&busy).get_mut(&destination) {
+                        *n = n.saturating_sub(1);
+                    }
                     drop(permit);
                 });
             }
@@ -148,6 +158,27 @@ impl Worker {
             tracing::warn!("abandoning requests still in flight; they will be resolved at the next start");
             tasks.abort_all();
         }
+    }
+
+    /// Claims due deliveries, oldest first, for every destination not on hold, each up to its
+    /// free share of [`MAX_IN_FLIGHT_PER_DESTINATION`] and all within `free` permits.
+    async fn claim(&self, free: usize, held: &[String], busy: &Busy) -> Vec<Claim> {
+        let mut names: Vec<&String> = self.connectors.keys().filter(|n| !held.contains(n)).collect();
+        names.sort();
+        let mut claims = Vec::new();
+        for name in names {
+            let in_flight = lock(busy).get(name).copied().unwrap_or(0);
+            let room = MAX_IN_FLIGHT_PER_DESTINATION.saturating_sub(in_flight).min(free - claims.len());
+            if room == 0 {
+                continue;
+            }
+            let others: Vec<String> = self.connectors.keys().filter(|n| *n != name).cloned().collect();
+            match self.queue.claim_due(room as i64, others).await {
+                Ok(c) => claims.extend(c),
+                Err(e) => tracing::error!(error = %e, destination = %name, "cannot claim deliveries"),
+            }
+        }
+        claims
     }
 
     /// Makes every request of one claimed delivery, recording each step as it succeeds.
