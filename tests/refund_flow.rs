@@ -284,3 +284,29 @@ async fn final_pos_commits_then_drops_the_connection_and_the_resend_is_recognise
     let statuses: Vec<u16> = fp.seen().iter().map(|s| s.status).collect();
     assert_eq!(statuses, [201, 409, 201], "the resend is answered 409 and counts as delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_or_truncated_queue_is_never_replaced_by_an_empty_one() {
+    let fp = FinalPosSandbox::start(API_KEY).await.unwrap();
+    fp.go_offline().await;
+    let mut agent = Agent::new(&fp.url(), "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    created_id(&cli_refund(&agent, "5.00", &[]).await);
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    let db = agent.db_path();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::write(&db, b"").unwrap();
+    let run = || tokio::process::Command::new(BIN).arg("--config").arg(&agent.config).arg("run").output();
+    let out = run().await.unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("refusing to start empty"), "{}", stderr(&out));
+
+    std::fs::remove_file(&db).unwrap();
+    let out = run().await.unwrap();
+    assert!(!out.status.success(), "a deleted queue is refused too");
+    assert!(stderr(&out).contains("refusing to start empty"), "{}", stderr(&out));
+}

@@ -37,6 +37,9 @@
 //!    retry resumes after the last finished request.
 //! 5. Start-up refuses a damaged file (`PRAGMA integrity_check`), a newer schema or another seal
 //!    key, with a message naming the recovery path; it never starts empty in their place.
+//!    `queue.id` next to the database holds the database's random id (also in `meta`): a queue
+//!    that vanished, was truncated to nothing or was swapped for another is refused rather than
+//!    mistaken for a fresh install.
 //!
 //! # When rows may be deleted
 //!

@@ -105,10 +105,74 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
     .map_err(|e| QueueError::Open { path: path.clone(), message: e.to_string() })?;
     configure(&conn, &path)?;
     integrity_check(&conn, &path)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let marker = state_dir.join(MARKER_FILE);
+    if version == 0 && marker.exists() {
+        return Err(QueueError::Damaged {
+            path,
+            message: format!(
+                "it is empty or missing, but {} says this state directory held a queue; refusing to \
+                 start empty (if starting over is really intended, move {} aside too)",
+                marker.display(),
+                MARKER_FILE
+            ),
+        });
+    }
     migrate(&conn)?;
     check_key(&conn, sealer)?;
+    check_identity(&conn, &marker, &path)?;
     rebuild_totals(&conn)?;
     Ok(conn)
+}
+
+/// Next to the database, a file holding the database's random id. A queue that vanished
+/// (deleted, truncated to nothing) or was swapped for another would otherwise be indistinguishable
+/// from a fresh install, and the agent would start empty: acknowledged refunds silently lost.
+pub const MARKER_FILE: &str = "queue.id";
+
+fn check_identity(conn: &Connection, marker: &Path, path: &Path) -> Result<(), QueueError> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'queue_id'", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+    let id = match stored {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            conn.execute("INSERT INTO meta (key, value) VALUES ('queue_id', ?1)", [&id])?;
+            id
+        }
+    };
+    match fs::read_to_string(marker) {
+        Ok(text) if text.trim() == id => Ok(()),
+        Ok(text) => Err(QueueError::Damaged {
+            path: path.to_path_buf(),
+            message: format!(
+                "it is not the queue this state directory held ({} names queue {}, the file is queue {id}); \
+                 put the right queue.db back",
+                marker.display(),
+                text.trim()
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_marker(marker, &id),
+        Err(e) => Err(QueueError::Open { path: marker.to_path_buf(), message: e.to_string() }),
+    }
+}
+
+/// Writes the marker durably: file, then directory entry.
+fn write_marker(marker: &Path, id: &str) -> Result<(), QueueError> {
+    let err = |e: std::io::Error| QueueError::Open { path: marker.to_path_buf(), message: e.to_string() };
+    let tmp = marker.with_extension("id.tmp");
+    {
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    fs::rename(&tmp, marker).map_err(err)?;
+    if let Some(dir) = marker.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn create_state_dir(dir: &Path) -> Result<(), QueueError> {
