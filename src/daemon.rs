@@ -43,6 +43,9 @@ pub struct Running {
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
     terminal: Option<crate::terminal::Terminal>,
+    /// Only under systemd with `WatchdogSec=`; it holds a queue handle, so `stop` awaits it
+    /// before waiting for the owner thread.
+    watchdog: Option<JoinHandle<()>>,
     owner: QueueOwner,
 }
 
@@ -167,16 +170,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         health,
         probe_targets: Arc::new(probe_targets),
     };
+    let watchdog = crate::watchdog::spawn(queue.clone(), shutdown_rx.clone());
     let worker = tokio::spawn(worker.run(shutdown_rx));
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");
-    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, terminal, owner })
+    // Last, so systemd starts units ordered after us only once the socket answers.
+    crate::watchdog::ready();
+    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, terminal, watchdog, owner })
 }
 
 impl Running {
     /// Stops taking requests, lets the worker finish or abandon its requests, and closes the
     /// queue cleanly.
     pub async fn stop(self) {
+        crate::watchdog::stopping();
         let _ = self.shutdown.send(true);
+        if let Some(watchdog) = self.watchdog {
+            let _ = watchdog.await;
+        }
         let _ = self.server.await;
         let _ = self.worker.await;
         if let Some(terminal) = self.terminal {

@@ -12,7 +12,8 @@
 //! - [`destinations`] — one connector per cloud API (HTTP to the outside lives only here).
 //! - [`control`] — the control API on a Unix socket, and its client for the CLI.
 //! - [`config`] — the TOML configuration and secret files.
-//! - [`daemon`] — wires it together and handles shutdown.
+//! - [`daemon`] — wires it together and handles shutdown; [`watchdog`] — systemd readiness
+//!   and watchdog; [`doctor`] — field diagnostics.
 //! - [`sandbox`], [`demo`] — local stand-ins for the cloud APIs and the guided demo.
 //! - [`cli`] — the command line; [`clock`] — time helpers.
 
@@ -27,6 +28,8 @@ pub mod destinations;
 pub mod control;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
+pub mod watchdog;
 pub mod sandbox;
 pub mod demo;
 pub mod cli;

@@ -22,11 +22,32 @@ fn main() -> ExitCode {
     ExitCode::from(runtime.block_on(dispatch(cli)))
 }
 
+/// Where journald listens for its native protocol.
+const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Logs to journald (structured fields kept as journal fields) when the agent runs as a systemd
+/// service, otherwise to stderr. `RUST_LOG` filters both.
+///
+/// journald is chosen only when its socket exists *and* systemd connected our stderr to the
+/// journal (`JOURNAL_STREAM`): a technician running a CLI command, or a test reading the
+/// agent's stderr, on a machine that has journald must still see the messages where they look.
 fn init_logging(quiet: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let default = if quiet { "off" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some() && Path::new(JOURNALD_SOCKET).exists();
+    // A journald that refuses the connection falls back to stderr rather than losing the logs.
+    let journald = if under_systemd { tracing_journald::layer().ok() } else { None };
+    let registry = tracing_subscriber::registry().with(filter);
+    match journald {
+        Some(journald) => registry.with(journald.with_syslog_identifier("refund-agent".into())).init(),
+        None => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .init(),
+    }
 }
 
 fn load_config(path: &Path) -> Result<Config, u8> {
@@ -72,6 +93,17 @@ async fn dispatch(cli: Cli) -> u8 {
             }
         },
         Command::CheckConfig => check_config(&cli.config),
+        Command::Doctor => {
+            let checks = refund_agent::doctor::run(&cli.config).await;
+            for check in &checks {
+                println!("{check}");
+            }
+            if refund_agent::doctor::failed(&checks) {
+                exit::DOCTOR_FAILED
+            } else {
+                exit::OK
+            }
+        }
         Command::Status(ref f) => match client(&socket) {
             Ok(c) => client_cmds::status(&c, f.json).await,
             Err(code) => code,

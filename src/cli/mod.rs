@@ -1,7 +1,8 @@
 //! The command line: one binary, `refund-agent`, with subcommands (SPEC section 4).
 //!
 //! Exit codes: 0 success; 1 unexpected error; 2 usage or configuration error; 3 refused by
-//! the agent (validation, conflict); 4 agent unreachable or no answer; 5 not found.
+//! the agent (validation, conflict); 4 agent unreachable or no answer; 5 not found; 6 `doctor`
+//! found a problem (at least one FAIL line).
 
 pub mod client_cmds;
 pub mod output;
@@ -18,6 +19,8 @@ pub mod exit {
     pub const REFUSED: u8 = 3;
     pub const UNREACHABLE: u8 = 4;
     pub const NOT_FOUND: u8 = 5;
+    /// `doctor` printed at least one FAIL.
+    pub const DOCTOR_FAILED: u8 = 6;
 }
 
 #[derive(Debug, Parser)]
@@ -47,6 +50,9 @@ pub enum Command {
     Demo,
     /// Validate the configuration and secret files, then exit.
     CheckConfig,
+    /// Check this machine: secrets, state dir and queue file, serial device, destinations and
+    /// their clocks. One PASS/WARN/FAIL line each; exit code 6 on any FAIL.
+    Doctor,
     /// Queue counts, destinations and connectivity.
     Status(JsonFlag),
     /// Create a refund.

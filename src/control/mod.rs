@@ -3,6 +3,7 @@
 //! described in `openapi.yaml` at the repository root.
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/receipts", post(add_receipt))
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -302,6 +303,11 @@ impl From<DestinationHealth> for DestinationHealthBody {
 }
 
 async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
+    Ok(Json(status_body(&s).await?).into_response())
+}
+
+/// What `GET /v1/status` shows; `GET /metrics` renders the same figures.
+async fn status_body(s: &AppState) -> Result<StatusBody, QueueError> {
     let queue = s.queue.status().await?;
     let destinations = s
         .health
@@ -314,7 +320,7 @@ async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
             (k.clone(), body)
         })
         .collect();
-    Ok(Json(StatusBody {
+    Ok(StatusBody {
         version: env!("CARGO_PKG_VERSION").into(),
         terminal_id: s.terminal_id.clone(),
         uptime_s: s.started.elapsed().as_secs(),
@@ -322,7 +328,14 @@ async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
         destinations,
         terminal: s.terminal.as_ref().map(crate::terminal::snapshot),
     })
-    .into_response())
+}
+
+/// `GET /metrics`: the status figures in the Prometheus text format (see `metrics.rs`).
+async fn metrics(State(s): State<AppState>) -> Result<Response, Failure> {
+    let body = status_body(&s).await?;
+    let retries = Some(body.queue.delivery_retries);
+    let headers = [(axum::http::header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)];
+    Ok((headers, super::metrics::render(&body, retries)).into_response())
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {

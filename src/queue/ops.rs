@@ -572,6 +572,11 @@ pub fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
             r.get(0)
         })?;
     s.last_delivered_at = last.map(rfc3339);
+    let retries: i64 = db
+        .conn
+        .prepare_cached("SELECT COALESCE(SUM(attempts - 1), 0) FROM deliveries WHERE attempts > 1")?
+        .query_row([], |r| r.get(0))?;
+    s.delivery_retries = retries.max(0) as u64;
     Ok(s)
 }
 

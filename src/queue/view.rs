@@ -53,4 +53,7 @@ pub struct QueueStatus {
     /// Deliveries per destination and state.
     pub deliveries: BTreeMap<String, BTreeMap<String, u64>>,
     pub last_delivered_at: Option<String>,
+    /// Delivery attempts beyond the first, over the deliveries the queue still holds.
+    #[serde(default)]
+    pub delivery_retries: u64,
 }
