@@ -147,21 +147,6 @@ fn validate_refund(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the scripted fault, if any, before (status) or after (commit-then-…) processing.
-async fn finish(shared: &Shared, fault: Option<Fault>, ok: Response) -> Response {
-    match fault {
-        Some(Fault::CommitThenHang) => {
-            shared.release.notified().await;
-            ok
-        }
-        Some(Fault::CommitThenDrop) => {
-            // Ending the handler by panicking makes hyper close the connection without an answer.
-            std::panic::resume_unwind(Box::new("sandbox: dropping the connection after commit"));
-        }
-        _ => ok,
-    }
-}
-
 async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let fault = s.faults.next();
     let body = match admit(&s, &headers, &body) {
@@ -197,7 +182,7 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         store.seen.push(record(201));
         (StatusCode::CREATED, Json(created)).into_response()
     };
-    finish(&s, fault, response).await
+    super::server::finish(&s.release, fault, response).await
 }
 
 async fn get_refund(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -256,5 +241,5 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         store.seen.push(record(201));
         (StatusCode::CREATED, Json(created)).into_response()
     };
-    finish(&s, fault, response).await
+    super::server::finish(&s.release, fault, response).await
 }

@@ -216,21 +216,6 @@ fn decide(store: &mut Store, payment_id: &str, body: &Value) -> Result<Value, (S
     Ok(record)
 }
 
-/// Runs the scripted commit-then-… fault, if any, after the refund was processed.
-async fn finish(shared: &Shared, fault: Option<Fault>, ok: Response) -> Response {
-    match fault {
-        Some(Fault::CommitThenHang) => {
-            shared.release.notified().await;
-            ok
-        }
-        Some(Fault::CommitThenDrop) => {
-            // Ending the handler by panicking makes hyper close the connection without an answer.
-            std::panic::resume_unwind(Box::new("sandbox: dropping the connection after commit"));
-        }
-        _ => ok,
-    }
-}
-
 async fn refund(
     State(s): State<Shared>,
     Path(payment_id): Path<String>,
@@ -284,7 +269,7 @@ async fn refund(
             }
         }
     };
-    finish(&s, fault, response).await
+    super::server::finish(&s.release, fault, response).await
 }
 
 #[cfg(test)]

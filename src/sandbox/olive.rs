@@ -275,21 +275,6 @@ fn process(store: &mut Store, body: Option<&Value>) -> Result<Value, Refusal> {
     }))
 }
 
-/// Runs the scripted commit-then-… fault, if any, after the refund was processed.
-async fn finish(shared: &Shared, fault: Option<Fault>, ok: Response) -> Response {
-    match fault {
-        Some(Fault::CommitThenHang) => {
-            shared.release.notified().await;
-            ok
-        }
-        Some(Fault::CommitThenDrop) => {
-            // Ending the handler by panicking makes hyper close the connection without an answer.
-            std::panic::resume_unwind(Box::new("sandbox: dropping the connection after commit"));
-        }
-        _ => ok,
-    }
-}
-
 async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let fault = s.faults.next();
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
@@ -337,7 +322,7 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
             }
         }
     };
-    finish(&s, fault, response).await
+    super::server::finish(&s.release, fault, response).await
 }
 
 #[cfg(test)]

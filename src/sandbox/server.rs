@@ -104,3 +104,24 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(128)
 }
+
+/// Ends a handler that already processed its request, as the scripted fault says: answer, hang
+/// until `release`, or drop the connection without an answer.
+pub async fn finish(
+    release: &Notify,
+    fault: Option<Fault>,
+    ok: axum::response::Response,
+) -> axum::response::Response {
+    match fault {
+        Some(Fault::CommitThenHang) => {
+            release.notified().await;
+            ok
+        }
+        Some(Fault::CommitThenDrop) => {
+            // Ending the handler by unwinding makes hyper close the connection without an answer
+            // (`resume_unwind` skips the panic hook, so nothing is printed).
+            std::panic::resume_unwind(Box::new("sandbox: dropping the connection after commit"));
+        }
+        _ => ok,
+    }
+}
