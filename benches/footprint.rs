@@ -1,0 +1,140 @@
+//! Footprint: binary size, idle RSS and CPU, and start-to-ready time with a large queue.
+//!
+//! Run: `cargo bench --bench footprint` (env `BENCH_IDLE_SECS`, default 60; `BENCH_QUEUE`,
+//! refunds in the queue for the start-up measurement, default 100000).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use refund_agent::control::client::ControlClient;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
+
+fn main() {
+    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let queue: usize = std::env::var("BENCH_QUEUE").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let size = std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0);
+    println!("| what | value |");
+    println!("|---|---|");
+    println!("| release binary, x86_64, stripped | {:.1} MB ({size} bytes) |", size as f64 / 1e6);
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = write_config(dir.path());
+        let client = ControlClient::new(&dir.path().join("control.sock"));
+
+        let mut agent = start(&config, &client).await;
+        let pid = agent.id().expect("pid");
+        let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
+        tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+        let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_second() / t0.elapsed().as_secs_f64();
+        println!("| idle RSS after {idle_secs} s | {:.1} MiB |", status_kb(pid, "VmRSS:") / 1024.0);
+        println!("| idle CPU over {idle_secs} s | {:.3}% of one core |", 100.0 * cpu);
+
+        fill(&client, queue).await;
+        println!("| peak RSS while {queue} refunds were queued | {:.1} MiB |", status_kb(pid, "VmHWM:") / 1024.0);
+        stop(&mut agent).await;
+        let db = std::fs::metadata(dir.path().join("state/queue.db")).map(|m| m.len()).unwrap_or(0);
+        let begin = Instant::now();
+        let mut agent = start(&config, &client).await;
+        println!(
+            "| start to ready (integrity check, recovery, socket) with {queue} refunds, {:.0} MB queue | {:.0} ms |",
+            db as f64 / 1e6,
+            begin.elapsed().as_secs_f64() * 1000.0
+        );
+        stop(&mut agent).await;
+    });
+}
+
+async fn start(config: &Path, client: &ControlClient) -> Child {
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent");
+    // Ready = the control socket answers, which the agent allows only after the queue is open.
+    while !matches!(client.request("GET", "/healthz", None, &[]).await, Ok(a) if a.status == 200) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child
+}
+
+async fn stop(agent: &mut Child) {
+    let pid = agent.id().expect("pid") as i32;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    let _ = agent.wait().await;
+}
+
+async fn fill(client: &ControlClient, n: usize) {
+    let receipts = (n / 5).max(1);
+    let mut conn = client.connect().await.expect("connect");
+    for r in 0..receipts {
+        let sale = json!({"receipt_id": format!("R{r}"), "transaction_id": format!("T{r}"), "currency": "USD",
+            "total": "100.00", "subtotal": "100.00"});
+        conn.request("POST", "/v1/receipts", Some(sale.to_string().into_bytes()), &[])
+            .await
+            .expect("receipt");
+    }
+    let workers = 32;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.expect("connect");
+            for i in (w..n).step_by(workers) {
+                let body = json!({"receipt_id": format!("R{}", i % receipts), "amount": "0.01", "reason": "bench", "operator": "b"});
+                let a = conn.request("POST", "/v1/refunds", Some(body.to_string().into_bytes()), &[]).await.expect("create");
+                assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("fill task");
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12) // utime + stime
+}
+
+fn ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+}
+
+fn status_kb(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    for (name, value) in [("seal.key", "ef".repeat(32)), ("fp.key", "k".to_string())] {
+        let p = dir.join(name);
+        std::fs::write(&p, value).expect("secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let text = format!(
+        "[agent]\nterminal_id = \"bench\"\nstate_dir = \"{}\"\nseal_key_file = \"seal.key\"\n\
+         [control]\nsocket = \"{}\"\n\
+         [destinations.finalpos]\nkind = \"finalpos\"\nbase_url = \"http://127.0.0.1:9\"\napi_key_file = \"fp.key\"\n",
+        dir.join("state").display(),
+        dir.join("control.sock").display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
