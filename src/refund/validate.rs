@@ -192,10 +192,29 @@ fn check_card(draft: &RefundDraft, sale: &Sale) -> Result<(), Rejection> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sale::tests::example_sale;
     use std::str::FromStr;
+
+    /// A refund of `draft` against the example sale, validated without limits: the fixture the
+    /// connectors' request-building tests start from.
+    pub(crate) fn valid_against_example_sale(draft: RefundDraft) -> ValidRefund {
+        let policy = Policy { max_refund: None, max_pending_total: None, max_queue_len: None, ..policy() };
+        let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
+        validate(&draft, &facts, &policy, RefundId::new(), 0).expect("the fixture draft is valid")
+    }
+
+    /// A cashier's draft for the example sale's receipt.
+    pub(crate) fn example_draft(amount: &str) -> RefundDraft {
+        RefundDraft {
+            receipt_id: Some("RCP-2025-001".into()),
+            amount: amount.into(),
+            reason: "Customer returned item".into(),
+            operator: "emp_42".into(),
+            ..RefundDraft::default()
+        }
+    }
 
     fn policy() -> Policy {
         Policy {

@@ -103,27 +103,10 @@ fn put(target: &mut Value, key: &str, value: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::refund::{validate, Facts, Policy, RefundDraft, RefundId};
-    use crate::sale::tests::example_sale;
+    use crate::refund::validate::tests::{example_draft, valid_against_example_sale};
 
     fn refund() -> ValidRefund {
-        let draft = RefundDraft {
-            receipt_id: Some("RCP-2025-001".into()),
-            amount: "5".into(),
-            reason: "Customer returned item".into(),
-            operator: "emp_42".into(),
-            ..RefundDraft::default()
-        };
-        let policy = Policy {
-            terminal_id: "till-01".into(),
-            default_currency: "USD".parse().unwrap(),
-            max_refund: None,
-            max_pending_total: None,
-            max_queue_len: None,
-            allow_unlinked: false,
-        };
-        let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
-        validate(&draft, &facts, &policy, RefundId::new(), 0).unwrap()
+        valid_against_example_sale(example_draft("5"))
     }
 
     #[test]

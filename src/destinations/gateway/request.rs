@@ -58,29 +58,13 @@ pub fn refund_body(refund: &ValidRefund, terminal_id: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::refund::{validate, Facts, Policy, RefundDraft, RefundId};
-    use crate::sale::tests::example_sale;
+    use crate::refund::validate::tests::{example_draft, valid_against_example_sale};
 
     fn refund(amount: &str, tax: Option<&str>, discount: Option<&str>) -> ValidRefund {
-        let draft = RefundDraft {
-            receipt_id: Some("RCP-2025-001".into()),
-            amount: amount.into(),
-            reason: "Customer returned item".into(),
-            operator: "emp_42".into(),
-            tax: tax.map(str::to_string),
-            discount: discount.map(str::to_string),
-            ..RefundDraft::default()
-        };
-        let policy = Policy {
-            terminal_id: "till-01".into(),
-            default_currency: "USD".parse().unwrap(),
-            max_refund: None,
-            max_pending_total: None,
-            max_queue_len: None,
-            allow_unlinked: false,
-        };
-        let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
-        validate(&draft, &facts, &policy, RefundId::new(), 0).unwrap()
+        let mut draft = example_draft(amount);
+        draft.tax = tax.map(str::to_string);
+        draft.discount = discount.map(str::to_string);
+        valid_against_example_sale(draft)
     }
 
     #[test]
