@@ -8,7 +8,6 @@ use super::exit;
 use super::output;
 use super::{CreateArgs, ReceiptCmd, RefundsCmd};
 use crate::control::client::{Answer, ClientError, ControlClient};
-use crate::control::server::StatusBody;
 use crate::control::ApiError;
 use crate::queue::RefundView;
 use crate::refund::RefundDraft;
@@ -35,31 +34,45 @@ fn print_json(body: &[u8]) {
     println!("{}", String::from_utf8_lossy(body));
 }
 
-async fn get(client: &ControlClient, path: &str) -> Result<Answer, u8> {
-    client.request("GET", path, None, &[]).await.map_err(|e| unreachable(&e))
-}
-
-pub async fn status(client: &ControlClient, json: bool) -> u8 {
-    let answer = match get(client, "/v1/status").await {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    if answer.status != 200 {
-        return refused(&answer);
+/// Prints a successful answer as JSON (`--json`) or through `render`, or the refusal; returns
+/// the exit code.
+fn show<T: serde::de::DeserializeOwned>(answer: &Answer, json: bool, render: impl Fn(&T) -> String) -> u8 {
+    if !(200..300).contains(&answer.status) {
+        return refused(answer);
     }
     if json {
         print_json(&answer.body);
         return exit::OK;
     }
-    match serde_json::from_slice::<StatusBody>(&answer.body) {
-        Ok(s) => {
-            print!("{}", output::status(&s));
+    match serde_json::from_slice::<T>(&answer.body) {
+        Ok(v) => {
+            print!("{}", render(&v));
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: unexpected status answer: {e}");
+            eprintln!("error: unexpected answer: {e}");
             exit::ERROR
         }
+    }
+}
+
+/// Refuses, before sending anything, a refund id that cannot be one.
+fn check_id(id: &str) -> Result<(), u8> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Ok(());
+    }
+    eprintln!("error: {id:?} is not a refund id");
+    Err(exit::USAGE)
+}
+
+async fn get(client: &ControlClient, path: &str) -> Result<Answer, u8> {
+    client.request("GET", path, None, &[]).await.map_err(|e| unreachable(&e))
+}
+
+pub async fn status(client: &ControlClient, json: bool) -> u8 {
+    match get(client, "/v1/status").await {
+        Ok(a) => show(&a, json, output::status),
+        Err(code) => code,
     }
 }
 
@@ -135,26 +148,9 @@ pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
             if let Some(s) = state {
                 path.push_str(&format!("&state={s}"));
             }
-            let answer = match get(client, &path).await {
-                Ok(a) => a,
-                Err(code) => return code,
-            };
-            if answer.status != 200 {
-                return refused(&answer);
-            }
-            if json {
-                print_json(&answer.body);
-                return exit::OK;
-            }
-            match serde_json::from_slice::<Vec<RefundView>>(&answer.body) {
-                Ok(list) => {
-                    print!("{}", output::refund_table(&list));
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("error: unexpected answer: {e}");
-                    exit::ERROR
-                }
+            match get(client, &path).await {
+                Ok(a) => show(&a, json, |list: &Vec<RefundView>| output::refund_table(list)),
+                Err(code) => code,
             }
         }
         RefundsCmd::Retry { id, operator, json } => {
@@ -171,66 +167,26 @@ pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
             manual(client, &id, "resolve", body, json).await
         }
         RefundsCmd::Show { id, json } => {
-            if !valid_id(&id) {
-                eprintln!("error: {id:?} is not a refund id");
-                return exit::USAGE;
+            if let Err(code) = check_id(&id) {
+                return code;
             }
-            let answer = match get(client, &format!("/v1/refunds/{id}")).await {
-                Ok(a) => a,
-                Err(code) => return code,
-            };
-            if answer.status != 200 {
-                return refused(&answer);
-            }
-            if json {
-                print_json(&answer.body);
-                return exit::OK;
-            }
-            match serde_json::from_slice::<RefundView>(&answer.body) {
-                Ok(r) => {
-                    print!("{}", output::refund_detail(&r));
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("error: unexpected answer: {e}");
-                    exit::ERROR
-                }
+            match get(client, &format!("/v1/refunds/{id}")).await {
+                Ok(a) => show(&a, json, output::refund_detail),
+                Err(code) => code,
             }
         }
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 /// `refunds retry|cancel|resolve`: a person's decision, audit-logged by the agent.
 async fn manual(client: &ControlClient, id: &str, action: &str, body: serde_json::Value, json: bool) -> u8 {
-    if !valid_id(id) {
-        eprintln!("error: {id:?} is not a refund id");
-        return exit::USAGE;
+    if let Err(code) = check_id(id) {
+        return code;
     }
     let path = format!("/v1/refunds/{id}/{action}");
-    let answer = match client.request("POST", &path, Some(body.to_string().into_bytes()), &[]).await {
-        Ok(a) => a,
-        Err(e) => return unreachable(&e),
-    };
-    if answer.status != 200 {
-        return refused(&answer);
-    }
-    if json {
-        print_json(&answer.body);
-        return exit::OK;
-    }
-    match serde_json::from_slice::<RefundView>(&answer.body) {
-        Ok(r) => {
-            print!("{}", output::refund_detail(&r));
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: unexpected answer: {e}");
-            exit::ERROR
-        }
+    match client.request("POST", &path, Some(body.to_string().into_bytes()), &[]).await {
+        Ok(a) => show(&a, json, output::refund_detail),
+        Err(e) => unreachable(&e),
     }
 }
 
