@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
@@ -38,9 +36,7 @@ destinations = ["gateway"]
 "#
     );
     let agent = Agent::new(url, &extra);
-    let path = agent.dir.path().join("gateway.token");
-    fs::write(&path, token).expect("write token");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    agent.write_secret("gateway.token", token);
     agent
 }
 

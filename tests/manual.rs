@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-
 use common::*;
 use refund_agent::sandbox::{Fault, FinalPosSandbox, GatewaySandbox};
 
@@ -21,9 +18,7 @@ async fn gateway_setup() -> (GatewaySandbox, FinalPosSandbox, Agent) {
         gw.url()
     );
     let mut agent = Agent::new(&fp.url(), &extra);
-    let token = agent.dir.path().join("gateway.token");
-    fs::write(&token, TOKEN).expect("token");
-    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).expect("chmod");
+    agent.write_secret("gateway.token", TOKEN);
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     (gw, fp, agent)
@@ -82,21 +77,10 @@ async fn cancel_before_money_moved_frees_the_balance_and_sends_nothing() {
     let mut agent = Agent::new(&fp.url(), "");
     // A long backoff keeps the refund pending after its first failed attempt, so the cancel
     // below does not meet it in flight (which it would rightly refuse).
-    agent
-        .start_with_env(&[
-            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
-            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
-        ])
-        .await;
+    agent.start_parked().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "90.00", &[]).await);
-    eventually("the first attempt to fail", DEADLINE, || async {
-        agent
-            .refund(&id)
-            .await
-            .filter(|r| r.deliveries[0].attempts == 1 && r.deliveries[0].state == "pending")
-    })
-    .await;
+    agent.wait_first_failure(&id).await;
     let over = cli_refund(&agent, "10.01", &[]).await;
     assert!(stderr(&over).contains("over_refund"), "{}", stderr(&over));
 

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
@@ -39,9 +37,7 @@ destinations = ["olive"]
 "#
     );
     let agent = Agent::new(url, &extra);
-    let path = agent.dir.path().join("olive.secret");
-    fs::write(&path, secret).expect("write secret");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    agent.write_secret("olive.secret", secret);
     agent
 }
 

@@ -172,21 +172,10 @@ async fn a_row_edited_behind_the_agents_back_is_quarantined_and_never_sent() {
     let mut agent = Agent::new(&fp.url(), "");
     // After its first failed attempt the refund waits (a long backoff) until the probe sees the
     // sandbox again, so the edit below cannot race a request already verified and in flight.
-    agent
-        .start_with_env(&[
-            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
-            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
-        ])
-        .await;
+    agent.start_parked().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    eventually("the first attempt to fail", DEADLINE, || async {
-        agent
-            .refund(&id)
-            .await
-            .filter(|r| r.deliveries[0].attempts == 1 && r.deliveries[0].state == "pending")
-    })
-    .await;
+    agent.wait_first_failure(&id).await;
 
     // Someone with file access raises the amount while the agent runs.
     let db = rusqlite::Connection::open(agent.db_path()).unwrap();

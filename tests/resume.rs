@@ -16,21 +16,10 @@ async fn the_return_of_the_network_is_noticed_without_waiting_out_the_backoff() 
     fp.go_offline().await;
     let mut agent = Agent::new(&fp.url(), "");
     // A backoff so long that only the probe can explain a delivery within the test's deadline.
-    agent
-        .start_with_env(&[
-            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
-            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
-        ])
-        .await;
+    agent.start_parked().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let waiting = eventually("the first attempt to fail", DEADLINE, || async {
-        agent
-            .refund(&id)
-            .await
-            .filter(|r| r.deliveries[0].attempts == 1 && r.deliveries[0].state == "pending")
-    })
-    .await;
+    let waiting = agent.wait_first_failure(&id).await;
     let next = waiting.deliveries[0].next_attempt_at.clone().expect("a pending delivery has a next attempt");
     let next = OffsetDateTime::parse(&next, &Rfc3339).expect("RFC 3339");
     assert!(

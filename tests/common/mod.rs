@@ -56,13 +56,6 @@ impl Agent {
     /// Writes a config pointing Final POS at `url`; `extra` is appended to the TOML.
     pub fn new(url: &str, extra: &str) -> Agent {
         let dir = tempfile::Builder::new().prefix("ra-test-").tempdir().expect("temp dir");
-        let secret = |name: &str, value: &str| {
-            let p = dir.path().join(name);
-            fs::write(&p, value).expect("write secret");
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
-        };
-        secret("seal.key", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
-        secret("finalpos.key", API_KEY);
         let socket = dir.path().join("control.sock");
         let text = format!(
             r#"
@@ -91,7 +84,38 @@ api_key_file = "finalpos.key"
         );
         let config = dir.path().join("config.toml");
         fs::write(&config, text).expect("write config");
-        Agent { dir, config, socket, child: None, starts: 0 }
+        let agent = Agent { dir, config, socket, child: None, starts: 0 };
+        agent.write_secret("seal.key", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        agent.write_secret("finalpos.key", API_KEY);
+        agent
+    }
+
+    /// Writes a secret file next to the config, private as the agent requires.
+    pub fn write_secret(&self, name: &str, value: &str) {
+        let path = self.dir.path().join(name);
+        fs::write(&path, value).expect("write secret");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    }
+
+    /// Starts the agent with a backoff so long that, after a refund's first failed attempt,
+    /// only the connectivity probe (once its destination is back) sends it again. Tests that
+    /// change a refund between attempts use it so that no attempt is in flight meanwhile.
+    pub async fn start_parked(&mut self) {
+        self.start_with_env(&[
+            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
+            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
+        ])
+        .await
+    }
+
+    /// Waits until the refund's first delivery has failed once and is pending again.
+    pub async fn wait_first_failure(&self, id: &str) -> RefundView {
+        eventually("the first attempt to fail", DEADLINE, || async {
+            self.refund(id)
+                .await
+                .filter(|r| r.deliveries[0].attempts == 1 && r.deliveries[0].state == "pending")
+        })
+        .await
     }
 
     pub fn db_path(&self) -> PathBuf {
