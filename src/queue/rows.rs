@@ -125,35 +125,36 @@ impl DeliveryRow {
         })
     }
 
-    fn seal_with(&self, sealer: &Sealer, check: Option<&[u8]>) -> Result<[u8; 32], bool> {
-        let nums: Vec<[u8; 8]> =
-            [self.position, self.attempts, self.next_attempt_at, self.step, self.updated_at]
-                .iter()
-                .map(|n| n.to_be_bytes())
-                .collect();
-        let remote = self.remote_id.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
-        let error = self.last_error.as_deref().map(|s| format!("+{s}")).unwrap_or_default();
-        let fields: [&[u8]; 10] = [
-            self.refund_id.as_bytes(),
-            &nums[0],
-            self.destination.as_bytes(),
-            self.state.as_bytes(),
-            &nums[1],
-            &nums[2],
-            &nums[3],
-            remote.as_bytes(),
-            error.as_bytes(),
-            &nums[4],
-        ];
-        match check {
-            Some(seal) => Err(sealer.verify("delivery", &fields, seal)),
-            None => Ok(sealer.seal("delivery", &fields)),
-        }
+    /// The sealed fields, in a fixed order. An absent remote id or error is sealed as empty and a
+    /// present one with a `+` prefix, so that `None` and `Some("")` seal differently.
+    fn seal_fields(&self) -> Vec<Vec<u8>> {
+        let optional =
+            |v: &Option<String>| v.as_deref().map(|s| format!("+{s}")).unwrap_or_default().into_bytes();
+        vec![
+            self.refund_id.as_bytes().to_vec(),
+            self.position.to_be_bytes().to_vec(),
+            self.destination.as_bytes().to_vec(),
+            self.state.as_bytes().to_vec(),
+            self.attempts.to_be_bytes().to_vec(),
+            self.next_attempt_at.to_be_bytes().to_vec(),
+            self.step.to_be_bytes().to_vec(),
+            optional(&self.remote_id),
+            optional(&self.last_error),
+            self.updated_at.to_be_bytes().to_vec(),
+        ]
+    }
+
+    fn compute_seal(&self, sealer: &Sealer) -> [u8; 32] {
+        let fields = self.seal_fields();
+        let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        sealer.seal("delivery", &refs)
     }
 
     /// Checks the seal and parses the state.
     pub fn open(&self, sealer: &Sealer) -> Result<DeliveryState, String> {
-        if self.seal_with(sealer, Some(&self.seal)) != Err(true) {
+        let fields = self.seal_fields();
+        let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        if !sealer.verify("delivery", &refs, &self.seal) {
             return Err(format!(
                 "delivery of refund {} to {} has a seal that does not verify",
                 self.refund_id, self.destination
@@ -220,10 +221,7 @@ pub fn save_delivery(
     row: &mut DeliveryRow,
     insert: bool,
 ) -> Result<(), QueueError> {
-    row.seal = match row.seal_with(sealer, None) {
-        Ok(seal) => seal.to_vec(),
-        Err(_) => unreachable!("sealing without a check always returns a seal"),
-    };
+    row.seal = row.compute_seal(sealer).to_vec();
     let sql = if insert {
         "INSERT INTO deliveries (refund_id, position, destination, state, attempts, next_attempt_at, step, remote_id, last_error, updated_at, seal)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
