@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::server::{Fault, Faults, Switchable};
+use super::server::{Fault, FaultMix, Faults, Switchable};
 
 /// One request as the sandbox saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub struct Seen {
     pub path: String,
     pub external_id: Option<String>,
     pub status: u16,
+    /// The fault that struck the request, if any (`status` is 0 when it was never answered).
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +79,11 @@ impl FinalPosSandbox {
     /// Queues `fault` for the next `times` requests.
     pub fn inject(&self, fault: Fault, times: usize) {
         self.shared.faults.push(fault, times)
+    }
+
+    /// Strikes requests at random with `mix` from now on (reproducibly for `seed`); `None` stops.
+    pub fn inject_randomly(&self, seed: u64, mix: Option<FaultMix>) {
+        self.shared.faults.randomly(seed, mix)
     }
 
     /// The refund records created, in order.
@@ -154,8 +161,18 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         Err(r) => return *r,
     };
     let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string);
-    let record =
-        |status: u16| Seen { path: "/v1/api/refunds".into(), external_id: external_id.clone(), status };
+    let record = |status: u16| Seen {
+        path: "/v1/api/refunds".into(),
+        external_id: external_id.clone(),
+        status,
+        fault: fault.clone(),
+    };
+    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(0));
+    }
+    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
+        return r;
+    }
     if let Some(Fault::Status(code, retry_after)) = fault {
         s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(code));
         let mut r =
@@ -203,8 +220,18 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         Err(r) => return *r,
     };
     let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string);
-    let record =
-        |status: u16| Seen { path: "/v1/api/transactions".into(), external_id: external_id.clone(), status };
+    let record = |status: u16| Seen {
+        path: "/v1/api/transactions".into(),
+        external_id: external_id.clone(),
+        status,
+        fault: fault.clone(),
+    };
+    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(0));
+    }
+    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
+        return r;
+    }
     if let Some(Fault::Status(code, retry_after)) = fault {
         s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(code));
         let mut r =

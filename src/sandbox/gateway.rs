@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use super::server::{Fault, Faults, Switchable};
+use super::server::{Fault, FaultMix, Faults, Switchable};
 
 /// The first refund transaction id handed out (the seed's example refund of payment 882 is 883).
 const FIRST_ID: u64 = 883;
@@ -33,6 +33,8 @@ pub struct Seen {
     /// `Approved` or `Declined` for a processed refund.
     pub outcome: Option<String>,
     pub at: Instant,
+    /// The fault that struck the request, if any.
+    pub fault: Option<Fault>,
 }
 
 /// An original payment.
@@ -107,6 +109,11 @@ impl GatewaySandbox {
     /// Queues `fault` for the next `times` requests.
     pub fn inject(&self, fault: Fault, times: usize) {
         self.shared.faults.push(fault, times)
+    }
+
+    /// Strikes requests at random with `mix` from now on (reproducibly for `seed`); `None` stops.
+    pub fn inject_randomly(&self, seed: u64, mix: Option<FaultMix>) {
+        self.shared.faults.randomly(seed, mix)
     }
 
     /// Registers an original payment: what was captured and the order's subtotal.
@@ -235,7 +242,14 @@ async fn refund(
         status: status.as_u16(),
         outcome: outcome.map(str::to_string),
         at: Instant::now(),
+        fault: fault.clone(),
     };
+    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+        s.lock().seen.push(record(StatusCode::SERVICE_UNAVAILABLE, None));
+    }
+    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
+        return r;
+    }
     if let Some(Fault::Status(code, retry_after)) = fault {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         s.lock().seen.push(record(status, None));

@@ -11,4 +11,4 @@ pub mod server;
 pub use finalpos::FinalPosSandbox;
 pub use gateway::GatewaySandbox;
 pub use olive::OliveSandbox;
-pub use server::Fault;
+pub use server::{Fault, FaultMix};

@@ -25,7 +25,7 @@ use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::server::{Fault, Faults, Switchable};
+use super::server::{Fault, FaultMix, Faults, Switchable};
 
 /// How far a signed timestamp may be from the server's clock.
 pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -41,6 +41,8 @@ pub struct Seen {
     /// Olive's error code, for an error answer.
     pub code: Option<String>,
     pub at: Instant,
+    /// The fault that struck the request, if any.
+    pub fault: Option<Fault>,
 }
 
 /// What Olive knows of an original transaction.
@@ -129,6 +131,11 @@ impl OliveSandbox {
     /// Queues `fault` for the next `times` requests.
     pub fn inject(&self, fault: Fault, times: usize) {
         self.shared.faults.push(fault, times)
+    }
+
+    /// Strikes requests at random with `mix` from now on (reproducibly for `seed`); `None` stops.
+    pub fn inject_randomly(&self, seed: u64, mix: Option<FaultMix>) {
+        self.shared.faults.randomly(seed, mix)
     }
 
     /// Registers an original transaction that may be refunded up to `captured`.
@@ -289,7 +296,14 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
         status: status.as_u16(),
         code: code.map(str::to_string),
         at: Instant::now(),
+        fault: fault.clone(),
     };
+    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+        s.lock().seen.push(record(StatusCode::SERVICE_UNAVAILABLE, Some("UNANSWERED")));
+    }
+    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
+        return r;
+    }
     if let Some(Fault::Status(code, retry_after)) = fault {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         s.lock().seen.push(record(status, Some("INJECTED")));

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::fs;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,498 @@
+//! Chaos: refunds created through the control API and the serial terminal while the agent is
+//! `kill -9`-ed at random moments and restarted, against three loopback servers (Final POS, the
+//! card gateway, Olive) that randomly answer 500/503, 429 with `Retry-After`, hang past the
+//! request timeout, reset the connection, or commit and then drop or hang the answer.
+//!
+//! Clients behave as a careful kiosk does: the API client retries with the same idempotency key
+//! until it gets an answer, the terminal resends the same frame (same `request_id`) after the
+//! agent comes back. At the end, with the faults turned off, the test checks:
+//! * nothing acknowledged is missing, and there is exactly one refund per acknowledged request;
+//! * no destination processed a refund twice (the gateway and Olive do not deduplicate);
+//! * a delivery that is `delivered` was processed exactly once at its destination;
+//! * a refund that sits in `unknown` had no request sent after the one whose outcome was lost;
+//! * nothing that was never acknowledged reached a destination.
+//!
+//! Sizes: `CHAOS_REFUNDS` (default 1000), `CHAOS_KILLS` (default 30), `CHAOS_SEED` (default: from
+//! the clock, printed so a failure can be replayed). The long form is
+//! `CHAOS_REFUNDS=10000 CHAOS_KILLS=300 cargo test --release --all-features --test chaos -- --nocapture`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pty::Pty;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use refund_agent::control::client::ControlClient;
+use refund_agent::queue::RefundView;
+use refund_agent::sandbox::{FaultMix, FinalPosSandbox, GatewaySandbox, OliveSandbox};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+const GATEWAY_TOKEN: &str = "gw-chaos-token";
+const OLIVE_KEY_ID: &str = "pos_key_chaos";
+const OLIVE_SECRET: &str = "olive-chaos-secret";
+/// Every request times out after this; a hung server costs no more.
+const REQUEST_TIMEOUT: &str = "1s";
+/// How long everything may take to settle once the faults stop.
+const SETTLE: Duration = Duration::from_secs(240);
+
+/// Roughly one request in five meets a fault.
+const MIX: FaultMix = FaultMix {
+    error_500: 50,
+    error_503: 40,
+    too_many_requests: 20,
+    hang: 10,
+    reset: 30,
+    commit_then_drop: 30,
+    commit_then_hang: 10,
+};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One sale and the refund of it: how it is created and where it goes.
+#[derive(Debug, Clone)]
+struct Case {
+    receipt_id: String,
+    transaction_id: String,
+    payment_id: String,
+    olive: bool,
+    terminal: bool,
+}
+
+impl Case {
+    fn new(i: usize) -> Case {
+        Case {
+            receipt_id: format!("CHAOS-{i:05}"),
+            transaction_id: format!("txn-chaos-{i:05}"),
+            payment_id: format!("{}", 500_000 + i),
+            olive: i % 3 == 0,
+            terminal: i % 5 == 1,
+        }
+    }
+
+    fn receipt(&self) -> Value {
+        let mut r: Value = serde_json::from_str(RECEIPT).expect("receipt JSON");
+        r["receipt_id"] = self.receipt_id.clone().into();
+        r["transaction_id"] = self.transaction_id.clone().into();
+        r["processor"] = if self.olive { "olive" } else { "gateway" }.into();
+        r["processor_payment_id"] = self.payment_id.clone().into();
+        r
+    }
+
+    fn first_destination(&self) -> &'static str {
+        if self.olive {
+            "olive"
+        } else {
+            "gateway"
+        }
+    }
+}
+
+/// What the clients were told: case index → refund id.
+#[derive(Debug, Default)]
+struct Acks {
+    ids: Mutex<HashMap<usize, String>>,
+    count: AtomicUsize,
+}
+
+impl Acks {
+    fn record(&self, case: usize, id: String) {
+        let mut ids = self.ids.lock().expect("lock");
+        let previous = ids.insert(case, id.clone());
+        assert!(previous.is_none_or(|p| p == id), "case {case} acknowledged as two refunds");
+        self.count.store(ids.len(), Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_and_faulty_servers_lose_nothing_and_pay_nothing_twice() {
+    let refunds = env_or("CHAOS_REFUNDS", 1000) as usize;
+    let kills = env_or("CHAOS_KILLS", 30) as usize;
+    let seed = env_or("CHAOS_SEED", refund_agent::clock::now_ms() as u64);
+    println!("chaos: {refunds} refunds, {kills} kills, CHAOS_SEED={seed}");
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    // The three servers, each knowing every original sale.
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("Final POS sandbox");
+    let gw = GatewaySandbox::start(GATEWAY_TOKEN).await.expect("gateway sandbox");
+    let olive = OliveSandbox::start(OLIVE_KEY_ID, OLIVE_SECRET.as_bytes()).await.expect("Olive sandbox");
+    let cases: Vec<Case> = (0..refunds).map(Case::new).collect();
+    for c in &cases {
+        if c.olive {
+            olive.add_transaction(&c.transaction_id, Decimal::new(10_000, 2));
+        } else {
+            gw.add_payment(&c.payment_id, Decimal::new(10_000, 2), Decimal::new(9_000, 2));
+        }
+    }
+
+    let mut agent = Agent::new(&fp.url(), "");
+    let link = agent.dir.path().join("terminal");
+    let extra = format!(
+        r#"
+[destinations.gateway]
+kind = "gateway"
+base_url = "{gw}"
+token_file = "gateway.token"
+terminal_id = 24
+
+[destinations.olive]
+kind = "olive"
+base_url = "{olive}"
+api_key_id = "{OLIVE_KEY_ID}"
+hmac_secret_file = "olive.secret"
+
+[[routes]]
+processor = "olive"
+destinations = ["olive", "finalpos"]
+
+[[routes]]
+processor = "*"
+destinations = ["gateway", "finalpos"]
+
+[limits]
+max_pending_total = "1000000.00"
+max_queue_len = 1000000
+
+[terminal]
+device = "{link}"
+baud = 115200
+framing = "ndjson"
+"#,
+        gw = gw.url(),
+        olive = olive.url(),
+        link = link.display(),
+    );
+    let config = std::fs::read_to_string(&agent.config).expect("config");
+    std::fs::write(&agent.config, config + &extra).expect("config");
+    agent.write_secret("gateway.token", GATEWAY_TOKEN);
+    agent.write_secret("olive.secret", OLIVE_SECRET);
+    let pty = Arc::new(Pty::plug(&link));
+    let env = [("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", REQUEST_TIMEOUT)];
+    agent.start_with_env(&env).await;
+
+    fp.inject_randomly(rng.random(), Some(MIX));
+    gw.inject_randomly(rng.random(), Some(MIX));
+    olive.inject_randomly(rng.random(), Some(MIX));
+
+    // Every restart bumps the generation: the terminal resends what got no answer.
+    let (generation_tx, generation) = watch::channel(0u64);
+    let acks = Arc::new(Acks::default());
+    let socket = agent.socket.clone();
+
+    // API clients: four kiosk screens, each with its share of the cases.
+    let api_cases: Vec<usize> = (0..refunds).filter(|i| !cases[*i].terminal).collect();
+    let terminal_cases: Vec<usize> = (0..refunds).filter(|i| cases[*i].terminal).collect();
+    let mut producers = Vec::new();
+    for lane in 0..4 {
+        let mine: Vec<Case> = api_cases.iter().skip(lane).step_by(4).map(|i| cases[*i].clone()).collect();
+        let index: Vec<usize> = api_cases.iter().skip(lane).step_by(4).copied().collect();
+        let client = ControlClient::new(&socket);
+        let acks = acks.clone();
+        producers.push(tokio::spawn(async move {
+            for (i, case) in index.into_iter().zip(mine) {
+                let receipt = case.receipt().to_string();
+                until_answered(&client, "/v1/receipts", &receipt, None).await;
+                let body = json!({"receipt_id": case.receipt_id, "amount": "1.00",
+                    "reason": "Customer returned item", "operator": "emp_42"})
+                .to_string();
+                let key = format!("chaos-{i}");
+                let created = until_answered(&client, "/v1/refunds", &body, Some(&key)).await;
+                acks.record(i, created["id"].as_str().expect("refund id").to_string());
+            }
+        }));
+    }
+    // The terminal: one till, one refund at a time, resending after every restart.
+    let terminal_resends = Arc::new(AtomicUsize::new(0));
+    {
+        let (pty, acks, resends) = (pty.clone(), acks.clone(), terminal_resends.clone());
+        let (generation, cases) = (generation.clone(), cases.clone());
+        producers.push(tokio::spawn(async move {
+            let mut terminal = Terminal { pty, generation, next_seq: 1, parsed: 0, replies: HashMap::new() };
+            for i in terminal_cases {
+                let case = &cases[i];
+                let mut receipt = case.receipt();
+                receipt["type"] = "receipt".into();
+                terminal.ask(receipt, &resends).await;
+                let refund = json!({"type": "refund", "receipt_id": case.receipt_id, "amount": "1.00",
+                    "reason": "Customer returned item", "operator": "emp_42", "request_id": format!("term-{i}")});
+                let reply = terminal.ask(refund, &resends).await;
+                acks.record(i, reply["refund_id"].as_str().expect("refund_id in the ack").to_string());
+            }
+        }));
+    }
+
+    // The killer: kills spread over the creation of the refunds (at random acknowledged counts),
+    // a few more while the queue drains.
+    let mut thresholds: Vec<usize> = (0..kills).map(|_| rng.random_range(1..refunds.max(2))).collect();
+    thresholds.sort_unstable();
+    let drain_kills = (kills / 6).max(3);
+    let killer = {
+        let acks = acks.clone();
+        let mut rng = StdRng::seed_from_u64(rng.random());
+        tokio::spawn(async move {
+            let mut done = 0;
+            for threshold in thresholds {
+                eventually("the refunds to progress", DEADLINE * 4, || {
+                    let n = acks.count.load(Ordering::SeqCst);
+                    async move { (n >= threshold).then_some(()) }
+                })
+                .await;
+                // A random moment within the next few milliseconds of work.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
+                agent.kill9().await;
+                agent.start_with_env(&env).await;
+                done += 1;
+                generation_tx.send_modify(|g| *g += 1);
+            }
+            (agent, done, generation_tx, rng)
+        })
+    };
+    for p in producers {
+        p.await.expect("producer");
+    }
+    let (mut agent, mut killed, generation_tx, mut rng) = killer.await.expect("killer");
+    let created_in = started.elapsed();
+    // While the queue drains: more kills at random moments, the servers still misbehaving.
+    for _ in 0..drain_kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        agent.kill9().await;
+        agent.start_with_env(&env).await;
+        killed += 1;
+        generation_tx.send_modify(|g| *g += 1);
+    }
+
+    // Calm: no more faults. Everything acknowledged must reach a final state.
+    fp.inject_randomly(0, None);
+    gw.inject_randomly(0, None);
+    olive.inject_randomly(0, None);
+    let acked: HashMap<usize, String> = acks.ids.lock().expect("lock").clone();
+    assert_eq!(acked.len(), refunds, "every request was acknowledged in the end");
+    eventually("every refund to settle", SETTLE, || async {
+        let answer = agent.client().request("GET", "/v1/status", None, &[]).await.ok()?;
+        let status: Value = serde_json::from_slice(&answer.body).ok()?;
+        let count = |state: &str| status["queue"]["refunds"][state].as_u64().unwrap_or(0) as usize;
+        (count("delivered") + count("unknown") >= refunds).then_some(())
+    })
+    .await;
+    let views: HashMap<String, RefundView> =
+        list_all(&agent.client()).await.expect("list").into_iter().map(|r| (r.id.clone(), r)).collect();
+
+    // The verdict.
+    let mut lost = Vec::new();
+    let mut duplicated = Vec::new();
+    let mut resent_after_unknown = Vec::new();
+    let mut undelivered = Vec::new();
+    let (mut delivered, mut unknown) = (0, 0);
+    let fp_seen = fp.seen();
+    let gw_seen = gw.seen();
+    let olive_seen = olive.seen();
+    let fp_refunds = fp.refunds();
+    let gw_refunds = gw.refunds();
+    let olive_refunds = olive.refunds();
+    let acked_ids: HashSet<&String> = acked.values().collect();
+    let acked_txns: HashSet<&str> =
+        acked.keys().filter(|i| cases[**i].olive).map(|i| cases[*i].transaction_id.as_str()).collect();
+
+    for (i, id) in &acked {
+        let case = &cases[*i];
+        let Some(view) = views.get(id) else {
+            lost.push(id.clone());
+            continue;
+        };
+        assert_eq!(view.receipt_id.as_deref(), Some(case.receipt_id.as_str()), "{view:?}");
+        match view.state.as_str() {
+            "delivered" => delivered += 1,
+            _ => unknown += 1,
+        }
+        // The first destination moves money and does not deduplicate.
+        let first = &view.deliveries[0];
+        assert_eq!(first.destination, case.first_destination(), "{view:?}");
+        let (processed, requests): (usize, Vec<bool>) = if case.olive {
+            let mine: Vec<_> = olive_seen
+                .iter()
+                .filter(|s| s.original_transaction_id.as_deref() == Some(&case.transaction_id))
+                .collect();
+            let processed = olive_refunds
+                .iter()
+                .filter(|r| r["original_transaction_id"].as_str() == Some(&case.transaction_id))
+                .count();
+            (processed, mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect())
+        } else {
+            let mine: Vec<_> = gw_seen.iter().filter(|s| s.payment_id == case.payment_id).collect();
+            let processed = gw_refunds
+                .iter()
+                .filter(|r| r["parent"]["id"].as_u64() == case.payment_id.parse().ok())
+                .count();
+            (processed, mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect())
+        };
+        if processed > 1 {
+            duplicated.push(format!("{id} processed {processed} times at {}", first.destination));
+        }
+        match first.state.as_str() {
+            "delivered" if processed == 0 => {
+                lost.push(format!("{id} delivered but never processed at {}", first.destination))
+            }
+            "delivered" => {}
+            "unknown" => {
+                // Every request but the last was answered with a definite refusal: after the
+                // one whose outcome was lost, nothing more was sent. (None at all is possible:
+                // killed after claiming the delivery, before sending.)
+                let before_last = &requests[..requests.len().saturating_sub(1)];
+                if before_last.iter().any(|definite| !definite) {
+                    resent_after_unknown.push(format!("{id}: {requests:?}"));
+                }
+            }
+            other => undelivered.push(format!("{id}: first delivery {other}")),
+        }
+        // Final POS deduplicates by externalId: it always ends delivered, unless it waits behind
+        // an unknown first delivery.
+        let fp_records = fp_refunds.iter().filter(|r| r["externalId"].as_str() == Some(id)).count();
+        let second = &view.deliveries[1];
+        match (first.state.as_str(), second.state.as_str()) {
+            (_, "delivered") if fp_records == 1 => {}
+            ("unknown", "pending") if fp_records == 0 => {}
+            (a, b) => undelivered.push(format!("{id}: {a}/{b} with {fp_records} Final POS records")),
+        }
+    }
+    // Nothing unacknowledged went out, and no refund exists that nobody asked for.
+    let stray: Vec<String> = fp_seen
+        .iter()
+        .filter_map(|s| s.external_id.clone())
+        .chain(gw_seen.iter().filter_map(|s| s.external_id.clone()))
+        .filter(|e| !acked_ids.contains(e))
+        .chain(
+            olive_seen
+                .iter()
+                .filter_map(|s| s.original_transaction_id.clone())
+                .filter(|t| !acked_txns.contains(t.as_str())),
+        )
+        .collect();
+    let extra_refunds: Vec<&String> = views.keys().filter(|id| !acked_ids.contains(id)).collect();
+
+    let faults = |seen: Vec<Option<String>>| {
+        let mut by_kind: HashMap<String, usize> = HashMap::new();
+        for kind in seen.into_iter().flatten() {
+            *by_kind.entry(kind).or_default() += 1;
+        }
+        let mut kinds: Vec<_> = by_kind.into_iter().collect();
+        kinds.sort();
+        kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+    };
+    let kind = |f: &refund_agent::sandbox::Fault| format!("{f:?}");
+    println!("chaos report (seed {seed}):");
+    println!(
+        "  refunds acknowledged: {} ({} by API, {} by terminal, {} terminal resends)",
+        acked.len(),
+        api_cases.len(),
+        refunds - api_cases.len(),
+        terminal_resends.load(Ordering::SeqCst)
+    );
+    println!("  kill -9: {killed} ({} while creating, {drain_kills} while draining); created in {:.1?}, settled after {:.1?}",
+        killed - drain_kills, created_in, started.elapsed());
+    println!(
+        "  requests seen: Final POS {}, gateway {}, Olive {}",
+        fp_seen.len(),
+        gw_seen.len(),
+        olive_seen.len()
+    );
+    println!(
+        "  faults: Final POS [{}]",
+        faults(fp_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect())
+    );
+    println!("          gateway [{}]", faults(gw_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect()));
+    println!("          Olive [{}]", faults(olive_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect()));
+    println!("  delivered everywhere: {delivered}; unknown (outcome lost at a destination that does not deduplicate, not resent): {unknown}");
+    println!("  lost: {}; duplicated: {}; resent after unknown: {}; sent but never acknowledged: {}; unexpected states: {}",
+        lost.len(), duplicated.len(), resent_after_unknown.len(), stray.len() + extra_refunds.len(), undelivered.len());
+
+    assert!(killed >= kills, "only {killed} kills");
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(duplicated.is_empty(), "paid twice: {duplicated:?}");
+    assert!(resent_after_unknown.is_empty(), "resent after an unknown outcome: {resent_after_unknown:?}");
+    assert!(stray.is_empty() && extra_refunds.is_empty(), "never acknowledged: {stray:?} {extra_refunds:?}");
+    assert!(undelivered.is_empty(), "unexpected states: {undelivered:?}");
+    assert_eq!(views.len(), refunds, "exactly one refund per request");
+}
+
+/// POSTs `body` until the agent answers 200 or 201, through kills and restarts; the same
+/// idempotency key every time. Any other answer fails the test.
+async fn until_answered(client: &ControlClient, path: &str, body: &str, key: Option<&str>) -> Value {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    eventually(&format!("an answer to POST {path}"), DEADLINE * 4, || async {
+        let answer = client.request("POST", path, Some(body.as_bytes().to_vec()), &headers).await.ok()?;
+        assert!(
+            answer.status == 200 || answer.status == 201,
+            "POST {path} answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+        Some(serde_json::from_slice(&answer.body).expect("JSON answer"))
+    })
+    .await
+}
+
+/// Every refund the agent holds, or `None` while it is restarting.
+async fn list_all(client: &ControlClient) -> Option<Vec<RefundView>> {
+    let answer = client.request("GET", "/v1/refunds?limit=100000", None, &[]).await.ok()?;
+    (answer.status == 200).then(|| serde_json::from_slice(&answer.body).expect("list JSON"))
+}
+
+/// The till's side of the line: numbered frames, replies matched by `seq`.
+struct Terminal {
+    pty: Arc<Pty>,
+    generation: watch::Receiver<u64>,
+    next_seq: i64,
+    parsed: usize,
+    replies: HashMap<i64, Value>,
+}
+
+impl Terminal {
+    /// Sends `event` and returns its `ack`, resending (with a new `seq`) whenever the agent was
+    /// restarted before answering.
+    async fn ask(&mut self, event: Value, resends: &AtomicUsize) -> Value {
+        let limit = Instant::now() + DEADLINE * 4;
+        loop {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let mut frame = event.clone();
+            frame["seq"] = seq.into();
+            self.pty.write(format!("{frame}\n").as_bytes());
+            let sent_in = *self.generation.borrow_and_update();
+            loop {
+                self.read_replies();
+                if let Some(reply) = self.replies.remove(&seq) {
+                    assert_eq!(reply["type"], "ack", "the terminal was refused: {reply} for {frame}");
+                    return reply;
+                }
+                assert!(Instant::now() < limit, "no answer to {frame}");
+                if *self.generation.borrow() != sent_in {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(10), self.generation.changed()).await;
+            }
+            resends.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn read_replies(&mut self) {
+        let bytes = self.pty.received();
+        while let Some(end) = bytes[self.parsed..].iter().position(|b| *b == b'\n') {
+            let line = &bytes[self.parsed..self.parsed + end];
+            self.parsed += end + 1;
+            if let Ok(v) = serde_json::from_slice::<Value>(line) {
+                if let Some(seq) = v["seq"].as_i64() {
+                    self.replies.insert(seq, v);
+                }
+            }
+        }
+    }
+}
