@@ -10,7 +10,9 @@
 //! on its own, savepoints included, in the middle of a batch. The owner checks after every job
 //! whether its transaction is still open; if not, every job of it so far is answered with the
 //! error (their writes are gone) and the rest of the batch runs in a new transaction, so no
-//! job ever writes outside a transaction and nothing is half-stored.
+//! job ever writes outside a transaction and nothing is half-stored. A job that only read, with
+//! nothing written before it in its transaction, keeps its answer whatever happens after it:
+//! during a full disk, status and look-ups still work.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -173,17 +175,21 @@ fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &St
             lost = Some((QueueError::from(e), reply));
             break;
         }
-        replies.push(reply);
+        // A job that only read, with nothing written before it in this transaction, saw only
+        // committed data: its answer stands even if the COMMIT fails (a read during a full
+        // disk still works).
+        let read_committed = db.conn.total_changes() == changes_before;
+        replies.push((reply, read_committed));
     }
     if let Some((err, reply)) = lost {
-        tracing::error!(error = %err, jobs = replies.len() + 1, "transaction lost; none of its jobs was stored");
+        tracing::error!(error = %err, jobs = replies.len() + 1, "transaction lost; nothing of it was stored");
         note_failure(storage, &err);
         if !db.conn.is_autocommit() {
             let _ = db.conn.execute_batch("ROLLBACK");
         }
         reply(Some(&err));
-        for reply in replies {
-            reply(Some(&err));
+        for (reply, read_committed) in replies {
+            reply((!read_committed).then_some(&err));
         }
         return;
     }
@@ -206,8 +212,8 @@ fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &St
         }
         None => {}
     }
-    for reply in replies {
-        reply(commit_error.as_ref());
+    for (reply, read_committed) in replies {
+        reply(commit_error.as_ref().filter(|_| !read_committed));
     }
 }
 
@@ -390,8 +396,8 @@ mod tests {
             .await
             .expect("scratch table");
 
-        // A first job holds the owner thread until the three others wait in the channel, so
-        // that those three run as one batch.
+        // A first job holds the owner thread until the four others wait in the channel, so
+        // that those four run as one batch.
         let (started, is_started) = std::sync::mpsc::channel::<()>();
         let (go, wait) = std::sync::mpsc::channel::<()>();
         let gate = tokio::spawn({
@@ -427,8 +433,13 @@ mod tests {
                     .await
             }
         };
-        let before = tokio::spawn(insert("before"));
+        let read = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.call(rows).await }
+        });
         queued(1);
+        let before = tokio::spawn(insert("before"));
+        queued(2);
         let full = tokio::spawn({
             let queue = queue.clone();
             async move {
@@ -446,12 +457,14 @@ mod tests {
                     .await
             }
         });
-        queued(2);
-        let after = tokio::spawn(insert("after"));
         queued(3);
+        let after = tokio::spawn(insert("after"));
+        queued(4);
         go.send(()).expect("the first job waits");
 
         assert!(gate.await.expect("join").expect("the first job ran alone"), "it was released");
+        let read = read.await.expect("join").expect("a read of committed data keeps its answer");
+        assert!(read.is_empty());
         assert!(before.await.expect("join").is_err(), "a job whose writes were rolled back heard `stored`");
         let full = full.await.expect("join");
         assert!(matches!(full, Err(QueueError::StorageFull)), "{full:?}");
