@@ -84,6 +84,12 @@ pub fn status(s: &StatusBody) -> String {
             s.queue.quarantined
         ));
     }
+    if s.queue.storage.failing {
+        out.push_str(&format!(
+            "STORAGE:      FAILING, new refunds are refused ({})\n",
+            s.queue.storage.last_error.as_deref().unwrap_or("no detail")
+        ));
+    }
     if let Some(age) = s.queue.oldest_pending_age_s {
         out.push_str(&format!("Oldest open:  {age}s\n"));
     }

@@ -2,8 +2,9 @@
 //! (version 0.0.4), so a node exporter or a Prometheus agent on the kiosk can scrape them.
 //!
 //! Rendering is a pure function of a [`StatusBody`] and the retry count, so the format is
-//! unit-tested without a queue or a socket. Everything is a gauge: the agent keeps no counters
-//! of its own, it reports what the queue holds right now.
+//! unit-tested without a queue or a socket. Everything is a gauge: apart from the queue's failed
+//! writes since start, the agent keeps no counters of its own, it reports what the queue holds
+//! right now.
 
 use std::fmt::Write as _;
 
@@ -96,6 +97,17 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
         let up = if terminal.connected { 1.0 } else { 0.0 };
         out.sample("refund_agent_terminal_connected", &[("device", &terminal.device)], up);
     }
+
+    out.header(
+        "refund_agent_storage_failing",
+        "1 while the queue cannot store anything (a full disk): new refunds are refused.",
+    );
+    out.sample("refund_agent_storage_failing", &[], if q.storage.failing { 1.0 } else { 0.0 });
+    out.header(
+        "refund_agent_storage_write_failures",
+        "Queue transactions that could not be stored since the agent started.",
+    );
+    out.sample("refund_agent_storage_write_failures", &[], q.storage.write_failures as f64);
 
     out.header("refund_agent_uptime_seconds", "Seconds since the agent started.");
     out.sample("refund_agent_uptime_seconds", &[], status.uptime_s as f64);
@@ -219,6 +231,8 @@ mod tests {
             "refund_agent_destination_up{destination=\"finalpos\"} 1",
             "refund_agent_destination_up{destination=\"gate\\\"way\"} 0",
             "refund_agent_destination_clock_offset_seconds{destination=\"finalpos\"} -1.5",
+            "refund_agent_storage_failing 0",
+            "refund_agent_storage_write_failures 0",
             "refund_agent_uptime_seconds 7",
         ] {
             assert!(samples.contains(&want), "missing {want:?} in\n{text}");

@@ -338,8 +338,16 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, Failure> {
     Ok((headers, super::metrics::render(&body, retries)).into_response())
 }
 
+/// Liveness: the queue owner answers. Still 200 while writes fail (a full disk): the agent
+/// runs, serves reads and stores again by itself when space returns, so restarting it would
+/// not help; the body says `degraded` and why.
 async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {
     s.queue.call(|_| Ok(())).await?;
+    let storage = s.queue.storage();
+    if storage.failing {
+        let body = serde_json::json!({"status": "degraded", "storage_error": storage.last_error});
+        return Ok(Json(body).into_response());
+    }
     Ok(Json(serde_json::json!({"status": "ok"})).into_response())
 }
 

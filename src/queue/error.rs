@@ -20,7 +20,7 @@ pub enum QueueError {
          quarantine every refund. Restore the original seal key file"
     )]
     KeyMismatch,
-    #[error("storage is full: the refund was not stored; free disk space on the state directory")]
+    #[error("storage is full: the request was not stored; free disk space on the state directory")]
     StorageFull,
     #[error("storage error: {0}")]
     Storage(String),

@@ -66,4 +66,4 @@ pub use manual::Resolution;
 pub use ops::{Claim, Created, Recorded, Recovery, SaleAdded};
 pub use owner::{start, Db, QueueHandle, QueueOwner, QueueSettings};
 pub use seal::Sealer;
-pub use view::{DeliveryView, QueueStatus, RefundView};
+pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus};

@@ -5,8 +5,17 @@
 //! each in its own SAVEPOINT inside one transaction, COMMITs once, and only then answers every
 //! caller. A job that fails is rolled back to its savepoint alone; a failed COMMIT is reported
 //! to every job of the batch. Nobody hears "stored" before the COMMIT returned.
+//!
+//! A full disk (SQLITE_FULL) or an I/O error may make SQLite roll back the whole transaction
+//! on its own, savepoints included, in the middle of a batch. The owner checks after every job
+//! whether its transaction is still open; if not, every job of it so far is answered with the
+//! error (their writes are gone) and the rest of the batch runs in a new transaction, so no
+//! job ever writes outside a transaction and nothing is half-stored. A job that only read, with
+//! nothing written before it in its transaction, keeps its answer whatever happens after it:
+//! during a full disk, status and look-ups still work.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
@@ -17,8 +26,8 @@ use super::manual::{self, Resolution};
 use super::ops::{self, Claim, Created, Recorded, Recovery, SaleAdded};
 use super::schema;
 use super::seal::Sealer;
-use super::view::{QueueStatus, RefundView};
-use crate::clock::now_ms;
+use super::view::{QueueStatus, RefundView, StorageStatus};
+use crate::clock::{now_ms, rfc3339};
 use crate::refund::{Policy, RefundDraft, Rejection};
 use crate::routing::Router;
 use crate::sale::SaleInput;
@@ -44,13 +53,20 @@ pub struct Db<'a> {
 }
 
 type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
-type Job = Box<dyn FnOnce(&Db<'_>) -> (bool, Reply) + Send>;
+/// A job runs against the open transaction and says whether it failed; when no transaction
+/// could be started it is handed that error instead, and answers with it without running.
+type Job = Box<dyn FnOnce(Result<&Db<'_>, &QueueError>) -> (Option<QueueError>, Reply) + Send>;
+
+/// How writes have fared, kept by the owner thread and read by the handles: with a full disk,
+/// reads and health checks still succeed, so status and metrics show it from here.
+type Storage = Arc<Mutex<StorageStatus>>;
 
 /// A cloneable handle to the queue. When every handle is dropped the owner thread finishes the
 /// jobs it has, closes the database and ends.
 #[derive(Debug, Clone)]
 pub struct QueueHandle {
     jobs: mpsc::Sender<Job>,
+    storage: Storage,
 }
 
 /// Joins the owner thread; [`QueueOwner::join`] waits until the database is closed.
@@ -74,14 +90,22 @@ pub fn start(
 ) -> Result<(QueueHandle, QueueOwner), QueueError> {
     let conn = schema::open(state_dir, &sealer)?;
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    let storage = Storage::default();
+    let owner_storage = storage.clone();
     let thread = thread::Builder::new()
         .name("queue-owner".into())
-        .spawn(move || run(conn, sealer, settings, rx))
+        .spawn(move || run(conn, sealer, settings, rx, owner_storage))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
-    Ok((QueueHandle { jobs: tx }, QueueOwner { thread }))
+    Ok((QueueHandle { jobs: tx, storage }, QueueOwner { thread }))
 }
 
-fn run(conn: Connection, sealer: Sealer, settings: QueueSettings, mut rx: mpsc::Receiver<Job>) {
+fn run(
+    conn: Connection,
+    sealer: Sealer,
+    settings: QueueSettings,
+    mut rx: mpsc::Receiver<Job>,
+    storage: Storage,
+) {
     let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -91,61 +115,121 @@ fn run(conn: Connection, sealer: Sealer, settings: QueueSettings, mut rx: mpsc::
                 Err(_) => break,
             }
         }
-        run_batch(&db, batch);
+        run_batch(&db, batch, &storage);
     }
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
     }
 }
 
-fn run_batch(db: &Db<'_>, batch: Vec<Job>) {
+fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage) {
+    let mut jobs = batch.into_iter();
+    while jobs.len() > 0 {
+        run_transaction(db, &mut jobs, storage);
+    }
+}
+
+/// Runs jobs from `jobs` in one transaction and answers them. Stops early, leaving the rest of
+/// `jobs` for a new transaction, when SQLite rolled this one back in the middle.
+fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &Storage) {
     if let Err(e) = exec_cached(db.conn, "BEGIN IMMEDIATE") {
         let err = QueueError::from(e);
-        for job in batch {
-            // Run nothing; tell each caller the transaction could not start.
-            let (_, reply) = job_refused();
+        note_failure(storage, &err);
+        // Run nothing; tell each caller the transaction could not start.
+        for job in jobs {
+            let (_, reply) = job(Err(&err));
             reply(Some(&err));
-            drop(job);
         }
         return;
     }
-    let mut replies = Vec::with_capacity(batch.len());
-    for job in batch {
+    let changes_before = db.conn.total_changes();
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut lost = None;
+    for job in jobs.by_ref() {
         if let Err(e) = exec_cached(db.conn, "SAVEPOINT job") {
             let err = QueueError::from(e);
-            let (_, reply) = job_refused();
-            reply(Some(&err));
-            continue;
+            let (_, reply) = job(Err(&err));
+            lost = Some((err, reply));
+            break;
         }
-        let (ok, reply) = job(db);
-        let end = if ok {
+        let (failed, reply) = job(Ok(db));
+        if db.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back under the job (it may on SQLITE_FULL or
+            // an I/O error): the writes of every job before it are gone too.
+            let err = failed
+                .unwrap_or_else(|| QueueError::Storage("the database rolled the transaction back".into()));
+            lost = Some((err, reply));
+            break;
+        }
+        if matches!(failed, Some(QueueError::StorageFull)) {
+            // This job alone was undone; the others of the batch go on.
+            note_failure(storage, &QueueError::StorageFull);
+        }
+        let end = if failed.is_none() {
             exec_cached(db.conn, "RELEASE job")
         } else {
             db.conn.execute_batch("ROLLBACK TO job; RELEASE job")
         };
         if let Err(e) = end {
-            tracing::error!(error = %e, "savepoint could not be closed");
+            // A failed job's writes might survive into the COMMIT: give the whole batch up.
+            lost = Some((QueueError::from(e), reply));
+            break;
         }
-        replies.push(reply);
+        // A job that only read, with nothing written before it in this transaction, saw only
+        // committed data: its answer stands even if the COMMIT fails (a read during a full
+        // disk still works).
+        let read_committed = db.conn.total_changes() == changes_before;
+        replies.push((reply, read_committed));
+    }
+    if let Some((err, reply)) = lost {
+        tracing::error!(error = %err, jobs = replies.len() + 1, "transaction lost; nothing of it was stored");
+        note_failure(storage, &err);
+        if !db.conn.is_autocommit() {
+            let _ = db.conn.execute_batch("ROLLBACK");
+        }
+        reply(Some(&err));
+        for (reply, read_committed) in replies {
+            reply((!read_committed).then_some(&err));
+        }
+        return;
     }
     let commit_error = exec_cached(db.conn, "COMMIT").err().map(QueueError::from);
-    if let Some(e) = &commit_error {
-        tracing::error!(error = %e, "COMMIT failed; nothing of this batch was stored");
-        let _ = db.conn.execute_batch("ROLLBACK");
+    match &commit_error {
+        Some(e) => {
+            tracing::error!(error = %e, "COMMIT failed; nothing of this batch was stored");
+            note_failure(storage, e);
+            // SQLite has usually rolled back already; make sure no transaction stays open.
+            if !db.conn.is_autocommit() {
+                let _ = db.conn.execute_batch("ROLLBACK");
+            }
+        }
+        None if db.conn.total_changes() != changes_before => {
+            let mut s = storage.lock().unwrap_or_else(|p| p.into_inner());
+            if s.failing {
+                tracing::info!("the queue stores again");
+                s.failing = false;
+            }
+        }
+        None => {}
     }
-    for reply in replies {
-        reply(commit_error.as_ref());
+    for (reply, read_committed) in replies {
+        reply(commit_error.as_ref().filter(|_| !read_committed));
     }
+}
+
+/// Counts a transaction that could not be stored.
+fn note_failure(storage: &Storage, err: &QueueError) {
+    let mut s = storage.lock().unwrap_or_else(|p| p.into_inner());
+    s.failing = true;
+    s.write_failures += 1;
+    s.last_error = Some(err.to_string());
+    s.last_error_at = Some(rfc3339(now_ms()));
 }
 
 /// Runs a statement through the statement cache: these run for every job, and parsing them
 /// again each time shows up in the enqueue rate.
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
-fn job_refused() -> (bool, Reply) {
-    (false, Box::new(|_| {}))
 }
 
 impl QueueHandle {
@@ -157,8 +241,11 @@ impl QueueHandle {
     ) -> Result<T, QueueError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |db| {
-            let result = f(db);
-            let ok = result.is_ok();
+            let result = match db {
+                Ok(db) => f(db),
+                Err(e) => Err(e.clone()),
+            };
+            let failed = result.as_ref().err().cloned();
             let reply: Reply = Box::new(move |commit_error| {
                 let out = match (result, commit_error) {
                     (Ok(_), Some(e)) => Err(e.clone()),
@@ -166,7 +253,7 @@ impl QueueHandle {
                 };
                 let _ = tx.send(out);
             });
-            (ok, reply)
+            (failed, reply)
         });
         self.jobs.send(job).await.map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
@@ -198,7 +285,14 @@ impl QueueHandle {
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
-        self.call(|db| ops::status(db, now_ms())).await
+        let mut status = self.call(|db| ops::status(db, now_ms())).await?;
+        status.storage = self.storage();
+        Ok(status)
+    }
+
+    /// How writes to the queue have fared since start.
+    pub fn storage(&self) -> StorageStatus {
+        self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn claim_due(&self, limit: i64, skip: Vec<String>) -> Result<Vec<Claim>, QueueError> {
@@ -255,5 +349,133 @@ impl QueueHandle {
 
     pub async fn sweep(&self) -> Result<(u64, u64), QueueError> {
         self.call(|db| ops::sweep(db, now_ms())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::routing::Route;
+
+    fn settings() -> QueueSettings {
+        let names = vec!["finalpos".to_string()];
+        QueueSettings {
+            policy: Policy {
+                terminal_id: "t".into(),
+                default_currency: "USD".parse().expect("a currency"),
+                max_refund: None,
+                max_pending_total: None,
+                max_queue_len: None,
+                allow_unlinked: false,
+            },
+            router: Router::new(vec![Route { processor: "*".into(), destinations: names.clone() }], names),
+            max_pending_age_ms: None,
+            retention_ms: None,
+        }
+    }
+
+    fn rows(db: &Db<'_>) -> Result<Vec<String>, QueueError> {
+        let mut stmt = db.conn.prepare("SELECT tag FROM scratch ORDER BY rowid")?;
+        let tags = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(tags)
+    }
+
+    /// SQLITE_FULL on a statement that has no statement journal makes SQLite roll back the whole
+    /// transaction, savepoints and all. The jobs before it must hear that they were not stored,
+    /// and the jobs after it must not run outside a transaction (each statement would then
+    /// commit on its own, and a failing job would leave half its writes behind).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_sqlite_rolls_back_is_reported_to_each_job_and_the_rest_run_anew() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sealer = Sealer::new(vec![7; 32]).expect("a key");
+        let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+        queue
+            .call(|db| Ok(db.conn.execute_batch("CREATE TABLE scratch (tag TEXT, pad BLOB)")?))
+            .await
+            .expect("scratch table");
+
+        // A first job holds the owner thread until the four others wait in the channel, so
+        // that those four run as one batch.
+        let (started, is_started) = std::sync::mpsc::channel::<()>();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let gate = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .call(move |_| {
+                        let _ = started.send(());
+                        Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
+                    })
+                    .await
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while is_started.try_recv().is_err() {
+            assert!(Instant::now() < deadline, "the owner never ran the first job");
+            tokio::task::yield_now().await;
+        }
+        let queued = |n: usize| {
+            while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
+                assert!(Instant::now() < deadline, "a job was never queued");
+                std::thread::yield_now();
+            }
+        };
+        let insert = |tag: &'static str| {
+            let queue = queue.clone();
+            async move {
+                queue
+                    .call(move |db| {
+                        db.conn.execute("INSERT INTO scratch (tag) VALUES (?1)", [tag])?;
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        let read = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.call(rows).await }
+        });
+        queued(1);
+        let before = tokio::spawn(insert("before"));
+        queued(2);
+        let full = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                queue
+                    .call(|db| {
+                        db.conn.execute("INSERT INTO scratch (tag) VALUES ('half')", [])?;
+                        let pages: i64 = db.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                        db.conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))?;
+                        db.conn.execute(
+                            "INSERT INTO scratch (tag, pad) VALUES ('big', zeroblob(1000000))",
+                            [],
+                        )?;
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        queued(3);
+        let after = tokio::spawn(insert("after"));
+        queued(4);
+        go.send(()).expect("the first job waits");
+
+        assert!(gate.await.expect("join").expect("the first job ran alone"), "it was released");
+        let read = read.await.expect("join").expect("a read of committed data keeps its answer");
+        assert!(read.is_empty());
+        assert!(before.await.expect("join").is_err(), "a job whose writes were rolled back heard `stored`");
+        let full = full.await.expect("join");
+        assert!(matches!(full, Err(QueueError::StorageFull)), "{full:?}");
+        after.await.expect("join").expect("the job after the failure runs in a new transaction");
+        let stored = queue.call(rows).await.expect("rows");
+        assert_eq!(stored, ["after"], "only the job of the new transaction is stored, and nothing half");
+        let storage = queue.storage();
+        assert_eq!(storage.write_failures, 1);
+        assert!(!storage.failing, "a later successful write clears the failure: {storage:?}");
+        assert!(storage.last_error.as_deref().is_some_and(|e| e.contains("storage is full")));
+        drop(queue);
+        owner.join();
     }
 }

@@ -56,4 +56,20 @@ pub struct QueueStatus {
     /// Delivery attempts beyond the first, over the deliveries the queue still holds.
     #[serde(default)]
     pub delivery_retries: u64,
+    /// How writes to the queue have fared (not read from the database: kept by its owner).
+    #[serde(default)]
+    pub storage: StorageStatus,
+}
+
+/// How writes to the queue have fared since start. A full disk does not stop reads, so a
+/// status that reads fine can still show here that nothing new can be stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StorageStatus {
+    /// The last transaction that wrote (or tried to) could not be stored.
+    pub failing: bool,
+    /// Transactions that could not be stored since start: refunds refused with `storage_full`,
+    /// delivery outcomes kept in memory and recorded again later.
+    pub write_failures: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
 }

@@ -3,6 +3,11 @@
 //! next delivery is due or a new refund arrives; on shutdown it stops claiming, lets requests
 //! in flight finish within a grace period, and abandons the rest (they stay `in_flight` in the
 //! queue and start-up recovery resolves them).
+//!
+//! When the queue cannot store (a full disk), an outcome already received is kept in memory
+//! and recorded again with backoff until it is stored, and claiming pauses with backoff: the
+//! worker recovers by itself when space returns, without a busy loop and without sending
+//! anything whose previous outcome is not yet on disk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +22,7 @@ use super::decide::{backoff, decide};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
-use crate::queue::{Claim, QueueHandle, Recorded};
+use crate::queue::{Claim, QueueError, QueueHandle, Recorded};
 
 /// The most requests in flight at once, over all destinations.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -38,6 +43,11 @@ const IDLE_CHECK: Duration = Duration::from_secs(30);
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the queue could not store something (a full disk), how long the worker waits before
+/// trying again: to record an outcome it holds, or to claim more work. Doubled on every failure
+/// up to [`STORAGE_RETRY_MAX`], so a full disk costs a few attempts a minute, not a busy loop.
+const STORAGE_RETRY_INITIAL: Duration = Duration::from_millis(100);
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What the worker knows of each destination's reachability, for status and metrics.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -91,6 +101,9 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let mut probes: JoinSet<()> = JoinSet::new();
         let mut last_sweep = 0i64;
+        // Set while claiming is paused after the queue could not store a claim: when, and how
+        // long the last pause was.
+        let mut claim_pause: Option<(Instant, Duration)> = None;
         while !*shutdown.borrow() {
             if now_ms() - last_sweep > IDLE_CHECK.as_millis() as i64 {
                 last_sweep = now_ms();
@@ -107,8 +120,24 @@ impl Worker {
             // With every destination on hold there is nothing to claim: skip the queue entirely,
             // so that refunds queued while offline cost the worker no database work.
             let all_held = held.len() >= self.connectors.len();
-            let claims =
-                if free == 0 || all_held { Vec::new() } else { self.claim(free, &held, &busy).await };
+            let paused_until = claim_pause.map(|(until, _)| until).filter(|u| *u > Instant::now());
+            let claims = if free == 0 || all_held || paused_until.is_some() {
+                Vec::new()
+            } else {
+                match self.claim(free, &held, &busy).await {
+                    Ok(claims) => {
+                        claim_pause = None;
+                        claims
+                    }
+                    Err(claims) => {
+                        let pause = claim_pause
+                            .map_or(STORAGE_RETRY_INITIAL, |(_, last)| (last * 2).min(STORAGE_RETRY_MAX));
+                        claim_pause = Some((Instant::now() + pause, pause));
+                        claims
+                    }
+                }
+            };
+            let paused_until = claim_pause.map(|(until, _)| until).filter(|u| *u > Instant::now());
             let claimed = !claims.is_empty();
             for claim in claims {
                 // Claims never exceed the free permits (only this loop takes them), so this
@@ -129,15 +158,20 @@ impl Worker {
             if claimed {
                 continue;
             }
-            // With every permit taken, only a finishing request can let more work start.
-            let next_due = if all_held || free == 0 { Ok(None) } else { self.queue.next_due(held).await };
+            // With every permit taken, only a finishing request can let more work start; while
+            // claiming is paused, due work waits for the pause to end.
+            let next_due = if all_held || free == 0 || paused_until.is_some() {
+                Ok(None)
+            } else {
+                self.queue.next_due(held).await
+            };
             let mut sleep_for = match next_due {
                 Ok(Some(at)) => {
                     Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
                 }
                 _ => IDLE_CHECK,
             };
-            if let Some(at) = wake_at {
+            if let Some(at) = wake_at.into_iter().chain(paused_until).min() {
                 sleep_for = sleep_for.min(at.saturating_duration_since(Instant::now()));
             }
             tokio::select! {
@@ -161,11 +195,13 @@ impl Worker {
     }
 
     /// Claims due deliveries, oldest first, for every destination not on hold, each up to its
-    /// free share of [`MAX_IN_FLIGHT_PER_DESTINATION`] and all within `free` permits.
-    async fn claim(&self, free: usize, held: &[String], busy: &Busy) -> Vec<Claim> {
+    /// free share of [`MAX_IN_FLIGHT_PER_DESTINATION`] and all within `free` permits. `Err`
+    /// holds the claims made when claiming for some destination failed.
+    async fn claim(&self, free: usize, held: &[String], busy: &Busy) -> Result<Vec<Claim>, Vec<Claim>> {
         let mut names: Vec<&String> = self.connectors.keys().filter(|n| !held.contains(n)).collect();
         names.sort();
         let mut claims = Vec::new();
+        let mut failed = false;
         for name in names {
             let in_flight = lock(busy).get(name).copied().unwrap_or(0);
             let room = MAX_IN_FLIGHT_PER_DESTINATION.saturating_sub(in_flight).min(free - claims.len());
@@ -175,20 +211,24 @@ impl Worker {
             let others: Vec<String> = self.connectors.keys().filter(|n| *n != name).cloned().collect();
             match self.queue.claim_due(room as i64, others).await {
                 Ok(c) => claims.extend(c),
-                Err(e) => tracing::error!(error = %e, destination = %name, "cannot claim deliveries"),
+                Err(e) => {
+                    tracing::error!(error = %e, destination = %name, "cannot claim deliveries");
+                    failed = true;
+                }
             }
         }
-        claims
+        if failed {
+            Err(claims)
+        } else {
+            Ok(claims)
+        }
     }
 
     /// Makes every request of one claimed delivery, recording each step as it succeeds.
     async fn deliver(&self, mut claim: Claim) {
         let Some(connector) = self.connectors.get(&claim.destination) else {
             let error = format!("destination {:?} is no longer configured", claim.destination);
-            let _ = self
-                .queue
-                .record(claim.refund.id.to_string(), claim.position, Recorded::Failed { error })
-                .await;
+            self.record_until_stored(&claim, Recorded::Failed { error }).await;
             return;
         };
         let capability = connector.capability();
@@ -205,9 +245,7 @@ impl Worker {
                 Recorded::Progress { step, remote_id } => Some((*step, remote_id.clone())),
                 _ => None,
             };
-            let id = claim.refund.id.to_string();
-            if let Err(e) = self.queue.record(id.clone(), claim.position, recorded).await {
-                tracing::error!(refund_id = %id, error = %e, "cannot record a delivery outcome; start-up recovery will resolve it");
+            if !self.record_until_stored(&claim, recorded).await {
                 return;
             }
             match next {
@@ -216,6 +254,38 @@ impl Worker {
                     claim.remote_id = remote_id.or(claim.remote_id.take());
                 }
                 None => return,
+            }
+        }
+    }
+
+    /// Records an outcome, trying again with backoff for as long as the queue cannot store it
+    /// (a full disk). Meanwhile the delivery stays `in_flight` on disk, so nothing claims it, and
+    /// this task sends nothing: an outcome not yet recorded never leads to another request.
+    /// Returns false when the outcome can never be recorded (the delivery changed, or the queue
+    /// shut down); the delivery then stays `in_flight` for start-up recovery.
+    async fn record_until_stored(&self, claim: &Claim, recorded: Recorded) -> bool {
+        let id = claim.refund.id.to_string();
+        let dest = &claim.destination;
+        let mut wait = STORAGE_RETRY_INITIAL;
+        let mut failures = 0u32;
+        loop {
+            match self.queue.record(id.clone(), claim.position, recorded.clone()).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(refund_id = %id, destination = %dest, failures, "delivery outcome recorded after storage errors");
+                    }
+                    return true;
+                }
+                Err(e @ (QueueError::StorageFull | QueueError::Storage(_))) => {
+                    failures += 1;
+                    tracing::error!(refund_id = %id, destination = %dest, error = %e, failures, retry_in_ms = wait.as_millis() as u64, "cannot record a delivery outcome; keeping it and trying again, nothing is sent meanwhile");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(STORAGE_RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(refund_id = %id, destination = %dest, error = %e, "cannot record a delivery outcome; start-up recovery will resolve it");
+                    return false;
+                }
             }
         }
     }
