@@ -5,8 +5,6 @@
 //! Run: `cargo bench --bench drain` (env `BENCH_N`, default 10000). The agent is the real release
 //! binary in its own process; the server is a card-gateway stand-in in this process.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,9 @@ use refund_agent::sandbox::server::Switchable;
 use refund_agent::sync::worker::MAX_IN_FLIGHT_PER_DESTINATION as IN_FLIGHT;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
+mod common;
+
+use common::{write_config, BIN};
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
@@ -47,7 +47,7 @@ async fn run(n: usize, latency: Duration) {
     server.go_offline().await;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &server.url());
+    let config = write_config(dir.path(), &server.url(), ("100ms", "1s"));
     let mut agent = tokio::process::Command::new(BIN)
         .arg("--config")
         .arg(&config)
@@ -153,22 +153,4 @@ async fn enqueue(client: &ControlClient, n: usize) {
     for t in tasks {
         t.await.expect("enqueue task");
     }
-}
-
-fn write_config(dir: &Path, url: &str) -> std::path::PathBuf {
-    for (name, value) in [("seal.key", "cd".repeat(32)), ("gw.token", "t".to_string())] {
-        let p = dir.join(name);
-        std::fs::write(&p, value).expect("secret");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    let text = format!(
-        "[agent]\nterminal_id = \"bench\"\nstate_dir = \"{}\"\nseal_key_file = \"seal.key\"\n\
-         [control]\nsocket = \"{}\"\n[sync]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\
-         [destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{url}\"\ntoken_file = \"gw.token\"\nterminal_id = 24\n",
-        dir.join("state").display(),
-        dir.join("control.sock").display()
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).expect("config");
-    path
 }

@@ -1,0 +1,29 @@
+//! What the agent benchmarks share: the release binary and a config for a card-gateway
+//! stand-in.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
+
+/// Writes secrets and a config whose one destination is a card gateway at `url`, with the
+/// given refund backoff (initial, max); returns the config path.
+pub fn write_config(dir: &Path, url: &str, (initial, max): (&str, &str)) -> PathBuf {
+    for (name, value) in [("seal.key", "cd".repeat(32)), ("gw.token", "t".to_string())] {
+        let p = dir.join(name);
+        std::fs::write(&p, value).expect("secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let text = format!(
+        "[agent]\nterminal_id = \"bench\"\nstate_dir = \"{}\"\nseal_key_file = \"seal.key\"\n\
+         [control]\nsocket = \"{}\"\n[sync]\nbackoff_initial = \"{initial}\"\nbackoff_max = \"{max}\"\n\
+         [destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{url}\"\ntoken_file = \"gw.token\"\nterminal_id = 24\n",
+        dir.join("state").display(),
+        dir.join("control.sock").display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
