@@ -55,6 +55,7 @@ pub mod owner;
 pub mod rows;
 pub mod schema;
 pub mod seal;
+pub mod sequence;
 pub mod view;
 
 #[cfg(test)]
