@@ -105,6 +105,14 @@ impl RefundRow {
         sealer.seal(REFUND_SEAL, &refs)
     }
 
+    /// A schema-version-1 seal, to build an old queue in tests of the upgrade.
+    #[cfg(test)]
+    pub(super) fn seal_v1(&self, sealer: &Sealer) -> Vec<u8> {
+        let fields = self.seal_fields_v1();
+        let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        sealer.seal("refund", &refs).to_vec()
+    }
+
     /// Whether the seal is a valid schema-version-1 seal (before sequence numbers).
     pub(super) fn verifies_v1(&self, sealer: &Sealer) -> bool {
         let fields = self.seal_fields_v1();
@@ -274,6 +282,15 @@ pub fn set_refund_state(
 pub fn load_refund(conn: &Connection, id: &str) -> Result<Option<RefundRow>, QueueError> {
     let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1");
     Ok(conn.prepare_cached(&sql)?.query_row([id], RefundRow::from_row).optional()?)
+}
+
+/// A refund as schema version 1 stored it (no destination list), to build an old queue in
+/// tests of the upgrade.
+#[cfg(test)]
+pub(super) fn load_refund_v1(conn: &Connection, id: &str) -> RefundRow {
+    let columns = REFUND_COLUMNS.replace("destinations, ", "'' AS destinations, ");
+    let sql = format!("SELECT {columns} FROM refunds WHERE id = ?1");
+    conn.query_row(&sql, [id], RefundRow::from_row).expect("refund row")
 }
 
 /// Refunds by state (all states when `None`), newest first.
