@@ -15,14 +15,15 @@ const DOCTOR_FAILED: i32 = 6;
 
 /// Deletes rows as someone with access to the file would, while the agent is stopped.
 fn delete(agent: &Agent, sql: &str, id: &str) {
-    let db = rusqlite::Connection::open(agent.db_path()).unwrap();
-    assert_eq!(db.execute(sql, [id]).unwrap(), 1, "{sql} {id}");
+    let db = rusqlite::Connection::open(agent.db_path()).expect("open the queue file");
+    assert_eq!(db.execute(sql, [id]).expect("delete"), 1, "{sql} {id}");
 }
 
 /// `refund-agent run` on a queue it must refuse; returns its output once it has exited.
 async fn run_refused(agent: &Agent) -> Output {
     let run = tokio::process::Command::new(BIN).arg("--config").arg(&agent.config).arg("run").output();
-    let out = tokio::time::timeout(DEADLINE, run).await.expect("a refused start ends").unwrap();
+    let out =
+        tokio::time::timeout(DEADLINE, run).await.expect("a refused start ends").expect("run the agent");
     assert_eq!(out.status.code(), Some(REFUSED_START), "{}", stderr(&out));
     out
 }
