@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{read_secret, Config, DestinationKind, RawTerminal, SyncSettings};
 use crate::destinations::http;
+use crate::queue::{self, sequence, Sealer};
 
 /// Short, because a technician waits for the answer and a dead host must not hang the tool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -82,11 +83,16 @@ pub async fn run(path: &Path) -> Vec<Check> {
     }
     checks.push(state_dir(&config.state_dir));
     let db = config.state_dir.join("queue.db");
-    checks.push(
-        tokio::task::spawn_blocking(move || queue_file(&db))
-            .await
-            .unwrap_or_else(|e| Check::new(Verdict::Fail, "queue", format!("the check itself crashed: {e}"))),
-    );
+    // Without a usable seal key the head record cannot be verified; the key's own line says why.
+    let sealer = config.seal_key().ok().and_then(|k| Sealer::new(k.expose().to_vec()).ok());
+    let queue = tokio::task::spawn_blocking(move || {
+        let file = queue_file(&db);
+        let rows = (file.verdict == Verdict::Pass).then(|| queue_sequence(&db, sealer.as_ref()));
+        std::iter::once(file).chain(rows).collect::<Vec<_>>()
+    });
+    checks.extend(queue.await.unwrap_or_else(|e| {
+        vec![Check::new(Verdict::Fail, "queue", format!("the check itself crashed: {e}"))]
+    }));
     if let Some(terminal) = config.terminal.clone() {
         let found = tokio::task::spawn_blocking(move || terminal_device(&terminal)).await;
         checks.extend(found.unwrap_or_else(|e| {
@@ -160,6 +166,56 @@ pub fn queue_file(db: &Path) -> Check {
             ),
         ),
         Err(e) => Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
+    }
+}
+
+/// The check the agent makes at start (`queue::sequence::check`): no refund deleted behind its
+/// back, the head record's seal valid, every refund's delivery rows present. Read-only: a
+/// refund short of a delivery row is reported here and quarantined by the agent at its start.
+pub fn queue_sequence(db: &Path, sealer: Option<&Sealer>) -> Check {
+    const SUBJECT: &str = "queue rows";
+    let Some(sealer) = sealer else {
+        return Check::new(Verdict::Warn, SUBJECT, "not checked: the seal key cannot be read");
+    };
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match rusqlite::Connection::open_with_flags(db, flags) {
+        Ok(c) => c,
+        Err(e) => return Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
+    };
+    let _ = conn.busy_timeout(REQUEST_TIMEOUT);
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
+    if version < queue::schema::VERSION {
+        return Check::new(
+            Verdict::Warn,
+            SUBJECT,
+            format!("schema version {version}: the agent numbers the refunds at its next start"),
+        );
+    }
+    match sequence::check(&conn, sealer) {
+        Err(e) => Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
+        Ok(Err(reason)) => Check::new(
+            Verdict::Fail,
+            SUBJECT,
+            format!("{reason}; the agent will not start on it (README \"Refunds missing from the queue\")"),
+        ),
+        Ok(Ok(f)) if f.refuses() => Check::new(
+            Verdict::Fail,
+            SUBJECT,
+            format!("{}; the agent will not start on it (README \"Refunds missing from the queue\")", f.describe()),
+        ),
+        Ok(Ok(f)) if !f.short.is_empty() => Check::new(
+            Verdict::Warn,
+            SUBJECT,
+            format!(
+                "delivery rows were deleted or added outside the agent for refund(s) {}; they are quarantined and never sent",
+                f.short.iter().map(|s| s.refund_id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Ok(Ok(f)) => Check::new(
+            Verdict::Pass,
+            SUBJECT,
+            format!("refunds 1-{} all present or purged by the agent, head seal valid", f.head),
+        ),
     }
 }
 

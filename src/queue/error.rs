@@ -13,6 +13,13 @@ pub enum QueueError {
          the last backup; see README \"Recovering a damaged queue\""
     )]
     Damaged { path: PathBuf, message: String },
+    #[error(
+        "the queue database {path} was altered outside the agent: {detail}. The agent will not start \
+         on it, because refunds it accepted may be gone without a trace. Stop the service, keep the \
+         file (and its -wal/-shm files) for analysis, and restore the last backup; see README \
+         \"Refunds missing from the queue\""
+    )]
+    Tampered { path: PathBuf, detail: String },
     #[error("the queue database has schema version {found}, newer than this agent knows ({known}); install the newer agent")]
     TooNew { found: i64, known: i64 },
     #[error(

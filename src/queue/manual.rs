@@ -31,6 +31,7 @@ fn load(
     let row = rows::load_refund(db.conn, id)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))?;
     let deliveries = rows::load_deliveries(db.conn, id)?;
     let checked = row.open(db.sealer).and_then(|(_, state)| {
+        row.check_deliveries(&deliveries)?;
         deliveries.iter().try_for_each(|d| d.open(db.sealer).map(|_| ())).map(|_| state)
     });
     match checked {

@@ -7,9 +7,10 @@
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
-//! | `meta` | setting | `seal_key_check`: HMAC of a constant under the seal key |
+//! | `meta` | setting | `seal_key_check`: HMAC of a constant under the seal key; `queue_id` |
 //! | `sales` | original sale (the ledger) | `body` = JSON of `sale::Sale`, sealed |
-//! | `refunds` | refund | `id` = UUIDv7; `body` = JSON of `refund::ValidRefund`; `state`; sealed |
+//! | `refunds` | refund | `seq` = sequence number 1, 2, 3…; `id` = UUIDv7; `body` = JSON of `refund::ValidRefund`; `state`; `destinations` = JSON list of its delivery rows' destinations; sealed |
+//! | `refund_head` | (one row) | highest `seq` given out, delivery rows expected, `purged` ranges of `seq`; sealed with the queue id (`sequence.rs`) |
 //! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
 //! | `idempotency_keys` | creation key | fingerprint of the request, refund id; deleted with its refund |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
@@ -24,6 +25,16 @@
 //! refund: it is reported and never sent. The key itself is never in the database; a database
 //! sealed under another key is refused at start.
 //!
+//! A deleted row is caught by numbering (schema version 2, `sequence.rs`): each refund takes
+//! the next `seq` from the sealed `refund_head` in the transaction that stores it, and its seal
+//! covers `seq` and its destination list. At start, refunds present plus those the agent purged
+//! must be exactly `1..=head` (indexed counts, no seal read): otherwise the start is refused,
+//! naming the missing numbers. A refund whose delivery rows differ from its sealed list is
+//! quarantined (at start when the delivery-row total disagrees with the head, and on every
+//! read). The upgrade from version 1 numbers the rows present, trusting them. Not detectable
+//! from inside the file: the whole file (or the head with the newest rows) put back to an older
+//! copy of itself.
+//!
 //! # Crash-recovery rules
 //!
 //! 1. A refund and its deliveries (and its idempotency key) are written in one transaction; the
@@ -35,8 +46,8 @@
 //!    `unknown` where it does not (a person decides; no blind second payment).
 //! 4. A multi-request delivery records each finished request (`step`) before the next, so a
 //!    retry resumes after the last finished request.
-//! 5. Start-up refuses a damaged file (`PRAGMA integrity_check`), a newer schema or another seal
-//!    key, with a message naming the recovery path; it never starts empty in their place.
+//! 5. Start-up refuses a damaged file (`PRAGMA integrity_check`), a newer schema, another seal
+//!    key or a refund deleted behind its back, with a message naming the recovery path; it never starts empty in their place.
 //!    `queue.id` next to the database holds the database's random id (also in `meta`): a queue
 //!    that vanished, was truncated to nothing or was swapped for another is refused rather than
 //!    mistaken for a fresh install.
@@ -44,8 +55,10 @@
 //! # When rows may be deleted
 //!
 //! Only refunds that are `delivered`, `cancelled` or `declined` and unchanged for longer than
-//! the configured retention are purged, with their deliveries and idempotency keys. Nothing
-//! undelivered is ever deleted by the agent.
+//! the configured retention are purged, with their deliveries and idempotency keys, and only
+//! when their seals verify and they are not quarantined; their `seq` goes into
+//! `refund_head.purged` in the same transaction. Nothing undelivered is ever deleted by the
+//! agent.
 
 pub mod delivery;
 pub mod error;
@@ -55,6 +68,7 @@ pub mod owner;
 pub mod rows;
 pub mod schema;
 pub mod seal;
+pub mod sequence;
 pub mod view;
 
 #[cfg(test)]

@@ -89,6 +89,7 @@ pub fn create_refund(
         created_at: now,
         updated_at: now,
         body: serde_json::to_string(&refund).map_err(|e| QueueError::Storage(e.to_string()))?,
+        destinations: serde_json::to_string(destinations).map_err(|e| QueueError::Storage(e.to_string()))?,
         seal: Vec::new(),
     };
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
@@ -198,7 +199,7 @@ pub fn view(db: &Db<'_>, id: &str, now: i64) -> Result<Option<RefundView>, Queue
 
 fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueError> {
     let deliveries = rows::load_deliveries(db.conn, &row.id)?;
-    let mut problem = row.open(db.sealer).err();
+    let mut problem = row.open(db.sealer).and_then(|_| row.check_deliveries(&deliveries)).err();
     for d in &deliveries {
         if problem.is_none() {
             problem = d.open(db.sealer).err();
@@ -280,10 +281,15 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<V
     let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
     let mut claims = Vec::new();
     for mut d in rows::due_deliveries(db.conn, now, limit, &skip)? {
+        // The refund's whole delivery list is checked, not only this row: with an earlier
+        // delivery row deleted, this one would look due although that destination never got it.
+        let all = rows::load_deliveries(db.conn, &d.refund_id)?;
         let opened = rows::load_refund(db.conn, &d.refund_id)?
             .ok_or_else(|| format!("refund {} is missing", d.refund_id))
-            .and_then(|row| row.open(db.sealer))
-            .and_then(|(refund, _)| d.open(db.sealer).map(|_| refund));
+            .and_then(|row| {
+                row.open(db.sealer).and_then(|(refund, _)| row.check_deliveries(&all).map(|_| refund))
+            })
+            .and_then(|refund| d.open(db.sealer).map(|_| refund));
         let refund = match opened {
             Ok(refund) => refund,
             Err(reason) => {
@@ -402,10 +408,11 @@ fn update_refund_state(
     let Some(mut row) = rows::load_refund(db.conn, refund_id)? else {
         return Ok(());
     };
-    let current = match row.open(db.sealer) {
-        Ok((_, state)) => state,
-        Err(reason) => return rows::quarantine(db.conn, refund_id, &reason, now),
-    };
+    let current =
+        match row.open(db.sealer).and_then(|(_, state)| row.check_deliveries(deliveries).map(|_| state)) {
+            Ok(state) => state,
+            Err(reason) => return rows::quarantine(db.conn, refund_id, &reason, now),
+        };
     if matches!(current, RefundState::Cancelled | RefundState::Expired) {
         return Ok(());
     }
@@ -520,15 +527,47 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
             expired += 1;
         }
     }
-    let mut purged = 0;
-    if let Some(retention) = db.settings.retention_ms {
-        purged = db.conn.prepare_cached(
-            "DELETE FROM refunds WHERE state IN ('delivered', 'cancelled', 'declined') AND updated_at < ?1",
-        )?.execute(
-            [now - retention],
-        )? as u64;
-    }
+    let purged = match db.settings.retention_ms {
+        Some(retention) => purge(db, now - retention, now)?,
+        None => 0,
+    };
     Ok((expired, purged))
+}
+
+/// Deletes finished refunds last changed before `before`, with their deliveries and keys, and
+/// records their sequence numbers as purged (so that their absence is not taken for a
+/// deletion). Only rows whose seals verify are purged: a state edited to `delivered` must not
+/// get an undelivered refund deleted. Quarantined refunds are kept as evidence.
+fn purge(db: &Db<'_>, before: i64, now: i64) -> Result<u64, QueueError> {
+    let ids: Vec<String> = db
+        .conn
+        .prepare_cached(
+            "SELECT id FROM refunds WHERE state IN ('delivered', 'cancelled', 'declined') AND updated_at < ?1
+             AND id NOT IN (SELECT refund_id FROM quarantine)",
+        )?
+        .query_map([before], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let (mut seqs, mut deliveries) = (Vec::with_capacity(ids.len()), 0i64);
+    for id in ids {
+        let Some(row) = rows::load_refund(db.conn, &id)? else {
+            continue;
+        };
+        let rows_of = rows::load_deliveries(db.conn, &id)?;
+        let checked = row
+            .open(db.sealer)
+            .and_then(|_| row.check_deliveries(&rows_of))
+            .and_then(|_| rows_of.iter().try_for_each(|d| d.open(db.sealer).map(|_| ())));
+        if let Err(reason) = checked {
+            tracing::error!(refund_id = %id, %reason, "quarantining a refund whose seal does not verify; it is not purged");
+            rows::quarantine(db.conn, &id, &reason, now)?;
+            continue;
+        }
+        db.conn.prepare_cached("DELETE FROM refunds WHERE seq = ?1")?.execute([row.seq])?;
+        seqs.push(row.seq);
+        deliveries += rows_of.len() as i64;
+    }
+    super::sequence::record_purge(db.conn, db.sealer, &seqs, deliveries)?;
+    Ok(seqs.len() as u64)
 }
 
 /// Queue-wide counts for the status endpoint.

@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::delivery::{DeliveryState, RefundState};
 use super::error::QueueError;
 use super::seal::Sealer;
+use super::sequence;
 use crate::refund::ValidRefund;
 use crate::sale::Sale;
 
@@ -13,6 +14,8 @@ use crate::sale::Sale;
 /// queries need and are covered by the same seal.
 #[derive(Debug, Clone)]
 pub struct RefundRow {
+    /// The refund's sequence number, given out by `sequence::advance`; sealed, so that a row
+    /// cannot be moved into the place of a deleted one.
     pub seq: i64,
     pub id: String,
     pub receipt_id: Option<String>,
@@ -24,6 +27,9 @@ pub struct RefundRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub body: String,
+    /// JSON array of the destinations it has delivery rows for, in position order; sealed, so
+    /// that a deleted delivery row is noticed.
+    pub destinations: String,
     pub seal: Vec<u8>,
 }
 
@@ -46,7 +52,10 @@ pub struct DeliveryRow {
 }
 
 const REFUND_COLUMNS: &str =
-    "seq, id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, seal";
+    "seq, id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, destinations, seal";
+/// The seal kind of a refund row since schema version 2 (`refund` before it, without the
+/// sequence number and destination list): a seal of one version never verifies as the other.
+const REFUND_SEAL: &str = "refund/2";
 const DELIVERY_COLUMNS: &str = "refund_id, position, destination, state, attempts, next_attempt_at, step, remote_id, last_error, updated_at, seal";
 
 impl RefundRow {
@@ -62,12 +71,21 @@ impl RefundRow {
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
             body: r.get(9)?,
-            seal: r.get(10)?,
+            destinations: r.get(10)?,
+            seal: r.get(11)?,
         })
     }
 
-    /// The sealed fields, in a fixed order.
+    /// The sealed fields, in a fixed order (schema version 2 on).
     fn seal_fields(&self) -> Vec<Vec<u8>> {
+        let mut fields = vec![self.seq.to_be_bytes().to_vec()];
+        fields.extend(self.seal_fields_v1());
+        fields.push(self.destinations.as_bytes().to_vec());
+        fields
+    }
+
+    /// The fields schema version 1 sealed: read once, at the upgrade to version 2.
+    fn seal_fields_v1(&self) -> Vec<Vec<u8>> {
         vec![
             self.id.as_bytes().to_vec(),
             self.receipt_id.as_deref().unwrap_or("").as_bytes().to_vec(),
@@ -84,7 +102,44 @@ impl RefundRow {
     fn compute_seal(&self, sealer: &Sealer) -> [u8; 32] {
         let fields = self.seal_fields();
         let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-        sealer.seal("refund", &refs)
+        sealer.seal(REFUND_SEAL, &refs)
+    }
+
+    /// A schema-version-1 seal, to build an old queue in tests of the upgrade.
+    #[cfg(test)]
+    pub(super) fn seal_v1(&self, sealer: &Sealer) -> Vec<u8> {
+        let fields = self.seal_fields_v1();
+        let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        sealer.seal("refund", &refs).to_vec()
+    }
+
+    /// Whether the seal is a valid schema-version-1 seal (before sequence numbers).
+    pub(super) fn verifies_v1(&self, sealer: &Sealer) -> bool {
+        let fields = self.seal_fields_v1();
+        let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        sealer.verify("refund", &refs, &self.seal)
+    }
+
+    /// Checks that `deliveries` (in position order) are exactly the delivery rows the sealed
+    /// destination list names: a deleted (or added) delivery row makes the refund untrusted.
+    /// Call after [`RefundRow::open`], which vouches for the list.
+    pub fn check_deliveries(&self, deliveries: &[DeliveryRow]) -> Result<(), String> {
+        let expected: Vec<String> = serde_json::from_str(&self.destinations)
+            .map_err(|e| format!("refund {} has an unreadable destination list: {e}", self.id))?;
+        let present: Vec<(i64, &str)> =
+            deliveries.iter().map(|d| (d.position, d.destination.as_str())).collect();
+        let wanted: Vec<(i64, &str)> =
+            expected.iter().enumerate().map(|(i, d)| (i as i64, d.as_str())).collect();
+        if present == wanted {
+            return Ok(());
+        }
+        let names = |list: &[(i64, &str)]| list.iter().map(|(_, d)| *d).collect::<Vec<_>>().join(", ");
+        Err(format!(
+            "refund {} should have delivery rows for [{}] but has [{}]: a delivery row was deleted or added outside the agent",
+            self.id,
+            names(&wanted),
+            names(&present)
+        ))
     }
 
     /// Checks the seal and that the indexed columns agree with the sealed body; returns the
@@ -92,7 +147,7 @@ impl RefundRow {
     pub fn open(&self, sealer: &Sealer) -> Result<(ValidRefund, RefundState), String> {
         let fields = self.seal_fields();
         let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-        if !sealer.verify("refund", &fields, &self.seal) {
+        if !sealer.verify(REFUND_SEAL, &fields, &self.seal) {
             return Err(format!("refund {} has a seal that does not verify", self.id));
         }
         let refund: ValidRefund = serde_json::from_str(&self.body)
@@ -168,16 +223,44 @@ impl DeliveryRow {
     }
 }
 
+/// Stores a new refund under the next sequence number. `row.destinations` must already list
+/// the delivery rows the caller writes in the same transaction.
 pub fn insert_refund(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
+    let deliveries = serde_json::from_str::<Vec<String>>(&row.destinations)
+        .map_err(|e| QueueError::Storage(format!("destination list: {e}")))?
+        .len();
+    row.seq = sequence::advance(conn, sealer, deliveries as i64)?;
     row.seal = row.compute_seal(sealer).to_vec();
     conn.prepare_cached(
-        "INSERT INTO refunds (id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, seal)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO refunds (seq, id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, destinations, seal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?.execute(
-        params![row.id, row.receipt_id, row.currency, row.amount, row.amount_minor, row.state, row.created_at, row.updated_at, row.body, row.seal],
+        params![row.seq, row.id, row.receipt_id, row.currency, row.amount, row.amount_minor, row.state, row.created_at, row.updated_at, row.body, row.destinations, row.seal],
     )?;
-    row.seq = conn.last_insert_rowid();
     Ok(())
+}
+
+/// Writes a refund's destination list and, with a sealer, a fresh seal over it (the upgrade to
+/// schema version 2; without a sealer the old seal stays and keeps failing).
+pub(super) fn set_destinations(
+    conn: &Connection,
+    row: &mut RefundRow,
+    sealer: Option<&Sealer>,
+) -> Result<(), QueueError> {
+    if let Some(sealer) = sealer {
+        row.seal = row.compute_seal(sealer).to_vec();
+    }
+    conn.prepare_cached("UPDATE refunds SET destinations = ?2, seal = ?3 WHERE seq = ?1")?
+        .execute(params![row.seq, row.destinations, row.seal])?;
+    Ok(())
+}
+
+/// Refunds with a sequence number above `after`, in order, at most `limit`.
+pub(super) fn refunds_after(conn: &Connection, after: i64, limit: i64) -> Result<Vec<RefundRow>, QueueError> {
+    let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![after, limit], RefundRow::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Rewrites a refund's state (and seal). The caller has verified the old row.
@@ -199,6 +282,15 @@ pub fn set_refund_state(
 pub fn load_refund(conn: &Connection, id: &str) -> Result<Option<RefundRow>, QueueError> {
     let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1");
     Ok(conn.prepare_cached(&sql)?.query_row([id], RefundRow::from_row).optional()?)
+}
+
+/// A refund as schema version 1 stored it (no destination list), to build an old queue in
+/// tests of the upgrade.
+#[cfg(test)]
+pub(super) fn load_refund_v1(conn: &Connection, id: &str) -> RefundRow {
+    let columns = REFUND_COLUMNS.replace("destinations, ", "'' AS destinations, ");
+    let sql = format!("SELECT {columns} FROM refunds WHERE id = ?1");
+    conn.query_row(&sql, [id], RefundRow::from_row).expect("refund row")
 }
 
 /// Refunds by state (all states when `None`), newest first.

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::error::QueueError;
 use super::seal::Sealer;
+use super::sequence;
 
 /// The database file's name inside the state directory.
 pub const DB_FILE: &str = "queue.db";
@@ -91,7 +92,26 @@ const MIGRATIONS: &[&str] = &[
         actor TEXT NOT NULL,
         action TEXT NOT NULL,
         detail TEXT NOT NULL) STRICT;",
+    // 2: sequence numbers that make a deleted row detectable (`sequence.rs`); followed by
+    // `sequence::adopt`, in the same transaction, which numbers and reseals existing rows.
+    "ALTER TABLE refunds ADD COLUMN destinations TEXT NOT NULL DEFAULT '[]';
+     CREATE TABLE refund_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        deliveries INTEGER NOT NULL,
+        purged TEXT NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
+
+/// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
+type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
+const STEPS: &[(i64, Step)] = &[(2, adopt_sequence)];
+
+/// Before rows are resealed, make sure they are resealed under the key they were sealed with.
+fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    check_key(conn, sealer)?;
+    sequence::adopt(conn, sealer)
+}
 
 /// Opens (creating if needed) the queue in `state_dir`, refusing to start on a damaged file or
 /// on a database sealed with another key.
@@ -118,11 +138,43 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
             ),
         });
     }
-    migrate(&conn)?;
+    migrate(&conn, sealer)?;
     check_key(&conn, sealer)?;
     check_identity(&conn, &marker, &path)?;
+    check_sequence(&conn, sealer, &path)?;
     rebuild_totals(&conn)?;
     Ok(conn)
+}
+
+/// Refuses a queue with refunds deleted behind the agent's back (or a head that cannot be
+/// trusted); quarantines refunds that lost a delivery row, which are then never sent.
+fn check_sequence(conn: &Connection, sealer: &Sealer, path: &Path) -> Result<(), QueueError> {
+    let tampered = |detail: String| QueueError::Tampered { path: path.to_path_buf(), detail };
+    let findings = sequence::check(conn, sealer)?.map_err(tampered)?;
+    if findings.refuses() {
+        return Err(tampered(findings.describe()));
+    }
+    if findings.short.is_empty() {
+        return Ok(());
+    }
+    let now = crate::clock::now_ms();
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let quarantined = findings.short.iter().try_for_each(|s| {
+        let reason = format!(
+            "refund {} should have {} delivery row(s) but has {}: a delivery row was deleted or added outside the agent",
+            s.refund_id, s.expected, s.present
+        );
+        tracing::error!(refund_id = %s.refund_id, %reason, "quarantining a refund whose delivery rows were changed; it will not be sent");
+        super::rows::quarantine(conn, &s.refund_id, &reason, now)
+    });
+    match quarantined {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Next to the database, a file holding the database's random id. A queue that vanished
@@ -131,18 +183,7 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
 pub const MARKER_FILE: &str = "queue.id";
 
 fn check_identity(conn: &Connection, marker: &Path, path: &Path) -> Result<(), QueueError> {
-    let stored: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'queue_id'", [], |r| r.get(0))
-        .map(Some)
-        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
-    let id = match stored {
-        Some(id) => id,
-        None => {
-            let id = uuid::Uuid::now_v7().to_string();
-            conn.execute("INSERT INTO meta (key, value) VALUES ('queue_id', ?1)", [&id])?;
-            id
-        }
-    };
+    let id = sequence::queue_id(conn)?;
     match fs::read_to_string(marker) {
         Ok(text) if text.trim() == id => Ok(()),
         Ok(text) => Err(QueueError::Damaged {
@@ -220,7 +261,7 @@ fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     Err(QueueError::Damaged { path: path.to_path_buf(), message: lines.join("; ") })
 }
 
-fn migrate(conn: &Connection) -> Result<(), QueueError> {
+fn migrate(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
@@ -228,13 +269,25 @@ fn migrate(conn: &Connection) -> Result<(), QueueError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let next = i as i64 + 1;
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"))
-            .inspect_err(|_| {
-                let _ = conn.execute_batch("ROLLBACK");
-            })?;
+        let step = STEPS.iter().find(|(v, _)| *v == next).map(|(_, f)| *f);
+        let applied = (|| {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql};"))?;
+            if let Some(step) = step {
+                step(conn, sealer)?;
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {next}; COMMIT;"))?;
+            Ok::<(), QueueError>(())
+        })();
+        if let Err(e) = applied {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
     }
     Ok(())
 }
+
+/// The schema version this agent writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// `open_totals` (undelivered amount and count per currency, kept by triggers so that a new
 /// refund's limits cost O(1)) is derived data: rebuilt from the refunds at every start, so that

@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 use super::ops::{self, Recorded};
 use super::owner::{Db, QueueSettings};
-use super::{schema, DeliveryState, Sealer};
+use super::{rows, schema, DeliveryState, QueueError, Sealer};
 use crate::refund::{Policy, RefundDraft};
 use crate::routing::{Route, Router};
 use crate::sale::tests::example_input;
@@ -45,6 +45,30 @@ impl Fixture {
 
     fn db<T>(&self, f: impl FnOnce(&Db<'_>) -> T) -> T {
         f(&Db { conn: &self.conn, sealer: &self.sealer, settings: &self.settings })
+    }
+
+    /// Closes and opens the queue again, as a restart does (with its start-up checks).
+    fn reopen(&mut self) -> Result<(), QueueError> {
+        self.conn = schema::open(self._dir.path(), &self.sealer)?;
+        Ok(())
+    }
+
+    /// The retention sweep with a retention of zero: every finished refund is purged.
+    fn purge_finished(&self, now: i64) -> u64 {
+        let settings = QueueSettings { retention_ms: Some(0), ..self.settings.clone() };
+        ops::sweep(&Db { conn: &self.conn, sealer: &self.sealer, settings: &settings }, now).unwrap().1
+    }
+
+    /// Deletes rows as someone with access to the file would.
+    fn sql(&self, sql: &str, id: &str) -> usize {
+        self.conn.execute(sql, [id]).unwrap()
+    }
+
+    fn refused(&mut self) -> String {
+        match self.reopen() {
+            Err(e @ QueueError::Tampered { .. }) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     fn create(&self, amount: &str) -> String {
@@ -162,20 +186,177 @@ fn held_destinations_are_not_claimed() {
     assert_eq!(f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap()).len(), 1);
 }
 
+#[test]
+fn a_refund_deleted_from_the_middle_refuses_the_next_open_and_is_named() {
+    let mut f = Fixture::new(&["a"]);
+    let ids: Vec<String> = (0..4).map(|_| f.create("1.00")).collect();
+    f.reopen().expect("no false alarm before anything is deleted");
+    assert_eq!(f.sql("DELETE FROM refunds WHERE id = ?1", &ids[1]), 1);
+    let message = f.refused();
+    assert!(message.contains("1 refund(s) are missing: sequence number(s) 2 (of 1-4)"), "{message}");
+    assert!(message.contains("Refunds missing from the queue"), "names the recovery path: {message}");
+}
+
+#[test]
+fn deleting_the_newest_refund_is_noticed_too() {
+    let mut f = Fixture::new(&["a"]);
+    let ids: Vec<String> = (0..3).map(|_| f.create("1.00")).collect();
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[2]);
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[1]);
+    assert!(f.refused().contains("sequence number(s) 2-3 (of 1-3)"));
+}
+
+#[test]
+fn a_head_record_edited_deleted_or_lowered_refuses() {
+    let mut f = Fixture::new(&["a"]);
+    let ids: Vec<String> = (0..2).map(|_| f.create("1.00")).collect();
+    // Hiding the newest refund by lowering the head: the seal no longer verifies.
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[1]);
+    f.conn.execute("UPDATE refund_head SET seq = seq - 1, deliveries = deliveries - 1", []).unwrap();
+    assert!(f.refused().contains("seal that does not verify"));
+    f.conn.execute("DELETE FROM refund_head", []).unwrap();
+    assert!(f.refused().contains("sequence record (table refund_head) is missing"));
+}
+
+#[test]
+fn a_row_moved_into_a_deleted_ones_place_fails_its_seal() {
+    let mut f = Fixture::new(&["a"]);
+    let ids: Vec<String> = (0..3).map(|_| f.create("1.00")).collect();
+    // Refund 2 deleted and refund 3 renumbered into its place: the counts add up again, but
+    // the sequence number is sealed, and so is the head (3, not 2).
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[1]);
+    f.sql("UPDATE refunds SET seq = 2 WHERE id = ?1", &ids[2]);
+    assert!(f.refused().contains("sequence number(s) 3 (of 1-3)"));
+    f.conn.execute("UPDATE refund_head SET seq = 2", []).unwrap();
+    assert!(f.refused().contains("seal that does not verify"));
+}
+
+#[test]
+fn a_deleted_delivery_row_quarantines_its_refund_and_no_other() {
+    let f = Fixture::new(&["a", "b"]);
+    let (hit, other) = (f.create("1.00"), f.create("2.00"));
+    // Without its first delivery row, the refund's second destination would look due.
+    assert_eq!(f.sql("DELETE FROM deliveries WHERE refund_id = ?1 AND position = 0", &hit), 1);
+    let claims = f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0].refund.id.to_string(), other);
+    let shown = f.db(|db| ops::view(db, &hit, 11).unwrap().unwrap());
+    assert_eq!(shown.state, "quarantined");
+    assert!(shown.quarantine_reason.unwrap().contains("should have delivery rows for [a, b] but has [b]"));
+}
+
+#[test]
+fn a_refund_that_lost_its_only_delivery_row_is_quarantined_at_open() {
+    let mut f = Fixture::new(&["a"]);
+    let (hit, other) = (f.create("1.00"), f.create("2.00"));
+    // Nothing would ever claim it again: only the start-up count notices.
+    f.sql("DELETE FROM deliveries WHERE refund_id = ?1", &hit);
+    f.reopen().expect("a missing delivery row quarantines, it does not refuse");
+    let reason = rows::quarantine_reason(&f.conn, &hit).unwrap().expect("quarantined at open");
+    assert!(reason.contains("should have 1 delivery row(s) but has 0"), "{reason}");
+    assert!(rows::quarantine_reason(&f.conn, &other).unwrap().is_none());
+    let claims = f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
+    assert_eq!(claims.iter().map(|c| c.refund.id.to_string()).collect::<Vec<_>>(), [other]);
+    f.reopen().expect("and it stays that way across restarts");
+}
+
+#[test]
+fn purged_refunds_are_not_taken_for_deleted_ones() {
+    let mut f = Fixture::new(&["a"]);
+    let ids: Vec<String> = (0..5).map(|_| f.create("1.00")).collect();
+    assert_eq!(f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap()).len(), 5);
+    for (i, id) in ids.iter().enumerate() {
+        let outcome = if i % 2 == 0 {
+            Recorded::Delivered { remote_id: None }
+        } else {
+            Recorded::Retry { at_ms: 50, error: "e".into() }
+        };
+        f.db(|db| ops::record(db, id, 0, outcome, 11).unwrap());
+    }
+    assert_eq!(f.purge_finished(100), 3, "refunds 1, 3 and 5 are delivered and purged");
+    f.reopen().expect("purged refunds are not missing ones");
+    let newer = f.create("1.00");
+    f.reopen().expect("numbering goes on after a purge");
+    assert_eq!(rows::load_refund(&f.conn, &newer).unwrap().unwrap().seq, 6);
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[3]);
+    let message = f.refused();
+    assert!(message.contains("1 refund(s) are missing: sequence number(s) 4 (of 1-6)"), "{message}");
+}
+
+#[test]
+fn a_purged_refund_put_back_is_not_the_agents() {
+    let mut f = Fixture::new(&["a"]);
+    let id = f.create("1.00");
+    f.db(|db| ops::claim_due(db, 10, 1, &[]).unwrap());
+    f.db(|db| ops::record(db, &id, 0, Recorded::Delivered { remote_id: None }, 11).unwrap());
+    let copy = f.conn.query_row("SELECT * FROM refunds", [], |r| r.get::<_, i64>(0)).unwrap();
+    f.conn.execute("CREATE TABLE saved AS SELECT * FROM refunds", []).unwrap();
+    assert_eq!(f.purge_finished(100), 1);
+    f.conn.execute("INSERT INTO refunds SELECT * FROM saved", []).unwrap();
+    assert!(f.refused().contains(&format!("sequence number(s) {copy} were not written there by the agent")));
+}
+
+#[test]
+fn a_state_edited_to_delivered_is_quarantined_not_purged() {
+    let mut f = Fixture::new(&["a"]);
+    let id = f.create("1.00");
+    f.sql("UPDATE refunds SET state = 'delivered' WHERE id = ?1", &id);
+    assert_eq!(f.purge_finished(100), 0);
+    assert!(rows::load_refund(&f.conn, &id).unwrap().is_some(), "kept as evidence");
+    assert!(rows::quarantine_reason(&f.conn, &id).unwrap().is_some());
+    f.reopen().unwrap();
+}
+
+#[test]
+fn an_upgrade_numbers_the_rows_present_and_keeps_altered_ones_failing() {
+    let mut f = Fixture::new(&["a", "b"]);
+    let ids: Vec<String> = (0..5).map(|_| f.create("1.00")).collect();
+    // Turn the file into what schema version 1 wrote: no head, no destination lists, old seals.
+    // Refunds 2 and 5 were purged by that version; refund 4 was then edited behind its back.
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[1]);
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[4]);
+    f.conn.execute_batch("DROP TABLE refund_head; ALTER TABLE refunds DROP COLUMN destinations;").unwrap();
+    for id in [&ids[0], &ids[2], &ids[3]] {
+        let mut row = rows::load_refund_v1(&f.conn, id);
+        let seal = row.seal_v1(&f.sealer);
+        f.conn.execute("UPDATE refunds SET seal = ?2 WHERE id = ?1", rusqlite::params![id, seal]).unwrap();
+        row.seal = seal;
+    }
+    f.sql("UPDATE refunds SET amount = '9.00' WHERE id = ?1", &ids[3]);
+    f.conn.execute_batch("PRAGMA user_version = 1").unwrap();
+
+    f.reopen().expect("the upgrade trusts the rows present");
+    let version: i64 = f.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, schema::VERSION);
+    for id in [&ids[0], &ids[2]] {
+        assert_eq!(f.state(id), "queued", "resealed under the new format");
+    }
+    assert_eq!(f.state(&ids[3]), "quarantined", "an altered row is not laundered by the upgrade");
+    let next = f.create("1.00");
+    assert_eq!(rows::load_refund(&f.conn, &next).unwrap().unwrap().seq, 6, "numbering continues after 5");
+    f.reopen().expect("no false alarm after the upgrade");
+    f.sql("DELETE FROM refunds WHERE id = ?1", &ids[2]);
+    assert!(f.refused().contains("sequence number(s) 3 (of 1-6)"));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(u32),
     Claim,
     Record(usize, u8),
     Recover(bool),
+    Purge,
+    Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (1u32..3000).prop_map(Op::Create),
-        Just(Op::Claim),
-        (any::<usize>(), 0u8..6).prop_map(|(i, o)| Op::Record(i, o)),
-        any::<bool>().prop_map(Op::Recover),
+        4 => (1u32..3000).prop_map(Op::Create),
+        4 => Just(Op::Claim),
+        4 => (any::<usize>(), 0u8..6).prop_map(|(i, o)| Op::Record(i, o)),
+        1 => any::<bool>().prop_map(Op::Recover),
+        1 => Just(Op::Purge),
+        1 => Just(Op::Reopen),
     ]
 }
 
@@ -187,7 +368,7 @@ proptest! {
     /// was delivered.
     #[test]
     fn the_state_machine_keeps_its_invariants(ops_list in proptest::collection::vec(op(), 1..40)) {
-        let f = Fixture::new(&["a", "b"]);
+        let mut f = Fixture::new(&["a", "b"]);
         let mut in_flight: Vec<(String, i64)> = Vec::new();
         let mut finals: std::collections::HashMap<(String, i64), String> = Default::default();
         for (now, op) in (101i64..).zip(ops_list) {
@@ -228,6 +409,15 @@ proptest! {
                     f.db(|db| ops::recover(db, &|_| dedup, now).unwrap());
                     in_flight.clear();
                 }
+                Op::Purge => {
+                    f.purge_finished(now + 1);
+                }
+                // Whatever was enqueued, delivered or purged: a restart raises no alarm.
+                Op::Reopen => {
+                    let reopened = f.reopen();
+                    prop_assert!(reopened.is_ok(), "false alarm: {:?}", reopened);
+                    prop_assert_eq!(f.db(|db| ops::status(db, now).unwrap()).quarantined, 0);
+                }
             }
             f.assert_totals_consistent();
             for r in f.db(|db| ops::list(db, None, 1000, now).unwrap()) {
@@ -244,5 +434,7 @@ proptest! {
                 }
             }
         }
+        let reopened = f.reopen();
+        prop_assert!(reopened.is_ok(), "false alarm at the end: {:?}", reopened);
     }
 }
