@@ -19,10 +19,7 @@ fn check_payload(payload: &str) {
             common::assert_no_card_data(&value);
         }
         Err(error) => {
-            assert!(
-                !pci::contains_pan(&error.to_string()),
-                "PAN in an error message"
-            );
+            assert!(!pci::contains_pan(&error.to_string()), "PAN in an error message");
             let reply = Reply::from_error(outcome.seq, error).to_json();
             assert!(!pci::contains_pan(&reply), "PAN in a nak reply");
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -179,7 +180,17 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_refunds(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, Failure> {
+/// A query string that does not parse is answered like every other refusal: 400 with the JSON
+/// error body, not axum's plain-text rejection.
+fn list_query(query: Result<Query<ListQuery>, QueryRejection>) -> Result<ListQuery, Failure> {
+    query.map(|Query(q)| q).map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))
+}
+
+async fn list_refunds(
+    State(s): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Failure> {
+    let q = list_query(query)?;
     if let Some(state) = &q.state {
         if state != "quarantined" {
             state
@@ -207,7 +218,7 @@ struct ManualAction {
 
 fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
     let action: ManualAction = parse_json(body)?;
-    if action.operator.trim().is_empty() || action.operator.len() > 500 {
+    if action.operator.trim().is_empty() || action.operator.chars().count() > crate::refund::draft::MAX_TEXT {
         return Err(failure(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -357,5 +368,37 @@ async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {
 fn crash_after_commit_if_asked() {
     if std::env::var_os("REFUND_AGENT_FAULT_KILL_AFTER_COMMIT").is_some() {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(uri: &str) -> Result<ListQuery, Failure> {
+        list_query(Query::try_from_uri(&uri.parse().expect("a valid URI")))
+    }
+
+    #[test]
+    fn a_bad_query_string_is_a_json_400() {
+        for uri in ["/v1/refunds?state=queued&state=failed", "/v1/refunds?limit=ten"] {
+            let Err(Failure(status, error)) = list(uri) else {
+                panic!("{uri} must be refused");
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(error.code, "invalid_request", "{uri}");
+            let response = Failure(status, error).into_response();
+            assert_eq!(response.headers()["content-type"], "application/json", "{uri}");
+        }
+        let q = list("/v1/refunds?state=queued&limit=5").unwrap_or_else(|_| panic!("a good query parses"));
+        assert_eq!((q.state.as_deref(), q.limit), (Some("queued"), Some(5)));
+    }
+
+    #[test]
+    fn operator_length_counts_characters_as_the_schema_does() {
+        let body = |op: String| Bytes::from(serde_json::json!({ "operator": op }).to_string());
+        assert!(manual_action(&body("é".repeat(500))).is_ok());
+        assert!(manual_action(&body("é".repeat(501))).is_err());
+        assert!(manual_action(&body(" ".into())).is_err());
     }
 }

@@ -52,11 +52,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, SendErro
     let response = request.send().await.map_err(classify_error)?;
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers(), SystemTime::now());
-    let date = response
-        .headers()
-        .get(DATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let date = date(response.headers());
     match response.text().await {
         Ok(body) => Ok(Response { status, retry_after, date, body }),
         // The status line arrived, so the server decided; only its details were lost.
@@ -83,6 +79,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The server's `Date` header as a time, when it is a valid HTTP date.
+pub fn date(headers: &HeaderMap) -> Option<SystemTime> {
+    headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok())
 }
 
 /// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].

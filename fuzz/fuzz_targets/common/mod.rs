@@ -30,10 +30,7 @@ pub fn decode_chunked(framing: Framing, stream: &[u8], sizes: &[usize]) -> Vec<I
         let size = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
         let (chunk, tail) = rest.split_at(size);
         decoder.push(chunk);
-        assert!(
-            decoder.buffered_len() <= MAX_FRAME + 1,
-            "decoder buffered too much"
-        );
+        assert!(decoder.buffered_len() <= MAX_FRAME + 1, "decoder buffered too much");
         items.extend(std::iter::from_fn(|| decoder.next_item()));
         rest = tail;
     }
@@ -48,17 +45,10 @@ pub fn check_codec(framing: Framing, data: &[u8]) {
     assert!(items.len() <= stream.len(), "more items than input bytes");
     for item in &items {
         if let Item::Frame(text) = item {
-            assert!(
-                !text.is_empty() && text.len() <= MAX_FRAME,
-                "frame size out of bounds"
-            );
+            assert!(!text.is_empty() && text.len() <= MAX_FRAME, "frame size out of bounds");
         }
     }
-    assert_eq!(
-        items,
-        decode_chunked(framing, stream, &[]),
-        "chunking changed the result"
-    );
+    assert_eq!(items, decode_chunked(framing, stream, &[]), "chunking changed the result");
 }
 
 /// Asserts that no string or number anywhere in `value` still holds card data.
@@ -66,10 +56,7 @@ pub fn assert_no_card_data(value: &Value) {
     match value {
         Value::String(text) => {
             assert!(!pci::contains_pan(text), "PAN survived sanitizing");
-            assert!(
-                !pci::looks_like_track_data(text),
-                "track data survived sanitizing"
-            );
+            assert!(!pci::looks_like_track_data(text), "track data survived sanitizing");
         }
         Value::Number(number) => assert!(!pci::contains_pan(&number.to_string())),
         Value::Array(items) => items.iter().for_each(assert_no_card_data),

@@ -24,6 +24,8 @@ pub fn classify(
         serde_json::from_str::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v.get("id").and_then(|id| id.as_str().map(str::to_string)))
+            // A blank id names nothing; sending it on as `refundId` would link to no record.
+            .filter(|id| !id.trim().is_empty())
     };
     match (status, request) {
         (200..=299, Request::Refund) => Attempt::Progress { step: 1, remote_id: remote_id() },
@@ -77,6 +79,14 @@ mod tests {
     fn created_refund_moves_to_the_transaction_step() {
         let a = classify(Request::Refund, 201, r#"{"id":"o1p2"}"#, None, None);
         assert_eq!(a, Attempt::Progress { step: 1, remote_id: Some("o1p2".into()) });
+    }
+
+    #[test]
+    fn a_blank_refund_id_is_no_id() {
+        for body in [r#"{"id":""}"#, r#"{"id":"  "}"#] {
+            let a = classify(Request::Refund, 201, body, None, None);
+            assert_eq!(a, Attempt::Progress { step: 1, remote_id: None }, "{body}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn classify_record(status: u16, body: &str) -> Attempt {
     let outcome = record.and_then(|v| v.pointer("/status/status")).and_then(Value::as_str);
     let remote_id = record.and_then(|v| v.get("id")).and_then(|id| match id {
         Value::Number(n) => Some(n.to_string()),
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
         _ => None,
     });
     match outcome {
@@ -114,6 +114,12 @@ mod tests {
             classify(201, r#"{"id":"r-9","status":{"status":"Approved"}}"#, None),
             Attempt::Delivered { remote_id: Some("r-9".into()) }
         );
+    }
+
+    #[test]
+    fn a_blank_record_id_is_no_id() {
+        let body = r#"{"id":"  ","status":{"status":"Approved"}}"#;
+        assert_eq!(classify(200, body, None), Attempt::Delivered { remote_id: None });
     }
 
     #[test]

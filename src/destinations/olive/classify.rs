@@ -57,7 +57,7 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>, skew_ms:
 fn classify_success(status: u16, body: &str) -> Attempt {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let remote_id = parsed.as_ref().and_then(|v| v.get("refund_transaction_id")).and_then(|id| match id {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     });
@@ -147,6 +147,17 @@ mod tests {
             classify(200, body, None, Some(0)),
             Attempt::Delivered { remote_id: Some("rfnd_abc789".into()) }
         );
+    }
+
+    #[test]
+    fn a_blank_refund_transaction_id_is_no_id() {
+        let body = r#"{"success":true,"refund_transaction_id":" "}"#;
+        assert_eq!(classify(200, body, None, None), Attempt::Delivered { remote_id: None });
+        // Without `success`, a blank id says nothing about the outcome.
+        assert!(matches!(
+            classify(200, r#"{"refund_transaction_id":""}"#, None, None),
+            Attempt::Ambiguous(_)
+        ));
     }
 
     #[test]
