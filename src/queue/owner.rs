@@ -108,6 +108,8 @@ fn run(
 ) {
     let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
     while let Some(first) = rx.blocking_recv() {
+        #[cfg(feature = "fault-injection")]
+        wedge_if_asked();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -119,6 +121,20 @@ fn run(
     }
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
+    }
+}
+
+/// Test hook: once the file named by `REFUND_AGENT_FAULT_WEDGE_QUEUE` exists, the owner blocks
+/// forever before its next batch, as a stuck SQLite call would, so a test can see the systemd
+/// watchdog pings stop (tests/systemd.rs).
+#[cfg(feature = "fault-injection")]
+fn wedge_if_asked() {
+    let Some(trigger) = std::env::var_os("REFUND_AGENT_FAULT_WEDGE_QUEUE") else { return };
+    if Path::new(&trigger).exists() {
+        tracing::error!("fault injection: queue owner wedged");
+        loop {
+            thread::park();
+        }
     }
 }
 

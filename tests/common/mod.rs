@@ -184,6 +184,11 @@ api_key_file = "finalpos.key"
         tokio::time::timeout(DEADLINE, child.wait()).await.expect("agent ends").expect("reap")
     }
 
+    /// The running agent's process id, to send it a signal of the test's choosing.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// SIGTERM, and the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
