@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{write_config, BIN};
+use common::{start_agent, write_config};
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
@@ -48,19 +48,8 @@ async fn run(n: usize, latency: Duration) {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(dir.path(), &server.url(), ("100ms", "1s"));
-    let mut agent = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("agent");
+    let (mut agent, client) = start_agent(dir.path(), &config).await;
     let pid = agent.id().expect("pid");
-    let client = ControlClient::new(&dir.path().join("control.sock"));
-    while client.request("GET", "/healthz", None, &[]).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let receipt = json!({"receipt_id": "R", "transaction_id": "T", "currency": "USD", "total": "1000000.00",
         "subtotal": "1000000.00", "processor": "gateway", "processor_payment_id": "882"});
     client

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{write_config, BIN};
+use common::{start_agent, write_config};
 use refund_agent::control::client::ControlClient;
 use refund_agent::sandbox::server::Switchable;
 use refund_agent::sync::worker::PROBE_INTERVAL;
@@ -44,18 +44,7 @@ async fn run(trials: usize) {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(dir.path(), &server.url(), ("1s", "5m"));
-    let mut agent = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("agent");
-    let client = ControlClient::new(&dir.path().join("control.sock"));
-    while client.request("GET", "/healthz", None, &[]).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut agent, client) = start_agent(dir.path(), &config).await;
     let receipt = json!({"receipt_id": "R", "transaction_id": "T", "currency": "USD", "total": "1000.00",
         "subtotal": "1000.00", "processor": "gateway", "processor_payment_id": "882"});
     client

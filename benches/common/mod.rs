@@ -5,6 +5,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use refund_agent::control::client::ControlClient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
 
@@ -26,4 +29,21 @@ pub fn write_config(dir: &Path, url: &str, (initial, max): (&str, &str)) -> Path
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("config");
     path
+}
+
+/// Starts the release agent on `config` (state in `dir`) and waits until it answers.
+pub async fn start_agent(dir: &Path, config: &Path) -> (tokio::process::Child, ControlClient) {
+    let agent = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent");
+    let client = ControlClient::new(&dir.join("control.sock"));
+    while client.request("GET", "/healthz", None, &[]).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (agent, client)
 }
