@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
@@ -15,6 +15,7 @@ use crate::destinations::{http, Connector};
 use crate::queue::{self, QueueError, QueueHandle, QueueOwner, QueueSettings, Sealer};
 use crate::refund::Policy;
 use crate::routing::Router;
+use crate::shutdown::{Shutdown, Trigger};
 use crate::sync::Worker;
 
 /// Why the daemon could not start.
@@ -39,7 +40,7 @@ pub enum StartError {
 pub struct Running {
     pub socket: PathBuf,
     pub queue: QueueHandle,
-    shutdown: watch::Sender<bool>,
+    shutdown: Trigger,
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
     terminal: Option<crate::terminal::Terminal>,
@@ -106,7 +107,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let listener = server::bind_socket(&config.socket, config.socket_group.as_deref())
         .await
         .map_err(|e| StartError::Socket { path: config.socket.clone(), message: e.to_string() })?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (shutdown, shutdown_rx) = Shutdown::new();
     let wake = Arc::new(Notify::new());
     let health = Arc::new(Mutex::new(HashMap::new()));
     let terminal = match &config.terminal {
@@ -131,21 +132,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
     let server = tokio::spawn(async move {
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         match tcp {
             Some(tcp) => {
-                let unix =
-                    axum::serve(listener, app.clone()).with_graceful_shutdown(stopped(stop_rx.clone()));
-                let tcp = axum::serve(tcp, app).with_graceful_shutdown(stopped(stop_rx));
+                let unix = axum::serve(listener, app.clone()).with_graceful_shutdown(stop_rx.clone().wait());
+                let tcp = axum::serve(tcp, app).with_graceful_shutdown(stop_rx.wait());
                 tokio::select! {
                     r = unix => if let Err(e) = r { tracing::error!(error = %e, "control socket failed") },
                     r = tcp => if let Err(e) = r { tracing::error!(error = %e, "control TCP listener failed") },
                 }
             }
             None => {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)).await {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop_rx.wait()).await {
                     tracing::error!(error = %e, "control socket failed");
                 }
             }
@@ -183,7 +180,7 @@ impl Running {
     /// queue cleanly.
     pub async fn stop(self) {
         crate::watchdog::stopping();
-        let _ = self.shutdown.send(true);
+        self.shutdown.fire();
         if let Some(watchdog) = self.watchdog {
             let _ = watchdog.await;
         }

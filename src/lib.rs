@@ -12,8 +12,9 @@
 //! - [`destinations`] — one connector per cloud API (HTTP to the outside lives only here).
 //! - [`control`] — the control API on a Unix socket, and its client for the CLI.
 //! - [`config`] — the TOML configuration and secret files.
-//! - [`daemon`] — wires it together and handles shutdown; [`watchdog`] — systemd readiness
-//!   and watchdog; [`doctor`] — field diagnostics.
+//! - [`daemon`] — wires it together and handles shutdown; [`shutdown`] — the one stop signal
+//!   every task listens to; [`watchdog`] — systemd readiness and watchdog; [`doctor`] — field
+//!   diagnostics.
 //! - [`sandbox`], [`demo`] — local stand-ins for the cloud APIs and the guided demo.
 //! - [`cli`] — the command line; [`clock`] — time helpers.
 
@@ -28,6 +29,7 @@ pub mod destinations;
 pub mod control;
 pub mod config;
 pub mod daemon;
+pub mod shutdown;
 pub mod doctor;
 pub mod watchdog;
 pub mod sandbox;

@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::queue::{QueueError, QueueHandle};
+use crate::shutdown::Shutdown;
 
 /// Tells systemd the daemon is ready: the queue is open and the control socket listens, so a
 /// unit ordered `After=refund-agent.service` can use the socket at once.
@@ -39,7 +39,7 @@ fn send(state: NotifyState<'_>, what: &str) {
 /// round trip through the queue owner: the owner is the one thread whose wedging (a stuck
 /// SQLite call, a dead thread) stops every refund, and a timer alone would keep pinging
 /// through that. A wedged owner therefore stops the pings and systemd restarts the daemon.
-pub fn spawn(queue: QueueHandle, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+pub fn spawn(queue: QueueHandle, shutdown: Shutdown) -> Option<JoinHandle<()>> {
     let interval = sd_notify::watchdog_enabled()? / 2;
     if interval.is_zero() {
         tracing::warn!("WATCHDOG_USEC is too small to use; watchdog disabled");
@@ -51,15 +51,15 @@ pub fn spawn(queue: QueueHandle, shutdown: watch::Receiver<bool>) -> Option<Join
 
 /// Pings until shutdown. It stops pinging at shutdown on purpose: `TimeoutStopSec=` bounds the
 /// drain, and this task must drop its queue handle so the owner thread can exit.
-async fn run(queue: QueueHandle, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn run(queue: QueueHandle, interval: Duration, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = shutdown.recv() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         // No timeout on purpose: if the owner never answers, the missing ping is the signal.
         let answer = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = shutdown.recv() => return,
             answer = queue.call(|_| Ok(())) => answer,
         };
         match answer {

@@ -11,8 +11,10 @@ use axum::response::IntoResponse;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use crate::shutdown::{Shutdown, Trigger};
 
 /// A scripted misbehaviour, used once by the next request that reaches a handler.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +128,7 @@ pub async fn unprocessed(release: &Notify, fault: &Option<Fault>) -> Option<axum
 pub struct Switchable {
     addr: SocketAddr,
     app: axum::Router,
-    running: Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
+    running: Mutex<Option<(Trigger, JoinHandle<()>)>>,
     /// Released when a hung request should finally end (used at shutdown).
     pub release: Arc<Notify>,
 }
@@ -152,13 +154,10 @@ impl Switchable {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (tx, mut rx) = watch::channel(false);
+        let (tx, stop) = Shutdown::new();
         let app = self.app.clone();
         let task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.wait()).await;
         });
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((tx, task));
     }
@@ -167,7 +166,7 @@ impl Switchable {
     pub async fn go_offline(&self) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((tx, task)) = running {
-            let _ = tx.send(true);
+            tx.fire();
             self.release.notify_waiters();
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::decide::{backoff, decide};
@@ -23,6 +23,7 @@ use crate::clock::{now_ms, rfc3339};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
 use crate::queue::{Claim, QueueError, QueueHandle, Recorded};
+use crate::shutdown::Shutdown;
 
 /// The most requests in flight at once, over all destinations.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -86,7 +87,7 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: Shutdown) {
         {
             let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
             for name in self.connectors.keys() {
@@ -104,7 +105,7 @@ impl Worker {
         // Set while claiming is paused after the queue could not store a claim: when, and how
         // long the last pause was.
         let mut claim_pause: Option<(Instant, Duration)> = None;
-        while !*shutdown.borrow() {
+        while !shutdown.is_shutdown() {
             if now_ms() - last_sweep > IDLE_CHECK.as_millis() as i64 {
                 last_sweep = now_ms();
                 match self.queue.sweep().await {
@@ -179,7 +180,7 @@ impl Worker {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 Some(_) = probes.join_next(), if !probes.is_empty() => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.changed() => {}
+                () = shutdown.recv() => {}
             }
         }
         probes.abort_all();

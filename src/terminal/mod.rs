@@ -37,11 +37,12 @@ pub mod task;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::RawTerminal;
 use crate::queue::QueueHandle;
+use crate::shutdown::Shutdown;
 use codec::{Decoder, Framing, UnknownFraming};
 use device::{PortSettings, SharedStatus, TerminalStatus};
 
@@ -78,7 +79,7 @@ pub fn spawn(
     config: &RawTerminal,
     queue: QueueHandle,
     wake: Arc<Notify>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<Terminal, TerminalError> {
     let framing: Framing = config.framing.parse()?;
     let parity =

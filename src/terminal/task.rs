@@ -16,13 +16,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::codec::{encode_reply, link_reply, Decoder, DropReason, Framing, Item};
 use super::device::{lock, DeviceEvent, SharedStatus};
 use super::event::{parse_event_detailed, scan_event, EventError, Inbound, Reply, TerminalEvent};
 use super::session::{Action, RefundRequest, Session};
 use crate::queue::QueueHandle;
+use crate::shutdown::Shutdown;
 
 /// Everything the link task owns.
 #[derive(Debug)]
@@ -39,11 +40,7 @@ pub struct Link {
 }
 
 /// Serves the terminal until shutdown; an event being handled is finished (and answered) first.
-pub async fn run(
-    mut link: Link,
-    mut events: mpsc::Receiver<DeviceEvent>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(mut link: Link, mut events: mpsc::Receiver<DeviceEvent>, mut shutdown: Shutdown) {
     loop {
         let deadline = link.session.deadline();
         let expiry = async move {
@@ -54,7 +51,7 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            () = stopped(&mut shutdown) => break,
+            () = shutdown.recv() => break,
             event = events.recv() => match event {
                 Some(event) => link.on_device(event).await,
                 None => break,
@@ -66,12 +63,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// Resolves once shutdown is signalled (or its sender is gone). The watch guard is dropped here,
-/// inside, because holding it across the `select!` would make the task future `!Send`.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 impl Link {
