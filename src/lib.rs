@@ -16,7 +16,8 @@
 //!   every task listens to; [`watchdog`] — systemd readiness and watchdog; [`doctor`] — field
 //!   diagnostics.
 //! - [`sandbox`], [`demo`] — local stand-ins for the cloud APIs and the guided demo.
-//! - [`cli`] — the command line; [`clock`] — time helpers.
+//! - [`cli`] — the command line; [`clock`] — time helpers; [`lock`] — the one way to lock a
+//!   mutex.
 
 pub mod terminal;
 pub mod money;
@@ -36,3 +37,4 @@ pub mod sandbox;
 pub mod demo;
 pub mod cli;
 pub mod clock;
+pub mod lock;

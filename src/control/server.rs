@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use super::ApiError;
 use crate::destinations::clock::ClockOffset;
+use crate::lock::lock;
 use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState, Resolution};
 use crate::refund::{RefundDraft, RejectCode, Rejection};
 use crate::sale::SaleInput;
@@ -320,10 +321,7 @@ async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
 /// What `GET /v1/status` shows; `GET /metrics` renders the same figures.
 async fn status_body(s: &AppState) -> Result<StatusBody, QueueError> {
     let queue = s.queue.status().await?;
-    let destinations = s
-        .health
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let destinations = lock(&s.health)
         .iter()
         .map(|(k, v)| {
             let mut body: DestinationHealthBody = v.clone().into();

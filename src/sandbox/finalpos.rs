@@ -12,6 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::lock::lock;
+
 use super::server::{Fault, FaultMix, Faults, Switchable};
 
 /// One request as the sandbox saw it.
@@ -88,17 +90,17 @@ impl FinalPosSandbox {
 
     /// The refund records created, in order.
     pub fn refunds(&self) -> Vec<Value> {
-        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).refunds.clone()
+        lock(&self.shared.store).refunds.clone()
     }
 
     /// The transaction records created, in order.
     pub fn transactions(&self) -> Vec<Value> {
-        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).transactions.clone()
+        lock(&self.shared.store).transactions.clone()
     }
 
     /// Every request that reached a handler.
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).seen.clone()
+        lock(&self.shared.store).seen.clone()
     }
 }
 
@@ -168,13 +170,13 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         fault: fault.clone(),
     };
     if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(0));
+        lock(&s.store).seen.push(record(0));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
         return r;
     }
     if let Some(Fault::Status(code, retry_after)) = fault {
-        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(code));
+        lock(&s.store).seen.push(record(code));
         let mut r =
             error(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "Injected failure");
         if let Some(secs) = retry_after {
@@ -183,7 +185,7 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         return r;
     }
     let response = {
-        let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+        let mut store = lock(&s.store);
         if let Err(m) = validate_refund(&body) {
             store.seen.push(record(400));
             return error(StatusCode::BAD_REQUEST, &m);
@@ -206,7 +208,7 @@ async fn get_refund(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
     if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(s.api_key.as_str()) {
         return error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
     }
-    let store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+    let store = lock(&s.store);
     match store.refunds.iter().find(|r| r["id"] == id.as_str()) {
         Some(r) => Json(r.clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, "The resource was not found."),
@@ -227,13 +229,13 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         fault: fault.clone(),
     };
     if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(0));
+        lock(&s.store).seen.push(record(0));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
         return r;
     }
     if let Some(Fault::Status(code, retry_after)) = fault {
-        s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(code));
+        lock(&s.store).seen.push(record(code));
         let mut r =
             error(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "Injected failure");
         if let Some(secs) = retry_after {
@@ -242,7 +244,7 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         return r;
     }
     let response = {
-        let mut store = s.store.lock().unwrap_or_else(|p| p.into_inner());
+        let mut store = lock(&s.store);
         if body.get("type").and_then(Value::as_str) != Some("refund")
             && body.get("type").is_some_and(|t| t != "sale")
         {

@@ -18,6 +18,8 @@ use axum::{Json, Router};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
+use crate::lock::lock;
+
 use super::server::{Fault, FaultMix, Faults, Switchable};
 
 /// The first refund transaction id handed out (the seed's example refund of payment 882 is 883).
@@ -67,12 +69,6 @@ struct Shared {
     release: Arc<tokio::sync::Notify>,
 }
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// A running card gateway sandbox.
 #[derive(Debug)]
 pub struct GatewaySandbox {
@@ -118,25 +114,24 @@ impl GatewaySandbox {
 
     /// Registers an original payment: what was captured and the order's subtotal.
     pub fn add_payment(&self, id: &str, captured: Decimal, subtotal: Decimal) {
-        self.shared
-            .lock()
+        lock(&self.shared.store)
             .payments
             .insert(id.to_string(), Payment { captured, subtotal, refunded: Decimal::ZERO });
     }
 
     /// The approved refund records, in order.
     pub fn refunds(&self) -> Vec<Value> {
-        self.shared.lock().refunds.clone()
+        lock(&self.shared.store).refunds.clone()
     }
 
     /// How much of a payment has been refunded.
     pub fn refunded(&self, payment_id: &str) -> Option<Decimal> {
-        self.shared.lock().payments.get(payment_id).map(|p| p.refunded)
+        lock(&self.shared.store).payments.get(payment_id).map(|p| p.refunded)
     }
 
     /// Every request that reached the handler.
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.lock().seen.clone()
+        lock(&self.shared.store).seen.clone()
     }
 }
 
@@ -245,14 +240,14 @@ async fn refund(
         fault: fault.clone(),
     };
     if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        s.lock().seen.push(record(StatusCode::SERVICE_UNAVAILABLE, None));
+        lock(&s.store).seen.push(record(StatusCode::SERVICE_UNAVAILABLE, None));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
         return r;
     }
     if let Some(Fault::Status(code, retry_after)) = fault {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        s.lock().seen.push(record(status, None));
+        lock(&s.store).seen.push(record(status, None));
         let mut r = error(status, "Injected failure");
         if let Some(secs) = retry_after {
             r.headers_mut().insert("retry-after", secs.into());
@@ -262,11 +257,11 @@ async fn refund(
     let bearer =
         headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if bearer != Some(s.token.as_str()) {
-        s.lock().seen.push(record(StatusCode::UNAUTHORIZED, None));
+        lock(&s.store).seen.push(record(StatusCode::UNAUTHORIZED, None));
         return error(StatusCode::UNAUTHORIZED, "Invalid or missing bearer token");
     }
     let response = {
-        let mut store = s.lock();
+        let mut store = lock(&s.store);
         let answer = match &parsed {
             Some(body) => decide(&mut store, &payment_id, body),
             None => Err((StatusCode::BAD_REQUEST, "Body must be valid JSON".to_string())),

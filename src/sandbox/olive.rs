@@ -25,6 +25,8 @@ use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::lock::lock;
+
 use super::server::{Fault, FaultMix, Faults, Switchable};
 
 /// How far a signed timestamp may be from the server's clock.
@@ -73,10 +75,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn now(&self) -> SystemTime {
         let offset = self.clock_offset_secs.load(Ordering::Relaxed);
         let magnitude = Duration::from_secs(offset.unsigned_abs());
@@ -140,7 +138,9 @@ impl OliveSandbox {
 
     /// Registers an original transaction that may be refunded up to `captured`.
     pub fn add_transaction(&self, id: &str, captured: Decimal) {
-        self.shared.lock().transactions.insert(id.to_string(), Txn { captured, refunded: Decimal::ZERO });
+        lock(&self.shared.store)
+            .transactions
+            .insert(id.to_string(), Txn { captured, refunded: Decimal::ZERO });
     }
 
     /// Sets the server's clock `secs` ahead of the real time (negative: behind), as when the
@@ -156,17 +156,17 @@ impl OliveSandbox {
 
     /// The refunds made, in order.
     pub fn refunds(&self) -> Vec<Value> {
-        self.shared.lock().refunds.clone()
+        lock(&self.shared.store).refunds.clone()
     }
 
     /// How much of a transaction has been refunded.
     pub fn refunded(&self, transaction_id: &str) -> Option<Decimal> {
-        self.shared.lock().transactions.get(transaction_id).map(|t| t.refunded)
+        lock(&self.shared.store).transactions.get(transaction_id).map(|t| t.refunded)
     }
 
     /// Every request that reached the handler.
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.lock().seen.clone()
+        lock(&self.shared.store).seen.clone()
     }
 }
 
@@ -299,14 +299,14 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
         fault: fault.clone(),
     };
     if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        s.lock().seen.push(record(StatusCode::SERVICE_UNAVAILABLE, Some("UNANSWERED")));
+        lock(&s.store).seen.push(record(StatusCode::SERVICE_UNAVAILABLE, Some("UNANSWERED")));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
         return r;
     }
     if let Some(Fault::Status(code, retry_after)) = fault {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        s.lock().seen.push(record(status, Some("INJECTED")));
+        lock(&s.store).seen.push(record(status, Some("INJECTED")));
         let mut r = error(status, "INJECTED", "Injected failure");
         if let Some(secs) = retry_after {
             r.headers_mut().insert("retry-after", secs.into());
@@ -324,7 +324,7 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
         Ok(())
     });
     let response = {
-        let mut store = s.lock();
+        let mut store = lock(&s.store);
         match checked.and_then(|()| process(&mut store, parsed.as_ref())) {
             Ok(answer) => {
                 store.seen.push(record(StatusCode::OK, None));

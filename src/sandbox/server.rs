@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::lock::lock;
 use crate::shutdown::{Shutdown, Trigger};
 
 /// A scripted misbehaviour, used once by the next request that reaches a handler.
@@ -87,19 +88,19 @@ pub struct Faults(Arc<Mutex<Script>>);
 
 impl Faults {
     pub fn push(&self, fault: Fault, times: usize) {
-        let mut script = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut script = lock(&self.0);
         script.queued.extend(std::iter::repeat_n(fault, times));
     }
 
     /// From now on, strikes requests at random with `mix` (reproducibly for a `seed`); `None`
     /// stops the random faults.
     pub fn randomly(&self, seed: u64, mix: Option<FaultMix>) {
-        let mut script = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut script = lock(&self.0);
         script.random = mix.map(|mix| (StdRng::seed_from_u64(seed), mix));
     }
 
     pub fn next(&self) -> Option<Fault> {
-        let mut script = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut script = lock(&self.0);
         if let Some(fault) = script.queued.pop_front() {
             return Some(fault);
         }
@@ -159,12 +160,12 @@ impl Switchable {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(stop.wait()).await;
         });
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((tx, task));
+        *lock(&self.running) = Some((tx, task));
     }
 
     /// Closes the port: new connections are refused, as when the network is down.
     pub async fn go_offline(&self) {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let running = lock(&self.running).take();
         if let Some((tx, task)) = running {
             tx.fire();
             self.release.notify_waiters();
@@ -174,7 +175,7 @@ impl Switchable {
 
     /// Opens the same port again.
     pub async fn go_online(&self) -> std::io::Result<()> {
-        if self.running.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if lock(&self.running).is_some() {
             return Ok(());
         }
         let listener = bind(self.addr)?;

@@ -22,6 +22,7 @@ use super::decide::{backoff, decide};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
+use crate::lock::lock;
 use crate::queue::{Claim, QueueError, QueueHandle, Recorded};
 use crate::shutdown::Shutdown;
 
@@ -34,9 +35,6 @@ pub const MAX_IN_FLIGHT_PER_DESTINATION: usize = 8;
 /// Requests in flight per destination.
 type Busy = Arc<Mutex<HashMap<String, usize>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 /// The longest the worker sleeps without looking at the queue (expiry sweeps run then too).
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 /// How often an unreachable destination is probed with a TCP connect, so that the return of
@@ -89,7 +87,7 @@ impl Worker {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: Shutdown) {
         {
-            let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            let mut h = lock(&self.health);
             for name in self.connectors.keys() {
                 h.entry(name.clone()).or_insert_with(|| DestinationHealth {
                     connectivity: "unknown".into(),
@@ -292,7 +290,7 @@ impl Worker {
     }
 
     fn note_health(&self, destination: &str, attempt: &Attempt, recorded: &Recorded) {
-        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = lock(&self.health);
         let h = all.entry(destination.to_string()).or_default();
         let retry_at = match recorded {
             Recorded::Retry { at_ms, .. } => {
@@ -336,7 +334,7 @@ impl Worker {
         let mut held = Vec::new();
         let mut wake_at: Option<Instant> = None;
         let mut earliest = |t: Instant| wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
-        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = lock(&self.health);
         for (name, h) in all.iter_mut() {
             let Some(until) = h.hold_until.filter(|u| *u > now) else {
                 h.hold_until = None;
@@ -398,7 +396,7 @@ async fn probe(worker: Worker, name: String, target: String) {
         return;
     }
     {
-        let mut all = worker.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = lock(&worker.health);
         if let Some(h) = all.get_mut(&name) {
             h.hold_until = None;
             h.probe = false;

@@ -17,13 +17,15 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serialport::{DataBits, FlowControl, Parity, SerialPort, StopBits};
 use tokio::sync::mpsc;
+
+use crate::lock::lock;
 
 /// How long one read waits for bytes; it bounds how late the reader notices a stop request.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
@@ -59,11 +61,6 @@ pub struct TerminalStatus {
 
 /// The status shared by the device threads, the link task and the control API.
 pub type SharedStatus = Arc<Mutex<TerminalStatus>>;
-
-/// Locks the status; a panic elsewhere never takes the status page down with it.
-pub fn lock(status: &SharedStatus) -> MutexGuard<'_, TerminalStatus> {
-    status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Port settings from `[terminal]`; always 8 data bits, 1 stop bit, no flow control (8N1).
 #[derive(Debug, Clone)]
@@ -189,7 +186,7 @@ fn read_loop(
     loop {
         match open(settings) {
             Ok((mut port, writer)) => {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+                *lock(slot) = Some(writer);
                 {
                     let mut s = lock(status);
                     s.connected = true;
@@ -205,7 +202,7 @@ fn read_loop(
                 }
                 let since = Instant::now();
                 let end = read_until_lost(port.as_mut(), events, stopped);
-                slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                lock(slot).take();
                 drop(port);
                 match end {
                     End::Stop => return,
@@ -269,7 +266,7 @@ fn read_until_lost(
 
 fn write_loop(mut replies: mpsc::Receiver<Vec<u8>>, slot: &Slot) {
     while let Some(bytes) = replies.blocking_recv() {
-        let mut port = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut port = lock(slot);
         match port.as_mut() {
             Some(port) => {
                 if let Err(error) = port.write_all(&bytes) {

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::RawTerminal;
+use crate::lock::lock;
 use crate::queue::QueueHandle;
 use crate::shutdown::Shutdown;
 use codec::{Decoder, Framing, UnknownFraming};
@@ -92,7 +93,7 @@ pub fn spawn(
     };
     let status = SharedStatus::default();
     {
-        let mut s = device::lock(&status);
+        let mut s = lock(&status);
         s.device = config.device.display().to_string();
         s.framing = framing.to_string();
     }
@@ -130,5 +131,5 @@ impl Terminal {
 
 /// A snapshot of the status.
 pub fn snapshot(status: &SharedStatus) -> TerminalStatus {
-    device::lock(status).clone()
+    lock(status).clone()
 }

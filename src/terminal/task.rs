@@ -19,9 +19,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 use super::codec::{encode_reply, link_reply, Decoder, DropReason, Framing, Item};
-use super::device::{lock, DeviceEvent, SharedStatus};
+use super::device::{DeviceEvent, SharedStatus};
 use super::event::{parse_event_detailed, scan_event, EventError, Inbound, Reply, TerminalEvent};
 use super::session::{Action, RefundRequest, Session};
+use crate::lock::lock;
 use crate::queue::QueueHandle;
 use crate::shutdown::Shutdown;
 
