@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::lock::lock;
 
-use super::server::{Fault, FaultMix, Faults, Switchable};
+use super::core::{Core, Fault, Injector, Struck};
 
 /// One request as the sandbox saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,55 +37,28 @@ struct Store {
 struct Shared {
     api_key: String,
     store: Arc<Mutex<Store>>,
-    faults: Faults,
-    release: Arc<tokio::sync::Notify>,
+    faults: Injector,
 }
 
 /// A running Final POS sandbox.
 #[derive(Debug)]
 pub struct FinalPosSandbox {
-    server: Switchable,
+    core: Core,
     shared: Shared,
 }
 
 impl FinalPosSandbox {
     /// Starts the sandbox on an ephemeral loopback port, accepting `api_key`.
     pub async fn start(api_key: &str) -> std::io::Result<FinalPosSandbox> {
-        let shared = Shared {
-            api_key: api_key.to_string(),
-            store: Arc::default(),
-            faults: Faults::default(),
-            release: Arc::default(),
-        };
+        let shared =
+            Shared { api_key: api_key.to_string(), store: Arc::default(), faults: Injector::default() };
         let app = Router::new()
             .route("/v1/api/refunds", post(create_refund))
             .route("/v1/api/refunds/{id}", get(get_refund))
             .route("/v1/api/transactions", post(create_transaction))
             .with_state(shared.clone());
-        let server = Switchable::start(app, shared.release.clone()).await?;
-        Ok(FinalPosSandbox { server, shared })
-    }
-
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    pub async fn go_offline(&self) {
-        self.server.go_offline().await
-    }
-
-    pub async fn go_online(&self) -> std::io::Result<()> {
-        self.server.go_online().await
-    }
-
-    /// Queues `fault` for the next `times` requests.
-    pub fn inject(&self, fault: Fault, times: usize) {
-        self.shared.faults.push(fault, times)
-    }
-
-    /// Strikes requests at random with `mix` from now on (reproducibly for `seed`); `None` stops.
-    pub fn inject_randomly(&self, seed: u64, mix: Option<FaultMix>) {
-        self.shared.faults.randomly(seed, mix)
+        let core = Core::start(app, &shared.faults).await?;
+        Ok(FinalPosSandbox { core, shared })
     }
 
     /// The refund records created, in order.
@@ -104,6 +77,16 @@ impl FinalPosSandbox {
     }
 }
 
+/// The controls every sandbox shares (`url`, `go_offline`, `go_online`, `inject`, …) live in
+/// the one sandbox core.
+impl std::ops::Deref for FinalPosSandbox {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
     let body = json!({
         "statusCode": status.as_u16(),
@@ -111,6 +94,14 @@ fn error(status: StatusCode, message: &str) -> Response {
         "error": status.canonical_reason().unwrap_or("Error"),
     });
     (status, Json(body)).into_response()
+}
+
+/// The status an injected fault is recorded with: 0 when the request was never answered.
+fn seen_status(struck: Struck) -> u16 {
+    match struck {
+        Struck::Unanswered => 0,
+        Struck::Status(status) => status.as_u16(),
+    }
 }
 
 /// Checks auth and parses the body, or gives the error answer.
@@ -156,34 +147,45 @@ fn validate_refund(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
-async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+/// A request both `POST` handlers admitted and no fault ended early.
+struct Arrived {
+    body: Value,
+    external_id: Option<String>,
+    fault: Option<Fault>,
+}
+
+/// What both `POST` handlers do first: draw the fault, check auth and parse the body, then let a
+/// fault that strikes before processing do so. `Err` is the answer already given.
+async fn arrive(s: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Result<Arrived, Response> {
     let fault = s.faults.next();
-    let body = match admit(&s, &headers, &body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let body = admit(s, headers, body).map_err(|r| *r)?;
     let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string);
+    let record = |struck| Seen {
+        path: path.into(),
+        external_id: external_id.clone(),
+        status: seen_status(struck),
+        fault: fault.clone(),
+    };
+    let injected = |status| error(status, "Injected failure");
+    if let Some(r) =
+        s.faults.before(&fault, |struck| lock(&s.store).seen.push(record(struck)), injected).await
+    {
+        return Err(r);
+    }
+    Ok(Arrived { body, external_id, fault })
+}
+
+async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Arrived { body, external_id, fault } = match arrive(&s, "/v1/api/refunds", &headers, &body).await {
+        Ok(arrived) => arrived,
+        Err(r) => return r,
+    };
     let record = |status: u16| Seen {
         path: "/v1/api/refunds".into(),
         external_id: external_id.clone(),
         status,
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        lock(&s.store).seen.push(record(0));
-    }
-    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
-        return r;
-    }
-    if let Some(Fault::Status(code, retry_after)) = fault {
-        lock(&s.store).seen.push(record(code));
-        let mut r =
-            error(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "Injected failure");
-        if let Some(secs) = retry_after {
-            r.headers_mut().insert("retry-after", secs.into());
-        }
-        return r;
-    }
     let response = {
         let mut store = lock(&s.store);
         if let Err(m) = validate_refund(&body) {
@@ -201,7 +203,7 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         store.seen.push(record(201));
         (StatusCode::CREATED, Json(created)).into_response()
     };
-    super::server::finish(&s.release, fault, response).await
+    s.faults.after(fault, response).await
 }
 
 async fn get_refund(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -216,33 +218,17 @@ async fn get_refund(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<
 }
 
 async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let fault = s.faults.next();
-    let body = match admit(&s, &headers, &body) {
-        Ok(b) => b,
-        Err(r) => return *r,
+    let Arrived { body, external_id, fault } = match arrive(&s, "/v1/api/transactions", &headers, &body).await
+    {
+        Ok(arrived) => arrived,
+        Err(r) => return r,
     };
-    let external_id = body.get("externalId").and_then(Value::as_str).map(str::to_string);
     let record = |status: u16| Seen {
         path: "/v1/api/transactions".into(),
         external_id: external_id.clone(),
         status,
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        lock(&s.store).seen.push(record(0));
-    }
-    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
-        return r;
-    }
-    if let Some(Fault::Status(code, retry_after)) = fault {
-        lock(&s.store).seen.push(record(code));
-        let mut r =
-            error(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "Injected failure");
-        if let Some(secs) = retry_after {
-            r.headers_mut().insert("retry-after", secs.into());
-        }
-        return r;
-    }
     let response = {
         let mut store = lock(&s.store);
         if body.get("type").and_then(Value::as_str) != Some("refund")
@@ -270,5 +256,5 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         store.seen.push(record(201));
         (StatusCode::CREATED, Json(created)).into_response()
     };
-    super::server::finish(&s.release, fault, response).await
+    s.faults.after(fault, response).await
 }

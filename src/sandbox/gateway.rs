@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::lock::lock;
 
-use super::server::{Fault, FaultMix, Faults, Switchable};
+use super::core::{Core, Fault, Injector, Struck};
 
 /// The first refund transaction id handed out (the seed's example refund of payment 882 is 883).
 const FIRST_ID: u64 = 883;
@@ -65,51 +65,23 @@ impl Default for Store {
 struct Shared {
     token: String,
     store: Arc<Mutex<Store>>,
-    faults: Faults,
-    release: Arc<tokio::sync::Notify>,
+    faults: Injector,
 }
 
 /// A running card gateway sandbox.
 #[derive(Debug)]
 pub struct GatewaySandbox {
-    server: Switchable,
+    core: Core,
     shared: Shared,
 }
 
 impl GatewaySandbox {
     /// Starts the sandbox on an ephemeral loopback port, accepting Bearer `token`.
     pub async fn start(token: &str) -> std::io::Result<GatewaySandbox> {
-        let shared = Shared {
-            token: token.to_string(),
-            store: Arc::default(),
-            faults: Faults::default(),
-            release: Arc::default(),
-        };
+        let shared = Shared { token: token.to_string(), store: Arc::default(), faults: Injector::default() };
         let app = Router::new().route("/payment/{id}/refund", post(refund)).with_state(shared.clone());
-        let server = Switchable::start(app, shared.release.clone()).await?;
-        Ok(GatewaySandbox { server, shared })
-    }
-
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    pub async fn go_offline(&self) {
-        self.server.go_offline().await
-    }
-
-    pub async fn go_online(&self) -> std::io::Result<()> {
-        self.server.go_online().await
-    }
-
-    /// Queues `fault` for the next `times` requests.
-    pub fn inject(&self, fault: Fault, times: usize) {
-        self.shared.faults.push(fault, times)
-    }
-
-    /// Strikes requests at random with `mix` from now on (reproducibly for `seed`); `None` stops.
-    pub fn inject_randomly(&self, seed: u64, mix: Option<FaultMix>) {
-        self.shared.faults.randomly(seed, mix)
+        let core = Core::start(app, &shared.faults).await?;
+        Ok(GatewaySandbox { core, shared })
     }
 
     /// Registers an original payment: what was captured and the order's subtotal.
@@ -132,6 +104,16 @@ impl GatewaySandbox {
     /// Every request that reached the handler.
     pub fn seen(&self) -> Vec<Seen> {
         lock(&self.shared.store).seen.clone()
+    }
+}
+
+/// The controls every sandbox shares (`url`, `go_offline`, `go_online`, `inject`, …) live in
+/// the one sandbox core.
+impl std::ops::Deref for GatewaySandbox {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
@@ -239,19 +221,14 @@ async fn refund(
         at: Instant::now(),
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        lock(&s.store).seen.push(record(StatusCode::SERVICE_UNAVAILABLE, None));
-    }
-    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
-        return r;
-    }
-    if let Some(Fault::Status(code, retry_after)) = fault {
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let struck = |struck| {
+        let status = match struck {
+            Struck::Unanswered => StatusCode::SERVICE_UNAVAILABLE,
+            Struck::Status(status) => status,
+        };
         lock(&s.store).seen.push(record(status, None));
-        let mut r = error(status, "Injected failure");
-        if let Some(secs) = retry_after {
-            r.headers_mut().insert("retry-after", secs.into());
-        }
+    };
+    if let Some(r) = s.faults.before(&fault, struck, |status| error(status, "Injected failure")).await {
         return r;
     }
     let bearer =
@@ -278,7 +255,7 @@ async fn refund(
             }
         }
     };
-    super::server::finish(&s.release, fault, response).await
+    s.faults.after(fault, response).await
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 //! pages (required fields, auth headers, error bodies) and can be told to misbehave the way real
 //! networks do.
 
+pub mod core;
 pub mod finalpos;
 pub mod gateway;
 pub mod olive;
 pub mod server;
 
+pub use self::core::{Core, Fault, FaultMix};
 pub use finalpos::FinalPosSandbox;
 pub use gateway::GatewaySandbox;
 pub use olive::OliveSandbox;
-pub use server::{Fault, FaultMix};

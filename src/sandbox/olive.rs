@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use crate::lock::lock;
 
-use super::server::{Fault, FaultMix, Faults, Switchable};
+use super::core::{Core, Fault, Injector, Struck};
 
 /// How far a signed timestamp may be from the server's clock.
 pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -66,8 +66,7 @@ struct Shared {
     api_key_id: String,
     secret: Arc<Vec<u8>>,
     store: Arc<Mutex<Store>>,
-    faults: Faults,
-    release: Arc<tokio::sync::Notify>,
+    faults: Injector,
     /// The server's clock minus the real time, in seconds.
     clock_offset_secs: Arc<AtomicI64>,
     /// When set, the key may authenticate but not refund (403).
@@ -89,7 +88,7 @@ impl Shared {
 /// A running Olive sandbox.
 #[derive(Debug)]
 pub struct OliveSandbox {
-    server: Switchable,
+    core: Core,
     shared: Shared,
 }
 
@@ -101,8 +100,7 @@ impl OliveSandbox {
             api_key_id: api_key_id.to_string(),
             secret: Arc::new(secret.to_vec()),
             store: Arc::default(),
-            faults: Faults::default(),
-            release: Arc::default(),
+            faults: Injector::default(),
             clock_offset_secs: Arc::default(),
             forbidden: Arc::default(),
         };
@@ -110,30 +108,8 @@ impl OliveSandbox {
             .route("/api/v1/pos/refund", post(refund))
             .layer(axum::middleware::map_response_with_state(shared.clone(), stamp_date))
             .with_state(shared.clone());
-        let server = Switchable::start(app, shared.release.clone()).await?;
-        Ok(OliveSandbox { server, shared })
-    }
-
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    pub async fn go_offline(&self) {
-        self.server.go_offline().await
-    }
-
-    pub async fn go_online(&self) -> std::io::Result<()> {
-        self.server.go_online().await
-    }
-
-    /// Queues `fault` for the next `times` requests.
-    pub fn inject(&self, fault: Fault, times: usize) {
-        self.shared.faults.push(fault, times)
-    }
-
-    /// Strikes requests at random with `mix` from now on (reproducibly for `seed`); `None` stops.
-    pub fn inject_randomly(&self, seed: u64, mix: Option<FaultMix>) {
-        self.shared.faults.randomly(seed, mix)
+        let core = Core::start(app, &shared.faults).await?;
+        Ok(OliveSandbox { core, shared })
     }
 
     /// Registers an original transaction that may be refunded up to `captured`.
@@ -167,6 +143,16 @@ impl OliveSandbox {
     /// Every request that reached the handler.
     pub fn seen(&self) -> Vec<Seen> {
         lock(&self.shared.store).seen.clone()
+    }
+}
+
+/// The controls every sandbox shares (`url`, `go_offline`, `go_online`, `inject`, …) live in
+/// the one sandbox core.
+impl std::ops::Deref for OliveSandbox {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
@@ -298,19 +284,15 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
         at: Instant::now(),
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
-        lock(&s.store).seen.push(record(StatusCode::SERVICE_UNAVAILABLE, Some("UNANSWERED")));
-    }
-    if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
-        return r;
-    }
-    if let Some(Fault::Status(code, retry_after)) = fault {
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        lock(&s.store).seen.push(record(status, Some("INJECTED")));
-        let mut r = error(status, "INJECTED", "Injected failure");
-        if let Some(secs) = retry_after {
-            r.headers_mut().insert("retry-after", secs.into());
-        }
+    let struck = |struck| {
+        let (status, code) = match struck {
+            Struck::Unanswered => (StatusCode::SERVICE_UNAVAILABLE, "UNANSWERED"),
+            Struck::Status(status) => (status, "INJECTED"),
+        };
+        lock(&s.store).seen.push(record(status, Some(code)));
+    };
+    let injected = |status| error(status, "INJECTED", "Injected failure");
+    if let Some(r) = s.faults.before(&fault, struck, injected).await {
         return r;
     }
     let checked = authenticate(&s, uri.path(), &headers, &body).and_then(|()| {
@@ -336,7 +318,7 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
             }
         }
     };
-    super::server::finish(&s.release, fault, response).await
+    s.faults.after(fault, response).await
 }
 
 #[cfg(test)]
