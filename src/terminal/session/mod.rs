@@ -278,5 +278,4 @@ fn sale_input(r: ReceiptEvent) -> SaleInput {
 }
 
 #[cfg(test)]
-#[path = "session_tests.rs"]
 mod tests;
