@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
 use common::*;
-use refund_agent::control::server::StatusBody;
+use refund_agent::control::api::StatusBody;
 use refund_agent::queue::RefundView;
 use refund_agent::sandbox::{Fault, FinalPosSandbox};
 

@@ -1,6 +1,6 @@
 //! Human-readable printing of API answers.
 
-use crate::control::server::StatusBody;
+use crate::control::api::StatusBody;
 use crate::queue::RefundView;
 
 /// One line per refund.

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::server::StatusBody;
+use super::api::StatusBody;
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -168,7 +168,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use super::*;
-    use crate::control::server::DestinationHealthBody;
+    use crate::control::api::DestinationHealthBody;
     use crate::queue::QueueStatus;
 
     fn status() -> StatusBody {

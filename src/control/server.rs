@@ -15,17 +15,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
-use super::ApiError;
+use super::api::{ApiError, DestinationHealthBody, StatusBody};
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
-use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState, Resolution};
+use crate::queue::{QueueError, QueueHandle, RefundState, Resolution};
 use crate::refund::{RefundDraft, RejectCode, Rejection};
 use crate::sale::SaleInput;
-use crate::sync::{DestinationHealth, Health};
+use crate::sync::Health;
 
 /// The largest request body accepted; a refund or a receipt is a few KiB.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -277,41 +277,6 @@ async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response,
     let added = s.queue.add_sale(input).await??;
     let status = if added.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(added.sale)).into_response())
-}
-
-/// The body of `GET /v1/status`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StatusBody {
-    pub version: String,
-    pub terminal_id: String,
-    pub uptime_s: u64,
-    pub queue: QueueStatus,
-    pub destinations: HashMap<String, DestinationHealthBody>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal: Option<crate::terminal::device::TerminalStatus>,
-}
-
-/// A destination's health as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DestinationHealthBody {
-    pub connectivity: String,
-    pub last_success_at: Option<String>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u64,
-    /// The destination's clock minus ours, from its `Date` headers.
-    pub clock_offset_ms: Option<i64>,
-}
-
-impl From<DestinationHealth> for DestinationHealthBody {
-    fn from(h: DestinationHealth) -> Self {
-        DestinationHealthBody {
-            connectivity: h.connectivity,
-            last_success_at: h.last_success_at,
-            last_error: h.last_error,
-            consecutive_failures: h.consecutive_failures,
-            clock_offset_ms: None,
-        }
-    }
 }
 
 async fn status(State(s): State<AppState>) -> Result<Response, Failure> {
