@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::queue::QueueStatus;
-use crate::sync::DestinationHealth;
+use crate::sync::{Connectivity, DestinationHealth};
 
 /// The body of every error answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,7 +30,7 @@ pub struct StatusBody {
 /// A destination's health as the API shows it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DestinationHealthBody {
-    pub connectivity: String,
+    pub connectivity: Connectivity,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_failures: u64,

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 
 use super::api::StatusBody;
+use crate::sync::Connectivity;
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -75,7 +76,7 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
         "1 when the destination's last request got an answer, 0 when it failed or none was made yet.",
     );
     for (name, health) in &destinations {
-        let up = if health.connectivity == "reachable" { 1.0 } else { 0.0 };
+        let up = if health.connectivity == Connectivity::Reachable { 1.0 } else { 0.0 };
         out.sample("refund_agent_destination_up", &[("destination", name)], up);
     }
     out.header(
@@ -185,7 +186,7 @@ mod tests {
         destinations.insert(
             "finalpos".to_string(),
             DestinationHealthBody {
-                connectivity: "reachable".into(),
+                connectivity: Connectivity::Reachable,
                 last_success_at: None,
                 last_error: None,
                 consecutive_failures: 0,
@@ -195,7 +196,7 @@ mod tests {
         destinations.insert(
             "gate\"way".to_string(),
             DestinationHealthBody {
-                connectivity: "unknown".into(),
+                connectivity: Connectivity::Unknown,
                 last_success_at: None,
                 last_error: None,
                 consecutive_failures: 0,

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use super::connectivity::Connectivity;
 use super::decide::{backoff, decide};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SyncSettings;
@@ -52,7 +53,7 @@ const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct DestinationHealth {
     /// `unknown` until the first request, then `reachable` or `unreachable`.
-    pub connectivity: String,
+    pub connectivity: Connectivity,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_failures: u64,
@@ -90,7 +91,7 @@ impl Worker {
             let mut h = lock(&self.health);
             for name in self.connectors.keys() {
                 h.entry(name.clone()).or_insert_with(|| DestinationHealth {
-                    connectivity: "unknown".into(),
+                    connectivity: Connectivity::Unknown,
                     ..Default::default()
                 });
             }
@@ -300,9 +301,11 @@ impl Worker {
         };
         match attempt {
             Attempt::Unreachable(error) | Attempt::Transient { error, .. } | Attempt::Ambiguous(error) => {
-                h.connectivity =
-                    if matches!(attempt, Attempt::Transient { .. }) { "reachable" } else { "unreachable" }
-                        .into();
+                h.connectivity = if matches!(attempt, Attempt::Transient { .. }) {
+                    Connectivity::Reachable
+                } else {
+                    Connectivity::Unreachable
+                };
                 h.consecutive_failures += 1;
                 h.last_error = Some(error.clone());
                 if let Some(until) = retry_at {
@@ -314,7 +317,7 @@ impl Worker {
             | Attempt::Failed(_)
             | Attempt::Delivered { .. }
             | Attempt::Progress { .. } => {
-                h.connectivity = "reachable".into();
+                h.connectivity = Connectivity::Reachable;
                 h.consecutive_failures = 0;
                 h.hold_until = None;
                 h.probe = false;
