@@ -6,39 +6,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::{parse_non_negative, AmountError, Currency};
 
-/// A sale as it arrives from outside (terminal event or control API): amounts still strings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// A receipt as given, by the terminal's `receipt` event or `POST /v1/receipts`: amounts still
+/// strings. Absent options are omitted when it is written back out.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SaleInput {
     pub receipt_id: String,
     pub transaction_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     pub currency: String,
     pub total: String,
     pub subtotal: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discount: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor_payment_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_pan: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captured_at: Option<String>,
     #[serde(default)]
     pub items: Vec<LineItemInput>,
 }
 
 /// One line of a sale as it arrives from outside.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemInput {
     pub name: String,
@@ -47,7 +48,7 @@ pub struct LineItemInput {
     pub total: String,
     pub product_id: String,
     pub variant_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
 }
 

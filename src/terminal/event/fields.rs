@@ -6,7 +6,8 @@
 use serde_json::{Map, Value};
 
 use super::super::pci;
-use super::{EventError, ReceiptEvent, ReceiptItem, TerminalEvent};
+use super::{EventError, TerminalEvent};
+use crate::sale::{LineItemInput, SaleInput};
 
 /// Longest event type echoed in an `unknown_type` error, so a hostile terminal cannot make the
 /// daemon log or reply with kilobytes of its own text.
@@ -56,8 +57,8 @@ pub(super) fn event_from_object(map: &Map<String, Value>) -> Result<TerminalEven
     }
 }
 
-fn receipt(f: &Fields<'_>) -> Result<ReceiptEvent, EventError> {
-    Ok(ReceiptEvent {
+fn receipt(f: &Fields<'_>) -> Result<SaleInput, EventError> {
+    Ok(SaleInput {
         receipt_id: f.required("receipt_id")?,
         transaction_id: f.required("transaction_id")?,
         order_id: f.optional("order_id")?,
@@ -76,7 +77,7 @@ fn receipt(f: &Fields<'_>) -> Result<ReceiptEvent, EventError> {
     })
 }
 
-fn items(f: &Fields<'_>) -> Result<Vec<ReceiptItem>, EventError> {
+fn items(f: &Fields<'_>) -> Result<Vec<LineItemInput>, EventError> {
     let list = match f.get("items") {
         None => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
@@ -90,7 +91,7 @@ fn items(f: &Fields<'_>) -> Result<Vec<ReceiptItem>, EventError> {
                 return Err(EventError::InvalidField { field: name, reason: "expected an object" });
             };
             let item = Fields { map, prefix: Some(name) };
-            Ok(ReceiptItem {
+            Ok(LineItemInput {
                 name: item.required("name")?,
                 quantity: item.quantity("quantity")?,
                 price: item.amount("price")?,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::pci;
+use crate::sale::SaleInput;
 
 pub use self::reply::Reply;
 pub use self::scan::{scan_event, MAX_SCAN_LEN};
@@ -29,7 +30,7 @@ pub use self::scan::{scan_event, MAX_SCAN_LEN};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TerminalEvent {
     /// A receipt the terminal printed or looked up, with its payment details.
-    Receipt(ReceiptEvent),
+    Receipt(SaleInput),
     /// The cashier scanned a receipt barcode.
     ReceiptScan { receipt_id: String },
     /// A card was presented; only its masked PAN ever reaches this type.
@@ -60,50 +61,6 @@ pub enum TerminalEvent {
     },
     /// The cashier cancelled the current operation.
     Cancel,
-}
-
-/// A receipt as reported by the terminal. Amounts are decimal strings, parsed by the domain layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiptEvent {
-    pub receipt_id: String,
-    pub transaction_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    pub currency: String,
-    pub total: String,
-    pub subtotal: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tax: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discount: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payment_method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub processor: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub processor_payment_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub masked_pan: Option<String>,
-    /// RFC 3339 timestamp as sent; kept as text because the domain layer owns time parsing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub captured_at: Option<String>,
-    #[serde(default)]
-    pub items: Vec<ReceiptItem>,
-}
-
-/// One line of a receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiptItem {
-    pub name: String,
-    pub quantity: u32,
-    pub price: String,
-    pub total: String,
-    pub product_id: String,
-    pub variant_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sku: Option<String>,
 }
 
 /// A parsed event with the terminal's optional sequence number, echoed back in the reply.

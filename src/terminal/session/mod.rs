@@ -25,9 +25,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::event::{Inbound, ReceiptEvent, Reply, TerminalEvent};
+use super::event::{Inbound, Reply, TerminalEvent};
 use crate::refund::RefundDraft;
-use crate::sale::{LineItemInput, SaleInput};
+use crate::sale::SaleInput;
 
 /// How long a half-finished session survives without activity when config does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -123,7 +123,7 @@ impl Session {
         self.expire(now);
         let seq = inbound.seq;
         match inbound.event {
-            TerminalEvent::Receipt(receipt) => Action::AddSale { seq, sale: Box::new(sale_input(receipt)) },
+            TerminalEvent::Receipt(receipt) => Action::AddSale { seq, sale: Box::new(receipt) },
             TerminalEvent::ReceiptScan { receipt_id } => {
                 let masked_pan = match &mut self.state {
                     State::Open { receipt_id: Some(open), masked_pan, .. } if *open == receipt_id => {
@@ -242,39 +242,6 @@ fn request(
 ) -> Action {
     let key = request_id.as_ref().map(|id| format!("terminal:{id}"));
     Action::CreateRefund(Box::new(RefundRequest { seq, draft, key, request_id, event, resend }))
-}
-
-/// A `receipt` event is the ledger's input, field for field.
-fn sale_input(r: ReceiptEvent) -> SaleInput {
-    SaleInput {
-        receipt_id: r.receipt_id,
-        transaction_id: r.transaction_id,
-        order_id: r.order_id,
-        session_id: r.session_id,
-        currency: r.currency,
-        total: r.total,
-        subtotal: r.subtotal,
-        tax: r.tax,
-        discount: r.discount,
-        payment_method: r.payment_method,
-        processor: r.processor,
-        processor_payment_id: r.processor_payment_id,
-        masked_pan: r.masked_pan,
-        captured_at: r.captured_at,
-        items: r
-            .items
-            .into_iter()
-            .map(|i| LineItemInput {
-                name: i.name,
-                quantity: i.quantity,
-                price: i.price,
-                total: i.total,
-                product_id: i.product_id,
-                variant_id: i.variant_id,
-                sku: i.sku,
-            })
-            .collect(),
-    }
 }
 
 #[cfg(test)]
