@@ -99,8 +99,10 @@ pub struct CardRef {
 }
 
 impl CardRef {
-    /// Reduces a masked (or, by mistake, a full) card number to BIN + last 4. Returns `None`
-    /// when fewer than 4 digits end the text, since then nothing identifies the card.
+    /// The one card reducer: a masked (or, by mistake, a full) card number becomes BIN + last 4,
+    /// for the terminal's `masked_pan` check, the ledger's sales and refund validation alike.
+    /// Returns `None` when fewer than 4 digits end the text, since then nothing identifies the
+    /// card.
     pub fn from_pan_text(text: &str) -> Option<CardRef> {
         let chars: Vec<char> = text.trim().chars().collect();
         let tail: String = chars.iter().rev().take(4).rev().collect();

@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::sale::CardRef;
+
 /// Masking characters accepted in an already masked PAN.
 const MASK_CHARS: [char; 5] = ['*', 'x', 'X', '#', '•'];
 
@@ -30,18 +32,16 @@ pub fn mask_pan(digits: &str) -> String {
 ///
 /// Returns `None` unless the text consists only of digits, masking characters (`* x X # •`),
 /// spaces and dashes, and ends in four digits; that doubles as a format check on `masked_pan`.
+/// The digits themselves come from the one card reducer, [`CardRef::from_pan_text`], once the
+/// spaces and dashes that group them are taken out.
 pub fn last4(masked_pan: &str) -> Option<String> {
     let text = masked_pan.trim();
     let allowed = |c: char| c.is_ascii_digit() || MASK_CHARS.contains(&c) || c == ' ' || c == '-';
     if text.is_empty() || !text.chars().all(allowed) {
         return None;
     }
-    let mut tail: Vec<char> = text.chars().rev().filter(|c| !matches!(c, ' ' | '-')).take(4).collect();
-    if tail.len() < 4 || !tail.iter().all(char::is_ascii_digit) {
-        return None;
-    }
-    tail.reverse();
-    Some(tail.into_iter().collect())
+    let ungrouped: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    CardRef::from_pan_text(&ungrouped).map(|card| card.last4)
 }
 
 /// Whether `digits` (ASCII digits only) passes the Luhn checksum used by card numbers.
