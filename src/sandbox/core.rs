@@ -225,3 +225,18 @@ impl Core {
         self.faults.randomly(seed, mix)
     }
 }
+
+/// Gives a sandbox (a struct with a `core: Core` field) the controls every sandbox shares
+/// (`url`, `go_offline`, `go_online`, `inject`, …) straight from its [`Core`].
+macro_rules! reach_core {
+    ($sandbox:ty) => {
+        impl std::ops::Deref for $sandbox {
+            type Target = $crate::sandbox::core::Core;
+
+            fn deref(&self) -> &Self::Target {
+                &self.core
+            }
+        }
+    };
+}
+pub(crate) use reach_core;

@@ -77,15 +77,7 @@ impl FinalPosSandbox {
     }
 }
 
-/// The controls every sandbox shares (`url`, `go_offline`, `go_online`, `inject`, …) live in
-/// the one sandbox core.
-impl std::ops::Deref for FinalPosSandbox {
-    type Target = Core;
-
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+super::core::reach_core!(FinalPosSandbox);
 
 fn error(status: StatusCode, message: &str) -> Response {
     let body = json!({

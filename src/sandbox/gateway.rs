@@ -107,15 +107,7 @@ impl GatewaySandbox {
     }
 }
 
-/// The controls every sandbox shares (`url`, `go_offline`, `go_online`, `inject`, …) live in
-/// the one sandbox core.
-impl std::ops::Deref for GatewaySandbox {
-    type Target = Core;
-
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+super::core::reach_core!(GatewaySandbox);
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "status": status.as_u16(), "message": message }))).into_response()

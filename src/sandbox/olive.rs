@@ -146,15 +146,7 @@ impl OliveSandbox {
     }
 }
 
-/// The controls every sandbox shares (`url`, `go_offline`, `go_online`, `inject`, …) live in
-/// the one sandbox core.
-impl std::ops::Deref for OliveSandbox {
-    type Target = Core;
-
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+super::core::reach_core!(OliveSandbox);
 
 /// Every answer carries the server's (possibly wrong) clock, as real servers do.
 async fn stamp_date(State(s): State<Shared>, mut response: Response) -> Response {
