@@ -102,7 +102,7 @@ async fn through_api(dir: &Path, n: usize, clients: usize, keep_alive: bool) -> 
     for r in 0..RECEIPTS {
         let receipt = format!(
             r#"{{"receipt_id":"R{r}","transaction_id":"T{r}","currency":"USD","total":"1000.00","subtotal":"1000.00",
-            "items":[{{"name":"Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1"}}]}}"#
+            "items":[{{"name":"Tea","quantity":200,"price":"5.00","total":"1000.00","product_id":"p1","variant_id":"v1"}}]}}"#
         );
         let a =
             client.request("POST", "/v1/receipts", Some(receipt.into_bytes()), &[]).await.expect("receipt");

@@ -6,7 +6,7 @@
 //! `REFUND_AGENT__AGENT__STATE_DIR=/tmp/state`. The value is read as TOML when it parses as
 //! one (numbers, booleans, quoted strings), otherwise as a plain string.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -14,10 +14,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::money::{parse_amount, Currency};
+use crate::refund::CurrencyLimits;
 use crate::routing::Route;
 
 /// The default config path.
@@ -127,8 +127,10 @@ fn default_parity() -> String {
     "none".into()
 }
 
+/// `[limits]`. Its amount limits are the default currency's; `[limits.EUR]` and the like hold
+/// another currency's. Any other key is an error naming it (the map catches what the named
+/// fields do not, since `deny_unknown_fields` does not combine with `flatten`).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLimits {
     max_refund: Option<String>,
     max_pending_total: Option<String>,
@@ -136,6 +138,16 @@ struct RawLimits {
     max_pending_age: Option<String>,
     #[serde(default)]
     allow_unlinked: bool,
+    #[serde(flatten)]
+    other: BTreeMap<String, toml::Value>,
+}
+
+/// `[limits.XXX]`: the amount limits of one more currency.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCurrencyLimits {
+    max_refund: Option<String>,
+    max_pending_total: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,8 +211,8 @@ pub struct Config {
     pub socket_group: Option<String>,
     pub tcp: Option<SocketAddr>,
     pub terminal: Option<RawTerminal>,
-    pub max_refund: Option<Decimal>,
-    pub max_pending_total: Option<Decimal>,
+    /// Amount limits per currency; refunds in a currency missing here are refused.
+    pub limits: HashMap<Currency, CurrencyLimits>,
     pub max_queue_len: Option<u64>,
     pub max_pending_age: Option<Duration>,
     pub allow_unlinked: bool,
@@ -334,11 +346,6 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
         .default_currency
         .parse()
         .map_err(|e: crate::money::AmountError| invalid("agent.default_currency", e.to_string()))?;
-    let amount = |key: &str, v: &Option<String>| -> Result<Option<Decimal>, ConfigError> {
-        v.as_deref()
-            .map(|t| parse_amount(t, default_currency).map_err(|e| invalid(key, e.to_string())))
-            .transpose()
-    };
     let tcp = raw
         .control
         .tcp
@@ -426,8 +433,7 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
         socket_group: raw.control.socket_group,
         tcp,
         terminal: raw.terminal,
-        max_refund: amount("limits.max_refund", &raw.limits.max_refund)?,
-        max_pending_total: amount("limits.max_pending_total", &raw.limits.max_pending_total)?,
+        limits: currency_limits(&raw.limits, default_currency)?,
         max_queue_len: raw.limits.max_queue_len,
         max_pending_age: raw
             .limits
@@ -440,6 +446,59 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
         destinations,
         routes: raw.routes,
     })
+}
+
+/// The amount limits of every currency refunds may be made in: the top-level values for the
+/// default currency, and one `[limits.XXX]` table per other currency.
+fn currency_limits(
+    raw: &RawLimits,
+    default: Currency,
+) -> Result<HashMap<Currency, CurrencyLimits>, ConfigError> {
+    let parse = |key: String, text: &Option<String>, currency: Currency| {
+        text.as_deref()
+            .map(|t| parse_amount(t, currency).map_err(|e| invalid(key, e.to_string())))
+            .transpose()
+    };
+    let mut limits = HashMap::from([(
+        default,
+        CurrencyLimits {
+            max_refund: parse("limits.max_refund".into(), &raw.max_refund, default)?,
+            max_pending_total: parse("limits.max_pending_total".into(), &raw.max_pending_total, default)?,
+        },
+    )]);
+    for (key, value) in &raw.other {
+        let unknown = || {
+            invalid(
+                format!("limits.{key}"),
+                "unknown key (expected max_refund, max_pending_total, max_queue_len, max_pending_age, \
+                 allow_unlinked, or a [limits.XXX] table for another currency)",
+            )
+        };
+        let currency: Currency = key.parse().map_err(|_| unknown())?;
+        if !value.is_table() {
+            return Err(unknown());
+        }
+        if currency == default {
+            return Err(invalid(
+                format!("limits.{key}"),
+                "is the default currency: its limits are the top-level [limits] values",
+            ));
+        }
+        let table: RawCurrencyLimits = value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(format!("limits.{key}"), e.message().to_string()))?;
+        let entry = CurrencyLimits {
+            max_refund: parse(format!("limits.{key}.max_refund"), &table.max_refund, currency)?,
+            max_pending_total: parse(
+                format!("limits.{key}.max_pending_total"),
+                &table.max_pending_total,
+                currency,
+            )?,
+        };
+        limits.insert(currency, entry);
+    }
+    Ok(limits)
 }
 
 /// Parses `"10s"`, `"5m"`, `"72h"`, `"30d"`.
@@ -513,6 +572,7 @@ pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rust_decimal::Decimal;
 
     const MINIMAL: &str = r#"
         [agent]
@@ -547,6 +607,33 @@ mod tests {
         assert!(err.contains("max_refnd"), "{err}");
         let err = load(&MINIMAL.replace("api_key_file", "api_key_fil")).unwrap_err().to_string();
         assert!(err.contains("api_key_fil"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_per_currency() {
+        let c = load(&format!(
+            "{MINIMAL}\n[limits]\nmax_refund = \"500.00\"\n[limits.EUR]\nmax_refund = \"450.00\"\n[limits.KWD]\nmax_pending_total = \"99.999\""
+        ))
+        .unwrap();
+        let usd: Currency = "USD".parse().unwrap();
+        let eur: Currency = "EUR".parse().unwrap();
+        let kwd: Currency = "KWD".parse().unwrap();
+        assert_eq!(c.limits[&usd].max_refund, Some(Decimal::new(50000, 2)));
+        assert_eq!(c.limits[&eur].max_refund, Some(Decimal::new(45000, 2)));
+        assert_eq!(
+            c.limits[&kwd],
+            CurrencyLimits { max_refund: None, max_pending_total: Some(Decimal::new(99999, 3)) }
+        );
+        assert_eq!(c.limits.len(), 3);
+        // Amounts are checked against their own currency's minor units.
+        let err = load(&format!("{MINIMAL}\n[limits.JPY]\nmax_refund = \"1.50\"")).unwrap_err().to_string();
+        assert!(err.contains("limits.JPY.max_refund"), "{err}");
+        let err = load(&format!("{MINIMAL}\n[limits.EUR]\nmax_refnd = \"1\"")).unwrap_err().to_string();
+        assert!(err.contains("max_refnd"), "{err}");
+        let err = load(&format!("{MINIMAL}\n[limits.USD]\nmax_refund = \"1\"")).unwrap_err().to_string();
+        assert!(err.contains("limits.USD") && err.contains("default currency"), "{err}");
+        let err = load(&format!("{MINIMAL}\n[limits.XYZ]\nmax_refund = \"1\"")).unwrap_err().to_string();
+        assert!(err.contains("limits.XYZ"), "{err}");
     }
 
     #[test]

@@ -56,8 +56,7 @@ pub fn queue_settings(config: &Config) -> QueueSettings {
         policy: Policy {
             terminal_id: config.terminal_id.clone(),
             default_currency: config.default_currency,
-            max_refund: config.max_refund,
-            max_pending_total: config.max_pending_total,
+            limits: config.limits.clone(),
             max_queue_len: config.max_queue_len,
             allow_unlinked: config.allow_unlinked,
         },

@@ -81,7 +81,15 @@ pub async fn run() -> Result<()> {
     post(
         &client,
         "/v1/receipts",
-        sale("RCP-2025-001", "txn_123", "100.00", "90.00", "gateway", "882"),
+        sale(
+            ("RCP-2025-001", "txn_123"),
+            ("100.00", "90.00", "10.00"),
+            ("gateway", "882"),
+            json!([
+                item("Sweet Tea", 2, "5.00", "10.00", "p1"),
+                item("Coffee Grinder", 1, "90.00", "90.00", "p2")
+            ]),
+        ),
         &[],
         201,
     )
@@ -89,7 +97,12 @@ pub async fn run() -> Result<()> {
     post(
         &client,
         "/v1/receipts",
-        sale("RCP-2025-002", "txn_olive_9", "40.00", "40.00", "olive", "o-1"),
+        sale(
+            ("RCP-2025-002", "txn_olive_9"),
+            ("40.00", "40.00", "0.00"),
+            ("olive", "o-1"),
+            json!([item("Picnic Basket", 1, "40.00", "40.00", "p3")]),
+        ),
         &[],
         201,
     )
@@ -212,15 +225,20 @@ pub async fn run() -> Result<()> {
     Ok(())
 }
 
-fn sale(receipt: &str, txn: &str, total: &str, subtotal: &str, processor: &str, payment: &str) -> Value {
+/// A receipt that adds up: `(total, subtotal, tax)` with items whose totals sum to the total.
+fn sale(ids: (&str, &str), amounts: (&str, &str, &str), payment: (&str, &str), items: Value) -> Value {
+    let ((receipt, txn), (total, subtotal, tax), (processor, payment_id)) = (ids, amounts, payment);
     json!({
         "receipt_id": receipt, "transaction_id": txn, "order_id": "507f1f77bcf86cd799439013",
         "session_id": "507f1f77bcf86cd799439012", "currency": "USD", "total": total, "subtotal": subtotal,
-        "payment_method": "credit_card", "processor": processor, "processor_payment_id": payment,
-        "masked_pan": "530957******2257", "captured_at": "2026-11-20T10:15:00Z",
-        "items": [{"name": "Sweet Tea", "quantity": 1, "price": "5.00", "total": "5.00",
-                   "product_id": "p1", "variant_id": "v1", "sku": "SKU-001"}]
+        "tax": tax, "payment_method": "credit_card", "processor": processor, "processor_payment_id": payment_id,
+        "masked_pan": "530957******2257", "captured_at": "2026-11-20T10:15:00Z", "items": items
     })
+}
+
+fn item(name: &str, quantity: u32, price: &str, total: &str, product: &str) -> Value {
+    json!({"name": name, "quantity": quantity, "price": price, "total": total,
+           "product_id": product, "variant_id": format!("{product}-v"), "sku": format!("SKU-{product}")})
 }
 
 fn refund(receipt: &str, amount: &str) -> Value {

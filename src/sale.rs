@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::{parse_non_negative, AmountError, Currency};
+use crate::text::{self, TextError};
 
 /// A receipt as given, by the terminal's `receipt` event or `POST /v1/receipts`: amounts still
 /// strings. Absent options are omitted when it is written back out.
@@ -130,17 +131,24 @@ pub enum SaleError {
     Empty(&'static str),
     #[error("field `{field}`: {source}")]
     Amount { field: &'static str, source: AmountError },
-    #[error("subtotal {subtotal} is larger than total {total}")]
-    SubtotalAboveTotal { subtotal: String, total: String },
     #[error("field `masked_pan` must end with the card's last 4 digits")]
     BadCard,
+    /// The receipt's numbers do not add up (SPEC section 5): refused as `inconsistent_receipt`,
+    /// since refunds validated against it would be wrong in every later step.
+    #[error("the receipt does not add up: {0}")]
+    Inconsistent(String),
+    #[error(transparent)]
+    Text(#[from] TextError),
 }
 
 impl Sale {
-    /// Validates a sale from outside and reduces its card data.
+    /// Validates a sale from outside and reduces its card data. Its amounts are after
+    /// discounts: each item's `total` is what the customer paid for that line, tax included;
+    /// the items' totals add up to the `total`, and `subtotal` (net) + `tax` = `total`.
     pub fn from_input(input: SaleInput) -> Result<Sale, SaleError> {
         require("receipt_id", &input.receipt_id)?;
         require("transaction_id", &input.transaction_id)?;
+        check_texts(&input)?;
         let currency: Currency =
             input.currency.parse().map_err(|source| SaleError::Amount { field: "currency", source })?;
         let amount = |field: &'static str, text: &str| {
@@ -148,9 +156,6 @@ impl Sale {
         };
         let total = amount("total", &input.total)?;
         let subtotal = amount("subtotal", &input.subtotal)?;
-        if subtotal > total && input.discount.is_none() {
-            return Err(SaleError::SubtotalAboveTotal { subtotal: input.subtotal, total: input.total });
-        }
         let tax = input.tax.as_deref().map(|t| amount("tax", t)).transpose()?;
         let discount = input.discount.as_deref().map(|d| amount("discount", d)).transpose()?;
         let card = match input.masked_pan.as_deref().map(str::trim) {
@@ -171,6 +176,17 @@ impl Sale {
                 sku: item.sku,
             });
         }
+        let captured_at = non_empty(input.captured_at);
+        check_sums(currency, total, subtotal, tax, &items)?;
+        if let Some(at) = &captured_at {
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
+                |_| {
+                    SaleError::Inconsistent(format!(
+                        "`captured_at` {at:?} is not an RFC 3339 time such as 2026-11-20T10:15:00Z"
+                    ))
+                },
+            )?;
+        }
         Ok(Sale {
             receipt_id: input.receipt_id,
             transaction_id: input.transaction_id,
@@ -185,10 +201,78 @@ impl Sale {
             processor: non_empty(input.processor),
             processor_payment_id: non_empty(input.processor_payment_id),
             card,
-            captured_at: non_empty(input.captured_at),
+            captured_at,
             items,
         })
     }
+}
+
+/// Refuses control and bidirectional-override characters in every text field of a receipt.
+fn check_texts(input: &SaleInput) -> Result<(), TextError> {
+    let optional = [
+        ("order_id", &input.order_id),
+        ("session_id", &input.session_id),
+        ("payment_method", &input.payment_method),
+        ("processor", &input.processor),
+        ("processor_payment_id", &input.processor_payment_id),
+        ("masked_pan", &input.masked_pan),
+        ("captured_at", &input.captured_at),
+    ];
+    text::check("receipt_id", &input.receipt_id)?;
+    text::check("transaction_id", &input.transaction_id)?;
+    for (field, value) in optional {
+        if let Some(value) = value {
+            text::check(field, value)?;
+        }
+    }
+    for item in &input.items {
+        text::check("items.name", &item.name)?;
+        text::check("items.product_id", &item.product_id)?;
+        text::check("items.variant_id", &item.variant_id)?;
+        if let Some(sku) = &item.sku {
+            text::check("items.sku", sku)?;
+        }
+    }
+    Ok(())
+}
+
+/// The receipt's own arithmetic: a positive total, `subtotal + tax = total` (no tax given counts
+/// as none), and, where items are listed, their totals summing to the total with no empty line.
+fn check_sums(
+    currency: Currency,
+    total: Decimal,
+    subtotal: Decimal,
+    tax: Option<Decimal>,
+    items: &[LineItem],
+) -> Result<(), SaleError> {
+    let f = |d: Decimal| currency.format(d);
+    if total <= Decimal::ZERO {
+        return Err(SaleError::Inconsistent(format!("the total {} must be greater than zero", f(total))));
+    }
+    let tax = tax.unwrap_or(Decimal::ZERO);
+    if subtotal + tax != total {
+        return Err(SaleError::Inconsistent(format!(
+            "subtotal {} + tax {} is {}, not the total {}",
+            f(subtotal),
+            f(tax),
+            f(subtotal + tax),
+            f(total)
+        )));
+    }
+    if let Some(position) = items.iter().position(|i| i.quantity == 0) {
+        return Err(SaleError::Inconsistent(format!("item {} has a quantity of 0", position + 1)));
+    }
+    if !items.is_empty() {
+        let sum: Decimal = items.iter().map(|i| i.total).sum();
+        if sum != total {
+            return Err(SaleError::Inconsistent(format!(
+                "the items add up to {}, not the total {}",
+                f(sum),
+                f(total)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn require(field: &'static str, value: &str) -> Result<(), SaleError> {
@@ -206,14 +290,16 @@ fn non_empty(value: Option<String>) -> Option<String> {
 pub(crate) mod tests {
     use super::*;
 
-    /// The receipt of SPEC section 3, used across the crate's unit tests.
+    /// The receipt of SPEC section 3 with items that add up to its total, used across the
+    /// crate's unit tests.
     pub(crate) fn example_input() -> SaleInput {
         serde_json::from_str(
             r#"{"receipt_id":"RCP-2025-001","transaction_id":"txn_123","order_id":"507f1f77bcf86cd799439013",
             "session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00",
             "discount":"0.00","payment_method":"credit_card","processor":"gateway","processor_payment_id":"882",
             "masked_pan":"530957******2257","captured_at":"2026-11-20T10:15:00Z",
-            "items":[{"name":"Sweet Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"}]}"#,
+            "items":[{"name":"Sweet Tea","quantity":2,"price":"5.00","total":"10.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"},
+            {"name":"Coffee Grinder","quantity":1,"price":"90.00","total":"90.00","product_id":"p2","variant_id":"v2","sku":"SKU-002"}]}"#,
         )
         .expect("the example receipt parses")
     }
@@ -249,5 +335,61 @@ pub(crate) mod tests {
         let mut input = example_input();
         input.receipt_id = " ".into();
         assert_eq!(Sale::from_input(input).unwrap_err(), SaleError::Empty("receipt_id"));
+    }
+
+    fn inconsistent(input: SaleInput) -> String {
+        match Sale::from_input(input) {
+            Err(SaleError::Inconsistent(why)) => why,
+            other => panic!("expected an inconsistent receipt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn receipts_that_do_not_add_up_are_refused() {
+        let mut input = example_input();
+        input.items[1].total = "80.00".into();
+        assert_eq!(inconsistent(input), "the items add up to 90.00, not the total 100.00");
+        let mut input = example_input();
+        input.tax = Some("9.00".into());
+        assert_eq!(inconsistent(input), "subtotal 90.00 + tax 9.00 is 99.00, not the total 100.00");
+        let mut input = example_input();
+        input.tax = None;
+        assert!(inconsistent(input).contains("not the total 100.00"));
+        let mut input = example_input();
+        input.items.clear();
+        input.total = "0.00".into();
+        input.subtotal = "0".into();
+        input.tax = None;
+        assert_eq!(inconsistent(input), "the total 0.00 must be greater than zero");
+        let mut input = example_input();
+        input.items[0].quantity = 0;
+        assert_eq!(inconsistent(input), "item 1 has a quantity of 0");
+        let mut input = example_input();
+        input.captured_at = Some("yesterday".into());
+        assert!(inconsistent(input).contains("RFC 3339"));
+    }
+
+    #[test]
+    fn a_receipt_without_items_needs_only_its_totals_to_agree() {
+        let mut input = example_input();
+        input.items.clear();
+        assert!(Sale::from_input(input).is_ok());
+    }
+
+    #[test]
+    fn control_characters_in_any_text_field_are_refused() {
+        let fields: [fn(&mut SaleInput, String); 6] = [
+            |i, v| i.receipt_id = v,
+            |i, v| i.transaction_id = v,
+            |i, v| i.order_id = Some(v),
+            |i, v| i.processor_payment_id = Some(v),
+            |i, v| i.items[0].name = v,
+            |i, v| i.items[1].product_id = v,
+        ];
+        for set in fields {
+            let mut input = example_input();
+            set(&mut input, "id\u{202e}x\nforged".into());
+            assert!(matches!(Sale::from_input(input), Err(SaleError::Text(_))));
+        }
     }
 }

@@ -149,7 +149,34 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
              FROM open_totals",
         )?
         .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(Facts { sale, refunded_before, pending_in_currency: minor(pending), queue_len: queue_len as u64 })
+    let (tax_refunded_before, discount_refunded_before) = match &sale {
+        Some(sale) => breakdown_refunded(db, &sale.receipt_id)?,
+        None => (Decimal::ZERO, Decimal::ZERO),
+    };
+    Ok(Facts {
+        sale,
+        refunded_before,
+        tax_refunded_before,
+        discount_refunded_before,
+        pending_in_currency: minor(pending),
+        queue_len: queue_len as u64,
+    })
+}
+
+/// The tax and discount parts of a sale's refunds that still count, summed as decimals.
+fn breakdown_refunded(db: &Db<'_>, receipt_id: &str) -> Result<(Decimal, Decimal), QueueError> {
+    let mut stmt = db.conn.prepare_cached(
+        "SELECT json_extract(body, '$.tax'), json_extract(body, '$.discount') FROM refunds
+         WHERE receipt_id = ?1 AND state NOT IN ('cancelled', 'declined')",
+    )?;
+    let mut rows = stmt.query([receipt_id])?;
+    let (mut tax, mut discount) = (Decimal::ZERO, Decimal::ZERO);
+    let parse = |v: Option<String>| v.and_then(|t| t.parse::<Decimal>().ok()).unwrap_or(Decimal::ZERO);
+    while let Some(row) = rows.next()? {
+        tax += parse(row.get(0)?);
+        discount += parse(row.get(1)?);
+    }
+    Ok((tax, discount))
 }
 
 /// A sale registered (or found identical).
@@ -167,6 +194,7 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
         Err(e) => {
             let code = match e {
                 crate::sale::SaleError::Amount { .. } => RejectCode::InvalidAmount,
+                crate::sale::SaleError::Inconsistent(_) => RejectCode::InconsistentReceipt,
                 _ => RejectCode::InvalidRequest,
             };
             return Ok(Err(Rejection::new(code, e.to_string())));

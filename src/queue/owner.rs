@@ -381,8 +381,7 @@ mod tests {
             policy: Policy {
                 terminal_id: "t".into(),
                 default_currency: "USD".parse().expect("a currency"),
-                max_refund: None,
-                max_pending_total: None,
+                limits: crate::refund::CurrencyLimits::only("USD".parse().expect("a currency")),
                 max_queue_len: None,
                 allow_unlinked: false,
             },

@@ -29,8 +29,7 @@ impl Fixture {
             policy: Policy {
                 terminal_id: "t".into(),
                 default_currency: "USD".parse().unwrap(),
-                max_refund: None,
-                max_pending_total: None,
+                limits: crate::refund::CurrencyLimits::only("USD".parse().unwrap()),
                 max_queue_len: None,
                 allow_unlinked: false,
             },

@@ -61,10 +61,12 @@ impl RefundDraft {
             ("operator", Some(self.operator.as_str())),
             ("manager_approval", self.manager_approval.as_deref()),
         ];
-        for (name, value) in texts {
-            if value.is_some_and(|v| v.chars().count() > MAX_TEXT) {
+        for (name, value) in texts.into_iter().chain([("currency", self.currency.as_deref())]) {
+            let Some(value) = value else { continue };
+            if value.chars().count() > MAX_TEXT {
                 return Err(invalid(format!("field `{name}` is longer than {MAX_TEXT} characters")));
             }
+            crate::text::check(name, value).map_err(|e| invalid(e.to_string()))?;
         }
         self.manager_approval = self.manager_approval.filter(|m| !m.trim().is_empty());
         if let Some(pan) = self.masked_pan.take().filter(|p| !p.trim().is_empty()) {
@@ -151,5 +153,22 @@ mod tests {
         let b = RefundDraft { amount: "6.00".into(), ..draft() };
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), draft().fingerprint());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        let set: [fn(&mut RefundDraft); 4] = [
+            |d| d.reason = "ok\nINFO approved by mgr_1".into(),
+            |d| d.operator = "emp\u{202e}24".into(),
+            |d| d.receipt_id = Some("RCP\u{1b}[2J".into()),
+            |d| d.manager_approval = Some("mgr\u{7f}".into()),
+        ];
+        for f in set {
+            let mut d = draft();
+            f(&mut d);
+            let err = d.normalized().unwrap_err();
+            assert_eq!(err.code, RejectCode::InvalidRequest);
+            assert!(err.message.contains("control"), "{}", err.message);
+        }
     }
 }

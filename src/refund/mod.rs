@@ -19,7 +19,7 @@ use crate::sale::Sale;
 
 pub use draft::{RefundDraft, SaleRef};
 pub use rejection::{RejectCode, Rejection};
-pub use validate::{validate, Facts, Policy};
+pub use validate::{validate, CurrencyLimits, Facts, Policy};
 
 /// A refund's id: a UUIDv7, so ids sort by creation time. It is also the refund's idempotency
 /// key at every destination (`externalId`).

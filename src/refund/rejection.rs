@@ -18,6 +18,8 @@ pub enum RejectCode {
     QueueFull,
     IdempotencyKeyReused,
     NoRoute,
+    InconsistentReceipt,
+    NoLimitsForCurrency,
 }
 
 impl RejectCode {
@@ -35,6 +37,8 @@ impl RejectCode {
             RejectCode::QueueFull => "queue_full",
             RejectCode::IdempotencyKeyReused => "idempotency_key_reused",
             RejectCode::NoRoute => "no_route",
+            RejectCode::InconsistentReceipt => "inconsistent_receipt",
+            RejectCode::NoLimitsForCurrency => "no_limits_for_currency",
         }
     }
 }

@@ -2,6 +2,8 @@
 //! write transaction that will store the refund (so no two refunds can both pass a limit that
 //! only one of them fits under).
 
+use std::collections::HashMap;
+
 use rust_decimal::Decimal;
 
 use super::draft::RefundDraft;
@@ -15,12 +17,21 @@ use crate::sale::{CardRef, Sale};
 pub struct Policy {
     pub terminal_id: String,
     pub default_currency: Currency,
-    /// Above this a manager approval is required.
-    pub max_refund: Option<Decimal>,
-    /// The most that may be undelivered at once, per currency (the exposure cap).
-    pub max_pending_total: Option<Decimal>,
+    /// The amount limits of each currency refunds may be made in (`[limits]` for the default
+    /// currency, `[limits.EUR]` for others). A currency missing here is refused, never compared
+    /// against another currency's numbers.
+    pub limits: HashMap<Currency, CurrencyLimits>,
     pub max_queue_len: Option<u64>,
     pub allow_unlinked: bool,
+}
+
+/// The amount limits of one currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CurrencyLimits {
+    /// Above this a manager approval is required.
+    pub max_refund: Option<Decimal>,
+    /// The most that may be undelivered at once (the exposure cap).
+    pub max_pending_total: Option<Decimal>,
 }
 
 /// What the queue knows at the moment of the refund.
@@ -30,6 +41,9 @@ pub struct Facts {
     pub sale: Option<Sale>,
     /// The sum of the sale's earlier refunds that still count (not cancelled or declined).
     pub refunded_before: Decimal,
+    /// The parts of those refunds given as tax and as discount.
+    pub tax_refunded_before: Decimal,
+    pub discount_refunded_before: Decimal,
     /// The undelivered total in the refund's currency (for the exposure cap).
     pub pending_in_currency: Decimal,
     /// Refunds not yet finished (for the queue length cap).
@@ -59,6 +73,12 @@ pub fn validate(
     };
     let tax = breakdown("tax", &draft.tax)?;
     let discount = breakdown("discount", &draft.discount)?;
+    let limits = policy.limits.get(&currency).ok_or_else(|| {
+        reject(
+            RejectCode::NoLimitsForCurrency,
+            format!("no refund limits are configured for {currency} (add a [limits.{currency}] section)"),
+        )
+    })?;
 
     if let (Some(max), Some(len)) = (policy.max_queue_len, Some(facts.queue_len)) {
         if len >= max {
@@ -107,11 +127,15 @@ pub fn validate(
                     ),
                 ));
             }
+            check_breakdown(currency, amount, tax, discount, sale, facts)?;
             Some(refundable - amount)
         }
     };
+    if facts.sale.is_none() {
+        check_breakdown_parts(currency, amount, tax, discount)?;
+    }
 
-    if let Some(max) = policy.max_refund {
+    if let Some(max) = limits.max_refund {
         if amount > max && draft.manager_approval.is_none() {
             return Err(reject(
                 RejectCode::ManagerApprovalRequired,
@@ -119,7 +143,7 @@ pub fn validate(
             ));
         }
     }
-    if let Some(cap) = policy.max_pending_total {
+    if let Some(cap) = limits.max_pending_total {
         if facts.pending_in_currency + amount > cap {
             return Err(reject(
                 RejectCode::ExposureCap,
@@ -173,6 +197,68 @@ fn currency_of(draft: &RefundDraft, sale: Option<&Sale>, default: Currency) -> R
     }
 }
 
+impl CurrencyLimits {
+    /// No amount limits, for `currency` alone.
+    pub fn only(currency: Currency) -> HashMap<Currency, CurrencyLimits> {
+        HashMap::from([(currency, CurrencyLimits::default())])
+    }
+}
+
+/// Tax and discount given with a refund are each at most the refund amount (SPEC section 5).
+fn check_breakdown_parts(
+    currency: Currency,
+    amount: Decimal,
+    tax: Option<Decimal>,
+    discount: Option<Decimal>,
+) -> Result<(), Rejection> {
+    for (field, part) in [("tax", tax), ("discount", discount)] {
+        if let Some(part) = part.filter(|p| *p > amount) {
+            return Err(Rejection::new(
+                RejectCode::InvalidAmount,
+                format!(
+                    "field `{field}`: {} {currency} is more than the refund amount of {} {currency}",
+                    currency.format(part),
+                    currency.format(amount)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A refund's tax and discount may not exceed the refund, nor what of the sale's own tax and
+/// discount earlier refunds left: a back office would refuse such a record forever, after the
+/// money had already moved.
+fn check_breakdown(
+    currency: Currency,
+    amount: Decimal,
+    tax: Option<Decimal>,
+    discount: Option<Decimal>,
+    sale: &Sale,
+    facts: &Facts,
+) -> Result<(), Rejection> {
+    check_breakdown_parts(currency, amount, tax, discount)?;
+    let parts = [
+        ("tax", tax, sale.tax, facts.tax_refunded_before),
+        ("discount", discount, sale.discount, facts.discount_refunded_before),
+    ];
+    for (field, part, of_sale, before) in parts {
+        let Some(part) = part else { continue };
+        let left = (of_sale.unwrap_or(Decimal::ZERO) - before).max(Decimal::ZERO);
+        if part > left {
+            return Err(Rejection::new(
+                RejectCode::InvalidAmount,
+                format!(
+                    "field `{field}`: {} {currency} is more than the {} {currency} of the sale's {field} not yet refunded",
+                    currency.format(part),
+                    currency.format(left)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The card-present check: where the sale names a card and a card was presented, their last 4
 /// digits must match.
 fn check_card(draft: &RefundDraft, sale: &Sale) -> Result<(), Rejection> {
@@ -200,7 +286,7 @@ pub(crate) mod tests {
     /// A refund of `draft` against the example sale, validated without limits: the fixture the
     /// connectors' request-building tests start from.
     pub(crate) fn valid_against_example_sale(draft: RefundDraft) -> ValidRefund {
-        let policy = Policy { max_refund: None, max_pending_total: None, max_queue_len: None, ..policy() };
+        let policy = Policy { limits: usd(None, None), max_queue_len: None, ..policy() };
         let facts = Facts { sale: Some(example_sale()), ..Facts::default() };
         validate(&draft, &facts, &policy, RefundId::new(), 0).expect("the fixture draft is valid")
     }
@@ -216,12 +302,18 @@ pub(crate) mod tests {
         }
     }
 
+    fn usd(
+        max_refund: Option<Decimal>,
+        max_pending_total: Option<Decimal>,
+    ) -> HashMap<Currency, CurrencyLimits> {
+        HashMap::from([("USD".parse().unwrap(), CurrencyLimits { max_refund, max_pending_total })])
+    }
+
     fn policy() -> Policy {
         Policy {
             terminal_id: "till-01".into(),
             default_currency: "USD".parse().unwrap(),
-            max_refund: Some(Decimal::from(50)),
-            max_pending_total: Some(Decimal::from(200)),
+            limits: usd(Some(Decimal::from(50)), Some(Decimal::from(200))),
             max_queue_len: Some(10),
             allow_unlinked: false,
         }
@@ -276,7 +368,7 @@ pub(crate) mod tests {
 
     #[test]
     fn without_breakdown_the_subtotal_caps_the_amount() {
-        let p = Policy { max_refund: None, ..policy() };
+        let p = Policy { limits: usd(None, Some(Decimal::from(200))), ..policy() };
         assert_eq!(code(&draft("95.00"), &facts(), &p), RejectCode::OverSubtotal);
         let with_tax = RefundDraft { tax: Some("5.00".into()), ..draft("95.00") };
         assert!(validate(&with_tax, &facts(), &p, RefundId::new(), 0).is_ok());
@@ -317,5 +409,52 @@ pub(crate) mod tests {
         assert!(validate(&right_card, &facts(), &policy(), RefundId::new(), 0).is_ok());
         let eur = RefundDraft { currency: Some("EUR".into()), ..draft("5") };
         assert_eq!(code(&eur, &facts(), &policy()), RejectCode::CurrencyMismatch);
+    }
+
+    #[test]
+    fn tax_and_discount_are_bounded_by_the_refund_and_the_sale() {
+        let p = Policy { limits: usd(None, None), ..policy() };
+        let with = |amount: &str, tax: Option<&str>, discount: Option<&str>| RefundDraft {
+            tax: tax.map(Into::into),
+            discount: discount.map(Into::into),
+            ..draft(amount)
+        };
+        // More tax than the refund itself: the 1.00 refund with 9.00 tax.
+        let err = validate(&with("1.00", Some("9.00"), None), &facts(), &p, RefundId::new(), 0).unwrap_err();
+        assert_eq!(err.code, RejectCode::InvalidAmount);
+        assert!(err.message.contains("more than the refund amount"), "{}", err.message);
+        // The sale's tax is 10.00 and its discount 0.00.
+        assert_eq!(code(&with("20.00", Some("10.01"), None), &facts(), &p), RejectCode::InvalidAmount);
+        assert!(validate(&with("20.00", Some("10.00"), None), &facts(), &p, RefundId::new(), 0).is_ok());
+        assert_eq!(code(&with("20.00", None, Some("0.01")), &facts(), &p), RejectCode::InvalidAmount);
+        assert!(validate(&with("20.00", Some("0"), Some("0")), &facts(), &p, RefundId::new(), 0).is_ok());
+        // What earlier refunds took of the tax is no longer there.
+        let f = Facts { tax_refunded_before: dec("8.00"), refunded_before: dec("40.00"), ..facts() };
+        let err = validate(&with("20.00", Some("2.01"), None), &f, &p, RefundId::new(), 0).unwrap_err();
+        assert_eq!(
+            err.message,
+            "field `tax`: 2.01 USD is more than the 2.00 USD of the sale's tax not yet refunded"
+        );
+        assert!(validate(&with("20.00", Some("2.00"), None), &f, &p, RefundId::new(), 0).is_ok());
+    }
+
+    #[test]
+    fn limits_are_per_currency() {
+        // A KWD refund must not pass a limit written for USD (499.999 < 500.00).
+        let mut kwd_sale = example_sale();
+        kwd_sale.currency = "KWD".parse().unwrap();
+        let f = Facts { sale: Some(kwd_sale), ..facts() };
+        let p = Policy { limits: usd(Some(dec("500.00")), None), ..policy() };
+        let err = validate(&draft("4.999"), &f, &p, RefundId::new(), 0).unwrap_err();
+        assert_eq!(err.code, RejectCode::NoLimitsForCurrency);
+        assert!(err.message.contains("[limits.KWD]"), "{}", err.message);
+        let mut limits = usd(Some(dec("500.00")), None);
+        limits.insert(
+            "KWD".parse().unwrap(),
+            CurrencyLimits { max_refund: Some(dec("2.000")), max_pending_total: None },
+        );
+        let p = Policy { limits, ..policy() };
+        assert_eq!(code(&draft("4.999"), &f, &p), RejectCode::ManagerApprovalRequired);
+        assert!(validate(&draft("1.999"), &f, &p, RefundId::new(), 0).is_ok());
     }
 }

@@ -27,7 +27,7 @@ pub const RECEIPT: &str = r#"{"receipt_id":"RCP-2025-001","transaction_id":"txn_
  "session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00",
  "discount":"0.00","payment_method":"credit_card","processor":"gateway","processor_payment_id":"882",
  "masked_pan":"530957******2257","captured_at":"2026-11-20T10:15:00Z",
- "items":[{"name":"Sweet Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"}]}"#;
+ "items":[{"name":"Sweet Tea","quantity":2,"price":"5.00","total":"10.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"},{"name":"Coffee Grinder","quantity":1,"price":"90.00","total":"90.00","product_id":"p2","variant_id":"v2","sku":"SKU-002"}]}"#;
 
 /// Polls `check` until it returns `Some`, failing the test after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T

@@ -1,7 +1,7 @@
 use super::*;
 
 const EXAMPLES: [&str; 5] = [
-    r#"{"type":"receipt","receipt_id":"RCP-2025-001","transaction_id":"txn_123","order_id":"507f1f77bcf86cd799439013","session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00","discount":"0.00","payment_method":"credit_card","processor":"gateway","processor_payment_id":"882","masked_pan":"530957******2257","captured_at":"2026-11-20T10:15:00Z","items":[{"name":"Sweet Tea","quantity":1,"price":"5.00","total":"5.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"}]}"#,
+    r#"{"type":"receipt","receipt_id":"RCP-2025-001","transaction_id":"txn_123","order_id":"507f1f77bcf86cd799439013","session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00","discount":"0.00","payment_method":"credit_card","processor":"gateway","processor_payment_id":"882","masked_pan":"530957******2257","captured_at":"2026-11-20T10:15:00Z","items":[{"name":"Sweet Tea","quantity":2,"price":"5.00","total":"10.00","product_id":"p1","variant_id":"v1","sku":"SKU-001"},{"name":"Coffee Grinder","quantity":1,"price":"90.00","total":"90.00","product_id":"p2","variant_id":"v2","sku":"SKU-002"}]}"#,
     r#"{"type":"receipt_scan","receipt_id":"RCP-2025-001"}"#,
     r#"{"type":"card","masked_pan":"530957******2257","expiry":"2030-12","entry_mode":"contactless"}"#,
     r#"{"type":"refund","receipt_id":"RCP-2025-001","amount":"5.00","reason":"Customer returned item","operator":"emp_42"}"#,
@@ -38,8 +38,8 @@ fn receipt_fields() {
     assert_eq!(receipt.total, "100.00");
     assert_eq!(receipt.tax.as_deref(), Some("10.00"));
     assert_eq!(receipt.masked_pan.as_deref(), Some("530957******2257"));
-    assert_eq!(receipt.items.len(), 1);
-    assert_eq!(receipt.items[0].quantity, 1);
+    assert_eq!(receipt.items.len(), 2);
+    assert_eq!(receipt.items[0].quantity, 2);
     assert_eq!(receipt.items[0].sku.as_deref(), Some("SKU-001"));
 }
 
