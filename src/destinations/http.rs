@@ -1,6 +1,8 @@
 //! The HTTP client shared by the connectors: rustls (ring, no OpenSSL), timeouts on connect
 //! and on the whole request, and the sorting of transport errors into "never sent" and "may
-//! have been processed".
+//! have been processed". [`exchange`] is the one way a connector sends a request: send, read
+//! the server's `Date` into the destination's clock offset, classify. [`reach`] is the one way
+//! `doctor` asks whether a destination answers at all.
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
@@ -8,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, DATE, RETRY_AFTER};
 
 use crate::config::SyncSettings;
+use crate::destinations::clock::ClockOffset;
+use crate::destinations::Attempt;
 
 /// The longest `Retry-After` honoured; a broken header must not park a refund for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -58,6 +62,41 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, SendErro
         // The status line arrived, so the server decided; only its details were lost.
         Err(e) => Ok(Response { status, retry_after, date, body: format!("(body unreadable: {e})") }),
     }
+}
+
+/// Sends a connector's request and classifies the answer: the tail every connector shares.
+/// An answer's `Date` updates the destination's clock offset before `classify` reads it; a
+/// request that never left is `Unreachable`, one whose answer was lost is `Ambiguous`.
+pub async fn exchange(
+    request: reqwest::RequestBuilder,
+    clock: &ClockOffset,
+    classify: impl FnOnce(&Response) -> Attempt,
+) -> Attempt {
+    match send(request).await {
+        Ok(r) => {
+            if let Some(date) = r.date {
+                clock.observe(date, crate::clock::now_ms());
+            }
+            classify(&r)
+        }
+        Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
+        Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
+    }
+}
+
+/// What a destination answered to a reachability check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reached {
+    pub status: u16,
+    /// The server's `Date` header, for a clock check.
+    pub date: Option<SystemTime>,
+}
+
+/// One `HEAD` to `url`: DNS, TCP and TLS in one go. Any HTTP answer, even 404 or 405, proves
+/// the path works; the error (with its causes) says why no answer came.
+pub async fn reach(client: &reqwest::Client, url: &reqwest::Url) -> Result<Reached, String> {
+    let answer = client.head(url.clone()).send().await.map_err(|e| error_chain(&e))?;
+    Ok(Reached { status: answer.status().as_u16(), date: date(answer.headers()) })
 }
 
 fn classify_error(e: reqwest::Error) -> SendError {

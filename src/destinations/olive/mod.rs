@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Secret;
 use crate::destinations::clock::{self, ClockOffset};
-use crate::destinations::http::{self, SendError};
+use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 use crate::refund::ValidRefund;
@@ -115,17 +115,13 @@ impl Olive {
             .header("X-Signature", signature)
             .header("content-type", "application/json")
             .body(body);
-        match http::send(builder).await {
-            Ok(r) => {
-                let skew_ms = r.date.map(|date| {
-                    self.clock.observe(date, crate::clock::now_ms());
-                    clock::measure_ms(date, signed_ms)
-                });
-                classify::classify(r.status, &r.body, r.retry_after, skew_ms)
-            }
-            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
-            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
-        }
+        http::exchange(builder, &self.clock, |r| {
+            // How far Olive's clock is from the time this request was signed with: it tells a
+            // stale signature from wrong credentials.
+            let skew_ms = r.date.map(|date| clock::measure_ms(date, signed_ms));
+            classify::classify(r.status, &r.body, r.retry_after, skew_ms)
+        })
+        .await
     }
 }
 
