@@ -66,7 +66,7 @@ impl FinalPos {
             .header("x-api-key", &self.api_key)
             .header("content-type", "application/json")
             .body(bytes);
-        http::exchange(builder, &self.clock, |r| {
+        http::exchange(builder, &self.clock, http::is_success, |r, _| {
             classify::classify(request, r.status, &r.body, r.retry_after, claim.remote_id.clone())
         })
         .await

@@ -65,7 +65,10 @@ impl Gateway {
             .bearer_auth(&self.token)
             .header("content-type", "application/json")
             .body(body);
-        http::exchange(builder, &self.clock, |r| classify::classify(r.status, &r.body, r.retry_after)).await
+        http::exchange(builder, &self.clock, http::is_success, |r, _| {
+            classify::classify(r.status, &r.body, r.retry_after)
+        })
+        .await
     }
 }
 
