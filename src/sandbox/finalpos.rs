@@ -167,7 +167,7 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
         status,
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+    if fault.as_ref().is_some_and(Fault::is_unprocessed) {
         s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(0));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {
@@ -226,7 +226,7 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         status,
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+    if fault.as_ref().is_some_and(Fault::is_unprocessed) {
         s.store.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record(0));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {

@@ -244,7 +244,7 @@ async fn refund(
         at: Instant::now(),
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+    if fault.as_ref().is_some_and(Fault::is_unprocessed) {
         s.lock().seen.push(record(StatusCode::SERVICE_UNAVAILABLE, None));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {

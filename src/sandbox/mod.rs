@@ -5,10 +5,12 @@
 
 pub mod finalpos;
 pub mod gateway;
+pub mod hostile;
 pub mod olive;
 pub mod server;
 
 pub use finalpos::FinalPosSandbox;
 pub use gateway::GatewaySandbox;
+pub use hostile::RedirectTarget;
 pub use olive::OliveSandbox;
 pub use server::{Fault, FaultMix};

@@ -172,8 +172,9 @@ impl OliveSandbox {
 
 /// Every answer carries the server's (possibly wrong) clock, as real servers do.
 async fn stamp_date(State(s): State<Shared>, mut response: Response) -> Response {
+    // A fault may have set a `Date` of its own (one far off); it stays.
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(s.now())) {
-        response.headers_mut().insert(axum::http::header::DATE, v);
+        response.headers_mut().entry(axum::http::header::DATE).or_insert(v);
     }
     response
 }
@@ -298,7 +299,7 @@ async fn refund(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Byt
         at: Instant::now(),
         fault: fault.clone(),
     };
-    if matches!(fault, Some(Fault::Hang | Fault::Reset)) {
+    if fault.as_ref().is_some_and(Fault::is_unprocessed) {
         s.lock().seen.push(record(StatusCode::SERVICE_UNAVAILABLE, Some("UNANSWERED")));
     }
     if let Some(r) = super::server::unprocessed(&s.release, &fault).await {

@@ -27,12 +27,32 @@ pub enum Fault {
     Hang,
     /// Close the connection without processing the request or answering.
     Reset,
+    /// Process the request, then answer this server error (500, 502, 504): an error after the
+    /// write, as from a load balancer that timed out.
+    CommitThenStatus(u16),
+    /// Answer `307` to this address (another host) without processing.
+    Redirect(SocketAddr),
+    /// Answer this status without processing, with a body of this many bytes, made as it is sent.
+    HugeBody(u16, u64),
+    /// Process the request, then send the answer's body one byte every 100 ms.
+    Drip,
+    /// Answer this status without processing, with a `Date` this many seconds off the real time.
+    FarDate(u16, i64),
 }
 
 impl Fault {
-    /// Whether the client cannot tell if the request was processed: no answer came.
+    /// Whether the client cannot tell if the request was processed: no answer came, or an
+    /// answer that may follow the commit.
     pub fn is_ambiguous(&self) -> bool {
-        !matches!(self, Fault::Status(..))
+        !matches!(self, Fault::Status(..) | Fault::Redirect(_) | Fault::HugeBody(..) | Fault::FarDate(..))
+    }
+
+    /// Whether the request ends in [`unprocessed`], never reaching the handler's own work.
+    pub fn is_unprocessed(&self) -> bool {
+        matches!(
+            self,
+            Fault::Hang | Fault::Reset | Fault::Redirect(_) | Fault::HugeBody(..) | Fault::FarDate(..)
+        )
     }
 }
 
@@ -48,7 +68,24 @@ pub struct FaultMix {
     pub reset: u32,
     pub commit_then_drop: u32,
     pub commit_then_hang: u32,
+    /// Processed, then 500, 502 or 504.
+    pub commit_then_5xx: u32,
+    /// `307` to `redirect_to` (never struck while that is `None`).
+    pub redirect: u32,
+    pub redirect_to: Option<SocketAddr>,
+    /// `500` with a 400 MiB body.
+    pub huge_body: u32,
+    /// Processed, then the body dripped.
+    pub drip: u32,
+    /// `503` with a `Date` 30 days ahead.
+    pub far_date: u32,
 }
+
+/// 400 MiB: a body that would hurt if a client read it whole.
+pub const HUGE_BODY: u64 = 400 * 1024 * 1024;
+
+/// Thirty days, in seconds: far beyond any clock a client should believe.
+pub const FAR_DATE_SECS: i64 = 30 * 24 * 3600;
 
 impl FaultMix {
     /// The fault for a draw in `0..1000`, if any.
@@ -61,9 +98,14 @@ impl FaultMix {
             (self.reset, Fault::Reset),
             (self.commit_then_drop, Fault::CommitThenDrop),
             (self.commit_then_hang, Fault::CommitThenHang),
+            (self.commit_then_5xx, Fault::CommitThenStatus([500, 502, 504][draw as usize % 3])),
+            (self.huge_body, Fault::HugeBody(500, HUGE_BODY)),
+            (self.drip, Fault::Drip),
+            (self.far_date, Fault::FarDate(503, FAR_DATE_SECS)),
         ];
+        let redirect = self.redirect_to.map(|to| (self.redirect, Fault::Redirect(to)));
         let mut below = 0;
-        for (share, fault) in table {
+        for (share, fault) in table.into_iter().chain(redirect) {
             below += share;
             if draw < below {
                 return Some(fault);
@@ -107,9 +149,28 @@ impl Faults {
 }
 
 /// Ends a request that the fault says is never processed: hangs until `release` (the client's
-/// timeout fires first), or drops the connection. `None` for any other fault.
+/// timeout fires first), drops the connection, redirects, or answers with a huge body or a
+/// far-off `Date`. `None` for any other fault.
 pub async fn unprocessed(release: &Notify, fault: &Option<Fault>) -> Option<axum::response::Response> {
     match fault {
+        Some(Fault::Redirect(to)) => {
+            let location = format!("http://{to}/redirected");
+            Some((StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, location)]).into_response())
+        }
+        Some(Fault::HugeBody(status, size)) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some((status, super::hostile::LazyBody::huge(*size)).into_response())
+        }
+        Some(Fault::FarDate(status, secs)) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let (now, off) = (std::time::SystemTime::now(), Duration::from_secs(secs.unsigned_abs()));
+            let at = if *secs >= 0 { now + off } else { now - off };
+            let date = httpdate::fmt_http_date(at);
+            Some(
+                (status, [(axum::http::header::DATE, date)], "Injected failure with a far-off Date")
+                    .into_response(),
+            )
+        }
         Some(Fault::Hang) => {
             release.notified().await;
             Some(StatusCode::SERVICE_UNAVAILABLE.into_response())
@@ -202,6 +263,16 @@ pub async fn finish(
         Some(Fault::CommitThenHang) => {
             release.notified().await;
             ok
+        }
+        Some(Fault::CommitThenStatus(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, "Injected failure after the refund was processed").into_response()
+        }
+        Some(Fault::Drip) => {
+            let (parts, body) = ok.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let dripped = super::hostile::LazyBody::drip(bytes, Duration::from_millis(100));
+            axum::response::Response::from_parts(parts, dripped)
         }
         Some(Fault::CommitThenDrop) => {
             // Ending the handler by unwinding makes hyper close the connection without an answer
