@@ -168,8 +168,8 @@ pub async fn run() -> Result<()> {
     let status: Value = serde_json::from_slice(&client.request("GET", "/v1/status", None, &[]).await?.body)?;
     let offset = status["destinations"]["olive"]["clock_offset_ms"].as_i64().unwrap_or(0);
     detail(&format!(
-        "olive: first answer 401 (our timestamp looked an hour old); the agent read Olive's Date header, \
-         measured its clock {:+} s ahead, signed again and was paid: {} after {} attempts",
+        "olive: first answers 401 (our timestamp looked an hour old); once two of Olive's Date headers \
+         agreed, the agent took its clock as {:+} s ahead, signed again and was paid: {} after {} attempts",
         offset / 1000,
         olive.deliveries[0].state,
         olive.deliveries[0].attempts

@@ -273,8 +273,8 @@ pub fn clock(subject: &str, server: Option<SystemTime>, local: SystemTime) -> Ch
     }
 }
 
-/// One `HEAD` to each destination's base URL: DNS, TCP and TLS in one go. Any HTTP answer,
-/// even 404 or 405, proves the path works; only a request that gets no answer fails.
+/// One reachability check per destination (`destinations::http::reach`); only a request that
+/// gets no answer fails.
 async fn destinations(config: &Config) -> Vec<Check> {
     let settings = SyncSettings {
         request_timeout: REQUEST_TIMEOUT.min(config.sync.request_timeout),
@@ -288,39 +288,19 @@ async fn destinations(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
     for d in &config.destinations {
         let reach = format!("reach {}", d.name);
-        match client.head(d.base_url.clone()).send().await {
+        match http::reach(&client, &d.base_url).await {
             Ok(answer) => {
                 checks.push(Check::new(
                     Verdict::Pass,
                     &reach,
-                    format!("{} answered HTTP {}", d.base_url, answer.status().as_u16()),
+                    format!("{} answered HTTP {}", d.base_url, answer.status),
                 ));
-                let date = answer
-                    .headers()
-                    .get(reqwest::header::DATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| httpdate::parse_http_date(v).ok());
-                checks.push(clock(&format!("clock {}", d.name), date, SystemTime::now()));
+                checks.push(clock(&format!("clock {}", d.name), answer.date, SystemTime::now()));
             }
-            Err(e) => {
-                checks.push(Check::new(Verdict::Fail, &reach, format!("{}: {}", d.base_url, error_chain(&e))))
-            }
+            Err(e) => checks.push(Check::new(Verdict::Fail, &reach, format!("{}: {e}", d.base_url))),
         }
     }
     checks
-}
-
-/// reqwest's top-level message is just "error sending request"; the cause (DNS, refused,
-/// certificate) is what a technician needs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

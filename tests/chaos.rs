@@ -1,7 +1,9 @@
 //! Chaos: refunds created through the control API and the serial terminal while the agent is
 //! `kill -9`-ed at random moments and restarted, against three loopback servers (Final POS, the
 //! card gateway, Olive) that randomly answer 500/503, 429 with `Retry-After`, hang past the
-//! request timeout, reset the connection, or commit and then drop or hang the answer.
+//! request timeout, reset the connection, commit and then drop or hang the answer, commit and
+//! then answer 500/502/504, redirect to another host, send a 400 MiB body, drip the body, or
+//! stamp a `Date` 30 days off.
 //!
 //! Clients behave as a careful kiosk does: the API client retries with the same idempotency key
 //! until it gets an answer, the terminal resends the same frame (same `request_id`) after the
@@ -10,7 +12,9 @@
 //! * no destination processed a refund twice (the gateway and Olive do not deduplicate);
 //! * a delivery that is `delivered` was processed exactly once at its destination;
 //! * a refund that sits in `unknown` had no request sent after the one whose outcome was lost;
-//! * nothing that was never acknowledged reached a destination.
+//! * nothing that was never acknowledged reached a destination;
+//! * nothing reached the host a redirect pointed at, and a delivery is `failed` only where its
+//!   last request was answered with a redirect.
 //!
 //! Sizes: `CHAOS_REFUNDS` (default 1000), `CHAOS_KILLS` (default 30), `CHAOS_SEED` (default: from
 //! the clock, printed so a failure can be replayed). `CHAOS_TERMINAL=0` creates every refund
@@ -30,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use refund_agent::control::client::ControlClient;
 use refund_agent::queue::RefundView;
-use refund_agent::sandbox::{FaultMix, FinalPosSandbox, GatewaySandbox, OliveSandbox};
+use refund_agent::sandbox::{Fault, FaultMix, FinalPosSandbox, GatewaySandbox, OliveSandbox, RedirectTarget};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -52,6 +56,13 @@ const MIX: FaultMix = FaultMix {
     reset: 30,
     commit_then_drop: 30,
     commit_then_hang: 10,
+    commit_then_5xx: 20,
+    redirect: 5,
+    // Set at run time to the listener that plays the other host.
+    redirect_to: None,
+    huge_body: 5,
+    drip: 5,
+    far_date: 10,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -181,9 +192,11 @@ framing = "ndjson"
     let env = [("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", REQUEST_TIMEOUT)];
     agent.start_with_env(&env).await;
 
-    fp.inject_randomly(rng.random(), Some(MIX));
-    gw.inject_randomly(rng.random(), Some(MIX));
-    olive.inject_randomly(rng.random(), Some(MIX));
+    let elsewhere = RedirectTarget::start().await.expect("redirect target");
+    let mix = FaultMix { redirect_to: Some(elsewhere.addr()), ..MIX };
+    fp.inject_randomly(rng.random(), Some(mix));
+    gw.inject_randomly(rng.random(), Some(mix));
+    olive.inject_randomly(rng.random(), Some(mix));
 
     // Every restart bumps the generation: the terminal resends what got no answer.
     let (generation_tx, generation) = watch::channel(0u64);
@@ -282,7 +295,7 @@ framing = "ndjson"
         let answer = agent.client().request("GET", "/v1/status", None, &[]).await.ok()?;
         let status: Value = serde_json::from_slice(&answer.body).ok()?;
         let count = |state: &str| status["queue"]["refunds"][state].as_u64().unwrap_or(0) as usize;
-        (count("delivered") + count("unknown") >= refunds).then_some(())
+        (count("delivered") + count("unknown") + count("failed") >= refunds).then_some(())
     })
     .await;
     let views: HashMap<String, RefundView> =
@@ -293,7 +306,8 @@ framing = "ndjson"
     let mut duplicated = Vec::new();
     let mut resent_after_unknown = Vec::new();
     let mut undelivered = Vec::new();
-    let (mut delivered, mut unknown) = (0, 0);
+    let (mut delivered, mut unknown, mut failed) = (0, 0, 0);
+    let redirected = |f: &Option<Fault>| matches!(f, Some(Fault::Redirect(_)));
     let fp_seen = fp.seen();
     let gw_seen = gw.seen();
     let olive_seen = olive.seen();
@@ -313,12 +327,13 @@ framing = "ndjson"
         assert_eq!(view.receipt_id.as_deref(), Some(case.receipt_id.as_str()), "{view:?}");
         match view.state.as_str() {
             "delivered" => delivered += 1,
+            "failed" => failed += 1,
             _ => unknown += 1,
         }
         // The first destination moves money and does not deduplicate.
         let first = &view.deliveries[0];
         assert_eq!(first.destination, case.first_destination(), "{view:?}");
-        let (processed, requests): (usize, Vec<bool>) = if case.olive {
+        let (processed, requests, last_redirected): (usize, Vec<bool>, bool) = if case.olive {
             let mine: Vec<_> = olive_seen
                 .iter()
                 .filter(|s| s.original_transaction_id.as_deref() == Some(&case.transaction_id))
@@ -327,14 +342,24 @@ framing = "ndjson"
                 .iter()
                 .filter(|r| r["original_transaction_id"].as_str() == Some(&case.transaction_id))
                 .count();
-            (processed, mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect())
+            let last = mine.last().is_some_and(|s| redirected(&s.fault));
+            (
+                processed,
+                mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect(),
+                last,
+            )
         } else {
             let mine: Vec<_> = gw_seen.iter().filter(|s| s.payment_id == case.payment_id).collect();
             let processed = gw_refunds
                 .iter()
                 .filter(|r| r["parent"]["id"].as_u64() == case.payment_id.parse().ok())
                 .count();
-            (processed, mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect())
+            let last = mine.last().is_some_and(|s| redirected(&s.fault));
+            (
+                processed,
+                mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect(),
+                last,
+            )
         };
         if processed > 1 {
             duplicated.push(format!("{id} processed {processed} times at {}", first.destination));
@@ -344,6 +369,8 @@ framing = "ndjson"
                 lost.push(format!("{id} delivered but never processed at {}", first.destination))
             }
             "delivered" => {}
+            // A redirect is refused and never followed: a person looks, nothing moved.
+            "failed" if last_redirected && processed == 0 => {}
             "unknown" => {
                 // Every request but the last was answered with a definite refusal: after the
                 // one whose outcome was lost, nothing more was sent. (None at all is possible:
@@ -358,10 +385,15 @@ framing = "ndjson"
         // Final POS deduplicates by externalId: it always ends delivered, unless it waits behind
         // an unknown first delivery.
         let fp_records = fp_refunds.iter().filter(|r| r["externalId"].as_str() == Some(id)).count();
+        let fp_last_redirected = fp_seen
+            .iter()
+            .rfind(|s| s.external_id.as_deref() == Some(id.as_str()))
+            .is_some_and(|s| redirected(&s.fault));
         let second = &view.deliveries[1];
         match (first.state.as_str(), second.state.as_str()) {
             (_, "delivered") if fp_records == 1 => {}
-            ("unknown", "pending") if fp_records == 0 => {}
+            ("unknown" | "failed", "pending") if fp_records == 0 => {}
+            ("delivered", "failed") if fp_last_redirected && fp_records <= 1 => {}
             (a, b) => undelivered.push(format!("{id}: {a}/{b} with {fp_records} Final POS records")),
         }
     }
@@ -412,13 +444,17 @@ framing = "ndjson"
     );
     println!("          gateway [{}]", faults(gw_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect()));
     println!("          Olive [{}]", faults(olive_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect()));
-    println!("  delivered everywhere: {delivered}; unknown (outcome lost at a destination that does not deduplicate, not resent): {unknown}");
+    let sent_elsewhere = elsewhere.arrived();
+    println!("  delivered everywhere: {delivered}; unknown (outcome lost at a destination that does not deduplicate, not resent): {unknown}; failed (a redirect refused): {failed}");
+    println!("  paid twice: {}", duplicated.len());
+    println!("  sent to another host: {}", sent_elsewhere.len());
     println!("  lost: {}; duplicated: {}; resent after unknown: {}; sent but never acknowledged: {}; unexpected states: {}",
         lost.len(), duplicated.len(), resent_after_unknown.len(), stray.len() + extra_refunds.len(), undelivered.len());
 
     assert!(killed >= kills, "only {killed} kills");
     assert!(lost.is_empty(), "lost: {lost:?}");
     assert!(duplicated.is_empty(), "paid twice: {duplicated:?}");
+    assert!(sent_elsewhere.is_empty(), "sent to another host: {sent_elsewhere:?}");
     assert!(resent_after_unknown.is_empty(), "resent after an unknown outcome: {resent_after_unknown:?}");
     assert!(stray.is_empty() && extra_refunds.is_empty(), "never acknowledged: {stray:?} {extra_refunds:?}");
     assert!(undelivered.is_empty(), "unexpected states: {undelivered:?}");

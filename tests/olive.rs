@@ -164,8 +164,10 @@ async fn a_till_clock_an_hour_behind_is_corrected_and_the_refund_delivered() {
     assert_eq!(done.deliveries[0].remote_id.as_deref(), Some("rfnd_1"));
     let seen = olive.seen();
     let outcome: Vec<(u16, Option<&str>)> = seen.iter().map(|s| (s.status, s.code.as_deref())).collect();
-    assert_eq!(outcome, [(401, Some("INVALID_TIMESTAMP")), (200, None)], "{seen:?}");
-    assert_ne!(seen[0].timestamp, seen[1].timestamp, "the retry is signed afresh with Olive's time");
+    // The clock moves by more than a minute only when two answers agree.
+    let stale = (401, Some("INVALID_TIMESTAMP"));
+    assert_eq!(outcome, [stale, stale, (200, None)], "{seen:?}");
+    assert_ne!(seen[1].timestamp, seen[2].timestamp, "the retry is signed afresh with Olive's time");
     assert_eq!(olive.refunds().len(), 1);
 }
 
@@ -177,7 +179,7 @@ async fn a_till_clock_an_hour_fast_is_corrected_and_the_refund_delivered() {
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     agent.wait_state(&id, "delivered").await;
     let outcome: Vec<u16> = olive.seen().iter().map(|s| s.status).collect();
-    assert_eq!(outcome, [401, 200]);
+    assert_eq!(outcome, [401, 401, 200], "confirmed by a second answer before it is used");
     assert_eq!(olive.refunds().len(), 1);
     let status = agent.client().request("GET", "/v1/status", None, &[]).await.expect("status");
     let status: serde_json::Value = serde_json::from_slice(&status.body).expect("JSON");
@@ -206,13 +208,15 @@ async fn rate_limited_then_delivered_after_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_then_delivered_exactly_once() {
     let (olive, agent) = setup(Some("100.00")).await;
+    // Only answers that say the request was not processed are retried at Olive (a 500 may
+    // follow a commit: tests/hostile.rs).
     olive.inject(Fault::Status(503, None), 3);
-    olive.inject(Fault::Status(500, None), 1);
+    olive.inject(Fault::Status(408, None), 1);
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let done = agent.wait_state(&id, "delivered").await;
     assert_eq!(done.deliveries[0].attempts, 5, "{done:?}");
     let statuses: Vec<u16> = olive.seen().iter().map(|s| s.status).collect();
-    assert_eq!(statuses, [503, 503, 503, 500, 200]);
+    assert_eq!(statuses, [503, 503, 503, 408, 200]);
     assert_eq!(olive.refunds().len(), 1);
     assert_eq!(olive.refunded("txn_123"), Some(dec("5.00")));
 }

@@ -1,6 +1,7 @@
 //! Fuzzes how each destination's answers are read: status, `Retry-After` and `Date` headers and
 //! body bytes → `http::retry_after` / `http::date` → the connector's `classify` → `Attempt`, as
-//! `http::send` and the connectors' `attempt` do it.
+//! `http::send` and the connectors' `attempt` do it (a 3xx never reaches a `classify`:
+//! `http::exchange` refuses it first).
 //!
 //! Input: byte 0 picks the connector (and Final POS's request step), bytes 1..3 the status
 //! (100..=999, as an HTTP client can see it); then the `Retry-After` value up to the first `\n`,
@@ -11,7 +12,7 @@
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use refund_agent::destinations::clock::{self, ClockOffset};
+use refund_agent::destinations::clock::{self, ClockOffset, Observed};
 use refund_agent::destinations::http::{self, MAX_RETRY_AFTER};
 use refund_agent::destinations::olive::sign;
 use refund_agent::destinations::{finalpos, gateway, olive, Attempt};
@@ -57,17 +58,26 @@ fuzz_target!(|data: &[u8]| {
             a
         }
         2 => {
-            // As `Olive::attempt`: the clock offset is measured from `Date`, the request was
-            // signed with the server's time as known before, and the skew decides a 401.
+            // As `Olive::attempt` and `http::exchange`: the request was signed with the server's
+            // time as known before, the skew decides a 401, and only a success or a stale
+            // signature's 401 hands its `Date` to the clock offset.
             let clock = ClockOffset::new();
             let signed_ms = clock.server_now_ms(LOCAL_NOW_MS);
-            let skew_ms = date.map(|d| {
-                clock.observe(d, LOCAL_NOW_MS);
-                clock::measure_ms(d, signed_ms)
-            });
+            let skew_ms = date.map(|d| clock::measure_ms(d, signed_ms));
+            let trusted =
+                (200..=299).contains(&status) || (status == 401 && skew_ms.is_some_and(clock::is_skewed));
+            let observed = match date {
+                None => Observed::NoDate,
+                Some(d) if trusted => clock.observe(d, LOCAL_NOW_MS),
+                Some(_) => Observed::Untrusted,
+            };
+            assert!(
+                clock.offset_ms().is_none_or(|o| o.unsigned_abs() <= clock::SKEW_TOLERANCE.as_millis() as u64),
+                "one answer moved the clock by more than a minute"
+            );
             let next = sign::timestamp(clock.server_now_ms(LOCAL_NOW_MS).div_euclid(1000));
             assert_eq!(next.len(), 20, "X-Timestamp {next:?} is not RFC 3339 to the second");
-            let a = olive::classify::classify(status, &body, retry_after, skew_ms);
+            let a = olive::classify::classify(status, &body, retry_after, skew_ms, observed);
             check_olive(status, &body, skew_ms, &a);
             a
         }
@@ -77,11 +87,15 @@ fuzz_target!(|data: &[u8]| {
             a
         }
     };
-    check_common(status, retry_after, &attempt);
+    // Final POS deduplicates; Olive and the gateway do not.
+    check_common(status, retry_after, pick % 4 < 2, &attempt);
 });
 
 /// Rules every connector keeps.
-fn check_common(status: u16, retry_after: Option<Duration>, attempt: &Attempt) {
+fn check_common(status: u16, retry_after: Option<Duration>, dedup: bool, attempt: &Attempt) {
+    if !dedup && (500..=599).contains(&status) && status != 503 {
+        assert!(matches!(attempt, Attempt::Ambiguous(_)), "HTTP {status} without dedup became {attempt:?}");
+    }
     match attempt {
         Attempt::Delivered { remote_id } | Attempt::Progress { remote_id, .. } => {
             assert!(matches!(status, 200..=299 | 409), "success from HTTP {status}");
@@ -90,7 +104,8 @@ fn check_common(status: u16, retry_after: Option<Duration>, attempt: &Attempt) {
             }
         }
         Attempt::Transient { retry_after: wait, error } => {
-            assert!(matches!(status, 401 | 408 | 429 | 500..=599), "HTTP {status} retried");
+            let unprocessed = matches!(status, 401 | 408 | 429 | 503);
+            assert!(unprocessed || (dedup && (500..=599).contains(&status)), "HTTP {status} retried");
             if status != 401 {
                 assert_eq!(*wait, retry_after, "Retry-After not passed on");
             }

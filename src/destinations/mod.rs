@@ -41,7 +41,8 @@ pub enum Attempt {
     /// No connection could be made: the request never left, and the destination or the
     /// network is down. Safe to send again, and worth probing for its return.
     Unreachable(String),
-    /// The request may have been processed but no answer came back.
+    /// The request may have been processed, and nothing says whether: no answer came back, or
+    /// a server error that may follow a commit (`http::retry_status`).
     Ambiguous(String),
 }
 

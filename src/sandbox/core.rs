@@ -8,7 +8,9 @@
 //! sandbox gets it at once.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -32,14 +34,32 @@ pub enum Fault {
     Hang,
     /// Close the connection without processing the request or answering.
     Reset,
+    /// Process the request, then answer this server error (500, 502, 504): an error after the
+    /// write, as from a load balancer that timed out.
+    CommitThenStatus(u16),
+    /// Answer `307` to this address (another host) without processing.
+    Redirect(SocketAddr),
+    /// Answer this status without processing, with a body of this many bytes, made as it is sent.
+    HugeBody(u16, u64),
+    /// Process the request, then send the answer's body one byte every 100 ms.
+    Drip,
+    /// Answer this status without processing, with a `Date` this many seconds off the real time.
+    FarDate(u16, i64),
 }
 
 impl Fault {
-    /// Whether the client cannot tell if the request was processed: no answer came.
+    /// Whether the client cannot tell if the request was processed: no answer came, or an
+    /// answer that may follow the commit.
     pub fn is_ambiguous(&self) -> bool {
-        !matches!(self, Fault::Status(..))
+        !matches!(self, Fault::Status(..) | Fault::Redirect(_) | Fault::HugeBody(..) | Fault::FarDate(..))
     }
 }
+
+/// 400 MiB: a body that would hurt if a client read it whole.
+pub const HUGE_BODY: u64 = 400 * 1024 * 1024;
+
+/// Thirty days, in seconds: far beyond any clock a client should believe.
+pub const FAR_DATE_SECS: i64 = 30 * 24 * 3600;
 
 /// How often each fault strikes a request when faults are random, in requests per thousand.
 /// What is left of the thousand is answered normally.
@@ -53,6 +73,17 @@ pub struct FaultMix {
     pub reset: u32,
     pub commit_then_drop: u32,
     pub commit_then_hang: u32,
+    /// Processed, then 500, 502 or 504.
+    pub commit_then_5xx: u32,
+    /// `307` to `redirect_to` (never struck while that is `None`).
+    pub redirect: u32,
+    pub redirect_to: Option<SocketAddr>,
+    /// `500` with a 400 MiB body.
+    pub huge_body: u32,
+    /// Processed, then the body dripped.
+    pub drip: u32,
+    /// `503` with a `Date` 30 days ahead.
+    pub far_date: u32,
 }
 
 impl FaultMix {
@@ -66,9 +97,14 @@ impl FaultMix {
             (self.reset, Fault::Reset),
             (self.commit_then_drop, Fault::CommitThenDrop),
             (self.commit_then_hang, Fault::CommitThenHang),
+            (self.commit_then_5xx, Fault::CommitThenStatus([500, 502, 504][draw as usize % 3])),
+            (self.huge_body, Fault::HugeBody(500, HUGE_BODY)),
+            (self.drip, Fault::Drip),
+            (self.far_date, Fault::FarDate(503, FAR_DATE_SECS)),
         ];
+        let redirect = self.redirect_to.map(|to| (self.redirect, Fault::Redirect(to)));
         let mut below = 0;
-        for (share, fault) in table {
+        for (share, fault) in table.into_iter().chain(redirect) {
             below += share;
             if draw < below {
                 return Some(fault);
@@ -163,12 +199,37 @@ impl Injector {
                 }
                 Some(r)
             }
+            Some(Fault::Redirect(to)) => {
+                record(Struck::Status(StatusCode::TEMPORARY_REDIRECT));
+                let location = format!("http://{to}/redirected");
+                Some(
+                    (StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, location)])
+                        .into_response(),
+                )
+            }
+            Some(Fault::HugeBody(code, size)) => {
+                let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                record(Struck::Status(status));
+                Some((status, super::hostile::LazyBody::huge(*size)).into_response())
+            }
+            Some(Fault::FarDate(code, secs)) => {
+                let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                record(Struck::Status(status));
+                let (now, off) = (std::time::SystemTime::now(), Duration::from_secs(secs.unsigned_abs()));
+                let at = if *secs >= 0 { now + off } else { now - off };
+                let date = httpdate::fmt_http_date(at);
+                Some(
+                    (status, [(axum::http::header::DATE, date)], "Injected failure with a far-off Date")
+                        .into_response(),
+                )
+            }
             _ => None,
         }
     }
 
     /// Ends a handler that already processed its request, as the scripted fault says: answer,
-    /// hang until the server goes offline, or drop the connection without an answer.
+    /// hang until the server goes offline, drop the connection without an answer, answer a
+    /// server error after all, or drip the answer's body.
     pub async fn after(&self, fault: Option<Fault>, ok: Response) -> Response {
         match fault {
             Some(Fault::CommitThenHang) => {
@@ -179,6 +240,16 @@ impl Injector {
                 // Ending the handler by unwinding makes hyper close the connection without an
                 // answer (`resume_unwind` skips the panic hook, so nothing is printed).
                 std::panic::resume_unwind(Box::new("sandbox: dropping the connection after commit"));
+            }
+            Some(Fault::CommitThenStatus(code)) => {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (status, "Injected failure after the refund was processed").into_response()
+            }
+            Some(Fault::Drip) => {
+                let (parts, body) = ok.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+                let dripped = super::hostile::LazyBody::drip(bytes, Duration::from_millis(100));
+                Response::from_parts(parts, dripped)
             }
             _ => ok,
         }

@@ -6,10 +6,12 @@
 pub mod core;
 pub mod finalpos;
 pub mod gateway;
+pub mod hostile;
 pub mod olive;
 pub mod server;
 
 pub use self::core::{Core, Fault, FaultMix};
 pub use finalpos::FinalPosSandbox;
 pub use gateway::GatewaySandbox;
+pub use hostile::RedirectTarget;
 pub use olive::OliveSandbox;

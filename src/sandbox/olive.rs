@@ -150,8 +150,9 @@ super::core::reach_core!(OliveSandbox);
 
 /// Every answer carries the server's (possibly wrong) clock, as real servers do.
 async fn stamp_date(State(s): State<Shared>, mut response: Response) -> Response {
+    // A fault may have set a `Date` of its own (one far off); it stays.
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(s.now())) {
-        response.headers_mut().insert(axum::http::header::DATE, v);
+        response.headers_mut().entry(axum::http::header::DATE).or_insert(v);
     }
     response
 }

@@ -24,8 +24,9 @@ pub fn backoff(
     }
 }
 
-/// Maps an attempt to what is recorded. An ambiguous request is retried only where the
-/// destination deduplicates; elsewhere it becomes `unknown` for a person, never a second payment.
+/// Maps an attempt to what is recorded. An ambiguous request (no answer, or a 5xx that may follow
+/// a commit: `http::retry_status`) is retried only where the destination deduplicates; elsewhere
+/// it becomes `unknown` for a person, never a second payment.
 pub fn decide(
     attempt: Attempt,
     capability: Capability,
@@ -42,10 +43,10 @@ pub fn decide(
         Attempt::Unreachable(error) => Recorded::Retry { at_ms: retry_at(None), error },
         Attempt::Ambiguous(error) if capability.dedup => Recorded::Retry {
             at_ms: retry_at(None),
-            error: format!("no answer ({error}); sending again, the destination deduplicates"),
+            error: format!("outcome unknown ({error}); sending again, the destination deduplicates"),
         },
         Attempt::Ambiguous(error) => Recorded::Unknown {
-            error: format!("no answer ({error}); the destination may have processed it and does not deduplicate: resolve by hand"),
+            error: format!("outcome unknown ({error}); the destination may have processed it and does not deduplicate: resolve by hand"),
         },
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::destinations::Attempt;
+use crate::destinations::{http, Attempt};
 
 /// Which request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +33,10 @@ pub fn classify(
         (200..=299, Request::Transaction) | (409, Request::Transaction) => {
             Attempt::Delivered { remote_id: known_remote }
         }
-        (408 | 429 | 500..=599, _) => Attempt::Transient { retry_after, error: describe(status, body) },
         (400 | 422, _) => Attempt::Declined(describe(status, body)),
-        _ => Attempt::Failed(describe(status, body)),
+        // Final POS deduplicates, so even a 5xx that may follow a commit is safe to send again.
+        _ => http::retry_status(status, super::CAPABILITY, retry_after, || describe(status, body))
+            .unwrap_or_else(|| Attempt::Failed(describe(status, body))),
     }
 }
 

@@ -9,7 +9,7 @@ pub mod request;
 use std::fmt;
 
 use crate::destinations::clock::ClockOffset;
-use crate::destinations::http::{self, SendError};
+use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 use classify::Request;
@@ -66,15 +66,9 @@ impl FinalPos {
             .header("x-api-key", &self.api_key)
             .header("content-type", "application/json")
             .body(bytes);
-        match http::send(builder).await {
-            Ok(r) => {
-                if let Some(date) = r.date {
-                    self.clock.observe(date, crate::clock::now_ms());
-                }
-                classify::classify(request, r.status, &r.body, r.retry_after, claim.remote_id.clone())
-            }
-            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
-            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
-        }
+        http::exchange(builder, &self.clock, http::is_success, |r, _| {
+            classify::classify(request, r.status, &r.body, r.retry_after, claim.remote_id.clone())
+        })
+        .await
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::destinations::Attempt;
+use crate::destinations::{http, Attempt};
 
 /// Classifies an answer to `POST /payment/{id}/refund`.
 pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Attempt {
@@ -18,8 +18,9 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Attem
             describe(status, body)
         )),
         400 | 404 | 422 => Attempt::Declined(describe(status, body)),
-        408 | 429 | 500..=599 => Attempt::Transient { retry_after, error: describe(status, body) },
-        _ => Attempt::Failed(describe(status, body)),
+        // The gateway does not deduplicate: a 500, 502 or 504 may follow a refund to the card.
+        _ => http::retry_status(status, super::CAPABILITY, retry_after, || describe(status, body))
+            .unwrap_or_else(|| Attempt::Failed(describe(status, body))),
     }
 }
 
@@ -177,13 +178,18 @@ mod tests {
     }
 
     #[test]
-    fn transient_statuses_retry_with_retry_after() {
-        for s in [408, 429, 500, 502, 503, 504] {
+    fn only_unprocessed_statuses_retry_with_retry_after() {
+        for s in [408, 429, 503] {
             let a = classify(s, "", Some(Duration::from_secs(2)));
             assert!(
                 matches!(a, Attempt::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(2)),
                 "{s}"
             );
+        }
+        // The card may have been refunded before the error: like a lost answer.
+        for s in [500, 502, 504, 599] {
+            let a = classify(s, r#"{"message":"upstream timeout"}"#, Some(Duration::from_secs(2)));
+            assert!(matches!(&a, Attempt::Ambiguous(m) if m.contains("upstream timeout")), "{s}: {a:?}");
         }
     }
 

@@ -11,7 +11,7 @@ pub mod request;
 use std::fmt;
 
 use crate::destinations::clock::ClockOffset;
-use crate::destinations::http::{self, SendError};
+use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 
@@ -65,16 +65,10 @@ impl Gateway {
             .bearer_auth(&self.token)
             .header("content-type", "application/json")
             .body(body);
-        match http::send(builder).await {
-            Ok(r) => {
-                if let Some(date) = r.date {
-                    self.clock.observe(date, crate::clock::now_ms());
-                }
-                classify::classify(r.status, &r.body, r.retry_after)
-            }
-            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
-            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
-        }
+        http::exchange(builder, &self.clock, http::is_success, |r, _| {
+            classify::classify(r.status, &r.body, r.retry_after)
+        })
+        .await
     }
 }
 

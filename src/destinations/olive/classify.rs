@@ -7,25 +7,24 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::destinations::clock::is_skewed;
-use crate::destinations::Attempt;
+use crate::destinations::clock::{is_skewed, Observed};
+use crate::destinations::{http, Attempt};
 
 /// Classifies an answer. `skew_ms` is the server's clock (its `Date` header) minus the time the
 /// request was signed with, when the answer had a `Date`: it tells a 401 caused by a wrong till
-/// clock from one caused by wrong credentials.
-pub fn classify(status: u16, body: &str, retry_after: Option<Duration>, skew_ms: Option<i64>) -> Attempt {
+/// clock from one caused by wrong credentials. `observed` is what the clock offset made of that
+/// `Date`: only a skew it accepts (or waits to confirm) is worth signing again at once.
+pub fn classify(
+    status: u16,
+    body: &str,
+    retry_after: Option<Duration>,
+    skew_ms: Option<i64>,
+    observed: Observed,
+) -> Attempt {
     match status {
         200..=299 => classify_success(status, body),
         401 => match skew_ms {
-            Some(skew) if is_skewed(skew) => Attempt::Transient {
-                // The offset is corrected already; the next attempt signs with the server's time.
-                retry_after: Some(Duration::ZERO),
-                error: format!(
-                    "{}; the till's clock is {} s off Olive's, signing again with the corrected time",
-                    describe(status, body),
-                    skew / 1000
-                ),
-            },
+            Some(skew) if is_skewed(skew) => stale_signature(describe(status, body), skew, observed),
             _ => Attempt::Failed(format!(
                 "credentials refused (check api_key_id and hmac_secret_file): {}",
                 describe(status, body)
@@ -38,10 +37,6 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>, skew_ms:
         404 if error_of(body).code.as_deref() == Some("TXN_NOT_FOUND") => {
             Attempt::Declined(describe(status, body))
         }
-        408 | 429 | 500..=599 => Attempt::Transient {
-            retry_after,
-            error: describe(status, body),
-        },
         400 | 422 => match error_of(body).code.as_deref() {
             Some("ALREADY_REFUNDED") => Attempt::Declined(format!(
                 "already refunded: Olive says the original transaction was refunded before, no money moved this time ({})",
@@ -49,8 +44,28 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>, skew_ms:
             )),
             _ => Attempt::Declined(describe(status, body)),
         },
-        // Anything else (a 404 without Olive's code is a wrong base_url) is not about the refund.
-        _ => Attempt::Failed(describe(status, body)),
+        // Olive does not deduplicate: a 500, 502 or 504 may follow the refund. Anything else (a
+        // 404 without Olive's code is a wrong base_url) is not about the refund.
+        _ => http::retry_status(status, super::CAPABILITY, retry_after, || describe(status, body))
+            .unwrap_or_else(|| Attempt::Failed(describe(status, body))),
+    }
+}
+
+/// A 401 that the clocks explain: nothing was processed, so it is sent again, at once when the
+/// next signature will use (or confirm) Olive's time, after backoff when the clock refuses it.
+fn stale_signature(described: String, skew_ms: i64, observed: Observed) -> Attempt {
+    let secs = skew_ms / 1000;
+    let (retry_after, then) = match observed {
+        Observed::Adopted | Observed::Kept => (Some(Duration::ZERO), "signing again with the corrected time"),
+        Observed::Awaiting => (Some(Duration::ZERO), "signing again to confirm Olive's time"),
+        Observed::Disagreed => (None, "Olive's Date headers disagree, so the clock is not corrected yet"),
+        Observed::OutOfRange | Observed::NoDate | Observed::Untrusted => {
+            (None, "more than the 24 h the agent corrects: check the till's clock (NTP)")
+        }
+    };
+    Attempt::Transient {
+        retry_after,
+        error: format!("{described}; the till's clock is {secs} s off Olive's, {then}"),
     }
 }
 
@@ -136,6 +151,8 @@ fn snippet(body: &str) -> String {
 mod tests {
     use super::*;
 
+    const K: Observed = Observed::Kept;
+
     fn nested(code: &str, msg: &str) -> String {
         format!(r#"{{"success":false,"error":{{"code":"{code}","message":"{msg}"}}}}"#)
     }
@@ -144,7 +161,7 @@ mod tests {
     fn success_is_delivered_with_the_refund_transaction_id() {
         let body = r#"{"success":true,"message":"Refund processed successfully","refund_transaction_id":"rfnd_abc789","amount":"1,500.00 SLE"}"#;
         assert_eq!(
-            classify(200, body, None, Some(0)),
+            classify(200, body, None, Some(0), K),
             Attempt::Delivered { remote_id: Some("rfnd_abc789".into()) }
         );
     }
@@ -152,10 +169,10 @@ mod tests {
     #[test]
     fn a_blank_refund_transaction_id_is_no_id() {
         let body = r#"{"success":true,"refund_transaction_id":" "}"#;
-        assert_eq!(classify(200, body, None, None), Attempt::Delivered { remote_id: None });
+        assert_eq!(classify(200, body, None, None, K), Attempt::Delivered { remote_id: None });
         // Without `success`, a blank id says nothing about the outcome.
         assert!(matches!(
-            classify(200, r#"{"refund_transaction_id":""}"#, None, None),
+            classify(200, r#"{"refund_transaction_id":""}"#, None, None, K),
             Attempt::Ambiguous(_)
         ));
     }
@@ -164,7 +181,7 @@ mod tests {
     fn success_false_is_declined_with_the_message() {
         let body = r#"{"success":false,"message":"Refund window has closed"}"#;
         assert_eq!(
-            classify(200, body, None, None),
+            classify(200, body, None, None, K),
             Attempt::Declined("HTTP 200: Refund window has closed".into())
         );
     }
@@ -172,18 +189,22 @@ mod tests {
     #[test]
     fn an_unreadable_success_is_ambiguous_not_delivered() {
         assert!(matches!(
-            classify(200, "<html>ok</html>", None, None),
+            classify(200, "<html>ok</html>", None, None, K),
             Attempt::Ambiguous(m) if m.contains("<html>")
         ));
     }
 
     #[test]
     fn invalid_amount_and_already_refunded_are_declined_with_code_and_message() {
-        let a = classify(400, &nested("INVALID_AMOUNT", "Amount exceeds refundable balance"), None, None);
+        let a = classify(400, &nested("INVALID_AMOUNT", "Amount exceeds refundable balance"), None, None, K);
         assert_eq!(a, Attempt::Declined("HTTP 400 INVALID_AMOUNT: Amount exceeds refundable balance".into()));
-        let Attempt::Declined(m) =
-            classify(400, &nested("ALREADY_REFUNDED", "Transaction txn_1 was already refunded"), None, None)
-        else {
+        let Attempt::Declined(m) = classify(
+            400,
+            &nested("ALREADY_REFUNDED", "Transaction txn_1 was already refunded"),
+            None,
+            None,
+            K,
+        ) else {
             panic!("declined expected");
         };
         assert!(m.starts_with("already refunded"), "{m}");
@@ -198,7 +219,7 @@ mod tests {
             r#"{"error":"TXN_NOT_FOUND","message":"No such transaction"}"#.to_string(),
         ] {
             assert_eq!(
-                classify(404, &body, None, None),
+                classify(404, &body, None, None, K),
                 Attempt::Declined("HTTP 404 TXN_NOT_FOUND: No such transaction".into()),
                 "{body}"
             );
@@ -214,13 +235,13 @@ mod tests {
 
     #[test]
     fn a_404_without_olives_code_is_a_configuration_failure() {
-        assert!(matches!(classify(404, "Not Found", None, None), Attempt::Failed(_)));
+        assert!(matches!(classify(404, "Not Found", None, None, K), Attempt::Failed(_)));
     }
 
     #[test]
     fn a_401_with_a_skewed_clock_is_retried_at_once() {
         let body = nested("INVALID_TIMESTAMP", "Timestamp outside the allowed window");
-        let a = classify(401, &body, None, Some(3_600_400));
+        let a = classify(401, &body, None, Some(3_600_400), K);
         match a {
             Attempt::Transient { retry_after, error } => {
                 assert_eq!(retry_after, Some(Duration::ZERO));
@@ -229,14 +250,14 @@ mod tests {
             }
             other => panic!("expected transient, got {other:?}"),
         }
-        assert!(matches!(classify(401, &body, None, Some(-61_000)), Attempt::Transient { .. }));
+        assert!(matches!(classify(401, &body, None, Some(-61_000), K), Attempt::Transient { .. }));
     }
 
     #[test]
     fn a_401_with_a_right_clock_is_refused_credentials() {
         let body = nested("INVALID_SIGNATURE", "Signature mismatch");
         for skew in [Some(0), Some(59_000), None] {
-            let Attempt::Failed(m) = classify(401, &body, None, skew) else {
+            let Attempt::Failed(m) = classify(401, &body, None, skew, K) else {
                 panic!("failed expected for {skew:?}");
             };
             assert!(m.starts_with("credentials refused"), "{m}");
@@ -246,7 +267,7 @@ mod tests {
 
     #[test]
     fn forbidden_is_failed() {
-        let Attempt::Failed(m) = classify(403, &nested("FORBIDDEN", "Key lacks refund scope"), None, None)
+        let Attempt::Failed(m) = classify(403, &nested("FORBIDDEN", "Key lacks refund scope"), None, None, K)
         else {
             panic!("failed expected");
         };
@@ -254,13 +275,34 @@ mod tests {
     }
 
     #[test]
-    fn transient_statuses_retry_with_retry_after() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            let a = classify(s, "", Some(Duration::from_secs(3)), None);
+    fn only_unprocessed_statuses_retry_with_retry_after() {
+        for s in [408, 429, 503] {
+            let a = classify(s, "", Some(Duration::from_secs(3)), None, K);
             assert!(
                 matches!(a, Attempt::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(3)),
                 "{s}"
             );
+        }
+        // The money may have moved before the error: like a lost answer.
+        for s in [500, 502, 504, 520] {
+            let a = classify(s, &nested("INTERNAL", "boom"), Some(Duration::from_secs(3)), None, K);
+            assert!(matches!(&a, Attempt::Ambiguous(m) if m.contains("boom")), "{s}: {a:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_signature_is_signed_again_at_once_only_when_the_clock_takes_the_date() {
+        let body = nested("INVALID_TIMESTAMP", "Timestamp outside the allowed window");
+        for observed in [Observed::Adopted, Observed::Awaiting, Observed::Kept] {
+            let a = classify(401, &body, None, Some(3_600_400), observed);
+            assert!(
+                matches!(a, Attempt::Transient { retry_after: Some(Duration::ZERO), .. }),
+                "{observed:?}"
+            );
+        }
+        for observed in [Observed::OutOfRange, Observed::Disagreed] {
+            let a = classify(401, &body, None, Some(30 * 86_400_000), observed);
+            assert!(matches!(&a, Attempt::Transient { retry_after: None, .. }), "{observed:?}: {a:?}");
         }
     }
 }

@@ -2,11 +2,11 @@
 //! `POST /api/v1/pos/refund` with `{"original_transaction_id","amount","reason","initiated_by"}`,
 //! signed over the exact bytes sent with a timestamp Olive accepts for five minutes only.
 //!
-//! Olive documents no deduplication, so a request whose outcome is unknown is never sent again
-//! (it becomes `unknown` for a person). Because kiosk clocks are often wrong, every answer's
-//! `Date` header updates this destination's [`ClockOffset`], requests are signed with the
-//! server's time, and a 401 that a wrong clock explains is retried at once with the corrected
-//! time.
+//! Olive documents no deduplication, so a request whose outcome is unknown (no answer, or a 5xx
+//! other than 503) is never sent again (it becomes `unknown` for a person). Because kiosk clocks
+//! are often wrong, the `Date` of a success or of a stale signature's 401 updates this
+//! destination's [`ClockOffset`] (by the rules in `destinations::clock`), requests are signed
+//! with the server's time, and a 401 that a wrong clock explains is signed again at once.
 
 pub mod classify;
 pub mod sign;
@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Secret;
 use crate::destinations::clock::{self, ClockOffset};
-use crate::destinations::http::{self, SendError};
+use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 use crate::refund::ValidRefund;
@@ -115,17 +115,18 @@ impl Olive {
             .header("X-Signature", signature)
             .header("content-type", "application/json")
             .body(body);
-        match http::send(builder).await {
-            Ok(r) => {
-                let skew_ms = r.date.map(|date| {
-                    self.clock.observe(date, crate::clock::now_ms());
-                    clock::measure_ms(date, signed_ms)
-                });
-                classify::classify(r.status, &r.body, r.retry_after, skew_ms)
-            }
-            Err(SendError::NotSent(e)) => Attempt::Unreachable(e),
-            Err(SendError::Unknown(e)) => Attempt::Ambiguous(e),
-        }
+        // How far Olive's clock is from the time this request was signed with: it tells a stale
+        // signature from wrong credentials, and only a stale signature's 401 (or a success)
+        // vouches for Olive's `Date`.
+        let skew = |r: &http::Response| r.date.map(|date| clock::measure_ms(date, signed_ms));
+        let stale = |r: &http::Response| r.status == 401 && skew(r).is_some_and(clock::is_skewed);
+        http::exchange(
+            builder,
+            &self.clock,
+            |r| http::is_success(r) || stale(r),
+            |r, observed| classify::classify(r.status, &r.body, r.retry_after, skew(r), observed),
+        )
+        .await
     }
 }
 
