@@ -154,7 +154,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .filter_map(|d| {
             Some((
                 d.name.clone(),
-                format!("{}:{}", d.base_url.host_str()?, d.base_url.port_or_known_default()?),
+                format!("{}:{}", d.base_url().host_str()?, d.base_url().port_or_known_default()?),
             ))
         })
         .collect();

@@ -15,7 +15,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{read_secret, Config, DestinationKind, RawTerminal, SyncSettings};
+use crate::config::{read_secret, Config, SyncSettings, TerminalSettings};
 use crate::destinations::http;
 use crate::queue::{self, sequence, Sealer};
 
@@ -74,12 +74,7 @@ pub async fn run(path: &Path) -> Vec<Check> {
     let mut checks = vec![Check::new(Verdict::Pass, "config", format!("{} parses", path.display()))];
     checks.push(secret("seal key", &config.seal_key_file));
     for d in &config.destinations {
-        let file = match &d.kind {
-            DestinationKind::FinalPos { api_key_file } => api_key_file,
-            DestinationKind::Olive { hmac_secret_file, .. } => hmac_secret_file,
-            DestinationKind::Gateway { token_file, .. } => token_file,
-        };
-        checks.push(secret(&format!("secret {}", d.name), file));
+        checks.push(secret(&format!("secret {}", d.name), d.kind.secret_file().path()));
     }
     checks.push(state_dir(&config.state_dir));
     let db = config.state_dir.join("queue.db");
@@ -222,7 +217,7 @@ pub fn queue_sequence(db: &Path, sealer: Option<&Sealer>) -> Check {
 /// The serial device: exists (after symlinks, e.g. `/dev/serial/by-id/…`), is a character
 /// device, this user may read and write it, and it opens. Stops at the first failure, since
 /// later steps only repeat it less clearly.
-pub fn terminal_device(t: &RawTerminal) -> Vec<Check> {
+pub fn terminal_device(t: &TerminalSettings) -> Vec<Check> {
     const SUBJECT: &str = "terminal";
     let path = &t.device;
     let shown = path.display();
@@ -288,16 +283,17 @@ async fn destinations(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
     for d in &config.destinations {
         let reach = format!("reach {}", d.name);
-        match http::reach(&client, &d.base_url).await {
+        let base_url = d.base_url();
+        match http::reach(&client, base_url).await {
             Ok(answer) => {
                 checks.push(Check::new(
                     Verdict::Pass,
                     &reach,
-                    format!("{} answered HTTP {}", d.base_url, answer.status),
+                    format!("{} answered HTTP {}", base_url, answer.status),
                 ));
                 checks.push(clock(&format!("clock {}", d.name), answer.date, SystemTime::now()));
             }
-            Err(e) => checks.push(Check::new(Verdict::Fail, &reach, format!("{}: {e}", d.base_url))),
+            Err(e) => checks.push(Check::new(Verdict::Fail, &reach, format!("{}: {e}", base_url))),
         }
     }
     checks
@@ -352,12 +348,12 @@ mod tests {
     #[test]
     fn a_regular_file_is_not_a_terminal() {
         let file = tempfile::NamedTempFile::new().expect("temp file");
-        let t = RawTerminal {
+        let t = TerminalSettings {
             device: file.path().to_path_buf(),
             baud: 9600,
-            framing: "ndjson".into(),
-            parity: "none".into(),
-            session_timeout: None,
+            framing: crate::terminal::codec::Framing::Ndjson,
+            parity: serialport::Parity::None,
+            session_timeout: crate::terminal::session::DEFAULT_TIMEOUT,
         };
         let checks = terminal_device(&t);
         assert_eq!(checks.len(), 1);

@@ -149,7 +149,7 @@ fn check_config(path: &Path) -> u8 {
     println!("  state dir:    {}", config.state_dir.display());
     println!("  socket:       {}", config.socket.display());
     for d in &config.destinations {
-        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url);
+        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url());
     }
     for r in &config.routes {
         println!("  route:        processor {} -> {}", r.processor, r.destinations.join(", "));

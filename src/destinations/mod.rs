@@ -60,34 +60,12 @@ impl Connector {
         dest: &config::Destination,
         client: &reqwest::Client,
     ) -> Result<Connector, ConfigError> {
-        match &dest.kind {
-            DestinationKind::FinalPos { api_key_file } => {
-                let key = config::read_secret(api_key_file)?;
-                Ok(Connector::FinalPos(finalpos::FinalPos::new(
-                    dest.base_url.clone(),
-                    key.text()?.to_string(),
-                    client.clone(),
-                )))
-            }
-            DestinationKind::Olive { api_key_id, hmac_secret_file } => {
-                let secret = config::read_secret(hmac_secret_file)?;
-                Ok(Connector::Olive(olive::Olive::new(
-                    dest.base_url.clone(),
-                    api_key_id.clone(),
-                    secret,
-                    client.clone(),
-                )))
-            }
-            DestinationKind::Gateway { token_file, terminal_id } => {
-                let token = config::read_secret(token_file)?;
-                Ok(Connector::Gateway(gateway::Gateway::new(
-                    dest.base_url.clone(),
-                    token.text()?.to_string(),
-                    *terminal_id,
-                    client.clone(),
-                )))
-            }
-        }
+        let client = client.clone();
+        Ok(match &dest.kind {
+            DestinationKind::FinalPos(s) => Connector::FinalPos(finalpos::FinalPos::new(s, client)?),
+            DestinationKind::Olive(s) => Connector::Olive(olive::Olive::new(s, client)?),
+            DestinationKind::Gateway(s) => Connector::Gateway(gateway::Gateway::new(s, client)?),
+        })
     }
 
     pub fn capability(&self) -> Capability {

@@ -40,11 +40,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::RawTerminal;
+use crate::config::TerminalSettings;
 use crate::lock::lock;
 use crate::queue::QueueHandle;
 use crate::shutdown::Shutdown;
-use codec::{Decoder, Framing, UnknownFraming};
+use codec::Decoder;
 use device::{PortSettings, SharedStatus, TerminalStatus};
 
 /// Chunks read from the port that may wait for the link task; beyond this the reader blocks and
@@ -53,15 +53,10 @@ const EVENT_BACKLOG: usize = 64;
 /// Encoded replies that may wait for the writer thread.
 const REPLY_BACKLOG: usize = 256;
 
-/// Why the terminal could not be started; config is checked at load, so these are rare.
+/// Why the terminal could not be started. Its settings were typed when the config was loaded,
+/// so only the threads can fail here.
 #[derive(Debug, thiserror::Error)]
 pub enum TerminalError {
-    #[error("terminal.framing: {0}")]
-    Framing(#[from] UnknownFraming),
-    #[error("terminal.parity: {0:?} is not one of none, even, odd")]
-    Parity(String),
-    #[error("terminal.session_timeout: {0:?} is not a duration like \"2m\"")]
-    SessionTimeout(String),
     #[error("cannot start the terminal threads: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -77,20 +72,13 @@ pub struct Terminal {
 /// Starts reading the configured device. The device does not need to exist yet: the agent keeps
 /// trying to open it with backoff, and serves the control API meanwhile.
 pub fn spawn(
-    config: &RawTerminal,
+    config: &TerminalSettings,
     queue: QueueHandle,
     wake: Arc<Notify>,
     shutdown: Shutdown,
 ) -> Result<Terminal, TerminalError> {
-    let framing: Framing = config.framing.parse()?;
-    let parity =
-        device::parity(&config.parity).ok_or_else(|| TerminalError::Parity(config.parity.clone()))?;
-    let timeout = match &config.session_timeout {
-        Some(text) => {
-            humantime::parse_duration(text).map_err(|_| TerminalError::SessionTimeout(text.clone()))?
-        }
-        None => session::DEFAULT_TIMEOUT,
-    };
+    let framing = config.framing;
+    let timeout = config.session_timeout;
     let status = SharedStatus::default();
     {
         let mut s = lock(&status);
@@ -99,7 +87,7 @@ pub fn spawn(
     }
     let (events_tx, events) = mpsc::channel(EVENT_BACKLOG);
     let (replies, replies_rx) = mpsc::channel(REPLY_BACKLOG);
-    let settings = PortSettings { path: config.device.clone(), baud: config.baud, parity };
+    let settings = PortSettings { path: config.device.clone(), baud: config.baud, parity: config.parity };
     tracing::info!(device = %config.device.display(), %framing, baud = config.baud, session_timeout = ?timeout, "terminal input started");
     let device = device::start(settings, status.clone(), events_tx, replies_rx)?;
     let link = task::Link {

@@ -4,15 +4,18 @@
 //! it has seen, so it deduplicates: an ambiguous request is simply sent again.
 
 pub mod classify;
+mod config;
 pub mod request;
 
 use std::fmt;
 
+use crate::config::{ConfigError, Secret};
 use crate::destinations::clock::ClockOffset;
 use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 use classify::Request;
+pub use config::{FinalPosConfig, FinalPosSettings};
 
 /// Final POS deduplicates on `externalId` and records refunds (it moves no money).
 pub const CAPABILITY: Capability = Capability { dedup: true, moves_money: false };
@@ -20,7 +23,7 @@ pub const CAPABILITY: Capability = Capability { dedup: true, moves_money: false 
 /// The Final POS connector.
 pub struct FinalPos {
     base_url: reqwest::Url,
-    api_key: String,
+    api_key: Secret<String>,
     client: reqwest::Client,
     clock: ClockOffset,
 }
@@ -32,8 +35,10 @@ impl fmt::Debug for FinalPos {
 }
 
 impl FinalPos {
-    pub fn new(base_url: reqwest::Url, api_key: String, client: reqwest::Client) -> FinalPos {
-        FinalPos { base_url, api_key, client, clock: ClockOffset::new() }
+    /// Builds the connector, reading its API key.
+    pub fn new(settings: &FinalPosSettings, client: reqwest::Client) -> Result<FinalPos, ConfigError> {
+        let api_key = settings.api_key()?;
+        Ok(FinalPos { base_url: settings.base_url.clone(), api_key, client, clock: ClockOffset::new() })
     }
 
     /// The measured offset of Final POS's clock (from its `Date` headers), for status.
@@ -63,7 +68,7 @@ impl FinalPos {
         let builder = self
             .client
             .post(self.url(path))
-            .header("x-api-key", &self.api_key)
+            .header("x-api-key", self.api_key.expose())
             .header("content-type", "application/json")
             .body(bytes);
         http::exchange(builder, &self.clock, http::is_success, |r, _| {

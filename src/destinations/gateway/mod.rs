@@ -6,14 +6,17 @@
 //! refund the card twice.
 
 pub mod classify;
+mod config;
 pub mod request;
 
 use std::fmt;
 
+use crate::config::{ConfigError, Secret};
 use crate::destinations::clock::ClockOffset;
 use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
+pub use config::{GatewayConfig, GatewaySettings};
 
 /// The gateway moves money and does not promise deduplication.
 pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true };
@@ -21,7 +24,7 @@ pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true 
 /// The card gateway connector.
 pub struct Gateway {
     base_url: reqwest::Url,
-    token: String,
+    token: Secret<String>,
     /// The dashboard terminal id sent as `terminal.id`.
     terminal_id: i64,
     client: reqwest::Client,
@@ -39,8 +42,16 @@ impl fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(base_url: reqwest::Url, token: String, terminal_id: i64, client: reqwest::Client) -> Gateway {
-        Gateway { base_url, token, terminal_id, client, clock: ClockOffset::new() }
+    /// Builds the connector, reading its token.
+    pub fn new(settings: &GatewaySettings, client: reqwest::Client) -> Result<Gateway, ConfigError> {
+        let token = settings.token()?;
+        Ok(Gateway {
+            base_url: settings.base_url.clone(),
+            token,
+            terminal_id: settings.terminal_id,
+            client,
+            clock: ClockOffset::new(),
+        })
     }
 
     /// The measured offset of the gateway's clock, shared (status reports it).
@@ -62,7 +73,7 @@ impl Gateway {
         let builder = self
             .client
             .post(url)
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .header("content-type", "application/json")
             .body(body);
         http::exchange(builder, &self.clock, http::is_success, |r, _| {
@@ -94,8 +105,18 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_token() {
-        let g =
-            Gateway::new("https://gw.example.com".parse().unwrap(), "sekrit-token".into(), 24, test_client());
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("gw.token");
+        std::fs::write(&token, "sekrit-token").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let table = "kind = \"gateway\"\nbase_url = \"https://gw.example.com\"\ntoken_file = \"gw.token\"\nterminal_id = 24";
+        let Ok(crate::config::DestinationKind::Gateway(settings)) =
+            crate::config::parse_for_test(table, dir.path())
+        else {
+            panic!("the table does not parse as gateway");
+        };
+        let g = Gateway::new(&settings, test_client()).unwrap();
         let text = format!("{g:?}");
         assert!(!text.contains("sekrit"), "{text}");
         assert!(text.contains("gw.example.com"), "{text}");

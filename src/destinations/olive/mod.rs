@@ -9,18 +9,20 @@
 //! with the server's time, and a 401 that a wrong clock explains is signed again at once.
 
 pub mod classify;
+mod config;
 pub mod sign;
 
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::Secret;
+use crate::config::{ConfigError, Secret};
 use crate::destinations::clock::{self, ClockOffset};
 use crate::destinations::http;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Claim;
 use crate::refund::ValidRefund;
+pub use config::{OliveConfig, OliveSettings};
 
 /// Olive moves money and does not deduplicate.
 pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true };
@@ -85,8 +87,15 @@ pub fn refund_url(base_url: &reqwest::Url) -> Result<reqwest::Url, String> {
 }
 
 impl Olive {
-    pub fn new(base_url: reqwest::Url, api_key_id: String, secret: Secret, client: reqwest::Client) -> Olive {
-        Olive { base_url, api_key_id, secret, client, clock: ClockOffset::new() }
+    /// Builds the connector, reading its HMAC secret.
+    pub fn new(settings: &OliveSettings, client: reqwest::Client) -> Result<Olive, ConfigError> {
+        Ok(Olive {
+            base_url: settings.base_url.clone(),
+            api_key_id: settings.api_key_id.clone(),
+            secret: settings.hmac_secret()?,
+            client,
+            clock: ClockOffset::new(),
+        })
     }
 
     /// The measured offset of Olive's clock, shared (status reports it).

@@ -1,0 +1,158 @@
+//! The configuration file as written: serde structs that refuse unknown keys by name, with the
+//! defaults of every optional key. Nothing here is checked beyond its TOML type; that is
+//! [`super::validate`]'s job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::destination::RawDestination;
+use crate::routing::Route;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub control: RawControl,
+    #[serde(default)]
+    pub terminal: Option<RawTerminal>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub sync: RawSync,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, RawDestination>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    pub terminal_id: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_currency")]
+    pub default_currency: String,
+    pub seal_key_file: String,
+    #[serde(default = "default_retention")]
+    pub retention: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/refund-agent")
+}
+fn default_currency() -> String {
+    "USD".into()
+}
+fn default_retention() -> String {
+    "30d".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    #[serde(default)]
+    pub tcp: Option<String>,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl { socket: default_socket(), socket_group: None, tcp: None }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/refund-agent/control.sock")
+}
+
+/// `[terminal]`: the serial device, with its settings still as the names written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTerminal {
+    pub device: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default = "default_framing")]
+    pub framing: String,
+    #[serde(default = "default_parity")]
+    pub parity: String,
+    #[serde(default)]
+    pub session_timeout: Option<String>,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_framing() -> String {
+    "ndjson".into()
+}
+fn default_parity() -> String {
+    "none".into()
+}
+
+/// `[limits]`. Its amount limits are the default currency's; `[limits.EUR]` and the like hold
+/// another currency's. Any other key is an error naming it (the map catches what the named
+/// fields do not, since `deny_unknown_fields` does not combine with `flatten`).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawLimits {
+    pub max_refund: Option<String>,
+    pub max_pending_total: Option<String>,
+    pub max_queue_len: Option<u64>,
+    pub max_pending_age: Option<String>,
+    #[serde(default)]
+    pub allow_unlinked: bool,
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, toml::Value>,
+}
+
+/// `[limits.XXX]`: the amount limits of one more currency.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCurrencyLimits {
+    pub max_refund: Option<String>,
+    pub max_pending_total: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    #[serde(default = "d10s")]
+    pub request_timeout: String,
+    #[serde(default = "d5s")]
+    pub connect_timeout: String,
+    #[serde(default = "d1s")]
+    pub backoff_initial: String,
+    #[serde(default = "d5m")]
+    pub backoff_max: String,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            request_timeout: d10s(),
+            connect_timeout: d5s(),
+            backoff_initial: d1s(),
+            backoff_max: d5m(),
+        }
+    }
+}
+
+fn d10s() -> String {
+    "10s".into()
+}
+fn d5s() -> String {
+    "5s".into()
+}
+fn d1s() -> String {
+    "1s".into()
+}
+fn d5m() -> String {
+    "5m".into()
+}

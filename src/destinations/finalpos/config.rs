@@ -1,0 +1,65 @@
+//! `kind = "finalpos"`: the `[destinations.NAME]` table as written, and the settings the
+//! connector is built from.
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, DestinationContext, Secret, SecretFile};
+
+/// A Final POS table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalPosConfig {
+    base_url: String,
+    api_key_file: String,
+}
+
+/// A checked Final POS destination.
+#[derive(Debug, Clone)]
+pub struct FinalPosSettings {
+    pub base_url: reqwest::Url,
+    /// The key sent as `x-api-key` on every request.
+    pub api_key_file: SecretFile,
+}
+
+impl FinalPosConfig {
+    pub fn validate(self, at: &DestinationContext<'_>) -> Result<FinalPosSettings, ConfigError> {
+        Ok(FinalPosSettings {
+            base_url: at.base_url(&self.base_url)?,
+            api_key_file: at.secret_file(&self.api_key_file),
+        })
+    }
+}
+
+impl FinalPosSettings {
+    /// Reads the API key; it is text, since it travels in a header.
+    pub fn api_key(&self) -> Result<Secret<String>, ConfigError> {
+        self.api_key_file.read_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse_for_test, DestinationKind};
+
+    const TABLE: &str =
+        "kind = \"finalpos\"\nbase_url = \"https://api.finalpos.com\"\napi_key_file = \"fp.key\"";
+
+    #[test]
+    fn plain_http_to_a_remote_host_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = parse_for_test(&TABLE.replace("https:", "http:"), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("destinations.finalpos.base_url"), "{err}");
+        assert!(err.contains("only allowed for loopback hosts"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_key_file_is_named_when_the_key_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Ok(DestinationKind::FinalPos(settings)) = parse_for_test(TABLE, dir.path()) else {
+            panic!("the table does not parse as finalpos");
+        };
+        assert_eq!(settings.api_key_file.path(), dir.path().join("fp.key"));
+        let err = settings.api_key().unwrap_err().to_string();
+        assert!(err.starts_with(&format!("secret file {}", dir.path().join("fp.key").display())), "{err}");
+    }
+}
