@@ -60,7 +60,7 @@ async fn run(queue: QueueHandle, interval: Duration, mut shutdown: watch::Receiv
         // No timeout on purpose: if the owner never answers, the missing ping is the signal.
         let answer = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
-            answer = queue.call(|_| Ok(())) => answer,
+            answer = queue.ping() => answer,
         };
         match answer {
             Ok(()) => send(NotifyState::Watchdog, "WATCHDOG"),

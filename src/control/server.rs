@@ -353,7 +353,7 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, Failure> {
 /// runs, serves reads and stores again by itself when space returns, so restarting it would
 /// not help; the body says `degraded` and why.
 async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {
-    s.queue.call(|_| Ok(())).await?;
+    s.queue.ping().await?;
     let storage = s.queue.storage();
     if storage.failing {
         let body = serde_json::json!({"status": "degraded", "storage_error": storage.last_error});

@@ -3,9 +3,9 @@
 //! and never lets money move twice: an `unknown` delivery is resent only after a person has
 //! checked at the destination that it is not there.
 
+use super::db::Db;
 use super::delivery::{aggregate, DeliveryState, RefundState};
 use super::error::QueueError;
-use super::owner::Db;
 use super::rows::{self, DeliveryRow};
 use super::view::RefundView;
 
@@ -89,7 +89,7 @@ pub fn retry(db: &Db<'_>, id: &str, operator: &str, now: i64) -> Result<RefundVi
     }
     save_state(db, row, &deliveries, None, now)?;
     rows::audit(db.conn, Some(id), operator, "retry", &format!("{changed} deliveries due now"), now)?;
-    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
 /// Cancels a refund before any money moved: refused once any delivery was made, is in flight,
@@ -121,7 +121,7 @@ pub fn cancel(
     }
     save_state(db, row, &deliveries, Some(RefundState::Cancelled), now)?;
     rows::audit(db.conn, Some(id), operator, "cancel", reason, now)?;
-    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
 /// Resolves an `unknown` delivery after a person checked at the destination. With several
@@ -170,7 +170,7 @@ pub fn resolve(
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     save_state(db, row, &deliveries, None, now)?;
     rows::audit(db.conn, Some(id), operator, "resolve", &format!("{dest}: {what}"), now)?;
-    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
 fn for_dest(destination: Option<&str>) -> String {
