@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::ApiError;
 use crate::destinations::clock::ClockOffset;
-use crate::queue::{QueueError, QueueHandle, QueueStatus, RefundState, Resolution};
+use crate::queue::{QueueError, QueueHandle, QueueStatus, Resolution, ViewState};
 use crate::refund::{RefundDraft, RejectCode, Rejection};
 use crate::sale::SaleInput;
 use crate::sync::{DestinationHealth, Health};
@@ -191,15 +191,14 @@ async fn list_refunds(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Failure> {
     let q = list_query(query)?;
-    if let Some(state) = &q.state {
-        if state != "quarantined" {
-            state
-                .parse::<RefundState>()
-                .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e))?;
-        }
-    }
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<ViewState>)
+        .transpose()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(s.queue.list(q.state, limit).await?).into_response())
+    Ok(Json(s.queue.list(state, limit).await?).into_response())
 }
 
 /// The body of the manual actions: who decides, and for cancel/resolve what.

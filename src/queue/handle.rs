@@ -11,7 +11,7 @@ use super::manual::{self, Resolution};
 use super::owner::{Job, Reply, Storage};
 use super::reads;
 use super::retention;
-use super::view::{QueueStatus, RefundView, StorageStatus};
+use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
 use crate::clock::now_ms;
 use crate::refund::{RefundDraft, Rejection};
 use crate::sale::SaleInput;
@@ -78,8 +78,8 @@ impl QueueHandle {
         self.call(move |db| reads::view(db, &id, now_ms())).await
     }
 
-    pub async fn list(&self, state: Option<String>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
-        self.call(move |db| reads::list(db, state.as_deref(), limit, now_ms())).await
+    pub async fn list(&self, state: Option<ViewState>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
+        self.call(move |db| reads::list(db, state, limit, now_ms())).await
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {

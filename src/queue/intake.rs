@@ -5,10 +5,11 @@ use rusqlite::{params, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::db::Db;
-use super::delivery::{DeliveryState, RefundState};
+use super::delivery::{sql_list, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::reads::{build_view, view};
 use super::rows::{self, DeliveryRow, RefundRow, SaleKey};
+use super::sequence;
 use super::view::RefundView;
 use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef};
 use crate::sale::{Sale, SaleInput};
@@ -75,14 +76,14 @@ pub fn create_refund(
 
     let id = refund.id.to_string();
     let mut row = RefundRow {
-        seq: 0,
+        seq: sequence::advance(db.conn, db.sealer, destinations.len() as i64)?,
         id: id.clone(),
         receipt_id: refund.receipt_id.clone(),
         currency: refund.currency.code().to_string(),
         amount: refund.currency.format(refund.amount),
         amount_minor: rows::minor_units(&refund)
             .ok_or_else(|| QueueError::Storage("amount out of range".into()))?,
-        state: RefundState::Queued.as_str().to_string(),
+        state: RefundState::Queued.into(),
         created_at: now,
         updated_at: now,
         body: serde_json::to_string(&refund).map_err(|e| QueueError::Storage(e.to_string()))?,
@@ -96,7 +97,7 @@ pub fn create_refund(
             refund_id: id.clone(),
             position: position as i64,
             destination: destination.clone(),
-            state: DeliveryState::Pending.as_str().to_string(),
+            state: DeliveryState::Pending.into(),
             attempts: 0,
             next_attempt_at: now,
             step: 0,
@@ -133,10 +134,14 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
     // the open totals from `open_totals` (kept by triggers), so the cost of a new refund does
     // not grow with the queue.
     let refunded_before = match &sale {
-        Some(sale) => minor(db.conn.prepare_cached(
-            "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN ('cancelled', 'declined')",
-        )?
-        .query_row([&sale.receipt_id], |r| r.get(0))?),
+        Some(sale) => minor(
+            db.conn
+                .prepare_cached(&format!(
+                    "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN {}",
+                    sql_list(&RefundState::RELEASED)
+                ))?
+                .query_row([&sale.receipt_id], |r| r.get(0))?,
+        ),
         None => Decimal::ZERO,
     };
     let (pending, queue_len): (i64, i64) = db

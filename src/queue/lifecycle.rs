@@ -5,7 +5,7 @@
 use rusqlite::OptionalExtension;
 
 use super::db::Db;
-use super::delivery::{aggregate, DeliveryState, RefundState};
+use super::delivery::{aggregate, sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow};
 use crate::refund::ValidRefund;
@@ -44,7 +44,7 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<V
                 continue;
             }
         };
-        d.state = DeliveryState::InFlight.as_str().to_string();
+        d.state = DeliveryState::InFlight.into();
         d.attempts += 1;
         d.updated_at = now;
         rows::save_delivery(db.conn, db.sealer, &mut d, false)?;
@@ -120,7 +120,7 @@ pub fn record(
         )));
     }
     let d = &mut all[idx];
-    d.state = next.as_str().to_string();
+    d.state = next.into();
     d.last_error = error.map(|e| truncate(&e, 500));
     d.updated_at = now;
     match outcome {
@@ -135,8 +135,10 @@ pub fn record(
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     if next == DeliveryState::Declined {
         let who = d.destination.clone();
-        for later in all.iter_mut().filter(|l| l.position > position && l.state() == DeliveryState::Pending) {
-            later.state = DeliveryState::Cancelled.as_str().to_string();
+        for later in
+            all.iter_mut().filter(|l| l.position > position && l.state() == Ok(DeliveryState::Pending))
+        {
+            later.state = DeliveryState::Cancelled.into();
             later.last_error = Some(format!("not sent: {who} declined the refund"));
             later.updated_at = now;
             rows::save_delivery(db.conn, db.sealer, later, false)?;
@@ -162,7 +164,10 @@ fn update_refund_state(
     if matches!(current, RefundState::Cancelled | RefundState::Expired) {
         return Ok(());
     }
-    let states: Vec<DeliveryState> = deliveries.iter().map(DeliveryRow::state).collect();
+    let states = match deliveries.iter().map(DeliveryRow::state).collect::<Result<Vec<_>, _>>() {
+        Ok(states) => states,
+        Err(reason) => return rows::quarantine(db.conn, refund_id, &reason, now),
+    };
     let next = aggregate(&states);
     if next != current {
         rows::set_refund_state(db.conn, db.sealer, &mut row, next, now)?;
@@ -209,12 +214,14 @@ pub fn next_due(db: &Db<'_>, skip: &[String]) -> Result<Option<i64>, QueueError>
     let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
     Ok(db
         .conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT d.next_attempt_at FROM deliveries d JOIN refunds r ON r.id = d.refund_id
-         WHERE d.state = 'pending' AND r.state = 'queued'
+         WHERE d.state = {} AND r.state = {}
            AND d.destination NOT IN (SELECT value FROM json_each(?1))
          ORDER BY d.next_attempt_at LIMIT 1",
-        )?
+            sql_literal(DeliveryState::Pending),
+            sql_literal(RefundState::Queued)
+        ))?
         .query_row([skip], |r| r.get(0))
         .optional()?)
 }

@@ -4,6 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::rows::{self, RefundRow};
 use super::schema;
@@ -11,7 +12,7 @@ use super::seal::Sealer;
 use super::sequence::{self, Head, Ranges};
 
 /// Schema versions, applied in order inside one transaction each. Never edit a released entry:
-/// add a new one.
+/// add a new one. `{open}` stands for the SQL list of [`RefundState::OPEN`] (see [`sql`]).
 const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -41,20 +42,20 @@ const MIGRATIONS: &[&str] = &[
         amount_minor INTEGER NOT NULL,
         count INTEGER NOT NULL) STRICT;
      CREATE TRIGGER open_totals_insert AFTER INSERT ON refunds
-        WHEN NEW.state IN ('queued', 'expired', 'unknown') BEGIN
+        WHEN NEW.state IN {open} BEGIN
         INSERT INTO open_totals (currency, amount_minor, count) VALUES (NEW.currency, NEW.amount_minor, 1)
             ON CONFLICT (currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor, count = count + 1;
      END;
      CREATE TRIGGER open_totals_delete AFTER DELETE ON refunds
-        WHEN OLD.state IN ('queued', 'expired', 'unknown') BEGIN
+        WHEN OLD.state IN {open} BEGIN
         UPDATE open_totals SET amount_minor = amount_minor - OLD.amount_minor, count = count - 1
             WHERE currency = OLD.currency;
      END;
      CREATE TRIGGER open_totals_update AFTER UPDATE OF state, currency, amount_minor ON refunds BEGIN
         UPDATE open_totals SET amount_minor = amount_minor - OLD.amount_minor, count = count - 1
-            WHERE currency = OLD.currency AND OLD.state IN ('queued', 'expired', 'unknown');
+            WHERE currency = OLD.currency AND OLD.state IN {open};
         INSERT INTO open_totals (currency, amount_minor, count)
-            SELECT NEW.currency, NEW.amount_minor, 1 WHERE NEW.state IN ('queued', 'expired', 'unknown')
+            SELECT NEW.currency, NEW.amount_minor, 1 WHERE NEW.state IN {open}
             ON CONFLICT (currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor, count = count + 1;
      END;
      CREATE TABLE deliveries (
@@ -110,6 +111,11 @@ fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> 
     adopt(conn, sealer)
 }
 
+/// A migration's SQL with its sets of states filled in from the enums that define them.
+fn sql(migration: &str) -> String {
+    migration.replace("{open}", &sql_list(&RefundState::OPEN))
+}
+
 /// The schema version this agent writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -122,6 +128,7 @@ pub(super) fn migrate(conn: &Connection, sealer: &Sealer) -> Result<(), QueueErr
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let next = i as i64 + 1;
         let step = STEPS.iter().find(|(v, _)| *v == next).map(|(_, f)| *f);
+        let sql = self::sql(sql);
         let applied = (|| {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql};"))?;
             if let Some(step) = step {

@@ -91,4 +91,4 @@ pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
 pub use owner::{start, QueueOwner};
 pub use seal::Sealer;
-pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus};
+pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};

@@ -7,10 +7,10 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 
 use super::db::Db;
-use super::delivery::{DeliveryState, RefundState};
+use super::delivery::{sql_list, sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow, RefundRow};
-use super::view::{DeliveryView, QueueStatus, RefundView};
+use super::view::{DeliveryView, QueueStatus, RefundView, ViewState};
 use crate::clock::rfc3339;
 use crate::refund::ValidRefund;
 
@@ -48,7 +48,11 @@ pub(super) fn build_view(
 ) -> RefundView {
     let text = |f: fn(&ValidRefund) -> Option<String>| body.and_then(f);
     RefundView {
-        state: if quarantine_reason.is_some() { "quarantined".into() } else { row.state.clone() },
+        // A row whose state names none was quarantined by whoever read it: `open` refuses it.
+        state: match (&quarantine_reason, row.state.get()) {
+            (None, Ok(state)) => ViewState::Refund(state),
+            _ => ViewState::Quarantined,
+        },
         quarantine_reason,
         amount: row.amount.clone(),
         currency: row.currency.clone(),
@@ -64,11 +68,12 @@ pub(super) fn build_view(
             .iter()
             .map(|d| DeliveryView {
                 destination: d.destination.clone(),
-                state: d.state.clone(),
+                state: d.state.as_str().to_string(),
                 attempts: d.attempts,
                 remote_id: d.remote_id.clone(),
                 last_error: d.last_error.clone(),
-                next_attempt_at: (d.state() == DeliveryState::Pending).then(|| rfc3339(d.next_attempt_at)),
+                next_attempt_at: (d.state() == Ok(DeliveryState::Pending))
+                    .then(|| rfc3339(d.next_attempt_at)),
                 updated_at: rfc3339(d.updated_at),
             })
             .collect(),
@@ -79,18 +84,22 @@ pub(super) fn build_view(
 /// Refunds, newest first, optionally only those in one state (`quarantined` included).
 pub(super) fn list(
     db: &Db<'_>,
-    state: Option<&str>,
+    state: Option<ViewState>,
     limit: i64,
     now: i64,
 ) -> Result<Vec<RefundView>, QueueError> {
-    if state == Some("quarantined") {
-        let ids: Vec<String> = db
-            .conn
-            .prepare("SELECT refund_id FROM quarantine ORDER BY at DESC LIMIT ?1")?
-            .query_map([limit], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        return ids.iter().filter_map(|id| view(db, id, now).transpose()).collect();
-    }
+    let state = match state {
+        Some(ViewState::Quarantined) => {
+            let ids: Vec<String> = db
+                .conn
+                .prepare("SELECT refund_id FROM quarantine ORDER BY at DESC LIMIT ?1")?
+                .query_map([limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            return ids.iter().filter_map(|id| view(db, id, now).transpose()).collect();
+        }
+        Some(ViewState::Refund(state)) => Some(state),
+        None => None,
+    };
     rows::list_refunds(db.conn, state, limit)?.into_iter().map(|row| view_row(db, row, now)).collect()
 }
 
@@ -106,16 +115,16 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         s.refunds.insert(state, n as u64);
     }
     s.quarantined = db.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
+    let open = sql_list(&RefundState::OPEN);
     let oldest: Option<i64> = db.conn.query_row(
-        "SELECT MIN(created_at) FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
+        &format!("SELECT MIN(created_at) FROM refunds WHERE state IN {open}"),
         [],
         |r| r.get(0),
     )?;
     s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
     let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut stmt = db.conn.prepare_cached(
-        "SELECT currency, amount FROM refunds WHERE state IN ('queued', 'expired', 'unknown')",
-    )?;
+    let mut stmt =
+        db.conn.prepare_cached(&format!("SELECT currency, amount FROM refunds WHERE state IN {open}"))?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
         let (currency, amount) = row?;
         *pending.entry(currency).or_default() += Decimal::from_str(&amount).unwrap_or_default();
@@ -130,10 +139,14 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         let (dest, state, n) = row?;
         s.deliveries.entry(dest).or_default().insert(state, n as u64);
     }
-    let last: Option<i64> =
-        db.conn.query_row("SELECT MAX(updated_at) FROM deliveries WHERE state = 'delivered'", [], |r| {
-            r.get(0)
-        })?;
+    let last: Option<i64> = db.conn.query_row(
+        &format!(
+            "SELECT MAX(updated_at) FROM deliveries WHERE state = {}",
+            sql_literal(DeliveryState::Delivered)
+        ),
+        [],
+        |r| r.get(0),
+    )?;
     s.last_delivered_at = last.map(rfc3339);
     let retries: i64 = db
         .conn

@@ -2,7 +2,7 @@
 //! older than the retention are purged (see "When rows may be deleted" in `mod.rs`).
 
 use super::db::Db;
-use super::delivery::{DeliveryState, RefundState};
+use super::delivery::{sql_list, sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows;
 
@@ -13,7 +13,10 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
     if let Some(max_age) = db.settings.max_pending_age_ms {
         let old: Vec<String> = db
             .conn
-            .prepare("SELECT id FROM refunds WHERE state = 'queued' AND created_at < ?1")?
+            .prepare(&format!(
+                "SELECT id FROM refunds WHERE state = {} AND created_at < ?1",
+                sql_literal(RefundState::Queued)
+            ))?
             .query_map([now - max_age], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for id in old {
@@ -24,7 +27,7 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
                 continue;
             }
             let busy =
-                rows::load_deliveries(db.conn, &id)?.iter().any(|d| d.state() == DeliveryState::InFlight);
+                rows::load_deliveries(db.conn, &id)?.iter().any(|d| d.state() == Ok(DeliveryState::InFlight));
             if busy {
                 continue;
             }
@@ -55,10 +58,11 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
 fn purge(db: &Db<'_>, before: i64, now: i64) -> Result<u64, QueueError> {
     let ids: Vec<String> = db
         .conn
-        .prepare_cached(
-            "SELECT id FROM refunds WHERE state IN ('delivered', 'cancelled', 'declined') AND updated_at < ?1
+        .prepare_cached(&format!(
+            "SELECT id FROM refunds WHERE state IN {} AND updated_at < ?1
              AND id NOT IN (SELECT refund_id FROM quarantine)",
-        )?
+            sql_list(&RefundState::FINAL)
+        ))?
         .query_map([before], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let (mut seqs, mut deliveries) = (Vec::with_capacity(ids.len()), 0i64);

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::migrate;
 use super::seal::Sealer;
@@ -167,14 +168,15 @@ fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
 /// refund's limits cost O(1)) is derived data: rebuilt from the refunds at every start, so that
 /// nothing done to the file outside the agent can make it lie for long.
 fn rebuild_totals(conn: &Connection) -> Result<(), QueueError> {
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          DELETE FROM open_totals;
          INSERT INTO open_totals (currency, amount_minor, count)
              SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
-             WHERE state IN ('queued', 'expired', 'unknown') GROUP BY currency;
+             WHERE state IN {} GROUP BY currency;
          COMMIT;",
-    )
+        sql_list(&RefundState::OPEN)
+    ))
     .inspect_err(|_| {
         let _ = conn.execute_batch("ROLLBACK");
     })?;

@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 use super::db::{Db, QueueSettings};
 use super::lifecycle::{self, Recorded};
-use super::{intake, migrate, reads, retention, rows, schema, DeliveryState, QueueError, Sealer};
+use super::{intake, migrate, reads, retention, rows, schema, DeliveryState, QueueError, Sealer, ViewState};
 use crate::refund::{Policy, RefundDraft};
 use crate::routing::{Route, Router};
 use crate::sale::tests::example_input;
@@ -82,7 +82,7 @@ impl Fixture {
         self.db(|db| intake::create_refund(db, draft, None, 1).unwrap().unwrap().refund.id)
     }
 
-    fn state(&self, id: &str) -> String {
+    fn state(&self, id: &str) -> ViewState {
         self.db(|db| reads::view(db, id, 0).unwrap().unwrap().state)
     }
 
@@ -106,10 +106,11 @@ impl Fixture {
             .unwrap();
         let recount: Vec<(String, i64, i64)> = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
-                 WHERE state IN ('queued', 'expired', 'unknown') GROUP BY currency ORDER BY currency",
-            )
+                 WHERE state IN {} GROUP BY currency ORDER BY currency",
+                super::delivery::sql_list(&super::RefundState::OPEN)
+            ))
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
