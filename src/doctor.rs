@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{read_secret, Config, SyncSettings, TerminalSettings};
 use crate::destinations::http;
-use crate::queue::{self, sequence, Sealer};
+use crate::queue::{self, FileCheck, RowsCheck, Sealer};
 
 /// Short, because a technician waits for the answer and a dead host must not hang the tool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,11 +80,7 @@ pub async fn run(path: &Path) -> Vec<Check> {
     let db = config.state_dir.join("queue.db");
     // Without a usable seal key the head record cannot be verified; the key's own line says why.
     let sealer = config.seal_key().ok().and_then(|k| Sealer::new(k.expose().to_vec()).ok());
-    let queue = tokio::task::spawn_blocking(move || {
-        let file = queue_file(&db);
-        let rows = (file.verdict == Verdict::Pass).then(|| queue_sequence(&db, sealer.as_ref()));
-        std::iter::once(file).chain(rows).collect::<Vec<_>>()
-    });
+    let queue = tokio::task::spawn_blocking(move || queue_checks(&db, sealer.as_ref()));
     checks.extend(queue.await.unwrap_or_else(|e| {
         vec![Check::new(Verdict::Fail, "queue", format!("the check itself crashed: {e}"))]
     }));
@@ -132,84 +128,68 @@ pub fn state_dir(dir: &Path) -> Check {
 /// `PRAGMA integrity_check` on the queue file, opened read-only so a running agent keeps its
 /// write lock and nothing is migrated.
 pub fn queue_file(db: &Path) -> Check {
+    file_check(db, &queue::check_readonly(db, None, REQUEST_TIMEOUT).file)
+}
+
+/// The queue file and, when it passes, its rows: the checks the agent makes at start.
+fn queue_checks(db: &Path, sealer: Option<&Sealer>) -> Vec<Check> {
+    let report = queue::check_readonly(db, sealer, REQUEST_TIMEOUT);
+    std::iter::once(file_check(db, &report.file))
+        .chain(report.rows.map(|rows| rows_check(db, rows)))
+        .collect()
+}
+
+fn file_check(db: &Path, file: &FileCheck) -> Check {
     const SUBJECT: &str = "queue";
-    if !db.exists() {
-        return Check::new(
+    match file {
+        FileCheck::Missing => Check::new(
             Verdict::Warn,
             SUBJECT,
             format!("{} does not exist yet; the agent creates it at first start", db.display()),
-        );
-    }
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let result = rusqlite::Connection::open_with_flags(db, flags).and_then(|conn| {
-        conn.busy_timeout(REQUEST_TIMEOUT)?;
-        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.collect::<Result<Vec<String>, _>>()
-    });
-    match result {
-        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {
-            Check::new(Verdict::Pass, SUBJECT, format!("{} integrity ok", db.display()))
-        }
-        Ok(rows) => Check::new(
+        ),
+        FileCheck::Intact => Check::new(Verdict::Pass, SUBJECT, format!("{} integrity ok", db.display())),
+        FileCheck::Damaged(lines) => Check::new(
             Verdict::Fail,
             SUBJECT,
             format!(
                 "{} is damaged: {}",
                 db.display(),
-                rows.into_iter().take(5).collect::<Vec<_>>().join("; ")
+                lines.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
             ),
         ),
-        Err(e) => Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
+        FileCheck::Unreadable(e) => Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
     }
 }
 
-/// The check the agent makes at start (`queue::sequence::check`): no refund deleted behind its
-/// back, the head record's seal valid, every refund's delivery rows present. Read-only: a
-/// refund short of a delivery row is reported here and quarantined by the agent at its start.
-pub fn queue_sequence(db: &Path, sealer: Option<&Sealer>) -> Check {
+/// The check the agent makes at start: no refund deleted behind its back, the head record's
+/// seal valid, every refund's delivery rows present. Read-only: a refund short of a delivery
+/// row is reported here and quarantined by the agent at its start.
+fn rows_check(db: &Path, rows: RowsCheck) -> Check {
     const SUBJECT: &str = "queue rows";
-    let Some(sealer) = sealer else {
-        return Check::new(Verdict::Warn, SUBJECT, "not checked: the seal key cannot be read");
-    };
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = match rusqlite::Connection::open_with_flags(db, flags) {
-        Ok(c) => c,
-        Err(e) => return Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
-    };
-    let _ = conn.busy_timeout(REQUEST_TIMEOUT);
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
-    if version < queue::schema::VERSION {
-        return Check::new(
+    const REFUSED: &str = "the agent will not start on it (README \"Refunds missing from the queue\")";
+    match rows {
+        RowsCheck::NoKey => Check::new(Verdict::Warn, SUBJECT, "not checked: the seal key cannot be read"),
+        RowsCheck::Unreadable(e) => Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
+        RowsCheck::OldSchema(version) => Check::new(
             Verdict::Warn,
             SUBJECT,
             format!("schema version {version}: the agent numbers the refunds at its next start"),
-        );
-    }
-    match sequence::check(&conn, sealer) {
-        Err(e) => Check::new(Verdict::Fail, SUBJECT, format!("{}: {e}", db.display())),
-        Ok(Err(reason)) => Check::new(
-            Verdict::Fail,
-            SUBJECT,
-            format!("{reason}; the agent will not start on it (README \"Refunds missing from the queue\")"),
         ),
-        Ok(Ok(f)) if f.refuses() => Check::new(
-            Verdict::Fail,
-            SUBJECT,
-            format!("{}; the agent will not start on it (README \"Refunds missing from the queue\")", f.describe()),
-        ),
-        Ok(Ok(f)) if !f.short.is_empty() => Check::new(
+        RowsCheck::Untrusted(reason) | RowsCheck::Refused(reason) => {
+            Check::new(Verdict::Fail, SUBJECT, format!("{reason}; {REFUSED}"))
+        }
+        RowsCheck::Short(ids) => Check::new(
             Verdict::Warn,
             SUBJECT,
             format!(
                 "delivery rows were deleted or added outside the agent for refund(s) {}; they are quarantined and never sent",
-                f.short.iter().map(|s| s.refund_id.as_str()).collect::<Vec<_>>().join(", ")
+                ids.join(", ")
             ),
         ),
-        Ok(Ok(f)) => Check::new(
+        RowsCheck::Sound { head } => Check::new(
             Verdict::Pass,
             SUBJECT,
-            format!("refunds 1-{} all present or purged by the agent, head seal valid", f.head),
+            format!("refunds 1-{head} all present or purged by the agent, head seal valid"),
         ),
     }
 }

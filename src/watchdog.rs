@@ -60,7 +60,7 @@ async fn run(queue: QueueHandle, interval: Duration, mut shutdown: Shutdown) {
         // No timeout on purpose: if the owner never answers, the missing ping is the signal.
         let answer = tokio::select! {
             () = shutdown.recv() => return,
-            answer = queue.call(|_| Ok(())) => answer,
+            answer = queue.ping() => answer,
         };
         match answer {
             Ok(()) => send(NotifyState::Watchdog, "WATCHDOG"),

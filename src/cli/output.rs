@@ -33,7 +33,7 @@ pub fn refund_detail(r: &RefundView) -> String {
     let mut out = String::new();
     let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<17} {v}\n"));
     line(&mut out, "Refund", &r.id);
-    line(&mut out, "State", &r.state);
+    line(&mut out, "State", r.state.as_str());
     if let Some(q) = &r.quarantine_reason {
         line(&mut out, "Quarantined", q);
     }

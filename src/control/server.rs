@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::api::{ApiError, DestinationHealthBody, StatusBody};
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
-use crate::queue::{QueueError, QueueHandle, RefundState, Resolution};
+use crate::queue::{QueueError, QueueHandle, Resolution, ViewState};
 use crate::refund::{RefundDraft, RejectCode, Rejection};
 use crate::sale::SaleInput;
 use crate::sync::Health;
@@ -192,15 +192,14 @@ async fn list_refunds(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Failure> {
     let q = list_query(query)?;
-    if let Some(state) = &q.state {
-        if state != "quarantined" {
-            state
-                .parse::<RefundState>()
-                .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e))?;
-        }
-    }
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<ViewState>)
+        .transpose()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(s.queue.list(q.state, limit).await?).into_response())
+    Ok(Json(s.queue.list(state, limit).await?).into_response())
 }
 
 /// The body of the manual actions: who decides, and for cancel/resolve what.
@@ -316,7 +315,7 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, Failure> {
 /// runs, serves reads and stores again by itself when space returns, so restarting it would
 /// not help; the body says `degraded` and why.
 async fn healthz(State(s): State<AppState>) -> Result<Response, Failure> {
-    s.queue.call(|_| Ok(())).await?;
+    s.queue.ping().await?;
     let storage = s.queue.storage();
     if storage.failing {
         let body = serde_json::json!({"status": "degraded", "storage_error": storage.last_error});

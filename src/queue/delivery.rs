@@ -1,4 +1,6 @@
-//! The delivery state machine and how a refund's state follows from its deliveries. Pure.
+//! The delivery state machine and how a refund's state follows from its deliveries, and the
+//! sets of states the queue's SQL selects on (one definition each; the SQL lists are generated
+//! from them by [`sql_list`]). Pure.
 //!
 //! ```text
 //!             claim              2xx / 409 on a known id
@@ -28,6 +30,16 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    pub const ALL: [DeliveryState; 7] = [
+        DeliveryState::Pending,
+        DeliveryState::InFlight,
+        DeliveryState::Delivered,
+        DeliveryState::Declined,
+        DeliveryState::Failed,
+        DeliveryState::Unknown,
+        DeliveryState::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
@@ -62,6 +74,12 @@ impl DeliveryState {
     }
 }
 
+impl StoredState for DeliveryState {
+    fn as_str(self) -> &'static str {
+        DeliveryState::as_str(self)
+    }
+}
+
 impl fmt::Display for DeliveryState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -71,8 +89,7 @@ impl fmt::Display for DeliveryState {
 impl FromStr for DeliveryState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        use DeliveryState::*;
-        [Pending, InFlight, Delivered, Declined, Failed, Unknown, Cancelled]
+        DeliveryState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| format!("unknown delivery state {s:?}"))
@@ -125,14 +142,31 @@ impl RefundState {
         RefundState::Expired,
     ];
 
+    /// Refunds whose money is still "out there" undelivered: they count towards the exposure
+    /// cap and the queue length (`open_totals`), and towards the pending amount in status.
+    pub const OPEN: [RefundState; 3] = [RefundState::Queued, RefundState::Expired, RefundState::Unknown];
+
+    /// Refunds that no longer count against the sale's refundable balance: no money moved.
+    pub const RELEASED: [RefundState; 2] = [RefundState::Cancelled, RefundState::Declined];
+
+    /// Refunds finished for good: the only ones retention may purge.
+    pub const FINAL: [RefundState; 3] =
+        [RefundState::Delivered, RefundState::Cancelled, RefundState::Declined];
+
     /// Whether the refund still counts against the sale's refundable balance.
     pub fn counts_against_sale(self) -> bool {
-        !matches!(self, RefundState::Cancelled | RefundState::Declined)
+        !RefundState::RELEASED.contains(&self)
     }
 
     /// Whether the refund's money is still "out there" undelivered (exposure cap, queue length).
     pub fn is_open(self) -> bool {
-        matches!(self, RefundState::Queued | RefundState::Expired | RefundState::Unknown)
+        RefundState::OPEN.contains(&self)
+    }
+}
+
+impl StoredState for RefundState {
+    fn as_str(self) -> &'static str {
+        RefundState::as_str(self)
     }
 }
 
@@ -150,6 +184,63 @@ impl FromStr for RefundState {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| format!("unknown refund state {s:?}; one of queued, delivered, declined, failed, unknown, cancelled, expired"))
     }
+}
+
+/// A state stored as text in SQLite.
+pub trait StoredState: Copy {
+    /// The stored text: lower-case ASCII words, so an SQL literal needs no escaping.
+    fn as_str(self) -> &'static str;
+}
+
+/// A state column as read back from SQLite: a state this agent knows, or the text of one it
+/// does not. An unknown state never reads as some default: [`Stored::get`] is an error, so the
+/// row fails its `open` and is quarantined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored<S> {
+    Known(S),
+    Unknown(String),
+}
+
+impl<S: StoredState + FromStr<Err = String>> Stored<S> {
+    pub fn read(text: String) -> Stored<S> {
+        match text.parse() {
+            Ok(state) => Stored::Known(state),
+            Err(_) => Stored::Unknown(text),
+        }
+    }
+
+    /// The state, or why the stored text names none.
+    pub fn get(&self) -> Result<S, String> {
+        match self {
+            Stored::Known(state) => Ok(*state),
+            Stored::Unknown(text) => text.parse(),
+        }
+    }
+
+    /// The text as stored (and sealed).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Stored::Known(state) => state.as_str(),
+            Stored::Unknown(text) => text,
+        }
+    }
+}
+
+impl<S> From<S> for Stored<S> {
+    fn from(state: S) -> Stored<S> {
+        Stored::Known(state)
+    }
+}
+
+/// One state as an SQL literal: `'pending'`.
+pub fn sql_literal(state: impl StoredState) -> String {
+    format!("'{}'", state.as_str())
+}
+
+/// A set of states as an SQL list, for `state IN …`: `('queued', 'expired', 'unknown')`.
+pub fn sql_list<S: StoredState>(states: &[S]) -> String {
+    let literals: Vec<String> = states.iter().map(|s| sql_literal(*s)).collect();
+    format!("({})", literals.join(", "))
 }
 
 /// A refund's state from its deliveries (in destination order). `Cancelled` and `Expired` are
@@ -189,6 +280,12 @@ mod tests {
         assert_eq!(aggregate(&[D::Declined, D::Cancelled]), RefundState::Declined);
         assert_eq!(aggregate(&[D::Delivered, D::Declined]), RefundState::Failed);
         assert_eq!(aggregate(&[D::Unknown, D::Pending]), RefundState::Unknown);
+    }
+
+    #[test]
+    fn sql_lists_name_the_states() {
+        assert_eq!(sql_list(&RefundState::OPEN), "('queued', 'expired', 'unknown')");
+        assert_eq!(sql_literal(DeliveryState::InFlight), "'in_flight'");
     }
 
     #[test]

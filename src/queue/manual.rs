@@ -3,9 +3,9 @@
 //! and never lets money move twice: an `unknown` delivery is resent only after a person has
 //! checked at the destination that it is not there.
 
+use super::db::Db;
 use super::delivery::{aggregate, DeliveryState, RefundState};
 use super::error::QueueError;
-use super::owner::Db;
 use super::rows::{self, DeliveryRow};
 use super::view::RefundView;
 
@@ -53,7 +53,12 @@ fn save_state(
     forced: Option<RefundState>,
     now: i64,
 ) -> Result<(), QueueError> {
-    let states: Vec<DeliveryState> = deliveries.iter().map(DeliveryRow::state).collect();
+    // Every delivery was opened by `load`, so each state is known.
+    let states = deliveries
+        .iter()
+        .map(DeliveryRow::state)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(QueueError::Storage)?;
     let next = forced.unwrap_or_else(|| aggregate(&states));
     rows::set_refund_state(db.conn, db.sealer, &mut row, next, now)
 }
@@ -72,16 +77,17 @@ pub fn retry(db: &Db<'_>, id: &str, operator: &str, now: i64) -> Result<RefundVi
         }
         other => return Err(invalid(format!("refund {id} is {other}; only failed, expired or queued refunds can be retried"))),
     }
-    if deliveries.iter().any(|d| d.state() == DeliveryState::Unknown) {
+    if deliveries.iter().any(|d| d.state() == Ok(DeliveryState::Unknown)) {
         return Err(invalid(format!(
             "refund {id} has a delivery whose outcome is unknown; resolve it first"
         )));
     }
     let mut changed = 0;
-    for d in
-        deliveries.iter_mut().filter(|d| matches!(d.state(), DeliveryState::Failed | DeliveryState::Pending))
+    for d in deliveries
+        .iter_mut()
+        .filter(|d| matches!(d.state(), Ok(DeliveryState::Failed | DeliveryState::Pending)))
     {
-        d.state = DeliveryState::Pending.as_str().to_string();
+        d.state = DeliveryState::Pending.into();
         d.next_attempt_at = now;
         d.updated_at = now;
         rows::save_delivery(db.conn, db.sealer, d, false)?;
@@ -89,7 +95,7 @@ pub fn retry(db: &Db<'_>, id: &str, operator: &str, now: i64) -> Result<RefundVi
     }
     save_state(db, row, &deliveries, None, now)?;
     rows::audit(db.conn, Some(id), operator, "retry", &format!("{changed} deliveries due now"), now)?;
-    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
 /// Cancels a refund before any money moved: refused once any delivery was made, is in flight,
@@ -106,22 +112,25 @@ pub fn cancel(
         return Err(invalid(format!("refund {id} is already {state}")));
     }
     if let Some(d) = deliveries.iter().find(|d| {
-        matches!(d.state(), DeliveryState::Delivered | DeliveryState::InFlight | DeliveryState::Unknown)
+        matches!(d.state(), Ok(DeliveryState::Delivered | DeliveryState::InFlight | DeliveryState::Unknown))
     }) {
         return Err(invalid(format!(
             "refund {id} cannot be cancelled: its delivery to {} is {} (money may have moved)",
-            d.destination, d.state
+            d.destination,
+            d.state.as_str()
         )));
     }
-    for d in deliveries.iter_mut().filter(|d| !d.state().is_final() || d.state() == DeliveryState::Failed) {
-        d.state = DeliveryState::Cancelled.as_str().to_string();
+    for d in
+        deliveries.iter_mut().filter(|d| d.state().is_ok_and(|s| !s.is_final() || s == DeliveryState::Failed))
+    {
+        d.state = DeliveryState::Cancelled.into();
         d.last_error = Some(format!("cancelled by {operator}"));
         d.updated_at = now;
         rows::save_delivery(db.conn, db.sealer, d, false)?;
     }
     save_state(db, row, &deliveries, Some(RefundState::Cancelled), now)?;
     rows::audit(db.conn, Some(id), operator, "cancel", reason, now)?;
-    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
 /// Resolves an `unknown` delivery after a person checked at the destination. With several
@@ -139,7 +148,7 @@ pub fn resolve(
         .iter()
         .enumerate()
         .filter(|(_, d)| {
-            d.state() == DeliveryState::Unknown && destination.is_none_or(|n| n == d.destination)
+            d.state() == Ok(DeliveryState::Unknown) && destination.is_none_or(|n| n == d.destination)
         })
         .map(|(i, _)| i)
         .collect();
@@ -162,7 +171,7 @@ pub fn resolve(
         Resolution::Delivered => (DeliveryState::Delivered, "delivered"),
         Resolution::NotDelivered => (DeliveryState::Pending, "not delivered; sending again"),
     };
-    d.state = state.as_str().to_string();
+    d.state = state.into();
     d.next_attempt_at = now;
     d.updated_at = now;
     d.last_error = Some(format!("resolved by {operator}: {what}"));
@@ -170,7 +179,7 @@ pub fn resolve(
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     save_state(db, row, &deliveries, None, now)?;
     rows::audit(db.conn, Some(id), operator, "resolve", &format!("{dest}: {what}"), now)?;
-    super::ops::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
 fn for_dest(destination: Option<&str>) -> String {

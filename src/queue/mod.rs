@@ -60,24 +60,35 @@
 //! `refund_head.purged` in the same transaction. Nothing undelivered is ever deleted by the
 //! agent.
 
-pub mod delivery;
-pub mod error;
-pub mod manual;
-pub mod ops;
-pub mod owner;
-pub mod rows;
-pub mod schema;
-pub mod seal;
-pub mod sequence;
-pub mod view;
+mod db;
+mod delivery;
+mod error;
+mod handle;
+mod intake;
+mod lifecycle;
+mod inspect;
+mod manual;
+mod migrate;
+mod owner;
+mod reads;
+mod retention;
+mod rows;
+mod schema;
+mod seal;
+mod sequence;
+mod view;
 
 #[cfg(test)]
 mod tests;
 
+pub use db::QueueSettings;
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
+pub use handle::QueueHandle;
+pub use inspect::{check_readonly, FileCheck, Report, RowsCheck};
+pub use intake::{Created, SaleAdded};
+pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
-pub use ops::{Claim, Created, Recorded, Recovery, SaleAdded};
-pub use owner::{start, Db, QueueHandle, QueueOwner, QueueSettings};
+pub use owner::{start, QueueOwner};
 pub use seal::Sealer;
-pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus};
+pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};

@@ -19,55 +19,27 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::db::{Db, QueueSettings};
 use super::error::QueueError;
-use super::manual::{self, Resolution};
-use super::ops::{self, Claim, Created, Recorded, Recovery, SaleAdded};
+use super::handle::QueueHandle;
 use super::schema;
 use super::seal::Sealer;
-use super::view::{QueueStatus, RefundView, StorageStatus};
+use super::view::StorageStatus;
 use crate::clock::{now_ms, rfc3339};
-use crate::refund::{Policy, RefundDraft, Rejection};
-use crate::routing::Router;
-use crate::sale::SaleInput;
 
 /// The most jobs committed together; bounds the latency one batch adds to its last job.
 pub const MAX_BATCH: usize = 256;
 
-/// What the queue's operations need besides the connection.
-#[derive(Debug, Clone)]
-pub struct QueueSettings {
-    pub policy: Policy,
-    pub router: Router,
-    pub max_pending_age_ms: Option<i64>,
-    pub retention_ms: Option<i64>,
-}
-
-/// The context every operation runs in: the connection inside an open transaction.
-#[derive(Debug)]
-pub struct Db<'a> {
-    pub conn: &'a Connection,
-    pub sealer: &'a Sealer,
-    pub settings: &'a QueueSettings,
-}
-
-type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
+pub(super) type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
 /// A job runs against the open transaction and says whether it failed; when no transaction
 /// could be started it is handed that error instead, and answers with it without running.
-type Job = Box<dyn FnOnce(Result<&Db<'_>, &QueueError>) -> (Option<QueueError>, Reply) + Send>;
+pub(super) type Job = Box<dyn FnOnce(Result<&Db<'_>, &QueueError>) -> (Option<QueueError>, Reply) + Send>;
 
 /// How writes have fared, kept by the owner thread and read by the handles: with a full disk,
 /// reads and health checks still succeed, so status and metrics show it from here.
-type Storage = Arc<Mutex<StorageStatus>>;
-
-/// A cloneable handle to the queue. When every handle is dropped the owner thread finishes the
-/// jobs it has, closes the database and ends.
-#[derive(Debug, Clone)]
-pub struct QueueHandle {
-    jobs: mpsc::Sender<Job>,
-    storage: Storage,
-}
+pub(super) type Storage = Arc<Mutex<StorageStatus>>;
 
 /// Joins the owner thread; [`QueueOwner::join`] waits until the database is closed.
 #[derive(Debug)]
@@ -248,132 +220,13 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-impl QueueHandle {
-    /// Runs `f` in the owner's transaction and answers after the COMMIT. An `Err` from `f` rolls
-    /// back everything `f` wrote.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Db<'_>) -> Result<T, QueueError> + Send + 'static,
-    ) -> Result<T, QueueError> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
-            let result = match db {
-                Ok(db) => f(db),
-                Err(e) => Err(e.clone()),
-            };
-            let failed = result.as_ref().err().cloned();
-            let reply: Reply = Box::new(move |commit_error| {
-                let out = match (result, commit_error) {
-                    (Ok(_), Some(e)) => Err(e.clone()),
-                    (r, _) => r,
-                };
-                let _ = tx.send(out);
-            });
-            (failed, reply)
-        });
-        self.jobs.send(job).await.map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
-    }
-
-    pub async fn create_refund(
-        &self,
-        draft: RefundDraft,
-        key: Option<String>,
-    ) -> Result<Result<Created, Rejection>, QueueError> {
-        self.call(move |db| {
-            let out = ops::create_refund(db, draft, key.as_deref(), now_ms())?;
-            // A rejection stored nothing, but make sure of it by rolling back the savepoint.
-            Ok(out)
-        })
-        .await
-    }
-
-    pub async fn add_sale(&self, input: SaleInput) -> Result<Result<SaleAdded, Rejection>, QueueError> {
-        self.call(move |db| ops::add_sale(db, input, now_ms())).await
-    }
-
-    pub async fn refund(&self, id: String) -> Result<Option<RefundView>, QueueError> {
-        self.call(move |db| ops::view(db, &id, now_ms())).await
-    }
-
-    pub async fn list(&self, state: Option<String>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
-        self.call(move |db| ops::list(db, state.as_deref(), limit, now_ms())).await
-    }
-
-    pub async fn status(&self) -> Result<QueueStatus, QueueError> {
-        let mut status = self.call(|db| ops::status(db, now_ms())).await?;
-        status.storage = self.storage();
-        Ok(status)
-    }
-
-    /// How writes to the queue have fared since start.
-    pub fn storage(&self) -> StorageStatus {
-        self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub async fn claim_due(&self, limit: i64, skip: Vec<String>) -> Result<Vec<Claim>, QueueError> {
-        self.call(move |db| ops::claim_due(db, now_ms(), limit, &skip)).await
-    }
-
-    pub async fn record(
-        &self,
-        refund_id: String,
-        position: i64,
-        outcome: Recorded,
-    ) -> Result<(), QueueError> {
-        self.call(move |db| ops::record(db, &refund_id, position, outcome, now_ms())).await
-    }
-
-    pub async fn recover(
-        &self,
-        dedup: impl Fn(&str) -> bool + Send + 'static,
-    ) -> Result<Recovery, QueueError> {
-        self.call(move |db| ops::recover(db, &dedup, now_ms())).await
-    }
-
-    pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {
-        self.call(move |db| ops::next_due(db, &skip)).await
-    }
-
-    pub async fn retry(&self, id: String, operator: String) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::retry(db, &id, &operator, now_ms())).await
-    }
-
-    pub async fn cancel(
-        &self,
-        id: String,
-        operator: String,
-        reason: String,
-    ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::cancel(db, &id, &operator, &reason, now_ms())).await
-    }
-
-    pub async fn resolve(
-        &self,
-        id: String,
-        destination: Option<String>,
-        resolution: Resolution,
-        operator: String,
-    ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::resolve(db, &id, destination.as_deref(), resolution, &operator, now_ms()))
-            .await
-    }
-
-    pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {
-        self.call(move |db| ops::reset_backoff(db, &destination, now_ms())).await
-    }
-
-    pub async fn sweep(&self) -> Result<(u64, u64), QueueError> {
-        self.call(|db| ops::sweep(db, now_ms())).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::routing::Route;
+    use crate::refund::Policy;
+    use crate::routing::{Route, Router};
 
     fn settings() -> QueueSettings {
         let names = vec!["finalpos".to_string()];

@@ -3,10 +3,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::delivery::{DeliveryState, RefundState};
+use super::delivery::{sql_literal, DeliveryState, RefundState, Stored};
 use super::error::QueueError;
 use super::seal::Sealer;
-use super::sequence;
 use crate::refund::ValidRefund;
 use crate::sale::Sale;
 
@@ -23,7 +22,7 @@ pub struct RefundRow {
     pub amount: String,
     /// The amount in minor units (cents), so that SQLite can sum amounts exactly.
     pub amount_minor: i64,
-    pub state: String,
+    pub state: Stored<RefundState>,
     pub created_at: i64,
     pub updated_at: i64,
     pub body: String,
@@ -39,7 +38,7 @@ pub struct DeliveryRow {
     pub refund_id: String,
     pub position: i64,
     pub destination: String,
-    pub state: String,
+    pub state: Stored<DeliveryState>,
     pub attempts: i64,
     pub next_attempt_at: i64,
     /// For multi-request destinations (Final POS: refund, then transaction record): how many
@@ -67,7 +66,7 @@ impl RefundRow {
             currency: r.get(3)?,
             amount: r.get(4)?,
             amount_minor: r.get(5)?,
-            state: r.get(6)?,
+            state: Stored::read(r.get(6)?),
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
             body: r.get(9)?,
@@ -92,7 +91,7 @@ impl RefundRow {
             self.currency.as_bytes().to_vec(),
             self.amount.as_bytes().to_vec(),
             self.amount_minor.to_be_bytes().to_vec(),
-            self.state.as_bytes().to_vec(),
+            self.state.as_str().as_bytes().to_vec(),
             self.created_at.to_be_bytes().to_vec(),
             self.updated_at.to_be_bytes().to_vec(),
             self.body.as_bytes().to_vec(),
@@ -152,7 +151,7 @@ impl RefundRow {
         }
         let refund: ValidRefund = serde_json::from_str(&self.body)
             .map_err(|e| format!("refund {} has an unreadable body: {e}", self.id))?;
-        let state = self.state.parse::<RefundState>()?;
+        let state = self.state.get()?;
         if refund.id.to_string() != self.id
             || refund.currency.format(refund.amount) != self.amount
             || minor_units(&refund) != Some(self.amount_minor)
@@ -169,7 +168,7 @@ impl DeliveryRow {
             refund_id: r.get(0)?,
             position: r.get(1)?,
             destination: r.get(2)?,
-            state: r.get(3)?,
+            state: Stored::read(r.get(3)?),
             attempts: r.get(4)?,
             next_attempt_at: r.get(5)?,
             step: r.get(6)?,
@@ -189,7 +188,7 @@ impl DeliveryRow {
             self.refund_id.as_bytes().to_vec(),
             self.position.to_be_bytes().to_vec(),
             self.destination.as_bytes().to_vec(),
-            self.state.as_bytes().to_vec(),
+            self.state.as_str().as_bytes().to_vec(),
             self.attempts.to_be_bytes().to_vec(),
             self.next_attempt_at.to_be_bytes().to_vec(),
             self.step.to_be_bytes().to_vec(),
@@ -215,27 +214,25 @@ impl DeliveryRow {
                 self.refund_id, self.destination
             ));
         }
-        self.state.parse()
+        self.state.get()
     }
 
-    pub fn state(&self) -> DeliveryState {
-        self.state.parse().unwrap_or(DeliveryState::Failed)
+    /// The state, or why the stored text names none (never a default in its place).
+    pub fn state(&self) -> Result<DeliveryState, String> {
+        self.state.get()
     }
 }
 
-/// Stores a new refund under the next sequence number. `row.destinations` must already list
-/// the delivery rows the caller writes in the same transaction.
+/// Stores a new refund under `row.seq`, which the caller took from `sequence::advance` in the
+/// same transaction. `row.destinations` must already list the delivery rows the caller writes
+/// in that transaction.
 pub fn insert_refund(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
-    let deliveries = serde_json::from_str::<Vec<String>>(&row.destinations)
-        .map_err(|e| QueueError::Storage(format!("destination list: {e}")))?
-        .len();
-    row.seq = sequence::advance(conn, sealer, deliveries as i64)?;
     row.seal = row.compute_seal(sealer).to_vec();
     conn.prepare_cached(
         "INSERT INTO refunds (seq, id, receipt_id, currency, amount, amount_minor, state, created_at, updated_at, body, destinations, seal)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?.execute(
-        params![row.seq, row.id, row.receipt_id, row.currency, row.amount, row.amount_minor, row.state, row.created_at, row.updated_at, row.body, row.destinations, row.seal],
+        params![row.seq, row.id, row.receipt_id, row.currency, row.amount, row.amount_minor, row.state.as_str(), row.created_at, row.updated_at, row.body, row.destinations, row.seal],
     )?;
     Ok(())
 }
@@ -271,11 +268,11 @@ pub fn set_refund_state(
     state: RefundState,
     now: i64,
 ) -> Result<(), QueueError> {
-    row.state = state.as_str().to_string();
+    row.state = state.into();
     row.updated_at = now;
     row.seal = row.compute_seal(sealer).to_vec();
     conn.prepare_cached("UPDATE refunds SET state = ?2, updated_at = ?3, seal = ?4 WHERE id = ?1")?
-        .execute(params![row.id, row.state, row.updated_at, row.seal])?;
+        .execute(params![row.id, row.state.as_str(), row.updated_at, row.seal])?;
     Ok(())
 }
 
@@ -296,14 +293,14 @@ pub(super) fn load_refund_v1(conn: &Connection, id: &str) -> RefundRow {
 /// Refunds by state (all states when `None`), newest first.
 pub fn list_refunds(
     conn: &Connection,
-    state: Option<&str>,
+    state: Option<RefundState>,
     limit: i64,
 ) -> Result<Vec<RefundRow>, QueueError> {
     let sql = format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![state, limit], RefundRow::from_row)?;
+    let rows = stmt.query_map(params![state.map(RefundState::as_str), limit], RefundRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -325,7 +322,7 @@ pub fn save_delivery(
         row.refund_id,
         row.position,
         row.destination,
-        row.state,
+        row.state.as_str(),
         row.attempts,
         row.next_attempt_at,
         row.step,
@@ -370,13 +367,16 @@ pub fn due_deliveries(
 ) -> Result<Vec<DeliveryRow>, QueueError> {
     let sql = format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
-         WHERE d.state = 'pending' AND +d.next_attempt_at <= ?1 AND r.state = 'queued'
+         WHERE d.state = {pending} AND +d.next_attempt_at <= ?1 AND r.state = {queued}
            AND d.destination NOT IN (SELECT value FROM json_each(?3))
            AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
            AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
-                           AND e.position < d.position AND e.state <> 'delivered')
+                           AND e.position < d.position AND e.state <> {delivered})
          ORDER BY d.refund_id, d.position LIMIT ?2",
-        DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
+        DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", "),
+        pending = sql_literal(DeliveryState::Pending),
+        queued = sql_literal(RefundState::Queued),
+        delivered = sql_literal(DeliveryState::Delivered),
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![now, limit, skip], DeliveryRow::from_row)?;

@@ -1,117 +1,20 @@
-//! Opening the queue database: pragmas, integrity check, migrations and the seal-key check.
+//! Opening the queue database: pragmas, integrity check, the seal-key check and the start-up
+//! checks; the migrations are in `migrate.rs`.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
+use super::migrate;
 use super::seal::Sealer;
 use super::sequence;
 
 /// The database file's name inside the state directory.
 pub const DB_FILE: &str = "queue.db";
-
-/// Schema versions, applied in order inside one transaction each. Never edit a released entry:
-/// add a new one.
-const MIGRATIONS: &[&str] = &[
-    // 1: the initial schema.
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
-     CREATE TABLE sales (
-        receipt_id TEXT PRIMARY KEY,
-        transaction_id TEXT NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL,
-        body TEXT NOT NULL,
-        seal BLOB NOT NULL) STRICT;
-     CREATE TABLE refunds (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        receipt_id TEXT,
-        currency TEXT NOT NULL,
-        amount TEXT NOT NULL,
-        amount_minor INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        body TEXT NOT NULL,
-        seal BLOB NOT NULL) STRICT;
-     CREATE INDEX refunds_by_receipt ON refunds(receipt_id, state, amount_minor);
-     CREATE INDEX refunds_by_state ON refunds(state, seq);
-     CREATE INDEX refunds_open_totals ON refunds(state, currency, amount_minor);
-     CREATE TABLE open_totals (
-        currency TEXT PRIMARY KEY,
-        amount_minor INTEGER NOT NULL,
-        count INTEGER NOT NULL) STRICT;
-     CREATE TRIGGER open_totals_insert AFTER INSERT ON refunds
-        WHEN NEW.state IN ('queued', 'expired', 'unknown') BEGIN
-        INSERT INTO open_totals (currency, amount_minor, count) VALUES (NEW.currency, NEW.amount_minor, 1)
-            ON CONFLICT (currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor, count = count + 1;
-     END;
-     CREATE TRIGGER open_totals_delete AFTER DELETE ON refunds
-        WHEN OLD.state IN ('queued', 'expired', 'unknown') BEGIN
-        UPDATE open_totals SET amount_minor = amount_minor - OLD.amount_minor, count = count - 1
-            WHERE currency = OLD.currency;
-     END;
-     CREATE TRIGGER open_totals_update AFTER UPDATE OF state, currency, amount_minor ON refunds BEGIN
-        UPDATE open_totals SET amount_minor = amount_minor - OLD.amount_minor, count = count - 1
-            WHERE currency = OLD.currency AND OLD.state IN ('queued', 'expired', 'unknown');
-        INSERT INTO open_totals (currency, amount_minor, count)
-            SELECT NEW.currency, NEW.amount_minor, 1 WHERE NEW.state IN ('queued', 'expired', 'unknown')
-            ON CONFLICT (currency) DO UPDATE SET amount_minor = amount_minor + excluded.amount_minor, count = count + 1;
-     END;
-     CREATE TABLE deliveries (
-        refund_id TEXT NOT NULL REFERENCES refunds(id) ON DELETE CASCADE,
-        position INTEGER NOT NULL,
-        destination TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        next_attempt_at INTEGER NOT NULL,
-        step INTEGER NOT NULL,
-        remote_id TEXT,
-        last_error TEXT,
-        updated_at INTEGER NOT NULL,
-        seal BLOB NOT NULL,
-        PRIMARY KEY (refund_id, position)) STRICT;
-     CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
-     CREATE INDEX deliveries_oldest_first ON deliveries(state, refund_id, position);
-     CREATE TABLE idempotency_keys (
-        key TEXT PRIMARY KEY,
-        fingerprint BLOB NOT NULL,
-        refund_id TEXT NOT NULL REFERENCES refunds(id) ON DELETE CASCADE,
-        created_at INTEGER NOT NULL) STRICT;
-     CREATE INDEX idempotency_by_refund ON idempotency_keys(refund_id);
-     CREATE TABLE quarantine (
-        refund_id TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        at INTEGER NOT NULL) STRICT;
-     CREATE TABLE audit (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        at INTEGER NOT NULL,
-        refund_id TEXT,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        detail TEXT NOT NULL) STRICT;",
-    // 2: sequence numbers that make a deleted row detectable (`sequence.rs`); followed by
-    // `sequence::adopt`, in the same transaction, which numbers and reseals existing rows.
-    "ALTER TABLE refunds ADD COLUMN destinations TEXT NOT NULL DEFAULT '[]';
-     CREATE TABLE refund_head (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        seq INTEGER NOT NULL,
-        deliveries INTEGER NOT NULL,
-        purged TEXT NOT NULL,
-        seal BLOB NOT NULL) STRICT;",
-];
-
-/// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
-type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence)];
-
-/// Before rows are resealed, make sure they are resealed under the key they were sealed with.
-fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
-    check_key(conn, sealer)?;
-    sequence::adopt(conn, sealer)
-}
 
 /// Opens (creating if needed) the queue in `state_dir`, refusing to start on a damaged file or
 /// on a database sealed with another key.
@@ -138,7 +41,7 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
             ),
         });
     }
-    migrate(&conn, sealer)?;
+    migrate::migrate(&conn, sealer)?;
     check_key(&conn, sealer)?;
     check_identity(&conn, &marker, &path)?;
     check_sequence(&conn, sealer, &path)?;
@@ -261,53 +164,26 @@ fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     Err(QueueError::Damaged { path: path.to_path_buf(), message: lines.join("; ") })
 }
 
-fn migrate(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(QueueError::TooNew { found: version, known });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let next = i as i64 + 1;
-        let step = STEPS.iter().find(|(v, _)| *v == next).map(|(_, f)| *f);
-        let applied = (|| {
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql};"))?;
-            if let Some(step) = step {
-                step(conn, sealer)?;
-            }
-            conn.execute_batch(&format!("PRAGMA user_version = {next}; COMMIT;"))?;
-            Ok::<(), QueueError>(())
-        })();
-        if let Err(e) = applied {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-/// The schema version this agent writes.
-pub const VERSION: i64 = MIGRATIONS.len() as i64;
-
 /// `open_totals` (undelivered amount and count per currency, kept by triggers so that a new
 /// refund's limits cost O(1)) is derived data: rebuilt from the refunds at every start, so that
 /// nothing done to the file outside the agent can make it lie for long.
 fn rebuild_totals(conn: &Connection) -> Result<(), QueueError> {
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          DELETE FROM open_totals;
          INSERT INTO open_totals (currency, amount_minor, count)
              SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
-             WHERE state IN ('queued', 'expired', 'unknown') GROUP BY currency;
+             WHERE state IN {} GROUP BY currency;
          COMMIT;",
-    )
+        sql_list(&RefundState::OPEN)
+    ))
     .inspect_err(|_| {
         let _ = conn.execute_batch("ROLLBACK");
     })?;
     Ok(())
 }
 
-fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+pub(super) fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     let check = sealer.key_check();
     let stored: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'seal_key_check'", [], |r| r.get(0))
@@ -321,9 +197,4 @@ fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
         Some(stored) if stored == check => Ok(()),
         Some(_) => Err(QueueError::KeyMismatch),
     }
-}
-
-/// The path of the database inside a state directory.
-pub fn db_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(DB_FILE)
 }

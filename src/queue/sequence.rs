@@ -20,7 +20,6 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::QueueError;
-use super::rows::{self, RefundRow};
 use super::seal::Sealer;
 
 /// Inclusive ranges of sequence numbers, sorted, disjoint and not adjacent.
@@ -331,48 +330,6 @@ fn short_refunds(conn: &Connection) -> Result<Vec<ShortRefund>, QueueError> {
         }
     }
     Ok(short)
-}
-
-/// Schema version 2 on a queue written by version 1: numbers the refunds present (they keep
-/// their insertion-order `seq`), records each one's destinations from its delivery rows,
-/// reseals them, and writes the head; the gaps below the highest number ever given out are
-/// recorded as purged. This trusts the rows present at the upgrade: what was deleted before it
-/// cannot be told apart from what retention purged. A row whose old seal does not verify keeps
-/// it, so it still fails and is quarantined (resealing would launder it).
-pub fn adopt(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
-    queue_id(conn)?;
-    let mut last = 0i64;
-    let mut gaps = Vec::new();
-    loop {
-        let batch = rows::refunds_after(conn, last, 1000)?;
-        if batch.is_empty() {
-            break;
-        }
-        for mut row in batch {
-            gaps.extend(last + 1..row.seq);
-            last = row.seq;
-            let names: Vec<String> =
-                rows::load_deliveries(conn, &row.id)?.into_iter().map(|d| d.destination).collect();
-            row.destinations =
-                serde_json::to_string(&names).map_err(|e| QueueError::Storage(e.to_string()))?;
-            adopt_row(conn, sealer, &mut row)?;
-        }
-    }
-    let issued: Option<i64> = conn
-        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'refunds'", [], |r| r.get(0))
-        .optional()?;
-    let head_seq = issued.unwrap_or(0).max(last);
-    gaps.extend(last + 1..=head_seq);
-    let deliveries: i64 = conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
-    save(conn, sealer, &Head { seq: head_seq, deliveries, purged: Ranges::from_seqs(gaps) })
-}
-
-fn adopt_row(conn: &Connection, sealer: &Sealer, row: &mut RefundRow) -> Result<(), QueueError> {
-    if !row.verifies_v1(sealer) {
-        tracing::error!(refund_id = %row.id, "refund seal does not verify at the upgrade; it stays unverifiable and will be quarantined");
-        return rows::set_destinations(conn, row, None);
-    }
-    rows::set_destinations(conn, row, Some(sealer))
 }
 
 #[cfg(test)]

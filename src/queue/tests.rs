@@ -5,9 +5,9 @@ use proptest::prelude::*;
 use rusqlite::Connection;
 use tempfile::TempDir;
 
-use super::ops::{self, Recorded};
-use super::owner::{Db, QueueSettings};
-use super::{rows, schema, DeliveryState, QueueError, Sealer};
+use super::db::{Db, QueueSettings};
+use super::lifecycle::{self, Recorded};
+use super::{intake, migrate, reads, retention, rows, schema, DeliveryState, QueueError, Sealer, ViewState};
 use crate::refund::{Policy, RefundDraft};
 use crate::routing::{Route, Router};
 use crate::sale::tests::example_input;
@@ -38,7 +38,7 @@ impl Fixture {
             retention_ms: None,
         };
         let f = Fixture { _dir: dir, conn, sealer, settings };
-        f.db(|db| ops::add_sale(db, example_input(), 0).unwrap().unwrap());
+        f.db(|db| intake::add_sale(db, example_input(), 0).unwrap().unwrap());
         f
     }
 
@@ -55,7 +55,7 @@ impl Fixture {
     /// The retention sweep with a retention of zero: every finished refund is purged.
     fn purge_finished(&self, now: i64) -> u64 {
         let settings = QueueSettings { retention_ms: Some(0), ..self.settings.clone() };
-        ops::sweep(&Db { conn: &self.conn, sealer: &self.sealer, settings: &settings }, now).unwrap().1
+        retention::sweep(&Db { conn: &self.conn, sealer: &self.sealer, settings: &settings }, now).unwrap().1
     }
 
     /// Deletes rows as someone with access to the file would.
@@ -78,15 +78,17 @@ impl Fixture {
             operator: "o".into(),
             ..RefundDraft::default()
         };
-        self.db(|db| ops::create_refund(db, draft, None, 1).unwrap().unwrap().refund.id)
+        self.db(|db| intake::create_refund(db, draft, None, 1).unwrap().unwrap().refund.id)
     }
 
-    fn state(&self, id: &str) -> String {
-        self.db(|db| ops::view(db, id, 0).unwrap().unwrap().state)
+    fn state(&self, id: &str) -> ViewState {
+        self.db(|db| reads::view(db, id, 0).unwrap().unwrap().state)
     }
 
     fn deliveries(&self, id: &str) -> Vec<String> {
-        self.db(|db| ops::view(db, id, 0).unwrap().unwrap().deliveries.into_iter().map(|d| d.state).collect())
+        self.db(|db| {
+            reads::view(db, id, 0).unwrap().unwrap().deliveries.into_iter().map(|d| d.state).collect()
+        })
     }
 
     /// `open_totals` must always equal a recount from the refunds themselves.
@@ -103,10 +105,11 @@ impl Fixture {
             .unwrap();
         let recount: Vec<(String, i64, i64)> = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
-                 WHERE state IN ('queued', 'expired', 'unknown') GROUP BY currency ORDER BY currency",
-            )
+                 WHERE state IN {} GROUP BY currency ORDER BY currency",
+                super::delivery::sql_list(&super::RefundState::OPEN)
+            ))
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
@@ -120,14 +123,19 @@ impl Fixture {
 fn deliveries_go_in_order_and_finish_the_refund() {
     let f = Fixture::new(&["a", "b"]);
     let id = f.create("5.00");
-    let claims = f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
+    let claims = f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
     assert_eq!(claims.len(), 1, "only the first destination is due");
     assert_eq!(claims[0].destination, "a");
-    assert!(f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap()).is_empty(), "in flight is not claimed twice");
-    f.db(|db| ops::record(db, &id, 0, Recorded::Delivered { remote_id: Some("r1".into()) }, 11).unwrap());
-    let claims = f.db(|db| ops::claim_due(db, 12, 10, &[]).unwrap());
+    assert!(
+        f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap()).is_empty(),
+        "in flight is not claimed twice"
+    );
+    f.db(|db| {
+        lifecycle::record(db, &id, 0, Recorded::Delivered { remote_id: Some("r1".into()) }, 11).unwrap()
+    });
+    let claims = f.db(|db| lifecycle::claim_due(db, 12, 10, &[]).unwrap());
     assert_eq!(claims[0].destination, "b");
-    f.db(|db| ops::record(db, &id, 1, Recorded::Delivered { remote_id: None }, 13).unwrap());
+    f.db(|db| lifecycle::record(db, &id, 1, Recorded::Delivered { remote_id: None }, 13).unwrap());
     assert_eq!(f.state(&id), "delivered");
     f.assert_totals_consistent();
 }
@@ -136,8 +144,8 @@ fn deliveries_go_in_order_and_finish_the_refund() {
 fn a_decline_cancels_later_destinations_and_frees_the_balance() {
     let f = Fixture::new(&["a", "b"]);
     let id = f.create("90.00");
-    f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
-    f.db(|db| ops::record(db, &id, 0, Recorded::Declined { error: "no".into() }, 11).unwrap());
+    f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
+    f.db(|db| lifecycle::record(db, &id, 0, Recorded::Declined { error: "no".into() }, 11).unwrap());
     assert_eq!(f.state(&id), "declined");
     assert_eq!(f.deliveries(&id), ["declined", "cancelled"]);
     // The declined refund no longer counts: the full subtotal can be refunded again.
@@ -149,15 +157,15 @@ fn a_decline_cancels_later_destinations_and_frees_the_balance() {
 fn recovery_resends_only_to_deduplicating_destinations() {
     let f = Fixture::new(&["dedup", "plain"]);
     let id1 = f.create("1.00");
-    f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
-    let report = f.db(|db| ops::recover(db, &|d| d == "dedup", 20).unwrap());
+    f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
+    let report = f.db(|db| lifecycle::recover(db, &|d| d == "dedup", 20).unwrap());
     assert_eq!((report.resent, report.unknown), (1, 0));
     assert_eq!(f.deliveries(&id1), ["pending", "pending"]);
 
-    f.db(|db| ops::claim_due(db, 30, 10, &[]).unwrap());
-    f.db(|db| ops::record(db, &id1, 0, Recorded::Delivered { remote_id: None }, 31).unwrap());
-    f.db(|db| ops::claim_due(db, 32, 10, &[]).unwrap());
-    let report = f.db(|db| ops::recover(db, &|d| d == "dedup", 40).unwrap());
+    f.db(|db| lifecycle::claim_due(db, 30, 10, &[]).unwrap());
+    f.db(|db| lifecycle::record(db, &id1, 0, Recorded::Delivered { remote_id: None }, 31).unwrap());
+    f.db(|db| lifecycle::claim_due(db, 32, 10, &[]).unwrap());
+    let report = f.db(|db| lifecycle::recover(db, &|d| d == "dedup", 40).unwrap());
     assert_eq!((report.resent, report.unknown), (0, 1));
     assert_eq!(f.state(&id1), "unknown");
     f.assert_totals_consistent();
@@ -167,12 +175,13 @@ fn recovery_resends_only_to_deduplicating_destinations() {
 fn progress_keeps_the_step_across_a_crash() {
     let f = Fixture::new(&["dedup"]);
     let id = f.create("1.00");
-    f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
+    f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
     f.db(|db| {
-        ops::record(db, &id, 0, Recorded::Progress { step: 1, remote_id: Some("x".into()) }, 11).unwrap()
+        lifecycle::record(db, &id, 0, Recorded::Progress { step: 1, remote_id: Some("x".into()) }, 11)
+            .unwrap()
     });
-    f.db(|db| ops::recover(db, &|_| true, 12).unwrap());
-    let claim = f.db(|db| ops::claim_due(db, 13, 10, &[]).unwrap()).remove(0);
+    f.db(|db| lifecycle::recover(db, &|_| true, 12).unwrap());
+    let claim = f.db(|db| lifecycle::claim_due(db, 13, 10, &[]).unwrap()).remove(0);
     assert_eq!((claim.step, claim.remote_id.as_deref()), (1, Some("x")));
 }
 
@@ -180,9 +189,9 @@ fn progress_keeps_the_step_across_a_crash() {
 fn held_destinations_are_not_claimed() {
     let f = Fixture::new(&["a"]);
     f.create("1.00");
-    assert!(f.db(|db| ops::claim_due(db, 10, 10, &["a".to_string()]).unwrap()).is_empty());
-    assert_eq!(f.db(|db| ops::next_due(db, &["a".to_string()]).unwrap()), None);
-    assert_eq!(f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap()).len(), 1);
+    assert!(f.db(|db| lifecycle::claim_due(db, 10, 10, &["a".to_string()]).unwrap()).is_empty());
+    assert_eq!(f.db(|db| lifecycle::next_due(db, &["a".to_string()]).unwrap()), None);
+    assert_eq!(f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap()).len(), 1);
 }
 
 #[test]
@@ -236,10 +245,10 @@ fn a_deleted_delivery_row_quarantines_its_refund_and_no_other() {
     let (hit, other) = (f.create("1.00"), f.create("2.00"));
     // Without its first delivery row, the refund's second destination would look due.
     assert_eq!(f.sql("DELETE FROM deliveries WHERE refund_id = ?1 AND position = 0", &hit), 1);
-    let claims = f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
+    let claims = f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
     assert_eq!(claims.len(), 1, "{claims:?}");
     assert_eq!(claims[0].refund.id.to_string(), other);
-    let shown = f.db(|db| ops::view(db, &hit, 11).unwrap().unwrap());
+    let shown = f.db(|db| reads::view(db, &hit, 11).unwrap().unwrap());
     assert_eq!(shown.state, "quarantined");
     assert!(shown.quarantine_reason.unwrap().contains("should have delivery rows for [a, b] but has [b]"));
 }
@@ -254,7 +263,7 @@ fn a_refund_that_lost_its_only_delivery_row_is_quarantined_at_open() {
     let reason = rows::quarantine_reason(&f.conn, &hit).unwrap().expect("quarantined at open");
     assert!(reason.contains("should have 1 delivery row(s) but has 0"), "{reason}");
     assert!(rows::quarantine_reason(&f.conn, &other).unwrap().is_none());
-    let claims = f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap());
+    let claims = f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
     assert_eq!(claims.iter().map(|c| c.refund.id.to_string()).collect::<Vec<_>>(), [other]);
     f.reopen().expect("and it stays that way across restarts");
 }
@@ -263,14 +272,14 @@ fn a_refund_that_lost_its_only_delivery_row_is_quarantined_at_open() {
 fn purged_refunds_are_not_taken_for_deleted_ones() {
     let mut f = Fixture::new(&["a"]);
     let ids: Vec<String> = (0..5).map(|_| f.create("1.00")).collect();
-    assert_eq!(f.db(|db| ops::claim_due(db, 10, 10, &[]).unwrap()).len(), 5);
+    assert_eq!(f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap()).len(), 5);
     for (i, id) in ids.iter().enumerate() {
         let outcome = if i % 2 == 0 {
             Recorded::Delivered { remote_id: None }
         } else {
             Recorded::Retry { at_ms: 50, error: "e".into() }
         };
-        f.db(|db| ops::record(db, id, 0, outcome, 11).unwrap());
+        f.db(|db| lifecycle::record(db, id, 0, outcome, 11).unwrap());
     }
     assert_eq!(f.purge_finished(100), 3, "refunds 1, 3 and 5 are delivered and purged");
     f.reopen().expect("purged refunds are not missing ones");
@@ -286,8 +295,8 @@ fn purged_refunds_are_not_taken_for_deleted_ones() {
 fn a_purged_refund_put_back_is_not_the_agents() {
     let mut f = Fixture::new(&["a"]);
     let id = f.create("1.00");
-    f.db(|db| ops::claim_due(db, 10, 1, &[]).unwrap());
-    f.db(|db| ops::record(db, &id, 0, Recorded::Delivered { remote_id: None }, 11).unwrap());
+    f.db(|db| lifecycle::claim_due(db, 10, 1, &[]).unwrap());
+    f.db(|db| lifecycle::record(db, &id, 0, Recorded::Delivered { remote_id: None }, 11).unwrap());
     let copy = f.conn.query_row("SELECT * FROM refunds", [], |r| r.get::<_, i64>(0)).unwrap();
     f.conn.execute("CREATE TABLE saved AS SELECT * FROM refunds", []).unwrap();
     assert_eq!(f.purge_finished(100), 1);
@@ -326,7 +335,7 @@ fn an_upgrade_numbers_the_rows_present_and_keeps_altered_ones_failing() {
 
     f.reopen().expect("the upgrade trusts the rows present");
     let version: i64 = f.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, schema::VERSION);
+    assert_eq!(version, migrate::VERSION);
     for id in [&ids[0], &ids[2]] {
         assert_eq!(f.state(id), "queued", "resealed under the new format");
     }
@@ -379,10 +388,10 @@ proptest! {
                         operator: "o".into(), tax: Some("0".into()), ..RefundDraft::default()
                     };
                     // Over-refunds are rejected; that is fine here.
-                    let _ = f.db(|db| ops::create_refund(db, draft, None, now).unwrap());
+                    let _ = f.db(|db| intake::create_refund(db, draft, None, now).unwrap());
                 }
                 Op::Claim => {
-                    for c in f.db(|db| ops::claim_due(db, now, 5, &[]).unwrap()) {
+                    for c in f.db(|db| lifecycle::claim_due(db, now, 5, &[]).unwrap()) {
                         let id = c.refund.id.to_string();
                         let earlier = f.deliveries(&id);
                         prop_assert!(earlier[..c.position as usize].iter().all(|s| s == "delivered"));
@@ -400,12 +409,12 @@ proptest! {
                         _ => Recorded::Progress { step: 1, remote_id: None },
                     };
                     let keeps_flying = matches!(outcome, Recorded::Progress { .. });
-                    f.db(|db| ops::record(db, &id, pos, outcome, now).unwrap());
+                    f.db(|db| lifecycle::record(db, &id, pos, outcome, now).unwrap());
                     if keeps_flying { in_flight.push((id, pos)); }
                 }
                 Op::Record(..) => {}
                 Op::Recover(dedup) => {
-                    f.db(|db| ops::recover(db, &|_| dedup, now).unwrap());
+                    f.db(|db| lifecycle::recover(db, &|_| dedup, now).unwrap());
                     in_flight.clear();
                 }
                 Op::Purge => {
@@ -415,11 +424,11 @@ proptest! {
                 Op::Reopen => {
                     let reopened = f.reopen();
                     prop_assert!(reopened.is_ok(), "false alarm: {:?}", reopened);
-                    prop_assert_eq!(f.db(|db| ops::status(db, now).unwrap()).quarantined, 0);
+                    prop_assert_eq!(f.db(|db| reads::status(db, now).unwrap()).quarantined, 0);
                 }
             }
             f.assert_totals_consistent();
-            for r in f.db(|db| ops::list(db, None, 1000, now).unwrap()) {
+            for r in f.db(|db| reads::list(db, None, 1000, now).unwrap()) {
                 let states: Vec<DeliveryState> = r.deliveries.iter().map(|d| d.state.parse().unwrap()).collect();
                 prop_assert_eq!(r.state.as_str(), super::delivery::aggregate(&states).as_str());
                 for (position, d) in r.deliveries.iter().enumerate() {

@@ -2,16 +2,18 @@
 //! CLI. Plain data, serialisable both ways.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::delivery::RefundState;
 
 /// A refund with its deliveries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RefundView {
     pub id: String,
-    /// `queued`, `delivered`, `declined`, `failed`, `unknown`, `cancelled`, `expired`, or
-    /// `quarantined` when a seal did not verify.
-    pub state: String,
+    pub state: ViewState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_reason: Option<String>,
     pub amount: String,
@@ -25,6 +27,64 @@ pub struct RefundView {
     pub created_at: String,
     pub balance_after: Option<String>,
     pub deliveries: Vec<DeliveryView>,
+}
+
+/// The state a refund is shown in: `queued`, `delivered`, `declined`, `failed`, `unknown`,
+/// `cancelled`, `expired`, or `quarantined` when a seal did not verify. Serialised as that word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewState {
+    Refund(RefundState),
+    Quarantined,
+}
+
+impl ViewState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewState::Refund(state) => state.as_str(),
+            ViewState::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl fmt::Display for ViewState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ViewState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == ViewState::Quarantined.as_str() {
+            return Ok(ViewState::Quarantined);
+        }
+        s.parse().map(ViewState::Refund)
+    }
+}
+
+impl PartialEq<str> for ViewState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ViewState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for ViewState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ViewState {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// One delivery of a refund.

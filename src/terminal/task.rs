@@ -180,7 +180,7 @@ impl Link {
                     self.wake.notify_one();
                     tracing::info!(refund_id = %refund.id, amount = %refund.amount, currency = %refund.currency, seq, "refund queued from the terminal");
                 }
-                Reply::ack_refund(seq, refund.id, refund.state)
+                Reply::ack_refund(seq, refund.id, refund.state.as_str())
             }
             Ok(Err(rejection)) => {
                 tracing::info!(code = %rejection.code, seq, "terminal refund refused");

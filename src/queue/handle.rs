@@ -1,0 +1,151 @@
+//! `QueueHandle`: how the rest of the agent reaches the queue. Every method is one job for the
+//! owner thread (`owner.rs`), answered after the COMMIT of its batch.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::db::Db;
+use super::error::QueueError;
+use super::intake::{self, Created, SaleAdded};
+use super::lifecycle::{self, Claim, Recorded, Recovery};
+use super::manual::{self, Resolution};
+use super::owner::{Job, Reply, Storage};
+use super::reads;
+use super::retention;
+use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
+use crate::clock::now_ms;
+use crate::refund::{RefundDraft, Rejection};
+use crate::sale::SaleInput;
+
+/// A cloneable handle to the queue. When every handle is dropped the owner thread finishes the
+/// jobs it has, closes the database and ends.
+#[derive(Debug, Clone)]
+pub struct QueueHandle {
+    pub(super) jobs: mpsc::Sender<Job>,
+    pub(super) storage: Storage,
+}
+
+impl QueueHandle {
+    /// Runs `f` in the owner's transaction and answers after the COMMIT. An `Err` from `f` rolls
+    /// back everything `f` wrote.
+    pub(super) async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let result = match db {
+                Ok(db) => f(db),
+                Err(e) => Err(e.clone()),
+            };
+            let failed = result.as_ref().err().cloned();
+            let reply: Reply = Box::new(move |commit_error| {
+                let out = match (result, commit_error) {
+                    (Ok(_), Some(e)) => Err(e.clone()),
+                    (r, _) => r,
+                };
+                let _ = tx.send(out);
+            });
+            (failed, reply)
+        });
+        self.jobs.send(job).await.map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// A round trip through the owner thread: it answers, so it is not stuck (the systemd
+    /// watchdog and the health check).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.call(|_| Ok(())).await
+    }
+
+    pub async fn create_refund(
+        &self,
+        draft: RefundDraft,
+        key: Option<String>,
+    ) -> Result<Result<Created, Rejection>, QueueError> {
+        self.call(move |db| {
+            let out = intake::create_refund(db, draft, key.as_deref(), now_ms())?;
+            // A rejection stored nothing, but make sure of it by rolling back the savepoint.
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn add_sale(&self, input: SaleInput) -> Result<Result<SaleAdded, Rejection>, QueueError> {
+        self.call(move |db| intake::add_sale(db, input, now_ms())).await
+    }
+
+    pub async fn refund(&self, id: String) -> Result<Option<RefundView>, QueueError> {
+        self.call(move |db| reads::view(db, &id, now_ms())).await
+    }
+
+    pub async fn list(&self, state: Option<ViewState>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
+        self.call(move |db| reads::list(db, state, limit, now_ms())).await
+    }
+
+    pub async fn status(&self) -> Result<QueueStatus, QueueError> {
+        let mut status = self.call(|db| reads::status(db, now_ms())).await?;
+        status.storage = self.storage();
+        Ok(status)
+    }
+
+    /// How writes to the queue have fared since start.
+    pub fn storage(&self) -> StorageStatus {
+        self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub async fn claim_due(&self, limit: i64, skip: Vec<String>) -> Result<Vec<Claim>, QueueError> {
+        self.call(move |db| lifecycle::claim_due(db, now_ms(), limit, &skip)).await
+    }
+
+    pub async fn record(
+        &self,
+        refund_id: String,
+        position: i64,
+        outcome: Recorded,
+    ) -> Result<(), QueueError> {
+        self.call(move |db| lifecycle::record(db, &refund_id, position, outcome, now_ms())).await
+    }
+
+    pub async fn recover(
+        &self,
+        dedup: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Recovery, QueueError> {
+        self.call(move |db| lifecycle::recover(db, &dedup, now_ms())).await
+    }
+
+    pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {
+        self.call(move |db| lifecycle::next_due(db, &skip)).await
+    }
+
+    pub async fn retry(&self, id: String, operator: String) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::retry(db, &id, &operator, now_ms())).await
+    }
+
+    pub async fn cancel(
+        &self,
+        id: String,
+        operator: String,
+        reason: String,
+    ) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::cancel(db, &id, &operator, &reason, now_ms())).await
+    }
+
+    pub async fn resolve(
+        &self,
+        id: String,
+        destination: Option<String>,
+        resolution: Resolution,
+        operator: String,
+    ) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::resolve(db, &id, destination.as_deref(), resolution, &operator, now_ms()))
+            .await
+    }
+
+    pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {
+        self.call(move |db| lifecycle::reset_backoff(db, &destination, now_ms())).await
+    }
+
+    pub async fn sweep(&self) -> Result<(u64, u64), QueueError> {
+        self.call(|db| retention::sweep(db, now_ms())).await
+    }
+}

@@ -1,0 +1,109 @@
+//! A read-only look at a queue file, for `refund-agent doctor` running next to a live agent:
+//! the file is opened read-only (no write lock, no migration, nothing quarantined), and the
+//! checks are the ones the agent makes at its start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::migrate;
+use super::seal::Sealer;
+use super::sequence;
+
+/// What [`check_readonly`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub file: FileCheck,
+    /// The sequence check; `None` when the file itself did not pass.
+    pub rows: Option<RowsCheck>,
+}
+
+/// `PRAGMA integrity_check` on the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// No file yet: the agent creates it at its first start.
+    Missing,
+    Intact,
+    /// The lines SQLite reported.
+    Damaged(Vec<String>),
+    /// The file could not be opened or read.
+    Unreadable(String),
+}
+
+/// The start-up sequence check (`sequence.rs`): no refund deleted behind the agent's back, the
+/// head record's seal valid, every refund's delivery rows present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowsCheck {
+    /// Without the seal key the head record cannot be verified.
+    NoKey,
+    Unreadable(String),
+    /// An older schema: the agent numbers the refunds at its next start.
+    OldSchema(i64),
+    /// The head record cannot be trusted; why, in a technician's words.
+    Untrusted(String),
+    /// Refunds are missing or foreign; the agent will not start on it.
+    Refused(String),
+    /// Refunds whose delivery rows were deleted or added (the agent quarantines them).
+    Short(Vec<String>),
+    /// Refunds `1..=head` all present or purged by the agent.
+    Sound {
+        head: i64,
+    },
+}
+
+/// Checks the queue file at `path` without writing to it. `busy` bounds the wait for a lock
+/// held by a running agent.
+pub fn check_readonly(path: &Path, sealer: Option<&Sealer>, busy: Duration) -> Report {
+    let file = check_file(path, busy);
+    let rows = (file == FileCheck::Intact).then(|| check_rows(path, sealer, busy));
+    Report { file, rows }
+}
+
+fn open_readonly(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy)?;
+    Ok(conn)
+}
+
+fn check_file(path: &Path, busy: Duration) -> FileCheck {
+    if !path.exists() {
+        return FileCheck::Missing;
+    }
+    let lines = open_readonly(path, busy).and_then(|conn| {
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<Result<Vec<String>, _>>()
+    });
+    match lines {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => FileCheck::Intact,
+        Ok(lines) => FileCheck::Damaged(lines),
+        Err(e) => FileCheck::Unreadable(e.to_string()),
+    }
+}
+
+fn check_rows(path: &Path, sealer: Option<&Sealer>, busy: Duration) -> RowsCheck {
+    let Some(sealer) = sealer else {
+        return RowsCheck::NoKey;
+    };
+    let conn = match open_readonly(path, busy) {
+        Ok(c) => c,
+        Err(e) => return RowsCheck::Unreadable(e.to_string()),
+    };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
+    if version < migrate::VERSION {
+        return RowsCheck::OldSchema(version);
+    }
+    match sequence::check(&conn, sealer) {
+        Err(e) => RowsCheck::Unreadable(e.to_string()),
+        Ok(Err(reason)) => RowsCheck::Untrusted(reason),
+        Ok(Ok(f)) if f.refuses() => RowsCheck::Refused(f.describe()),
+        Ok(Ok(f)) if !f.short.is_empty() => {
+            RowsCheck::Short(f.short.into_iter().map(|s| s.refund_id).collect())
+        }
+        Ok(Ok(f)) => RowsCheck::Sound { head: f.head },
+    }
+}

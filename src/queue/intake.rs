@@ -1,0 +1,221 @@
+//! Intake: refunds and sales coming in. Each runs inside the owner's write transaction (see
+//! `owner.rs`), so reading the facts, validating and storing a refund happen atomically.
+
+use rusqlite::{params, OptionalExtension};
+use rust_decimal::Decimal;
+
+use super::db::Db;
+use super::delivery::{sql_list, DeliveryState, RefundState};
+use super::error::QueueError;
+use super::reads::{build_view, view};
+use super::rows::{self, DeliveryRow, RefundRow, SaleKey};
+use super::sequence;
+use super::view::RefundView;
+use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef};
+use crate::sale::{Sale, SaleInput};
+
+/// A refund made (or found again by its idempotency key).
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub refund: RefundView,
+    /// True when the idempotency key named an existing refund and nothing new was stored.
+    pub replayed: bool,
+}
+
+/// Validates and stores a refund with one pending delivery per routed destination. With an
+/// idempotency key, a repeat of the same request returns the first refund.
+pub fn create_refund(
+    db: &Db<'_>,
+    draft: RefundDraft,
+    key: Option<&str>,
+    now: i64,
+) -> Result<Result<Created, Rejection>, QueueError> {
+    let draft = match draft.normalized() {
+        Ok(d) => d,
+        Err(r) => return Ok(Err(r)),
+    };
+    let fingerprint = draft.fingerprint();
+    if let Some(key) = key {
+        let known: Option<(Vec<u8>, String)> = db
+            .conn
+            .prepare_cached("SELECT fingerprint, refund_id FROM idempotency_keys WHERE key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((stored, refund_id)) = known {
+            if stored != fingerprint {
+                return Ok(Err(Rejection::new(
+                    RejectCode::IdempotencyKeyReused,
+                    format!("this idempotency key was already used for refund {refund_id} with different details; use a new key for a new refund"),
+                )));
+            }
+            let refund = view(db, &refund_id, now)?
+                .ok_or_else(|| QueueError::NotFound(format!("refund {refund_id}")))?;
+            return Ok(Ok(Created { refund, replayed: true }));
+        }
+    }
+
+    let sale = match draft.sale_ref() {
+        Ok(SaleRef::Receipt(r)) => rows::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
+        Ok(SaleRef::Transaction(t)) => rows::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
+        Err(r) => return Ok(Err(r)),
+    };
+    let facts = gather_facts(db, sale, &draft)?;
+    let refund = match validate(&draft, &facts, &db.settings.policy, RefundId::new(), now) {
+        Ok(r) => r,
+        Err(r) => return Ok(Err(r)),
+    };
+    let Some(destinations) = db.settings.router.destinations_for(refund.processor()) else {
+        return Ok(Err(Rejection::new(
+            RejectCode::NoRoute,
+            format!(
+                "no route in the configuration sends refunds of processor {:?} anywhere",
+                refund.processor().unwrap_or("(none)")
+            ),
+        )));
+    };
+
+    let id = refund.id.to_string();
+    let mut row = RefundRow {
+        seq: sequence::advance(db.conn, db.sealer, destinations.len() as i64)?,
+        id: id.clone(),
+        receipt_id: refund.receipt_id.clone(),
+        currency: refund.currency.code().to_string(),
+        amount: refund.currency.format(refund.amount),
+        amount_minor: rows::minor_units(&refund)
+            .ok_or_else(|| QueueError::Storage("amount out of range".into()))?,
+        state: RefundState::Queued.into(),
+        created_at: now,
+        updated_at: now,
+        body: serde_json::to_string(&refund).map_err(|e| QueueError::Storage(e.to_string()))?,
+        destinations: serde_json::to_string(destinations).map_err(|e| QueueError::Storage(e.to_string()))?,
+        seal: Vec::new(),
+    };
+    rows::insert_refund(db.conn, db.sealer, &mut row)?;
+    let mut written = Vec::with_capacity(destinations.len());
+    for (position, destination) in destinations.iter().enumerate() {
+        let mut d = DeliveryRow {
+            refund_id: id.clone(),
+            position: position as i64,
+            destination: destination.clone(),
+            state: DeliveryState::Pending.into(),
+            attempts: 0,
+            next_attempt_at: now,
+            step: 0,
+            remote_id: None,
+            last_error: None,
+            updated_at: now,
+            seal: Vec::new(),
+        };
+        rows::save_delivery(db.conn, db.sealer, &mut d, true)?;
+        written.push(d);
+    }
+    if let Some(key) = key {
+        db.conn.prepare_cached(
+            "INSERT INTO idempotency_keys (key, fingerprint, refund_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?.execute(
+            params![key, fingerprint.to_vec(), id, now],
+        )?;
+    }
+    // Built from what was just written: reading it back would only cost time.
+    Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
+}
+
+fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
+    let currency = match &sale {
+        Some(s) => s.currency,
+        None => draft
+            .currency
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(db.settings.policy.default_currency),
+    };
+    let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
+    // Sums are integer minor units: exact. The sale's refunds come from a covering index and
+    // the open totals from `open_totals` (kept by triggers), so the cost of a new refund does
+    // not grow with the queue.
+    let refunded_before = match &sale {
+        Some(sale) => minor(
+            db.conn
+                .prepare_cached(&format!(
+                    "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN {}",
+                    sql_list(&RefundState::RELEASED)
+                ))?
+                .query_row([&sale.receipt_id], |r| r.get(0))?,
+        ),
+        None => Decimal::ZERO,
+    };
+    let (pending, queue_len): (i64, i64) = db
+        .conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(CASE WHEN currency = ?1 THEN amount_minor END), 0), COALESCE(SUM(count), 0)
+             FROM open_totals",
+        )?
+        .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (tax_refunded_before, discount_refunded_before) = match &sale {
+        Some(sale) => breakdown_refunded(db, &sale.receipt_id)?,
+        None => (Decimal::ZERO, Decimal::ZERO),
+    };
+    Ok(Facts {
+        sale,
+        refunded_before,
+        tax_refunded_before,
+        discount_refunded_before,
+        pending_in_currency: minor(pending),
+        queue_len: queue_len as u64,
+    })
+}
+
+/// The tax and discount parts of a sale's refunds that still count, summed as decimals.
+fn breakdown_refunded(db: &Db<'_>, receipt_id: &str) -> Result<(Decimal, Decimal), QueueError> {
+    let mut stmt = db.conn.prepare_cached(&format!(
+        "SELECT json_extract(body, '$.tax'), json_extract(body, '$.discount') FROM refunds
+         WHERE receipt_id = ?1 AND state NOT IN {}",
+        sql_list(&RefundState::RELEASED)
+    ))?;
+    let mut rows = stmt.query([receipt_id])?;
+    let (mut tax, mut discount) = (Decimal::ZERO, Decimal::ZERO);
+    let parse = |v: Option<String>| v.and_then(|t| t.parse::<Decimal>().ok()).unwrap_or(Decimal::ZERO);
+    while let Some(row) = rows.next()? {
+        tax += parse(row.get(0)?);
+        discount += parse(row.get(1)?);
+    }
+    Ok((tax, discount))
+}
+
+/// A sale registered (or found identical).
+#[derive(Debug, Clone)]
+pub struct SaleAdded {
+    pub sale: Sale,
+    pub replayed: bool,
+}
+
+/// Adds a sale to the ledger. The same receipt sent twice is accepted once; a receipt id or
+/// transaction id reused with other details is refused.
+pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAdded, Rejection>, QueueError> {
+    let sale = match Sale::from_input(input) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = match e {
+                crate::sale::SaleError::Amount { .. } => RejectCode::InvalidAmount,
+                crate::sale::SaleError::Inconsistent(_) => RejectCode::InconsistentReceipt,
+                _ => RejectCode::InvalidRequest,
+            };
+            return Ok(Err(Rejection::new(code, e.to_string())));
+        }
+    };
+    let keys =
+        [(SaleKey::Receipt, sale.receipt_id.clone()), (SaleKey::Transaction, sale.transaction_id.clone())];
+    for (key, value) in keys {
+        if let Some(existing) = rows::find_sale(db.conn, db.sealer, key, &value)? {
+            if existing == sale {
+                return Ok(Ok(SaleAdded { sale, replayed: true }));
+            }
+            return Err(QueueError::Conflict(format!(
+                "receipt {} / transaction {} is already in the ledger with different details",
+                existing.receipt_id, existing.transaction_id
+            )));
+        }
+    }
+    rows::insert_sale(db.conn, db.sealer, &sale, now)?;
+    Ok(Ok(SaleAdded { sale, replayed: false }))
+}

@@ -1,0 +1,157 @@
+//! Reads: refunds and the queue as shown to people. A row whose seal fails is quarantined on
+//! the way.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+
+use super::db::Db;
+use super::delivery::{sql_list, sql_literal, DeliveryState, RefundState};
+use super::error::QueueError;
+use super::rows::{self, DeliveryRow, RefundRow};
+use super::view::{DeliveryView, QueueStatus, RefundView, ViewState};
+use crate::clock::rfc3339;
+use crate::refund::ValidRefund;
+
+/// A refund as shown to people. A row whose seal fails is quarantined here too.
+pub(super) fn view(db: &Db<'_>, id: &str, now: i64) -> Result<Option<RefundView>, QueueError> {
+    let Some(row) = rows::load_refund(db.conn, id)? else {
+        return Ok(None);
+    };
+    Ok(Some(view_row(db, row, now)?))
+}
+
+fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueError> {
+    let deliveries = rows::load_deliveries(db.conn, &row.id)?;
+    let mut problem = row.open(db.sealer).and_then(|_| row.check_deliveries(&deliveries)).err();
+    for d in &deliveries {
+        if problem.is_none() {
+            problem = d.open(db.sealer).err();
+        }
+    }
+    if let Some(reason) = &problem {
+        tracing::error!(refund_id = %row.id, %reason, "quarantining a refund whose seal does not verify");
+        rows::quarantine(db.conn, &row.id, reason, now)?;
+    }
+    let quarantine_reason = rows::quarantine_reason(db.conn, &row.id)?;
+    let body: Option<ValidRefund> = serde_json::from_str(&row.body).ok();
+    Ok(build_view(row, body.as_ref(), &deliveries, quarantine_reason))
+}
+
+/// The view of a refund from its rows (already verified, or just written).
+pub(super) fn build_view(
+    row: RefundRow,
+    body: Option<&ValidRefund>,
+    deliveries: &[DeliveryRow],
+    quarantine_reason: Option<String>,
+) -> RefundView {
+    let text = |f: fn(&ValidRefund) -> Option<String>| body.and_then(f);
+    RefundView {
+        // A row whose state names none was quarantined by whoever read it: `open` refuses it.
+        state: match (&quarantine_reason, row.state.get()) {
+            (None, Ok(state)) => ViewState::Refund(state),
+            _ => ViewState::Quarantined,
+        },
+        quarantine_reason,
+        amount: row.amount.clone(),
+        currency: row.currency.clone(),
+        receipt_id: row.receipt_id.clone(),
+        transaction_id: text(|b| b.transaction_id.clone()),
+        reason: text(|b| Some(b.reason.clone())).unwrap_or_default(),
+        operator: text(|b| Some(b.operator.clone())).unwrap_or_default(),
+        manager_approval: text(|b| b.manager_approval.clone()),
+        unlinked: body.is_some_and(|b| b.unlinked),
+        created_at: rfc3339(row.created_at),
+        balance_after: body.and_then(|b| b.balance_after.map(|v| b.currency.format(v))),
+        deliveries: deliveries
+            .iter()
+            .map(|d| DeliveryView {
+                destination: d.destination.clone(),
+                state: d.state.as_str().to_string(),
+                attempts: d.attempts,
+                remote_id: d.remote_id.clone(),
+                last_error: d.last_error.clone(),
+                next_attempt_at: (d.state() == Ok(DeliveryState::Pending))
+                    .then(|| rfc3339(d.next_attempt_at)),
+                updated_at: rfc3339(d.updated_at),
+            })
+            .collect(),
+        id: row.id,
+    }
+}
+
+/// Refunds, newest first, optionally only those in one state (`quarantined` included).
+pub(super) fn list(
+    db: &Db<'_>,
+    state: Option<ViewState>,
+    limit: i64,
+    now: i64,
+) -> Result<Vec<RefundView>, QueueError> {
+    let state = match state {
+        Some(ViewState::Quarantined) => {
+            let ids: Vec<String> = db
+                .conn
+                .prepare("SELECT refund_id FROM quarantine ORDER BY at DESC LIMIT ?1")?
+                .query_map([limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            return ids.iter().filter_map(|id| view(db, id, now).transpose()).collect();
+        }
+        Some(ViewState::Refund(state)) => Some(state),
+        None => None,
+    };
+    rows::list_refunds(db.conn, state, limit)?.into_iter().map(|row| view_row(db, row, now)).collect()
+}
+
+/// Queue-wide counts for the status endpoint.
+pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
+    let mut s = QueueStatus::default();
+    for state in RefundState::ALL {
+        s.refunds.insert(state.as_str().to_string(), 0);
+    }
+    let mut stmt = db.conn.prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (state, n) = row?;
+        s.refunds.insert(state, n as u64);
+    }
+    s.quarantined = db.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
+    let open = sql_list(&RefundState::OPEN);
+    let oldest: Option<i64> = db.conn.query_row(
+        &format!("SELECT MIN(created_at) FROM refunds WHERE state IN {open}"),
+        [],
+        |r| r.get(0),
+    )?;
+    s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
+    let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut stmt =
+        db.conn.prepare_cached(&format!("SELECT currency, amount FROM refunds WHERE state IN {open}"))?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (currency, amount) = row?;
+        *pending.entry(currency).or_default() += Decimal::from_str(&amount).unwrap_or_default();
+    }
+    s.pending_amount = pending.into_iter().map(|(c, a)| (c, a.to_string())).collect();
+    let mut stmt = db
+        .conn
+        .prepare_cached("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")?;
+    for row in
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
+    {
+        let (dest, state, n) = row?;
+        s.deliveries.entry(dest).or_default().insert(state, n as u64);
+    }
+    let last: Option<i64> = db.conn.query_row(
+        &format!(
+            "SELECT MAX(updated_at) FROM deliveries WHERE state = {}",
+            sql_literal(DeliveryState::Delivered)
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    s.last_delivered_at = last.map(rfc3339);
+    let retries: i64 = db
+        .conn
+        .prepare_cached("SELECT COALESCE(SUM(attempts - 1), 0) FROM deliveries WHERE attempts > 1")?
+        .query_row([], |r| r.get(0))?;
+    s.delivery_retries = retries.max(0) as u64;
+    Ok(s)
+}
