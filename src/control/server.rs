@@ -23,7 +23,7 @@ use super::api::{ApiError, DestinationHealthBody, StatusBody};
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
 use crate::queue::{QueueError, QueueHandle, Resolution, ViewState};
-use crate::refund::{RefundDraft, RejectCode, Rejection};
+use crate::refund::{RefundDraft, RefundId, RejectCode, Rejection};
 use crate::sale::SaleInput;
 use crate::sync::Health;
 
@@ -168,8 +168,23 @@ async fn create_refund(
     Ok((StatusCode::CREATED, Json(created.refund)).into_response())
 }
 
+/// The refund id named by a path. Only the form the agent writes names a refund (as when the
+/// path was looked up as text), so anything else is answered as an unknown id.
+fn refund_id(id: &str) -> Option<RefundId> {
+    id.parse::<RefundId>().ok().filter(|parsed| parsed.to_string() == id)
+}
+
+/// A path that names no refund, answered as the queue answers an unknown id.
+fn unknown_refund(id: &str) -> Failure {
+    Failure::from(QueueError::NotFound(format!("refund {id}")))
+}
+
 async fn show_refund(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, Failure> {
-    match s.queue.refund(id.clone()).await? {
+    let found = match refund_id(&id) {
+        Some(refund_id) => s.queue.refund(refund_id).await?,
+        None => None,
+    };
+    match found {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(failure(StatusCode::NOT_FOUND, "not_found", format!("no refund with id {id}"))),
     }
@@ -234,7 +249,8 @@ async fn retry_refund(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
-    let view = s.queue.retry(id, action.operator).await?;
+    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
+    let view = s.queue.retry(refund_id, action.operator).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }
@@ -246,7 +262,8 @@ async fn cancel_refund(
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
     let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
-    Ok(Json(s.queue.cancel(id, action.operator, reason).await?).into_response())
+    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
+    Ok(Json(s.queue.cancel(refund_id, action.operator, reason).await?).into_response())
 }
 
 async fn resolve_refund(
@@ -266,7 +283,8 @@ async fn resolve_refund(
             ))
         }
     };
-    let view = s.queue.resolve(id, action.destination, resolution, action.operator).await?;
+    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
+    let view = s.queue.resolve(refund_id, action.destination, resolution, action.operator).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }

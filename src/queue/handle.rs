@@ -1,5 +1,6 @@
 //! `QueueHandle`: how the rest of the agent reaches the queue. Every method is one job for the
-//! owner thread (`owner.rs`), answered after the COMMIT of its batch.
+//! owner thread (`owner.rs`), answered after the COMMIT of its batch. Refunds are named by
+//! [`RefundId`]; the rows store its text, so the conversion happens here, once.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,7 +14,7 @@ use super::reads;
 use super::retention;
 use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
 use crate::clock::now_ms;
-use crate::refund::{RefundDraft, Rejection};
+use crate::refund::{RefundDraft, RefundId, Rejection};
 use crate::sale::SaleInput;
 
 /// A cloneable handle to the queue. When every handle is dropped the owner thread finishes the
@@ -74,8 +75,8 @@ impl QueueHandle {
         self.call(move |db| intake::add_sale(db, input, now_ms())).await
     }
 
-    pub async fn refund(&self, id: String) -> Result<Option<RefundView>, QueueError> {
-        self.call(move |db| reads::view(db, &id, now_ms())).await
+    pub async fn refund(&self, id: RefundId) -> Result<Option<RefundView>, QueueError> {
+        self.call(move |db| reads::view(db, &id.to_string(), now_ms())).await
     }
 
     pub async fn list(&self, state: Option<ViewState>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
@@ -99,11 +100,11 @@ impl QueueHandle {
 
     pub async fn record(
         &self,
-        refund_id: String,
+        refund_id: RefundId,
         position: i64,
         outcome: Recorded,
     ) -> Result<(), QueueError> {
-        self.call(move |db| lifecycle::record(db, &refund_id, position, outcome, now_ms())).await
+        self.call(move |db| lifecycle::record(db, &refund_id.to_string(), position, outcome, now_ms())).await
     }
 
     pub async fn recover(
@@ -117,28 +118,30 @@ impl QueueHandle {
         self.call(move |db| lifecycle::next_due(db, &skip)).await
     }
 
-    pub async fn retry(&self, id: String, operator: String) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::retry(db, &id, &operator, now_ms())).await
+    pub async fn retry(&self, id: RefundId, operator: String) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::retry(db, &id.to_string(), &operator, now_ms())).await
     }
 
     pub async fn cancel(
         &self,
-        id: String,
+        id: RefundId,
         operator: String,
         reason: String,
     ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::cancel(db, &id, &operator, &reason, now_ms())).await
+        self.call(move |db| manual::cancel(db, &id.to_string(), &operator, &reason, now_ms())).await
     }
 
     pub async fn resolve(
         &self,
-        id: String,
+        id: RefundId,
         destination: Option<String>,
         resolution: Resolution,
         operator: String,
     ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::resolve(db, &id, destination.as_deref(), resolution, &operator, now_ms()))
-            .await
+        self.call(move |db| {
+            manual::resolve(db, &id.to_string(), destination.as_deref(), resolution, &operator, now_ms())
+        })
+        .await
     }
 
     pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {

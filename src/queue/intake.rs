@@ -7,8 +7,9 @@ use rust_decimal::Decimal;
 use super::db::Db;
 use super::delivery::{sql_list, DeliveryState, RefundState};
 use super::error::QueueError;
+use super::ledger::{self, SaleKey};
 use super::reads::{build_view, view};
-use super::rows::{self, DeliveryRow, RefundRow, SaleKey};
+use super::rows::{self, DeliveryRow, RefundRow};
 use super::sequence;
 use super::view::RefundView;
 use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef};
@@ -55,8 +56,8 @@ pub fn create_refund(
     }
 
     let sale = match draft.sale_ref() {
-        Ok(SaleRef::Receipt(r)) => rows::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
-        Ok(SaleRef::Transaction(t)) => rows::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
+        Ok(SaleRef::Receipt(r)) => ledger::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
+        Ok(SaleRef::Transaction(t)) => ledger::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
         Err(r) => return Ok(Err(r)),
     };
     let facts = gather_facts(db, sale, &draft)?;
@@ -206,7 +207,7 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
     let keys =
         [(SaleKey::Receipt, sale.receipt_id.clone()), (SaleKey::Transaction, sale.transaction_id.clone())];
     for (key, value) in keys {
-        if let Some(existing) = rows::find_sale(db.conn, db.sealer, key, &value)? {
+        if let Some(existing) = ledger::find_sale(db.conn, db.sealer, key, &value)? {
             if existing == sale {
                 return Ok(Ok(SaleAdded { sale, replayed: true }));
             }
@@ -216,6 +217,6 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
             )));
         }
     }
-    rows::insert_sale(db.conn, db.sealer, &sale, now)?;
+    ledger::insert_sale(db.conn, db.sealer, &sale, now)?;
     Ok(Ok(SaleAdded { sale, replayed: false }))
 }

@@ -3,7 +3,7 @@
 //! # On-disk format
 //!
 //! `queue.db` in the state directory, WAL journal, `synchronous=FULL`, schema version in
-//! `PRAGMA user_version` (migrations in `schema.rs`, applied in order, one transaction each).
+//! `PRAGMA user_version` (migrations in `migrate.rs`, applied in order, one transaction each).
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
@@ -20,7 +20,7 @@
 //! with the currency's minor units, summed in Rust (never as SQL floats).
 //!
 //! Every row of `sales`, `refunds` and `deliveries` carries `seal` = HMAC-SHA256 under the
-//! device key over its columns (`rows.rs` lists which). Everything a connector puts on the
+//! device key over its columns (`rows.rs` and `ledger.rs` list which). Everything a connector puts on the
 //! wire is derived from the sealed refund `body`. A seal that does not verify quarantines the
 //! refund: it is reported and never sent. The key itself is never in the database; a database
 //! sealed under another key is refused at start.
@@ -65,6 +65,7 @@ mod delivery;
 mod error;
 mod handle;
 mod intake;
+mod ledger;
 mod lifecycle;
 mod inspect;
 mod manual;

@@ -264,12 +264,12 @@ impl Worker {
     /// Returns false when the outcome can never be recorded (the delivery changed, or the queue
     /// shut down); the delivery then stays `in_flight` for start-up recovery.
     async fn record_until_stored(&self, claim: &Claim, recorded: Recorded) -> bool {
-        let id = claim.refund.id.to_string();
+        let id = claim.refund.id;
         let dest = &claim.destination;
         let mut wait = STORAGE_RETRY_INITIAL;
         let mut failures = 0u32;
         loop {
-            match self.queue.record(id.clone(), claim.position, recorded.clone()).await {
+            match self.queue.record(id, claim.position, recorded.clone()).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(refund_id = %id, destination = %dest, failures, "delivery outcome recorded after storage errors");
