@@ -3,6 +3,7 @@
 //! [`validate::validate`], which applies every rule of SPEC section 5 to facts the queue
 //! gathered inside its write transaction.
 
+mod checks;
 pub mod draft;
 pub mod rejection;
 pub mod validate;
