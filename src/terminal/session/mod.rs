@@ -26,8 +26,31 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::event::{Inbound, Reply, TerminalEvent};
-use crate::refund::RefundDraft;
+use crate::refund::{RefundDraft, RejectCode};
 use crate::sale::SaleInput;
+
+/// Why the session refuses a `refund` event before it becomes a draft. The strings are part of
+/// the terminal protocol (docs/terminal-protocol.md); the other `nak` codes come from
+/// `EventError`, `RejectCode` and `QueueError`, each typed at its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionNak {
+    /// The refund names another receipt than the one scanned.
+    ReceiptMismatch,
+    /// The session timed out; the receipt must be scanned again.
+    SessionExpired,
+    /// No receipt named and none scanned.
+    NoReceiptScanned,
+}
+
+impl SessionNak {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionNak::ReceiptMismatch => "receipt_mismatch",
+            SessionNak::SessionExpired => "session_expired",
+            SessionNak::NoReceiptScanned => "no_receipt_scanned",
+        }
+    }
+}
 
 /// How long a half-finished session survives without activity when config does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -164,12 +187,12 @@ impl Session {
             request_id,
         } = event.clone()
         else {
-            return Action::Reply(Reply::nak(seq, "invalid_request", "not a refund"));
+            return Action::Reply(Reply::nak(seq, RejectCode::InvalidRequest.as_str(), "not a refund"));
         };
         if let Some(id) = &request_id {
             if id.len() > MAX_REQUEST_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
                 let message = format!("request_id must be 1 to {MAX_REQUEST_ID} printable ASCII characters");
-                return Action::Reply(Reply::nak(seq, "invalid_request", &message));
+                return Action::Reply(Reply::nak(seq, RejectCode::InvalidRequest.as_str(), &message));
             }
             // A resend of a committed refund is answered from memory: its session is over.
             if let Some((_, _, draft)) = self.remembered.iter().find(|(r, e, _)| r == id && *e == event) {
@@ -187,18 +210,18 @@ impl Session {
         let receipt_id = match (receipt_id, &original_transaction_id, scanned) {
             (Some(named), _, Some(scanned)) if named != scanned => {
                 let message = "the refund names another receipt than the one scanned; scan again or cancel";
-                return Action::Reply(Reply::nak(seq, "receipt_mismatch", message));
+                return Action::Reply(Reply::nak(seq, SessionNak::ReceiptMismatch.as_str(), message));
             }
             (named @ Some(_), _, _) => named,
             (None, Some(_), _) => None,
             (None, None, Some(scanned)) => Some(scanned),
             (None, None, None) if self.state == State::Expired => {
                 let message = "the refund session timed out; scan the receipt again";
-                return Action::Reply(Reply::nak(seq, "session_expired", message));
+                return Action::Reply(Reply::nak(seq, SessionNak::SessionExpired.as_str(), message));
             }
             (None, None, None) => {
                 let message = "scan the receipt first, or name it in the refund";
-                return Action::Reply(Reply::nak(seq, "no_receipt_scanned", message));
+                return Action::Reply(Reply::nak(seq, SessionNak::NoReceiptScanned.as_str(), message));
             }
         };
         let draft = RefundDraft {
