@@ -288,3 +288,5 @@ fn uuid_spans(text: &str) -> Vec<Range<usize>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod field_tests;
