@@ -51,6 +51,23 @@ async fn a_pan_in_the_reason_is_delivered_masked_and_never_logged() {
     assert_eq!(view["reason"], "card 411111******1111 charged twice");
     assert!(!digits(&String::from_utf8_lossy(&show.stdout)).contains(PAN));
 
+    // An idempotency key holding a PAN is refused before anything is looked up or stored.
+    let body = r#"{"receipt_id":"RCP-2025-001","amount":"1.00","reason":"r","operator":"emp_42"}"#;
+    let answer = agent
+        .client()
+        .request(
+            "POST",
+            "/v1/refunds",
+            Some(body.as_bytes().to_vec()),
+            &[("idempotency-key", "4111-1111-1111-1111")],
+        )
+        .await
+        .expect("refund request");
+    assert_eq!(answer.status, 422, "{}", String::from_utf8_lossy(&answer.body));
+    let refused: serde_json::Value = serde_json::from_slice(&answer.body).expect("error JSON");
+    assert_eq!(refused["code"], "card_data_in_field");
+    assert_eq!(agent.list().await.len(), 1, "nothing was stored");
+
     assert_eq!(agent.terminate().await.code(), Some(0));
     let logs = agent.logs();
     assert!(logs.contains(&id), "the log file records the refund: {logs}");
