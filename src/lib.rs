@@ -4,8 +4,8 @@
 //! Modules in the order data flows through them:
 //!
 //! - [`terminal`] — bytes from the serial terminal → frames → events (PCI-sanitized).
-//! - [`money`], [`text`], [`sale`] — amounts, free text, and the original sales (the ledger's
-//!   records).
+//! - [`money`], [`text`], [`pan`], [`sale`] — amounts, free text, the one card-number detector,
+//!   and the original sales (the ledger's records).
 //! - [`refund`] — a draft from a cashier becomes a validated refund.
 //! - [`routing`] — which destinations a refund goes to.
 //! - [`queue`] — the durable, sealed SQLite queue and its single owner thread.
@@ -23,6 +23,7 @@
 pub mod terminal;
 pub mod money;
 pub mod text;
+pub mod pan;
 pub mod sale;
 pub mod refund;
 pub mod routing;

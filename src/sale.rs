@@ -139,6 +139,12 @@ pub enum SaleError {
     Inconsistent(String),
     #[error(transparent)]
     Text(#[from] TextError),
+    /// An id or amount of the receipt holds a card number or track data; refused as
+    /// `card_data_in_field`. Only the field is named, never the value.
+    #[error(
+        "field `{0}` holds a card number or track data; ids may not carry card data, so nothing was stored"
+    )]
+    CardData(&'static str),
 }
 
 impl Sale {
@@ -149,6 +155,7 @@ impl Sale {
         require("receipt_id", &input.receipt_id)?;
         require("transaction_id", &input.transaction_id)?;
         check_texts(&input)?;
+        check_card_data(&input)?;
         let currency: Currency =
             input.currency.parse().map_err(|source| SaleError::Amount { field: "currency", source })?;
         let amount = |field: &'static str, text: &str| {
@@ -169,7 +176,8 @@ impl Sale {
             items.push(LineItem {
                 price: amount("items.price", &item.price)?,
                 total: amount("items.total", &item.total)?,
-                name: item.name,
+                // A PAN typed into an item name is masked, keeping the rest of the name.
+                name: crate::pan::mask_text(&item.name).into_owned(),
                 quantity: item.quantity,
                 product_id: item.product_id,
                 variant_id: item.variant_id,
@@ -234,6 +242,41 @@ fn check_texts(input: &SaleInput) -> Result<(), TextError> {
         }
     }
     Ok(())
+}
+
+/// Refuses a receipt whose ids or amounts hold card data (SPEC section 3): they are stored,
+/// logged and sent to every destination, and unlike free text they cannot be masked without
+/// becoming another id. `masked_pan` is reduced by [`CardRef::from_pan_text`] instead and item
+/// names are masked.
+fn check_card_data(input: &SaleInput) -> Result<(), SaleError> {
+    let mut fields: Vec<(&'static str, Option<&str>)> = vec![
+        ("receipt_id", Some(&input.receipt_id)),
+        ("transaction_id", Some(&input.transaction_id)),
+        ("order_id", input.order_id.as_deref()),
+        ("session_id", input.session_id.as_deref()),
+        ("currency", Some(&input.currency)),
+        ("total", Some(&input.total)),
+        ("subtotal", Some(&input.subtotal)),
+        ("tax", input.tax.as_deref()),
+        ("discount", input.discount.as_deref()),
+        ("payment_method", input.payment_method.as_deref()),
+        ("processor", input.processor.as_deref()),
+        ("processor_payment_id", input.processor_payment_id.as_deref()),
+        ("captured_at", input.captured_at.as_deref()),
+    ];
+    for item in &input.items {
+        fields.extend([
+            ("items.price", Some(item.price.as_str())),
+            ("items.total", Some(item.total.as_str())),
+            ("items.product_id", Some(item.product_id.as_str())),
+            ("items.variant_id", Some(item.variant_id.as_str())),
+            ("items.sku", item.sku.as_deref()),
+        ]);
+    }
+    match fields.into_iter().find(|(_, value)| value.is_some_and(crate::pan::holds_card_data)) {
+        Some((field, _)) => Err(SaleError::CardData(field)),
+        None => Ok(()),
+    }
 }
 
 /// The receipt's own arithmetic: a positive total, `subtotal + tax = total` (no tax given counts

@@ -407,3 +407,34 @@ async fn full_pans_never_reach_disk_or_logs() {
     assert!(logs.contains("terminal sent card data"), "the redactions were noticed: {logs}");
     till.pty.take();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_numbers_typed_at_the_terminal_are_masked_or_refused() {
+    const PAN: &str = "4111111111111111";
+    let mut till = Till::start("ndjson", "").await;
+    let mut bad = receipt("RCP-2025-001", "530957******2257");
+    bad["order_id"] = "４１１１ １１１１ １１１１ １１１１".into();
+    assert_eq!(code(&till.ask(1, bad).await), "card_data_in_field");
+    assert_eq!(till.ask(2, receipt("RCP-2025-001", "530957******2257")).await["type"], "ack");
+
+    let mut typed = refund("5.00");
+    typed["receipt_id"] = "RCP-2025-001".into();
+    typed["reason"] = "card 4111/1111/1111/1111 charged twice".into();
+    let ack = till.ask(3, typed.clone()).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let id = ack["refund_id"].as_str().expect("refund id");
+    let queued = till.agent.refund(id).await.expect("queued");
+    assert_eq!(queued.reason, "card 411111******1111 charged twice");
+
+    typed["operator"] = "41111111111111112512".into();
+    let refused = till.ask(4, typed).await;
+    assert_eq!(code(&refused), "card_data_in_field");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("`operator`")), "{refused}");
+    assert_eq!(till.agent.list().await.len(), 1, "refusals store nothing");
+
+    assert_eq!(till.agent.terminate().await.code(), Some(0));
+    let logs = till.agent.logs();
+    assert!(!refund_agent::pan::digits(&logs).contains(PAN), "the log file holds the PAN: {logs}");
+    let replies = String::from_utf8_lossy(&till.pty().received()).to_string();
+    assert!(!refund_agent::pan::digits(&replies).contains(PAN), "{replies}");
+}

@@ -36,6 +36,9 @@ pub fn create_refund(
         Err(r) => return Ok(Err(r)),
     };
     let fingerprint = draft.fingerprint();
+    if key.is_some_and(crate::pan::holds_card_data) {
+        return Ok(Err(crate::refund::draft::card_data_in("idempotency key")));
+    }
     if let Some(key) = key {
         let known: Option<(Vec<u8>, String)> = db
             .conn
@@ -199,6 +202,7 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
             let code = match e {
                 crate::sale::SaleError::Amount { .. } => RejectCode::InvalidAmount,
                 crate::sale::SaleError::Inconsistent(_) => RejectCode::InconsistentReceipt,
+                crate::sale::SaleError::CardData(_) => RejectCode::CardDataInField,
                 _ => RejectCode::InvalidRequest,
             };
             return Ok(Err(Rejection::new(code, e.to_string())));

@@ -1,9 +1,12 @@
 //! What a cashier asks for: the fields of a terminal `refund` event or `POST /v1/refunds`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::rejection::{RejectCode, Rejection};
+use crate::pan;
 use crate::sale::CardRef;
 
 /// The longest free text accepted in `reason`, `operator` and ids; longer input is refused
@@ -46,7 +49,8 @@ pub enum SaleRef {
 impl RefundDraft {
     /// Checks the shape of the draft (required text present, not too long) and reduces any card
     /// number to its masked form, so that nothing downstream — not even the idempotency
-    /// fingerprint — ever sees a full PAN.
+    /// fingerprint — ever sees a full PAN: a PAN in `reason` is masked to BIN + last 4, a PAN
+    /// (or track data) in an id or amount is refused as `card_data_in_field`.
     pub fn normalized(mut self) -> Result<RefundDraft, Rejection> {
         let invalid = |m: String| Rejection::new(RejectCode::InvalidRequest, m);
         for (name, value) in [("reason", &self.reason), ("operator", &self.operator)] {
@@ -67,6 +71,19 @@ impl RefundDraft {
                 return Err(invalid(format!("field `{name}` is longer than {MAX_TEXT} characters")));
             }
             crate::text::check(name, value).map_err(|e| invalid(e.to_string()))?;
+            if name != "reason" && pan::holds_card_data(value) {
+                return Err(card_data_in(name));
+            }
+        }
+        for (name, value) in
+            [("amount", Some(&self.amount)), ("tax", self.tax.as_ref()), ("discount", self.discount.as_ref())]
+        {
+            if value.is_some_and(|v| pan::holds_card_data(v)) {
+                return Err(card_data_in(name));
+            }
+        }
+        if let Cow::Owned(masked) = pan::mask_text(&self.reason) {
+            self.reason = masked;
         }
         self.manager_approval = self.manager_approval.filter(|m| !m.trim().is_empty());
         if let Some(pan) = self.masked_pan.take().filter(|p| !p.trim().is_empty()) {
@@ -104,6 +121,15 @@ impl RefundDraft {
         let canonical = serde_json::to_vec(self).unwrap_or_default();
         Sha256::digest(&canonical).into()
     }
+}
+
+/// The refusal of an id that holds card data. It names the field and never echoes the value,
+/// so that the number reaches neither the caller's logs nor the agent's.
+pub fn card_data_in(field: &str) -> Rejection {
+    Rejection::new(
+        RejectCode::CardDataInField,
+        format!("field `{field}` holds a card number or track data; ids may not carry card data, so nothing was stored"),
+    )
 }
 
 #[cfg(test)]

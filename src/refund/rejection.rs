@@ -20,6 +20,9 @@ pub enum RejectCode {
     NoRoute,
     InconsistentReceipt,
     NoLimitsForCurrency,
+    /// An id or amount field holds a card number or track data; the message names the field,
+    /// never the number.
+    CardDataInField,
 }
 
 impl RejectCode {
@@ -39,6 +42,7 @@ impl RejectCode {
             RejectCode::NoRoute => "no_route",
             RejectCode::InconsistentReceipt => "inconsistent_receipt",
             RejectCode::NoLimitsForCurrency => "no_limits_for_currency",
+            RejectCode::CardDataInField => "card_data_in_field",
         }
     }
 }

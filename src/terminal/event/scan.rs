@@ -1,6 +1,5 @@
 //! Barcode scans (`lines` framing), which are plain receipt ids rather than JSON.
 
-use super::super::pci;
 use super::{EventError, Inbound, TerminalEvent};
 
 /// The longest receipt id a barcode scan may carry; real receipt codes are far shorter, so
@@ -24,7 +23,7 @@ pub fn scan_event(line: &str) -> Result<Inbound, EventError> {
     if receipt_id.chars().any(char::is_control) {
         return Err(invalid("contains control characters"));
     }
-    if pci::contains_pan(receipt_id) || pci::looks_like_track_data(receipt_id) {
+    if crate::pan::holds_card_data(receipt_id) {
         return Err(invalid("looks like card data"));
     }
     Ok(Inbound { seq: None, event: TerminalEvent::ReceiptScan { receipt_id: receipt_id.to_owned() } })

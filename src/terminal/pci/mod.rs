@@ -9,17 +9,17 @@
 //! This keeps the agent out of PCI scope for storage even when a terminal is misconfigured and
 //! sends more than it should.
 //!
-//! Detection is deliberately biased towards over-masking: a Luhn-valid run of 13–19 digits in any
-//! string is treated as a PAN, even inside free text, because a false positive costs a garbled
-//! note while a false negative is a compliance incident.
-
-mod detect;
+//! Detection is the crate's one card-number detector, [`crate::pan`], so the terminal and the
+//! control API cannot disagree about what a PAN is. It is deliberately biased towards
+//! over-masking: a Luhn-valid run of 13–19 digits in any string (grouped by any separators, in
+//! full-width digits, glued to an expiry) is treated as a PAN, even inside free text, because a
+//! false positive costs a garbled note while a false negative is a compliance incident.
 
 use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-pub use detect::{contains_pan, last4, looks_like_track_data, luhn_valid, mask_pan, mask_text};
+pub use crate::pan::{contains_pan, last4, looks_like_track_data, luhn_valid, mask_pan, mask_text};
 
 /// Keys whose values are sensitive authentication data; compared ignoring case, `_` and `-`.
 const SECRET_KEYS: [&str; 11] =
@@ -125,7 +125,7 @@ fn mask_pan_field(value: &mut Value, report: &mut Vec<&'static str>) -> bool {
         note(report, "track_data_value");
         return false;
     }
-    if text.chars().filter(char::is_ascii_digit).count() > 10 {
+    if crate::pan::digits(&text).len() > 10 {
         *value = Value::String(mask_pan(&text));
         note(report, "pan_masked");
     } else if !value.is_string() {

@@ -113,3 +113,24 @@ fn top_level_track_string_is_blanked() {
     sanitize(&mut value);
     assert_eq!(value, Value::Null);
 }
+
+#[test]
+fn every_written_form_is_masked_by_the_shared_detector() {
+    let mut value = json!({
+        "type": "refund",
+        "reason": "card 4111.1111.1111.1111 / ４１１１１１１１１１１１１１１１ / 4111_1111_1111_1111",
+        "operator": "41111111111111112512",
+        "items": [{"name": "4111  1111  1111  1111"}],
+        "id": "01936a2b-0000-7000-8000-411111111111",
+    });
+    assert_eq!(sanitize(&mut value), ["pan_masked"]);
+    assert_eq!(value["reason"], "card 411111******1111 / 411111******1111 / 411111******1111");
+    assert_eq!(value["operator"], "411111******11112512");
+    assert_eq!(value["items"][0]["name"], "411111******1111");
+    // A UUID is an id, not a card number, even when its digits would pass Luhn.
+    assert_eq!(value["id"], "01936a2b-0000-7000-8000-411111111111");
+    // The full-width form is still card data under a card-number key.
+    let mut card = json!({"pan": "４１１１１１１１１１１１１１１１"});
+    sanitize(&mut card);
+    assert_eq!(card, json!({"masked_pan": "411111******1111"}));
+}

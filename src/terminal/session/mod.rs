@@ -194,6 +194,10 @@ impl Session {
                 let message = format!("request_id must be 1 to {MAX_REQUEST_ID} printable ASCII characters");
                 return Action::Reply(Reply::nak(seq, RejectCode::InvalidRequest.as_str(), &message));
             }
+            if crate::pan::holds_card_data(id) {
+                let refused = crate::refund::draft::card_data_in("request_id");
+                return Action::Reply(Reply::nak(seq, refused.code.as_str(), &refused.message));
+            }
             // A resend of a committed refund is answered from memory: its session is over.
             if let Some((_, _, draft)) = self.remembered.iter().find(|(r, e, _)| r == id && *e == event) {
                 let draft = draft.clone();

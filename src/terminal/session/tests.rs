@@ -261,3 +261,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_request_id_holding_a_pan_is_refused() {
+    let t0 = Instant::now();
+    let mut s = Session::new(TIMEOUT);
+    s.handle(scan("RCP-1"), t0);
+    // The sanitizer has masked the PAN before the session sees it; the masked form is refused
+    // as card data all the same, so it never becomes an idempotency key.
+    for id in ["4111111111111111", "4111.1111.1111.1111", "41111111111111112512"] {
+        let action = s.handle(refund(&format!(r#","request_id":"{id}""#)), t0);
+        assert_eq!(nak_code(action), "card_data_in_field", "{id}");
+    }
+    let plain = created(s.handle(refund(r#","request_id":"till-7-0001""#), t0));
+    assert_eq!(plain.key.as_deref(), Some("terminal:till-7-0001"));
+}
