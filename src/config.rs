@@ -90,11 +90,21 @@ struct RawControl {
     socket_group: Option<String>,
     #[serde(default)]
     tcp: Option<String>,
+    #[serde(default)]
+    tcp_token_file: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 impl Default for RawControl {
     fn default() -> Self {
-        RawControl { socket: default_socket(), socket_group: None, tcp: None }
+        RawControl {
+            socket: default_socket(),
+            socket_group: None,
+            tcp: None,
+            tcp_token_file: None,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -210,6 +220,10 @@ pub struct Config {
     pub socket: PathBuf,
     pub socket_group: Option<String>,
     pub tcp: Option<SocketAddr>,
+    /// The bearer token every TCP request must carry; set whenever `tcp` is.
+    pub tcp_token_file: Option<PathBuf>,
+    /// The `Origin`s a browser page may call the TCP listener from.
+    pub allowed_origins: Vec<String>,
     pub terminal: Option<RawTerminal>,
     /// Amount limits per currency; refunds in a currency missing here are refused.
     pub limits: HashMap<Currency, CurrencyLimits>,
@@ -360,6 +374,12 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
             Ok(addr)
         })
         .transpose()?;
+    // Any local program and any web page can reach a loopback port, so TCP is never open
+    // without a token.
+    let tcp_token_file = raw.control.tcp_token_file.as_deref().map(|f| secret_path(f, base_dir));
+    if tcp.is_some() && tcp_token_file.is_none() {
+        return Err(invalid("control.tcp_token_file", "is required when control.tcp is set"));
+    }
     let s = raw.sync;
     let sync = SyncSettings {
         request_timeout: duration("sync.request_timeout", &s.request_timeout)?,
@@ -432,6 +452,8 @@ fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, Conf
         socket: raw.control.socket,
         socket_group: raw.control.socket_group,
         tcp,
+        tcp_token_file,
+        allowed_origins: raw.control.allowed_origins,
         terminal: raw.terminal,
         limits: currency_limits(&raw.limits, default_currency)?,
         max_queue_len: raw.limits.max_queue_len,

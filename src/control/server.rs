@@ -14,12 +14,14 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use super::api::{ApiError, DestinationHealthBody, StatusBody};
+use super::listen::Caller;
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
 use crate::queue::{QueueError, QueueHandle, RefundState, Resolution};
@@ -137,6 +139,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure
 
 async fn create_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
@@ -164,7 +167,15 @@ async fn create_refund(
     #[cfg(feature = "fault-injection")]
     crash_after_commit_if_asked();
     s.wake.notify_one();
-    tracing::info!(refund_id = %created.refund.id, amount = %created.refund.amount, currency = %created.refund.currency, "refund queued");
+    tracing::info!(
+        refund_id = %created.refund.id,
+        amount = %created.refund.amount,
+        currency = %created.refund.currency,
+        peer_uid = peer.uid(),
+        peer_pid = peer.pid(),
+        peer = %peer,
+        "refund queued"
+    );
     Ok((StatusCode::CREATED, Json(created.refund)).into_response())
 }
 
@@ -229,12 +240,28 @@ fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
     Ok(action)
 }
 
+/// A manual decision, with the caller the operator spoke through (the audit row in the queue
+/// names the operator; this line names the process and user that sent it).
+fn log_decision(action: &str, id: &str, operator: &str, peer: Caller) {
+    tracing::info!(
+        action,
+        refund_id = id,
+        operator,
+        peer_uid = peer.uid(),
+        peer_pid = peer.pid(),
+        peer = %peer,
+        "manual decision requested"
+    );
+}
+
 async fn retry_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
+    log_decision("retry", &id, &action.operator, peer);
     let view = s.queue.retry(id, action.operator).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
@@ -242,16 +269,19 @@ async fn retry_refund(
 
 async fn cancel_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
     let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
+    log_decision("cancel", &id, &action.operator, peer);
     Ok(Json(s.queue.cancel(id, action.operator, reason).await?).into_response())
 }
 
 async fn resolve_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
@@ -267,6 +297,7 @@ async fn resolve_refund(
             ))
         }
     };
+    log_decision("resolve", &id, &action.operator, peer);
     let view = s.queue.resolve(id, action.destination, resolution, action.operator).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
