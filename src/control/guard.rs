@@ -123,12 +123,17 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A body must be JSON; parameters (`; charset=utf-8`) are allowed.
+/// A body must be JSON, named by exactly one `Content-Type` (two could be read differently by
+/// different parsers); parameters (`; charset=utf-8`) are allowed.
 fn json_body_ok(headers: &HeaderMap, has_body: bool) -> bool {
     if !has_body {
         return true;
     }
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
         return false;
     };
     let essence = value.split(';').next().unwrap_or_default().trim();
@@ -239,6 +244,8 @@ mod tests {
         assert_eq!(g.check(&headers(&[]), false), Ok(()));
         assert_eq!(g.check(&headers(&[]), true), Err(Refusal::UnsupportedMediaType));
         assert_eq!(g.check(&headers(&[("content-type", "application/json")]), true), Ok(()));
+        let two = headers(&[("content-type", "application/json"), ("content-type", "text/plain")]);
+        assert_eq!(g.check(&two, true), Err(Refusal::UnsupportedMediaType));
     }
 
     #[test]
