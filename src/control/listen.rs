@@ -18,15 +18,14 @@ use axum::serve::Listener;
 use axum::Router;
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::guard::Guard;
 use crate::shutdown::Shutdown;
 
-/// Connections served at once per listener; one more is answered 503 and closed at once, so
-/// it holds no descriptor. A kiosk UI and a technician need a handful.
+/// Connections served at once per listener; one more is closed at once, unread, so it holds
+/// no descriptor. A kiosk UI and a technician need a handful.
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send a request head. hyper starts this clock whenever the
 /// connection waits for a head, so it also closes a keep-alive connection idle this long.
@@ -36,10 +35,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30);
 /// How long a connection being wound down (age or shutdown) may still take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-content-length: 65\r\nconnection: close\r\n\r\n\
-{\"code\":\"busy\",\"message\":\"too many connections; try again shortly\"}";
 
 /// Who is on the other end of a connection, as handlers see it (an axum `Extension`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,14 +100,14 @@ pub async fn serve<L: Peer>(mut listener: L, app: Router, guard: Guard, mut shut
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         // axum's `accept` retries by itself on errors such as EMFILE, after a pause.
-        let (mut io, addr) = tokio::select! {
+        let (io, addr) = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.recv() => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // A fresh socket's send buffer is empty, so this write does not wait; the bound
-            // is for the impossible case.
-            let _ = tokio::time::timeout(Duration::from_millis(100), io.write_all(BUSY)).await;
+            // Closed unread: the client sees the connection close before any answer, and
+            // nothing was acted on. Answering would mean reading the request first.
+            drop(io);
             tracing::warn!(limit = MAX_CONNECTIONS, "control API connection refused: too many connections");
             continue;
         };
