@@ -96,7 +96,7 @@ impl TcpRules {
             return false;
         };
         let host = host.trim().to_ascii_lowercase();
-        self.hosts.iter().any(|h| *h == host)
+        self.hosts.contains(&host)
     }
 
     fn origin_ok(&self, headers: &HeaderMap) -> bool {
