@@ -10,6 +10,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::control::guard::{Guard, TcpRules};
+use crate::control::listen;
 use crate::control::server::{self, AppState};
 use crate::destinations::{http, Connector};
 use crate::queue::{self, QueueError, QueueHandle, QueueOwner, QueueSettings, Sealer};
@@ -82,6 +84,20 @@ pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
         .map_err(|e| StartError::SealKey { path: config.seal_key_file.clone(), message: e.to_string() })
 }
 
+/// The TCP listener's guard: its own address, the token and the allowed origins.
+fn tcp_guard(config: &Config, tcp: &tokio::net::TcpListener) -> Result<Guard, StartError> {
+    let local = tcp.local_addr().map_err(|e| StartError::Socket {
+        path: PathBuf::from(config.tcp.map(|a| a.to_string()).unwrap_or_default()),
+        message: e.to_string(),
+    })?;
+    let missing = || ConfigError::Invalid {
+        key: "control.tcp_token_file".into(),
+        message: "is required when control.tcp is set".into(),
+    };
+    let token = crate::config::read_secret(config.tcp_token_file.as_deref().ok_or_else(missing)?)?;
+    Ok(Guard::tcp(TcpRules::new(local, token.text()?, &config.allowed_origins)))
+}
+
 /// Starts everything; returns once the queue is open, recovery is done and the socket listens.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let sealer = sealer(config)?;
@@ -130,21 +146,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         })?),
         None => None,
     };
+    let tcp = match tcp {
+        Some(tcp) => Some(tcp_guard(config, &tcp).map(|guard| (tcp, guard))?),
+        None => None,
+    };
     let server = tokio::spawn(async move {
+        let unix = listen::serve(listener, app.clone(), Guard::unix(), stop_rx.clone());
         match tcp {
-            Some(tcp) => {
-                let unix = axum::serve(listener, app.clone()).with_graceful_shutdown(stop_rx.clone().wait());
-                let tcp = axum::serve(tcp, app).with_graceful_shutdown(stop_rx.wait());
-                tokio::select! {
-                    r = unix => if let Err(e) = r { tracing::error!(error = %e, "control socket failed") },
-                    r = tcp => if let Err(e) = r { tracing::error!(error = %e, "control TCP listener failed") },
-                }
+            Some((tcp, guard)) => {
+                tokio::join!(unix, listen::serve(tcp, app, guard, stop_rx));
             }
-            None => {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop_rx.wait()).await {
-                    tracing::error!(error = %e, "control socket failed");
-                }
-            }
+            None => unix.await,
         }
     });
     // `host_str` keeps the brackets of an IPv6 literal, so this is a valid connect target.

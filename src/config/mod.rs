@@ -77,6 +77,10 @@ pub struct Config {
     pub socket: PathBuf,
     pub socket_group: Option<String>,
     pub tcp: Option<SocketAddr>,
+    /// The bearer token every TCP request must carry; set whenever `tcp` is.
+    pub tcp_token_file: Option<PathBuf>,
+    /// The `Origin`s a browser page may call the TCP listener from.
+    pub allowed_origins: Vec<String>,
     pub terminal: Option<TerminalSettings>,
     /// Amount limits per currency; refunds in a currency missing here are refused.
     pub limits: HashMap<Currency, CurrencyLimits>,

@@ -60,11 +60,21 @@ pub(super) struct RawControl {
     pub socket_group: Option<String>,
     #[serde(default)]
     pub tcp: Option<String>,
+    #[serde(default)]
+    pub tcp_token_file: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for RawControl {
     fn default() -> Self {
-        RawControl { socket: default_socket(), socket_group: None, tcp: None }
+        RawControl {
+            socket: default_socket(),
+            socket_group: None,
+            tcp: None,
+            tcp_token_file: None,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 

@@ -35,6 +35,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
             Ok(addr)
         })
         .transpose()?;
+    // Any local program and any web page can reach a loopback port, so TCP is never open
+    // without a token.
+    let tcp_token_file = raw.control.tcp_token_file.as_deref().map(|f| secret_path(f, base_dir));
+    if tcp.is_some() && tcp_token_file.is_none() {
+        return Err(invalid("control.tcp_token_file", "is required when control.tcp is set"));
+    }
     let s = raw.sync;
     let sync = SyncSettings {
         request_timeout: duration("sync.request_timeout", &s.request_timeout)?,
@@ -77,6 +83,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
         socket: raw.control.socket,
         socket_group: raw.control.socket_group,
         tcp,
+        tcp_token_file,
+        allowed_origins: raw.control.allowed_origins,
         terminal,
         limits: super::limits::currency_limits(&raw.limits, default_currency)?,
         max_queue_len: raw.limits.max_queue_len,

@@ -14,12 +14,14 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use super::api::{ApiError, DestinationHealthBody, StatusBody};
+use super::listen::Caller;
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
 use crate::queue::{QueueError, QueueHandle, Resolution, ViewState};
@@ -131,12 +133,17 @@ impl From<QueueError> for Failure {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(body)
-        .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid JSON body: {e}")))
+    // serde's message can quote a value of the body (`invalid type: integer 4111…`): masked,
+    // so a card number sent in the wrong place is not echoed back.
+    serde_json::from_slice(body).map_err(|e| {
+        let message = format!("invalid JSON body: {e}");
+        failure(StatusCode::BAD_REQUEST, "invalid_request", crate::pan::mask_text(&message).into_owned())
+    })
 }
 
 async fn create_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
@@ -164,7 +171,15 @@ async fn create_refund(
     #[cfg(feature = "fault-injection")]
     crash_after_commit_if_asked();
     s.wake.notify_one();
-    tracing::info!(refund_id = %created.refund.id, amount = %created.refund.amount, currency = %created.refund.currency, "refund queued");
+    tracing::info!(
+        refund_id = %created.refund.id,
+        amount = %created.refund.amount,
+        currency = %created.refund.currency,
+        peer_uid = peer.uid(),
+        peer_pid = peer.pid(),
+        peer = %peer,
+        "refund queued"
+    );
     Ok((StatusCode::CREATED, Json(created.refund)).into_response())
 }
 
@@ -243,12 +258,28 @@ fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
     Ok(action)
 }
 
+/// A manual decision, with the caller the operator spoke through (the audit row in the queue
+/// names the operator; this line names the process and user that sent it).
+fn log_decision(action: &str, id: &str, operator: &str, peer: Caller) {
+    tracing::info!(
+        action,
+        refund_id = id,
+        operator,
+        peer_uid = peer.uid(),
+        peer_pid = peer.pid(),
+        peer = %peer,
+        "manual decision requested"
+    );
+}
+
 async fn retry_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
+    log_decision("retry", &id, &action.operator, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
     let view = s.queue.retry(refund_id, action.operator).await?;
     s.wake.notify_one();
@@ -257,17 +288,20 @@ async fn retry_refund(
 
 async fn cancel_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
     let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
+    log_decision("cancel", &id, &action.operator, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
     Ok(Json(s.queue.cancel(refund_id, action.operator, reason).await?).into_response())
 }
 
 async fn resolve_refund(
     State(s): State<AppState>,
+    Extension(peer): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
@@ -283,6 +317,7 @@ async fn resolve_refund(
             ))
         }
     };
+    log_decision("resolve", &id, &action.operator, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
     let view = s.queue.resolve(refund_id, action.destination, resolution, action.operator).await?;
     s.wake.notify_one();
