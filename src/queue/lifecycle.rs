@@ -19,6 +19,9 @@ pub struct Claim {
     pub attempts: i64,
     pub step: i64,
     pub remote_id: Option<String>,
+    /// Every destination of the refund's route, in order (from its sealed delivery list): the
+    /// worker needs it to know whether any of them moves money.
+    pub route: Vec<String>,
 }
 
 /// Claims up to `limit` due deliveries for sending, except to the destinations in `skip`.
@@ -44,6 +47,7 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<V
                 continue;
             }
         };
+        let route = all.iter().map(|r| r.destination.clone()).collect();
         d.state = DeliveryState::InFlight.into();
         d.attempts += 1;
         d.updated_at = now;
@@ -55,6 +59,7 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<V
             attempts: d.attempts,
             step: d.step,
             remote_id: d.remote_id,
+            route,
         });
     }
     Ok(claims)

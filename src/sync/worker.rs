@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::connectivity::Connectivity;
-use super::decide::{backoff, decide};
+use super::decide::{backoff, decide, route_moves_money};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
@@ -232,11 +232,13 @@ impl Worker {
             return;
         };
         let capability = connector.capability();
+        let moves_money =
+            route_moves_money(&claim.route, |d| self.connectors.get(d).map(Connector::capability));
         loop {
             let attempt = connector.attempt(&claim).await;
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
-            let recorded = decide(attempt.clone(), capability, now_ms(), |after| {
+            let recorded = decide(attempt.clone(), capability, moves_money, now_ms(), |after| {
                 backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
             });
             self.note_health(&claim.destination, &attempt, &recorded);
