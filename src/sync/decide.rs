@@ -6,7 +6,9 @@ use crate::destinations::{Attempt, Capability};
 use crate::queue::Recorded;
 
 /// Exponential backoff with full jitter, capped: a random delay in `[0, min(max, initial·2ⁿ⁻¹)]`
-/// for the n-th attempt, but never less than what the server asked for in `Retry-After`.
+/// for the n-th attempt, but never less than what the server asked for in `Retry-After`, itself
+/// capped at `max`: no delay the agent sets exceeds `max`, which is what lets a due time further
+/// ahead than that be recognised as set before the clock went back (`clock::is_due`).
 /// `unit` is a random number in `[0, 1)`.
 pub fn backoff(
     attempts: i64,
@@ -19,7 +21,7 @@ pub fn backoff(
     let ceiling = initial.saturating_mul(1u32 << exp.min(31)).min(max);
     let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
     match retry_after {
-        Some(asked) => jittered.max(asked),
+        Some(asked) => jittered.max(asked.min(max)),
         None => jittered,
     }
 }
@@ -110,6 +112,12 @@ mod tests {
     fn retry_after_is_a_floor() {
         let d = backoff(1, S, Duration::from_secs(300), Some(Duration::from_secs(30)), 0.0);
         assert_eq!(d, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_the_longest_delay() {
+        let max = Duration::from_secs(300);
+        assert_eq!(backoff(1, S, max, Some(Duration::from_secs(86_400)), 0.5), max);
     }
 
     proptest! {
