@@ -4,8 +4,9 @@
 //! refunds safe against such jumps:
 //!
 //! - **Due times** ([`is_due`]): the agent never sets a next attempt further ahead than its
-//!   longest delay (`backoff_max`, which also caps `Retry-After`), so a delivery due further
-//!   ahead than that was scheduled before the clock went back, and is due now.
+//!   longest delay (`backoff_max`, or the 1 h cap on `Retry-After` if longer:
+//!   `sync::decide::longest_delay`), so a delivery due further ahead than that was scheduled
+//!   before the clock went back, and is due now.
 //! - **Ages** ([`trusted_now_ms`]): expiry and purge measure age against a "trusted now": the
 //!   wall time when the agent started plus the monotonic time elapsed since, never ahead of the
 //!   wall clock. A jump forward while the agent runs therefore neither purges finished refunds

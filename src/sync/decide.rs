@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
+use crate::destinations::http::MAX_RETRY_AFTER;
 use crate::destinations::{Attempt, Capability};
 use crate::queue::Recorded;
 
 /// Exponential backoff with full jitter, capped: a random delay in `[0, min(max, initial·2ⁿ⁻¹)]`
-/// for the n-th attempt, but never less than what the server asked for in `Retry-After`, itself
-/// capped at `max`: no delay the agent sets exceeds `max`, which is what lets a due time further
-/// ahead than that be recognised as set before the clock went back (`clock::is_due`).
+/// for the n-th attempt, but never less than what the server asked for in `Retry-After` (capped
+/// at `http::MAX_RETRY_AFTER` when read). No delay is thus longer than [`longest_delay`].
 /// `unit` is a random number in `[0, 1)`.
 pub fn backoff(
     attempts: i64,
@@ -21,9 +21,16 @@ pub fn backoff(
     let ceiling = initial.saturating_mul(1u32 << exp.min(31)).min(max);
     let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
     match retry_after {
-        Some(asked) => jittered.max(asked.min(max)),
+        Some(asked) => jittered.max(asked),
         None => jittered,
     }
+}
+
+/// The longest delay the agent sets before a retry: `backoff_max`, or the cap on a server's
+/// `Retry-After`, whichever is longer. A due time further ahead than this was set before the
+/// wall clock went back (`clock::is_due`).
+pub fn longest_delay(backoff_max: Duration) -> Duration {
+    backoff_max.max(MAX_RETRY_AFTER)
 }
 
 /// Whether the money of a refund routed to `route` moves at a destination. Where none moves
@@ -115,9 +122,12 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_capped_at_the_longest_delay() {
+    fn no_delay_exceeds_the_longest_delay() {
         let max = Duration::from_secs(300);
-        assert_eq!(backoff(1, S, max, Some(Duration::from_secs(86_400)), 0.5), max);
+        assert_eq!(longest_delay(max), MAX_RETRY_AFTER);
+        assert_eq!(longest_delay(Duration::from_secs(7200)), Duration::from_secs(7200));
+        let asked = Some(MAX_RETRY_AFTER);
+        assert!(backoff(40, S, max, asked, 0.99) <= longest_delay(max));
     }
 
     proptest! {

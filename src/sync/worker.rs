@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::connectivity::Connectivity;
-use super::decide::{backoff, decide, route_moves_money};
+use super::decide::{backoff, decide, longest_delay, route_moves_money};
 use crate::clock::{is_due, now_ms, rfc3339};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
@@ -171,7 +171,7 @@ impl Worker {
                 self.queue.next_due(held).await
             };
             let mut sleep_for = match next_due {
-                Ok(Some(at)) => wait_until(at, now_ms(), self.settings.backoff_max),
+                Ok(Some(at)) => wait_until(at, now_ms(), longest_delay(self.settings.backoff_max)),
                 _ => IDLE_CHECK,
             };
             if let Some(at) = wake_at.into_iter().chain(paused_until).min() {
@@ -212,7 +212,7 @@ impl Worker {
                 continue;
             }
             let others: Vec<String> = self.connectors.keys().filter(|n| *n != name).cloned().collect();
-            match self.queue.claim_due(room as i64, others, self.settings.backoff_max).await {
+            match self.queue.claim_due(room as i64, others, longest_delay(self.settings.backoff_max)).await {
                 Ok(c) => claims.extend(c),
                 Err(e) => {
                     tracing::error!(error = %e, destination = %name, "cannot claim deliveries");
