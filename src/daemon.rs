@@ -100,6 +100,8 @@ fn tcp_guard(config: &Config, tcp: &tokio::net::TcpListener) -> Result<Guard, St
 
 /// Starts everything; returns once the queue is open, recovery is done and the socket listens.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    // Ages (expiry, purge) are measured from here on a jump-safe time line (`clock` module doc).
+    crate::clock::anchor();
     let sealer = sealer(config)?;
     let connectors = Arc::new(connectors(config)?);
     let settings = queue_settings(config);

@@ -2,6 +2,8 @@
 //! owner thread (`owner.rs`), answered after the COMMIT of its batch. Refunds are named by
 //! [`RefundId`]; the rows store its text, so the conversion happens here, once.
 
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::Db;
@@ -13,7 +15,7 @@ use super::owner::{Job, Reply, Storage};
 use super::reads;
 use super::retention;
 use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, trusted_now_ms};
 use crate::refund::{RefundDraft, RefundId, Rejection};
 use crate::sale::SaleInput;
 
@@ -94,8 +96,21 @@ impl QueueHandle {
         self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub async fn claim_due(&self, limit: i64, skip: Vec<String>) -> Result<Vec<Claim>, QueueError> {
-        self.call(move |db| lifecycle::claim_due(db, now_ms(), limit, &skip)).await
+    /// Claims due deliveries; first, those scheduled further ahead than `max_delay` (the
+    /// longest delay the agent sets) become due now, as scheduled before the clock went back.
+    pub async fn claim_due(
+        &self,
+        limit: i64,
+        skip: Vec<String>,
+        max_delay: Duration,
+    ) -> Result<Vec<Claim>, QueueError> {
+        let max_delay_ms = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
+        self.call(move |db| {
+            let now = now_ms();
+            lifecycle::clamp_far_future(db, now, max_delay_ms)?;
+            lifecycle::claim_due(db, now, limit, &skip)
+        })
+        .await
     }
 
     pub async fn record(
@@ -149,6 +164,8 @@ impl QueueHandle {
     }
 
     pub async fn sweep(&self) -> Result<(u64, u64), QueueError> {
-        self.call(|db| retention::sweep(db, now_ms())).await
+        // Ages are measured against the jump-safe trusted now (`clock` module doc), so a wall
+        // clock set forward neither purges nor expires anything early.
+        self.call(|db| retention::sweep(db, trusted_now_ms())).await
     }
 }

@@ -19,6 +19,9 @@ pub struct Claim {
     pub attempts: i64,
     pub step: i64,
     pub remote_id: Option<String>,
+    /// Every destination of the refund's route, in order (from its sealed delivery list): the
+    /// worker needs it to know whether any of them moves money.
+    pub route: Vec<String>,
 }
 
 /// Claims up to `limit` due deliveries for sending, except to the destinations in `skip`.
@@ -44,6 +47,7 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<V
                 continue;
             }
         };
+        let route = all.iter().map(|r| r.destination.clone()).collect();
         d.state = DeliveryState::InFlight.into();
         d.attempts += 1;
         d.updated_at = now;
@@ -55,9 +59,48 @@ pub fn claim_due(db: &Db<'_>, now: i64, limit: i64, skip: &[String]) -> Result<V
             attempts: d.attempts,
             step: d.step,
             remote_id: d.remote_id,
+            route,
         });
     }
     Ok(claims)
+}
+
+/// Makes due now every pending delivery scheduled further ahead than `max_delay_ms`, the
+/// longest delay the agent sets: it was scheduled before the wall clock went back, and waiting
+/// for it would park the refund for as long as the jump (`clock::is_due`). The query is a range
+/// of `deliveries_due`, so it costs one index probe when nothing is that far ahead.
+pub fn clamp_far_future(db: &Db<'_>, now: i64, max_delay_ms: i64) -> Result<u64, QueueError> {
+    let limit = now.saturating_add(max_delay_ms);
+    let far: Vec<(String, i64)> = db
+        .conn
+        .prepare_cached(&format!(
+            "SELECT refund_id, position FROM deliveries WHERE state = {} AND next_attempt_at > ?1",
+            sql_literal(DeliveryState::Pending)
+        ))?
+        .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for (refund_id, position) in far {
+        let Some(mut d) =
+            rows::load_deliveries(db.conn, &refund_id)?.into_iter().find(|d| d.position == position)
+        else {
+            continue;
+        };
+        // A row whose seal fails is left alone here; claiming quarantines it.
+        if d.open(db.sealer).is_err() || !crate::clock::is_due(d.next_attempt_at, now, max_delay_ms) {
+            continue;
+        }
+        d.next_attempt_at = now;
+        rows::save_delivery(db.conn, db.sealer, &mut d, false)?;
+        n += 1;
+    }
+    if n > 0 {
+        tracing::warn!(
+            deliveries = n,
+            "deliveries scheduled further ahead than the longest retry delay (the clock went back): due now"
+        );
+    }
+    Ok(n)
 }
 
 /// What happened to a claimed delivery, as the sync worker decided.

@@ -4,6 +4,8 @@
 //!
 //! `queue.db` in the state directory, WAL journal, `synchronous=FULL`, schema version in
 //! `PRAGMA user_version` (migrations in `migrate.rs`, applied in order, one transaction each).
+//! The state directory is `0700` and the queue's files `0600`, at creation and corrected at
+//! every open (`files.rs`).
 //!
 //! | table | one row per | notes |
 //! |---|---|---|
@@ -63,6 +65,7 @@
 mod db;
 mod delivery;
 mod error;
+mod files;
 mod handle;
 mod intake;
 mod ledger;

@@ -2,13 +2,14 @@
 //! checks; the migrations are in `migrate.rs`.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
 use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
+use super::files;
 use super::migrate;
 use super::seal::Sealer;
 use super::sequence;
@@ -19,14 +20,18 @@ pub const DB_FILE: &str = "queue.db";
 /// Opens (creating if needed) the queue in `state_dir`, refusing to start on a damaged file or
 /// on a database sealed with another key.
 pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError> {
-    create_state_dir(state_dir)?;
+    files::private_dir(state_dir)?;
     let path = state_dir.join(DB_FILE);
+    files::precreate(&path)?;
+    files::fix_modes(state_dir)?;
     let conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| QueueError::Open { path: path.clone(), message: e.to_string() })?;
     configure(&conn, &path)?;
+    // SQLite gives its `-wal` and `-shm` the database's mode; this catches any it made before.
+    files::fix_modes(state_dir)?;
     integrity_check(&conn, &path)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let marker = state_dir.join(MARKER_FILE);
@@ -108,7 +113,13 @@ fn write_marker(marker: &Path, id: &str) -> Result<(), QueueError> {
     let err = |e: std::io::Error| QueueError::Open { path: marker.to_path_buf(), message: e.to_string() };
     let tmp = marker.with_extension("id.tmp");
     {
-        let mut f = fs::File::create(&tmp).map_err(err)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(files::FILE_MODE)
+            .open(&tmp)
+            .map_err(err)?;
         std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).map_err(err)?;
         f.sync_all().map_err(err)?;
     }
@@ -117,19 +128,6 @@ fn write_marker(marker: &Path, id: &str) -> Result<(), QueueError> {
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     }
     Ok(())
-}
-
-fn create_state_dir(dir: &Path) -> Result<(), QueueError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| QueueError::Open { path: dir.to_path_buf(), message: e.to_string() })?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| QueueError::Open { path: dir.to_path_buf(), message: e.to_string() })
 }
 
 /// WAL + `synchronous=FULL`: every COMMIT is on disk before it returns, so an acknowledged

@@ -19,8 +19,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::connectivity::Connectivity;
-use super::decide::{backoff, decide};
-use crate::clock::{now_ms, rfc3339};
+use super::decide::{backoff, decide, longest_delay, route_moves_money};
+use crate::clock::{is_due, now_ms, rfc3339};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
 use crate::lock::lock;
@@ -100,18 +100,23 @@ impl Worker {
         let busy: Busy = Arc::default();
         let mut tasks = JoinSet::new();
         let mut probes: JoinSet<()> = JoinSet::new();
-        let mut last_sweep = 0i64;
+        // When the last sweep ran, by the wall clock and the monotonic one: a sweep is due when
+        // either says the interval passed, so a wall clock set back does not stop sweeps.
+        let mut last_sweep: Option<(i64, Instant)> = None;
         // Set while claiming is paused after the queue could not store a claim: when, and how
         // long the last pause was.
         let mut claim_pause: Option<(Instant, Duration)> = None;
         while !shutdown.is_shutdown() {
-            if now_ms() - last_sweep > IDLE_CHECK.as_millis() as i64 {
-                last_sweep = now_ms();
+            let idle_ms = IDLE_CHECK.as_millis() as i64;
+            if last_sweep
+                .is_none_or(|(wall, mono)| (now_ms() - wall).abs() > idle_ms || mono.elapsed() > IDLE_CHECK)
+            {
+                last_sweep = Some((now_ms(), Instant::now()));
                 match self.queue.sweep().await {
                     Ok((expired, purged)) if expired + purged > 0 => {
                         tracing::info!(expired, purged, "queue sweep")
                     }
-                    Ok(_) => {}
+                    Ok(_) => tracing::debug!(expired = 0, purged = 0, "queue sweep"),
                     Err(e) => tracing::error!(error = %e, "queue sweep failed"),
                 }
             }
@@ -166,9 +171,7 @@ impl Worker {
                 self.queue.next_due(held).await
             };
             let mut sleep_for = match next_due {
-                Ok(Some(at)) => {
-                    Duration::from_millis((at - now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
-                }
+                Ok(Some(at)) => wait_until(at, now_ms(), longest_delay(self.settings.backoff_max)),
                 _ => IDLE_CHECK,
             };
             if let Some(at) = wake_at.into_iter().chain(paused_until).min() {
@@ -209,7 +212,7 @@ impl Worker {
                 continue;
             }
             let others: Vec<String> = self.connectors.keys().filter(|n| *n != name).cloned().collect();
-            match self.queue.claim_due(room as i64, others).await {
+            match self.queue.claim_due(room as i64, others, longest_delay(self.settings.backoff_max)).await {
                 Ok(c) => claims.extend(c),
                 Err(e) => {
                     tracing::error!(error = %e, destination = %name, "cannot claim deliveries");
@@ -232,11 +235,13 @@ impl Worker {
             return;
         };
         let capability = connector.capability();
+        let moves_money =
+            route_moves_money(&claim.route, |d| self.connectors.get(d).map(Connector::capability));
         loop {
             let attempt = connector.attempt(&claim).await;
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
-            let recorded = decide(attempt.clone(), capability, now_ms(), |after| {
+            let recorded = decide(attempt.clone(), capability, moves_money, now_ms(), |after| {
                 backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
             });
             self.note_health(&claim.destination, &attempt, &recorded);
@@ -363,6 +368,16 @@ impl Worker {
     }
 }
 
+/// How long to sleep for a delivery due at `at_ms`: until then, at most [`IDLE_CHECK`], and not
+/// at all when it is further ahead than the longest delay (`clock::is_due`: the clock went back).
+fn wait_until(at_ms: i64, now_ms: i64, max_delay: Duration) -> Duration {
+    let max_delay_ms = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
+    if is_due(at_ms, now_ms, max_delay_ms) {
+        return Duration::ZERO;
+    }
+    Duration::from_millis((at_ms - now_ms).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
+}
+
 fn log_outcome(claim: &Claim, recorded: &Recorded) {
     let id = claim.refund.id;
     let dest = &claim.destination;
@@ -412,4 +427,19 @@ async fn probe(worker: Worker, name: String, target: String) {
         Err(e) => tracing::error!(destination = %name, error = %e, "cannot reset the backoff"),
     }
     worker.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_does_not_sleep_for_a_time_set_before_the_clock_went_back() {
+        let max = Duration::from_secs(300);
+        let day = 86_400_000;
+        assert_eq!(wait_until(10_000, 0, max), Duration::from_secs(10));
+        assert_eq!(wait_until(200_000, 0, max), IDLE_CHECK);
+        assert_eq!(wait_until(30 * day, 0, max), Duration::ZERO);
+        assert_eq!(wait_until(-5, 0, max), Duration::ZERO);
+    }
 }
