@@ -5,9 +5,9 @@ use rusqlite::{params, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::db::Db;
-use super::delivery::{sql_list, DeliveryState, RefundState};
+use super::delivery::{DeliveryState, RefundState};
 use super::error::QueueError;
-use super::ledger::{self, SaleKey};
+use super::ledger::{self, Refunded, SaleKey, SaleRecord};
 use super::reads::{build_view, view};
 use super::rows::{self, DeliveryRow, RefundRow};
 use super::sequence;
@@ -56,8 +56,8 @@ pub fn create_refund(
     }
 
     let sale = match draft.sale_ref() {
-        Ok(SaleRef::Receipt(r)) => ledger::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
-        Ok(SaleRef::Transaction(t)) => ledger::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
+        Ok(SaleRef::Receipt(r)) => ledger::find_record(db.conn, db.sealer, SaleKey::Receipt, &r)?,
+        Ok(SaleRef::Transaction(t)) => ledger::find_record(db.conn, db.sealer, SaleKey::Transaction, &t)?,
         Err(r) => return Ok(Err(r)),
     };
     let facts = gather_facts(db, sale, &draft)?;
@@ -92,6 +92,7 @@ pub fn create_refund(
         seal: Vec::new(),
     };
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
+    ledger::apply_refund(db.conn, db.sealer, &refund, 1)?;
     let mut written = Vec::with_capacity(destinations.len());
     for (position, destination) in destinations.iter().enumerate() {
         let mut d = DeliveryRow {
@@ -121,9 +122,9 @@ pub fn create_refund(
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }
 
-fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
-    let currency = match &sale {
-        Some(s) => s.currency,
+fn gather_facts(db: &Db<'_>, record: Option<SaleRecord>, draft: &RefundDraft) -> Result<Facts, QueueError> {
+    let currency = match &record {
+        Some(r) => r.sale.currency,
         None => draft
             .currency
             .as_deref()
@@ -131,20 +132,9 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
             .unwrap_or(db.settings.policy.default_currency),
     };
     let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
-    // Sums are integer minor units: exact. The sale's refunds come from a covering index and
-    // the open totals from `open_totals` (kept by triggers), so the cost of a new refund does
-    // not grow with the queue.
-    let refunded_before = match &sale {
-        Some(sale) => minor(
-            db.conn
-                .prepare_cached(&format!(
-                    "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN {}",
-                    sql_list(&RefundState::RELEASED)
-                ))?
-                .query_row([&sale.receipt_id], |r| r.get(0))?,
-        ),
-        None => Decimal::ZERO,
-    };
+    // What the sale refunded comes from its sealed ledger record (kept in the transactions that
+    // store and release refunds, untouched by purges), and the open totals from `open_totals`
+    // (kept by triggers), so the cost of a new refund does not grow with the queue.
     let (pending, queue_len): (i64, i64) = db
         .conn
         .prepare_cached(
@@ -152,35 +142,18 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
              FROM open_totals",
         )?
         .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let (tax_refunded_before, discount_refunded_before) = match &sale {
-        Some(sale) => breakdown_refunded(db, &sale.receipt_id)?,
-        None => (Decimal::ZERO, Decimal::ZERO),
+    let (sale, refunded) = match record {
+        Some(r) => (Some(r.sale), r.refunded),
+        None => (None, Refunded::default()),
     };
     Ok(Facts {
         sale,
-        refunded_before,
-        tax_refunded_before,
-        discount_refunded_before,
+        refunded_before: refunded.amount,
+        tax_refunded_before: refunded.tax,
+        discount_refunded_before: refunded.discount,
         pending_in_currency: minor(pending),
         queue_len: queue_len as u64,
     })
-}
-
-/// The tax and discount parts of a sale's refunds that still count, summed as decimals.
-fn breakdown_refunded(db: &Db<'_>, receipt_id: &str) -> Result<(Decimal, Decimal), QueueError> {
-    let mut stmt = db.conn.prepare_cached(&format!(
-        "SELECT json_extract(body, '$.tax'), json_extract(body, '$.discount') FROM refunds
-         WHERE receipt_id = ?1 AND state NOT IN {}",
-        sql_list(&RefundState::RELEASED)
-    ))?;
-    let mut rows = stmt.query([receipt_id])?;
-    let (mut tax, mut discount) = (Decimal::ZERO, Decimal::ZERO);
-    let parse = |v: Option<String>| v.and_then(|t| t.parse::<Decimal>().ok()).unwrap_or(Decimal::ZERO);
-    while let Some(row) = rows.next()? {
-        tax += parse(row.get(0)?);
-        discount += parse(row.get(1)?);
-    }
-    Ok((tax, discount))
 }
 
 /// A sale registered (or found identical).
@@ -217,6 +190,8 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
             )));
         }
     }
-    ledger::insert_sale(db.conn, db.sealer, &sale, now)?;
+    // Refunds made against the receipt before the sale was known still count against it.
+    let refunded = ledger::sum_present(db.conn, &sale.receipt_id)?;
+    ledger::insert_sale(db.conn, db.sealer, &sale, &refunded, now)?;
     Ok(Ok(SaleAdded { sale, replayed: false }))
 }

@@ -99,16 +99,29 @@ const MIGRATIONS: &[&str] = &[
         deliveries INTEGER NOT NULL,
         purged TEXT NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 3: each sale row carries what its counting refunds add up to (`ledger.rs`), so a purge
+    // never makes a sale refundable again; followed by `ledger::adopt`, which totals and reseals
+    // the sales present.
+    "ALTER TABLE sales ADD COLUMN refunded TEXT NOT NULL DEFAULT '0';
+     ALTER TABLE sales ADD COLUMN tax_refunded TEXT NOT NULL DEFAULT '0';
+     ALTER TABLE sales ADD COLUMN discount_refunded TEXT NOT NULL DEFAULT '0';
+     ALTER TABLE sales ADD COLUMN lines TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence)];
+const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     schema::check_key(conn, sealer)?;
     adopt(conn, sealer)
+}
+
+/// The sales are resealed under the key they were sealed with, like the refunds at version 2.
+fn adopt_ledger(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    schema::check_key(conn, sealer)?;
+    super::ledger::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.
