@@ -1,12 +1,12 @@
 //! Intake: refunds and sales coming in. Each runs inside the owner's write transaction (see
 //! `owner.rs`), so reading the facts, validating and storing a refund happen atomically.
 
-use rusqlite::{params, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::db::Db;
 use super::delivery::{DeliveryState, RefundState};
 use super::error::QueueError;
+use super::keys::{self, KeyRow};
 use super::ledger::{self, Refunded, SaleKey, SaleRecord};
 use super::reads::{build_view, view};
 use super::rows::{self, DeliveryRow, RefundRow};
@@ -37,20 +37,20 @@ pub fn create_refund(
     };
     let fingerprint = draft.fingerprint();
     if let Some(key) = key {
-        let known: Option<(Vec<u8>, String)> = db
-            .conn
-            .prepare_cached("SELECT fingerprint, refund_id FROM idempotency_keys WHERE key = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((stored, refund_id)) = known {
-            if stored != fingerprint {
+        if let Some(known) = keys::find(db.conn, db.sealer, key)? {
+            let refund_id = known.refund_id.clone();
+            if known.fingerprint != fingerprint {
                 return Ok(Err(Rejection::new(
                     RejectCode::IdempotencyKeyReused,
                     format!("this idempotency key was already used for refund {refund_id} with different details; use a new key for a new refund"),
                 )));
             }
-            let refund = view(db, &refund_id, now)?
-                .ok_or_else(|| QueueError::NotFound(format!("refund {refund_id}")))?;
+            // A refund purged by retention keeps its key: the repeat is answered with the old
+            // refund's id, shown as `purged`, and nothing new is made.
+            let refund = match view(db, &refund_id, now)? {
+                Some(v) => v,
+                None => RefundView::purged(refund_id, known.amount, known.currency),
+            };
             return Ok(Ok(Created { refund, replayed: true }));
         }
     }
@@ -112,11 +112,15 @@ pub fn create_refund(
         written.push(d);
     }
     if let Some(key) = key {
-        db.conn.prepare_cached(
-            "INSERT INTO idempotency_keys (key, fingerprint, refund_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )?.execute(
-            params![key, fingerprint.to_vec(), id, now],
-        )?;
+        let mut k = KeyRow {
+            key: key.to_string(),
+            fingerprint: fingerprint.to_vec(),
+            refund_id: id.clone(),
+            amount: row.amount.clone(),
+            currency: row.currency.clone(),
+            seal: Vec::new(),
+        };
+        keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
     // Built from what was just written: reading it back would only cost time.
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))

@@ -422,6 +422,30 @@ fn the_upgrade_totals_each_sale_from_its_refunds() {
     assert_eq!((ledger.amount.to_string(), ledger.tax.to_string()), ("30".into(), "3".into()));
 }
 
+#[test]
+fn a_purged_refunds_key_still_names_it_and_an_edited_key_refuses() {
+    let mut f = Fixture::new(&["a"]);
+    let first =
+        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), 1).unwrap().unwrap());
+    deliver_all(&f, 2);
+    assert_eq!(f.purge_finished(100), 1);
+    f.reopen().unwrap();
+    let again =
+        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), 200).unwrap().unwrap());
+    assert!(again.replayed);
+    assert_eq!(again.refund.id, first.refund.id);
+    assert_eq!(again.refund.state, ViewState::Purged);
+    assert_eq!((again.refund.amount.as_str(), again.refund.currency.as_str()), ("100.00", "USD"));
+    let count: i64 = f.conn.query_row("SELECT COUNT(*) FROM refunds", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 0, "nothing new was made");
+    f.conn.execute("UPDATE idempotency_keys SET refund_id = 'other'", []).unwrap();
+    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), Some("k1"), 201));
+    assert!(
+        matches!(refused, Err(QueueError::Conflict(ref m)) if m.contains("idempotency key")),
+        "{refused:?}"
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(u32),
