@@ -1,6 +1,7 @@
 //! Retention forgets refunds, never what they refunded (SPEC section 6), with the real binary:
 //! after a fully refunded sale's refunds are purged and the agent restarts, another refund on
-//! it is refused, and the old Idempotency-Key still names the old refund and creates nothing.
+//! it is refused, and the old Idempotency-Key still names the old refund and creates nothing;
+//! a sale or key row deleted from the file refuses the start.
 
 mod common;
 
@@ -49,4 +50,30 @@ async fn a_purged_full_refund_still_refuses_more_and_its_key_creates_nothing() {
     assert!(agent.list().await.is_empty(), "nothing new was made");
     assert_eq!(agent.terminate().await.code(), Some(0));
     assert_eq!(fp.refunds().len(), 1, "sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_or_key_deleted_from_the_file_refuses_the_start() {
+    let fp = FinalPosSandbox::start(API_KEY).await.unwrap();
+    for (sql, named) in [
+        ("DELETE FROM sales WHERE receipt_id = ?1", "1 sale(s) missing from table sales"),
+        (
+            "DELETE FROM idempotency_keys WHERE ?1 = ?1",
+            "1 idempotency key(s) missing from table idempotency_keys",
+        ),
+    ] {
+        let mut agent = Agent::new(&fp.url(), "");
+        agent.start().await;
+        agent.add_receipt(RECEIPT).await;
+        let (status, _) = post(&agent, MORE, "till-7-tap-3").await;
+        assert_eq!(status, 201);
+        assert_eq!(agent.terminate().await.code(), Some(0));
+        let db = rusqlite::Connection::open(agent.db_path()).expect("open the queue file");
+        assert_eq!(db.execute(sql, ["RCP-2025-001"]).expect("delete"), 1);
+        drop(db);
+        let run = tokio::process::Command::new(BIN).arg("--config").arg(&agent.config).arg("run").output();
+        let out = tokio::time::timeout(DEADLINE, run).await.expect("a refused start ends").expect("run");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(named), "{}", stderr(&out));
+    }
 }

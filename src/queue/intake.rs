@@ -120,6 +120,7 @@ pub fn create_refund(
             currency: row.currency.clone(),
             seal: Vec::new(),
         };
+        super::counts::bump(db.conn, db.sealer, "idempotency_keys")?;
         keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
     // Built from what was just written: reading it back would only cost time.
@@ -194,6 +195,9 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
             )));
         }
     }
+    // A sale deleted outside the agent must not come back with other numbers: the ledger's
+    // sealed count is checked (and raised) before the new sale goes in.
+    super::counts::bump(db.conn, db.sealer, "sales")?;
     // Refunds made against the receipt before the sale was known still count against it.
     let refunded = ledger::sum_present(db.conn, &sale.receipt_id)?;
     ledger::insert_sale(db.conn, db.sealer, &sale, &refunded, now)?;

@@ -123,11 +123,17 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE idempotency_keys;
      ALTER TABLE idempotency_keys_v4 RENAME TO idempotency_keys;
      CREATE INDEX idempotency_by_refund ON idempotency_keys(refund_id);",
+    // 5: sealed counts of the sales and creation keys (`counts.rs`), so a deleted row is
+    // noticed; followed by `counts::adopt`, which counts the rows present.
+    "CREATE TABLE row_counts (
+        name TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys)];
+const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
@@ -145,6 +151,10 @@ fn adopt_ledger(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
 fn adopt_keys(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     schema::check_key(conn, sealer)?;
     super::keys::adopt(conn, sealer)
+}
+
+fn adopt_counts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    super::counts::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

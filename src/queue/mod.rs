@@ -13,6 +13,7 @@
 //! | `refund_head` | (one row) | highest `seq` given out, delivery rows expected, `purged` ranges of `seq`; sealed with the queue id (`sequence.rs`) |
 //! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
 //! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
+//! | `row_counts` | counted table | sealed count of `sales` and `idempotency_keys` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
 //! | `audit` | decision by the agent or a person | expiry, manual resolution |
 //!
@@ -34,6 +35,11 @@
 //! read). The upgrade from version 1 numbers the rows present, trusting them. Not detectable
 //! from inside the file: the whole file (or the head with the newest rows) put back to an older
 //! copy of itself.
+//!
+//! Sales and creation keys, never purged with refunds, are counted instead (schema version 5,
+//! `counts.rs`): a sealed count per table, raised in the transaction that inserts a row and
+//! compared with `COUNT(*)` at start; registering a sale checks it first, so a receipt deleted
+//! and registered again with other numbers is refused rather than accepted.
 //!
 //! # Crash-recovery rules
 //!
@@ -62,6 +68,7 @@
 //! makes a sale refundable again. Sales are never purged. Nothing undelivered is ever deleted
 //! by the agent.
 
+mod counts;
 mod db;
 mod delivery;
 mod error;

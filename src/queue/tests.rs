@@ -446,6 +446,28 @@ fn a_purged_refunds_key_still_names_it_and_an_edited_key_refuses() {
     );
 }
 
+#[test]
+fn a_deleted_sale_cannot_be_registered_again_and_refuses_the_start() {
+    let mut f = Fixture::new(&["a"]);
+    f.sql("DELETE FROM sales WHERE receipt_id = ?1", "RCP-2025-001");
+    // Even with the same numbers: the ledger cannot tell what the deleted row said.
+    let again = f.db(|db| intake::add_sale(db, example_input(), 5));
+    assert!(
+        matches!(again, Err(QueueError::Conflict(ref m)) if m.contains("1 sale(s) missing from table sales")),
+        "{again:?}"
+    );
+    assert!(f.refused().contains("1 sale(s) missing from table sales"));
+}
+
+#[test]
+fn a_deleted_idempotency_key_refuses_the_start() {
+    let mut f = Fixture::new(&["a"]);
+    f.db(|db| intake::create_refund(db, draft("5.00", "0.50"), Some("k1"), 1).unwrap().unwrap());
+    f.reopen().expect("no false alarm");
+    f.sql("DELETE FROM idempotency_keys WHERE key = ?1", "k1");
+    assert!(f.refused().contains("1 idempotency key(s) missing"));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(u32),
