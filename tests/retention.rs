@@ -75,5 +75,9 @@ async fn a_sale_or_key_deleted_from_the_file_refuses_the_start() {
         let out = tokio::time::timeout(DEADLINE, run).await.expect("a refused start ends").expect("run");
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains(named), "{}", stderr(&out));
+        let doctor = agent.cli(&["doctor"]).await;
+        let text = String::from_utf8_lossy(&doctor.stdout).to_string();
+        let line = text.lines().find(|l| l.contains("  queue rows: ")).unwrap_or_default().to_string();
+        assert!(line.starts_with("FAIL") && line.contains(named), "doctor reports it: {text}");
     }
 }
