@@ -97,6 +97,12 @@ fn check_rows(path: &Path, sealer: Option<&Sealer>, busy: Duration) -> RowsCheck
     if version < migrate::VERSION {
         return RowsCheck::OldSchema(version);
     }
+    // Sales and creation keys deleted behind the agent's back refuse the start like refunds do.
+    match super::counts::check_all(&conn, sealer) {
+        Err(e) => return RowsCheck::Unreadable(e.to_string()),
+        Ok(Err(detail)) => return RowsCheck::Refused(detail),
+        Ok(Ok(())) => {}
+    }
     match sequence::check(&conn, sealer) {
         Err(e) => RowsCheck::Unreadable(e.to_string()),
         Ok(Err(reason)) => RowsCheck::Untrusted(reason),

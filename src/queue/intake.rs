@@ -1,13 +1,13 @@
 //! Intake: refunds and sales coming in. Each runs inside the owner's write transaction (see
 //! `owner.rs`), so reading the facts, validating and storing a refund happen atomically.
 
-use rusqlite::{params, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::db::Db;
-use super::delivery::{sql_list, DeliveryState, RefundState};
+use super::delivery::{DeliveryState, RefundState};
 use super::error::QueueError;
-use super::ledger::{self, SaleKey};
+use super::keys::{self, KeyRow};
+use super::ledger::{self, Refunded, SaleKey, SaleRecord};
 use super::reads::{build_view, view};
 use super::rows::{self, DeliveryRow, RefundRow};
 use super::sequence;
@@ -40,27 +40,27 @@ pub fn create_refund(
         return Ok(Err(crate::refund::draft::card_data_in("idempotency key")));
     }
     if let Some(key) = key {
-        let known: Option<(Vec<u8>, String)> = db
-            .conn
-            .prepare_cached("SELECT fingerprint, refund_id FROM idempotency_keys WHERE key = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((stored, refund_id)) = known {
-            if stored != fingerprint {
+        if let Some(known) = keys::find(db.conn, db.sealer, key)? {
+            let refund_id = known.refund_id.clone();
+            if known.fingerprint != fingerprint {
                 return Ok(Err(Rejection::new(
                     RejectCode::IdempotencyKeyReused,
                     format!("this idempotency key was already used for refund {refund_id} with different details; use a new key for a new refund"),
                 )));
             }
-            let refund = view(db, &refund_id, now)?
-                .ok_or_else(|| QueueError::NotFound(format!("refund {refund_id}")))?;
+            // A refund purged by retention keeps its key: the repeat is answered with the old
+            // refund's id, shown as `purged`, and nothing new is made.
+            let refund = match view(db, &refund_id, now)? {
+                Some(v) => v,
+                None => RefundView::purged(refund_id, known.amount, known.currency),
+            };
             return Ok(Ok(Created { refund, replayed: true }));
         }
     }
 
     let sale = match draft.sale_ref() {
-        Ok(SaleRef::Receipt(r)) => ledger::find_sale(db.conn, db.sealer, SaleKey::Receipt, &r)?,
-        Ok(SaleRef::Transaction(t)) => ledger::find_sale(db.conn, db.sealer, SaleKey::Transaction, &t)?,
+        Ok(SaleRef::Receipt(r)) => ledger::find_record(db.conn, db.sealer, SaleKey::Receipt, &r)?,
+        Ok(SaleRef::Transaction(t)) => ledger::find_record(db.conn, db.sealer, SaleKey::Transaction, &t)?,
         Err(r) => return Ok(Err(r)),
     };
     let facts = gather_facts(db, sale, &draft)?;
@@ -95,6 +95,7 @@ pub fn create_refund(
         seal: Vec::new(),
     };
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
+    ledger::apply_refund(db.conn, db.sealer, &refund, 1)?;
     let mut written = Vec::with_capacity(destinations.len());
     for (position, destination) in destinations.iter().enumerate() {
         let mut d = DeliveryRow {
@@ -114,19 +115,24 @@ pub fn create_refund(
         written.push(d);
     }
     if let Some(key) = key {
-        db.conn.prepare_cached(
-            "INSERT INTO idempotency_keys (key, fingerprint, refund_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )?.execute(
-            params![key, fingerprint.to_vec(), id, now],
-        )?;
+        let mut k = KeyRow {
+            key: key.to_string(),
+            fingerprint: fingerprint.to_vec(),
+            refund_id: id.clone(),
+            amount: row.amount.clone(),
+            currency: row.currency.clone(),
+            seal: Vec::new(),
+        };
+        super::counts::bump(db.conn, db.sealer, "idempotency_keys")?;
+        keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
     // Built from what was just written: reading it back would only cost time.
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }
 
-fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<Facts, QueueError> {
-    let currency = match &sale {
-        Some(s) => s.currency,
+fn gather_facts(db: &Db<'_>, record: Option<SaleRecord>, draft: &RefundDraft) -> Result<Facts, QueueError> {
+    let currency = match &record {
+        Some(r) => r.sale.currency,
         None => draft
             .currency
             .as_deref()
@@ -134,20 +140,9 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
             .unwrap_or(db.settings.policy.default_currency),
     };
     let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
-    // Sums are integer minor units: exact. The sale's refunds come from a covering index and
-    // the open totals from `open_totals` (kept by triggers), so the cost of a new refund does
-    // not grow with the queue.
-    let refunded_before = match &sale {
-        Some(sale) => minor(
-            db.conn
-                .prepare_cached(&format!(
-                    "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE receipt_id = ?1 AND state NOT IN {}",
-                    sql_list(&RefundState::RELEASED)
-                ))?
-                .query_row([&sale.receipt_id], |r| r.get(0))?,
-        ),
-        None => Decimal::ZERO,
-    };
+    // What the sale refunded comes from its sealed ledger record (kept in the transactions that
+    // store and release refunds, untouched by purges), and the open totals from `open_totals`
+    // (kept by triggers), so the cost of a new refund does not grow with the queue.
     let (pending, queue_len): (i64, i64) = db
         .conn
         .prepare_cached(
@@ -155,35 +150,18 @@ fn gather_facts(db: &Db<'_>, sale: Option<Sale>, draft: &RefundDraft) -> Result<
              FROM open_totals",
         )?
         .query_row([currency.code()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let (tax_refunded_before, discount_refunded_before) = match &sale {
-        Some(sale) => breakdown_refunded(db, &sale.receipt_id)?,
-        None => (Decimal::ZERO, Decimal::ZERO),
+    let (sale, refunded) = match record {
+        Some(r) => (Some(r.sale), r.refunded),
+        None => (None, Refunded::default()),
     };
     Ok(Facts {
         sale,
-        refunded_before,
-        tax_refunded_before,
-        discount_refunded_before,
+        refunded_before: refunded.amount,
+        tax_refunded_before: refunded.tax,
+        discount_refunded_before: refunded.discount,
         pending_in_currency: minor(pending),
         queue_len: queue_len as u64,
     })
-}
-
-/// The tax and discount parts of a sale's refunds that still count, summed as decimals.
-fn breakdown_refunded(db: &Db<'_>, receipt_id: &str) -> Result<(Decimal, Decimal), QueueError> {
-    let mut stmt = db.conn.prepare_cached(&format!(
-        "SELECT json_extract(body, '$.tax'), json_extract(body, '$.discount') FROM refunds
-         WHERE receipt_id = ?1 AND state NOT IN {}",
-        sql_list(&RefundState::RELEASED)
-    ))?;
-    let mut rows = stmt.query([receipt_id])?;
-    let (mut tax, mut discount) = (Decimal::ZERO, Decimal::ZERO);
-    let parse = |v: Option<String>| v.and_then(|t| t.parse::<Decimal>().ok()).unwrap_or(Decimal::ZERO);
-    while let Some(row) = rows.next()? {
-        tax += parse(row.get(0)?);
-        discount += parse(row.get(1)?);
-    }
-    Ok((tax, discount))
 }
 
 /// A sale registered (or found identical).
@@ -221,6 +199,11 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
             )));
         }
     }
-    ledger::insert_sale(db.conn, db.sealer, &sale, now)?;
+    // A sale deleted outside the agent must not come back with other numbers: the ledger's
+    // sealed count is checked (and raised) before the new sale goes in.
+    super::counts::bump(db.conn, db.sealer, "sales")?;
+    // Refunds made against the receipt before the sale was known still count against it.
+    let refunded = ledger::sum_present(db.conn, &sale.receipt_id)?;
+    ledger::insert_sale(db.conn, db.sealer, &sale, &refunded, now)?;
     Ok(Ok(SaleAdded { sale, replayed: false }))
 }

@@ -1,24 +1,184 @@
-//! The sales ledger's sealed rows and the only code that reads and writes them.
+//! The sales ledger's sealed rows and the only code that reads and writes them. Each sale row
+//! also carries what was refunded against it (schema version 3): the amount, tax and discount
+//! of every refund that still counts (not cancelled or declined), and a per-line quantity map
+//! (empty until itemized refunds exist). These are updated in the transaction that stores a
+//! refund and reversed in the one that releases it, and retention never touches them, so a
+//! purge cannot make a sale refundable again.
+
+use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use rust_decimal::Decimal;
 
+use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::seal::Sealer;
+use crate::refund::ValidRefund;
 use crate::sale::Sale;
 
-/// Stores a sale in the ledger, sealed.
-pub fn insert_sale(conn: &Connection, sealer: &Sealer, sale: &Sale, now: i64) -> Result<(), QueueError> {
-    let body = serde_json::to_string(sale).map_err(|e| QueueError::Storage(e.to_string()))?;
-    let seal = sale_seal(sealer, &sale.receipt_id, &sale.transaction_id, &body);
-    conn.prepare_cached(
-        "INSERT INTO sales (receipt_id, transaction_id, created_at, body, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![sale.receipt_id, sale.transaction_id, now, body, seal.to_vec()])?;
+/// What a sale's counting refunds add up to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refunded {
+    pub amount: Decimal,
+    pub tax: Decimal,
+    pub discount: Decimal,
+    /// Quantity refunded per line id; empty until refunds name lines.
+    pub lines: BTreeMap<String, Decimal>,
+}
+
+impl Refunded {
+    /// Adds (`sign` = 1) or takes away (`sign` = -1) one refund.
+    pub fn apply(&mut self, refund: &ValidRefund, sign: i64) {
+        let sign = Decimal::from(sign);
+        self.amount += sign * refund.amount;
+        self.tax += sign * refund.tax.unwrap_or(Decimal::ZERO);
+        self.discount += sign * refund.discount.unwrap_or(Decimal::ZERO);
+    }
+
+    fn lines_json(&self) -> Result<String, QueueError> {
+        serde_json::to_string(&self.lines).map_err(|e| QueueError::Storage(e.to_string()))
+    }
+}
+
+/// A sale with its refunded totals, as stored.
+#[derive(Debug, Clone)]
+pub struct SaleRecord {
+    pub sale: Sale,
+    pub refunded: Refunded,
+}
+
+const COLUMNS: &str =
+    "receipt_id, transaction_id, body, refunded, tax_refunded, discount_refunded, lines, seal";
+
+#[derive(Clone)]
+struct RawRow {
+    receipt: String,
+    txn: String,
+    body: String,
+    refunded: String,
+    tax: String,
+    discount: String,
+    lines: String,
+    seal: Vec<u8>,
+}
+
+impl RawRow {
+    fn fields(&self) -> [&[u8]; 7] {
+        [
+            self.receipt.as_bytes(),
+            self.txn.as_bytes(),
+            self.body.as_bytes(),
+            self.refunded.as_bytes(),
+            self.tax.as_bytes(),
+            self.discount.as_bytes(),
+            self.lines.as_bytes(),
+        ]
+    }
+
+    fn open(self, sealer: &Sealer) -> Result<SaleRecord, QueueError> {
+        if !sealer.verify(SALE_KIND, &self.fields(), &self.seal) {
+            return Err(QueueError::Conflict(format!(
+                "the ledger record of receipt {} has a seal that does not verify; it was altered outside the agent",
+                self.receipt
+            )));
+        }
+        let bad = |e: String| QueueError::Storage(format!("ledger record of receipt {}: {e}", self.receipt));
+        let dec = |t: &str| t.parse::<Decimal>().map_err(|e| bad(e.to_string()));
+        let refunded = Refunded {
+            amount: dec(&self.refunded)?,
+            tax: dec(&self.tax)?,
+            discount: dec(&self.discount)?,
+            lines: serde_json::from_str(&self.lines).map_err(|e| bad(e.to_string()))?,
+        };
+        let sale = serde_json::from_str(&self.body).map_err(|e| bad(e.to_string()))?;
+        Ok(SaleRecord { sale, refunded })
+    }
+}
+
+/// The seal domain of a sale row since schema version 3 (body plus refunded totals).
+const SALE_KIND: &str = "sale3";
+
+/// Stores a sale in the ledger with what was already refunded against its receipt, sealed.
+pub fn insert_sale(
+    conn: &Connection,
+    sealer: &Sealer,
+    sale: &Sale,
+    refunded: &Refunded,
+    now: i64,
+) -> Result<(), QueueError> {
+    let mut row = RawRow {
+        receipt: sale.receipt_id.clone(),
+        txn: sale.transaction_id.clone(),
+        body: serde_json::to_string(sale).map_err(|e| QueueError::Storage(e.to_string()))?,
+        refunded: String::new(),
+        tax: String::new(),
+        discount: String::new(),
+        lines: String::new(),
+        seal: Vec::new(),
+    };
+    fill(&mut row, sealer, refunded)?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO sales (created_at, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        now,
+        row.receipt,
+        row.txn,
+        row.body,
+        row.refunded,
+        row.tax,
+        row.discount,
+        row.lines,
+        row.seal
+    ])?;
     Ok(())
 }
 
-fn sale_seal(sealer: &Sealer, receipt: &str, txn: &str, body: &str) -> [u8; 32] {
-    sealer.seal("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()])
+fn fill(row: &mut RawRow, sealer: &Sealer, refunded: &Refunded) -> Result<(), QueueError> {
+    row.refunded = refunded.amount.normalize().to_string();
+    row.tax = refunded.tax.normalize().to_string();
+    row.discount = refunded.discount.normalize().to_string();
+    row.lines = refunded.lines_json()?;
+    row.seal = sealer.seal(SALE_KIND, &row.fields()).to_vec();
+    Ok(())
+}
+
+fn save_refunded(
+    conn: &Connection,
+    sealer: &Sealer,
+    mut row: RawRow,
+    refunded: &Refunded,
+) -> Result<(), QueueError> {
+    fill(&mut row, sealer, refunded)?;
+    conn.prepare_cached(
+        "UPDATE sales SET refunded = ?2, tax_refunded = ?3, discount_refunded = ?4, lines = ?5, seal = ?6
+         WHERE receipt_id = ?1",
+    )?
+    .execute(params![row.receipt, row.refunded, row.tax, row.discount, row.lines, row.seal])?;
+    Ok(())
+}
+
+fn load_raw(conn: &Connection, column: SaleKey, value: &str) -> Result<Option<RawRow>, QueueError> {
+    let column = match column {
+        SaleKey::Receipt => "receipt_id",
+        SaleKey::Transaction => "transaction_id",
+    };
+    let sql = format!("SELECT {COLUMNS} FROM sales WHERE {column} = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([value], |r| {
+            Ok(RawRow {
+                receipt: r.get(0)?,
+                txn: r.get(1)?,
+                body: r.get(2)?,
+                refunded: r.get(3)?,
+                tax: r.get(4)?,
+                discount: r.get(5)?,
+                lines: r.get(6)?,
+                seal: r.get(7)?,
+            })
+        })
+        .optional()?)
 }
 
 /// Finds a sale by receipt id or transaction id, verifying its seal.
@@ -28,25 +188,104 @@ pub fn find_sale(
     column: SaleKey,
     value: &str,
 ) -> Result<Option<Sale>, QueueError> {
-    let sql = match column {
-        SaleKey::Receipt => "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE receipt_id = ?1",
-        SaleKey::Transaction => {
-            "SELECT receipt_id, transaction_id, body, seal FROM sales WHERE transaction_id = ?1"
-        }
+    Ok(find_record(conn, sealer, column, value)?.map(|r| r.sale))
+}
+
+/// Finds a sale with its refunded totals, verifying its seal.
+pub fn find_record(
+    conn: &Connection,
+    sealer: &Sealer,
+    column: SaleKey,
+    value: &str,
+) -> Result<Option<SaleRecord>, QueueError> {
+    load_raw(conn, column, value)?.map(|raw| raw.open(sealer)).transpose()
+}
+
+/// Adds a refund to (`sign` = 1) or takes it off (`sign` = -1) the ledger of the sale it was
+/// made against, in the caller's transaction. A refund with no sale changes nothing; a sale
+/// row whose seal fails refuses the change (and with it the caller's transaction).
+pub fn apply_refund(
+    conn: &Connection,
+    sealer: &Sealer,
+    refund: &ValidRefund,
+    sign: i64,
+) -> Result<(), QueueError> {
+    let Some(sale) = &refund.sale else {
+        return Ok(());
     };
-    let found: Option<(String, String, String, Vec<u8>)> = conn
-        .prepare_cached(sql)?
-        .query_row([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((receipt, txn, body, seal)) = found else {
-        return Ok(None);
+    let Some(raw) = load_raw(conn, SaleKey::Receipt, &sale.receipt_id)? else {
+        return Ok(());
     };
-    if !sealer.verify("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()], &seal) {
-        return Err(QueueError::Conflict(format!(
-            "the ledger record of receipt {receipt} has a seal that does not verify; it was altered outside the agent"
-        )));
+    let mut record = raw.clone().open(sealer)?;
+    record.refunded.apply(refund, sign);
+    save_refunded(conn, sealer, raw, &record.refunded)
+}
+
+/// What the refunds present with `receipt_id` that still count add up to (at registration of a
+/// sale refunded before it was known, and at the upgrade to schema version 3).
+pub fn sum_present(conn: &Connection, receipt_id: &str) -> Result<Refunded, QueueError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT body FROM refunds WHERE receipt_id = ?1 AND state NOT IN {}",
+        sql_list(&RefundState::RELEASED)
+    ))?;
+    let bodies = stmt.query_map([receipt_id], |r| r.get::<_, String>(0))?;
+    let mut total = Refunded::default();
+    for body in bodies {
+        let refund: ValidRefund =
+            serde_json::from_str(&body?).map_err(|e| QueueError::Storage(e.to_string()))?;
+        total.apply(&refund, 1);
     }
-    serde_json::from_str(&body).map(Some).map_err(|e| QueueError::Storage(e.to_string()))
+    Ok(total)
+}
+
+/// Schema version 3 on an older queue: each sale gets the totals of its refunds present and a
+/// new seal. A row whose old seal does not verify keeps it, so it still fails (resealing would
+/// launder an edit).
+pub(super) fn adopt(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    let receipts: Vec<(String, String, String, Vec<u8>)> = conn
+        .prepare("SELECT receipt_id, transaction_id, body, seal FROM sales")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (receipt, txn, body, seal) in receipts {
+        if !sealer.verify("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()], &seal) {
+            tracing::error!(receipt_id = %receipt, "sale seal does not verify at the upgrade; it stays unverifiable");
+            continue;
+        }
+        let refunded = sum_present(conn, &receipt)?;
+        let raw = RawRow {
+            receipt,
+            txn,
+            body,
+            refunded: String::new(),
+            tax: String::new(),
+            discount: String::new(),
+            lines: String::new(),
+            seal,
+        };
+        save_refunded(conn, sealer, raw, &refunded)?;
+    }
+    Ok(())
+}
+
+/// Turns the sales table back into what schema version 2 wrote (no totals, old seals), to test
+/// the upgrade.
+#[cfg(test)]
+pub(super) fn downgrade_for_tests(conn: &Connection, sealer: &Sealer) {
+    let rows: Vec<(String, String, String)> = conn
+        .prepare("SELECT receipt_id, transaction_id, body FROM sales")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+        .expect("sales rows");
+    for (receipt, txn, body) in rows {
+        let seal = sealer.seal("sale", &[receipt.as_bytes(), txn.as_bytes(), body.as_bytes()]);
+        conn.execute("UPDATE sales SET seal = ?2 WHERE receipt_id = ?1", params![receipt, seal.to_vec()])
+            .expect("old seal");
+    }
+    conn.execute_batch(
+        "ALTER TABLE sales DROP COLUMN refunded; ALTER TABLE sales DROP COLUMN tax_refunded;
+         ALTER TABLE sales DROP COLUMN discount_refunded; ALTER TABLE sales DROP COLUMN lines;
+         DROP TABLE row_counts;",
+    )
+    .expect("drop the version 3 columns");
 }
 
 /// Which column names a sale.

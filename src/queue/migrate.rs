@@ -99,16 +99,62 @@ const MIGRATIONS: &[&str] = &[
         deliveries INTEGER NOT NULL,
         purged TEXT NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 3: each sale row carries what its counting refunds add up to (`ledger.rs`), so a purge
+    // never makes a sale refundable again; followed by `ledger::adopt`, which totals and reseals
+    // the sales present.
+    "ALTER TABLE sales ADD COLUMN refunded TEXT NOT NULL DEFAULT '0';
+     ALTER TABLE sales ADD COLUMN tax_refunded TEXT NOT NULL DEFAULT '0';
+     ALTER TABLE sales ADD COLUMN discount_refunded TEXT NOT NULL DEFAULT '0';
+     ALTER TABLE sales ADD COLUMN lines TEXT NOT NULL DEFAULT '{}';",
+    // 4: creation keys sealed and kept when their refund is purged (`keys.rs`): the table is
+    // rebuilt without the cascade from `refunds`; followed by `keys::adopt`, which seals the
+    // keys present.
+    "CREATE TABLE idempotency_keys_v4 (
+        key TEXT PRIMARY KEY,
+        fingerprint BLOB NOT NULL,
+        refund_id TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        seal BLOB NOT NULL) STRICT;
+     INSERT INTO idempotency_keys_v4 (key, fingerprint, refund_id, amount, currency, created_at, seal)
+        SELECT k.key, k.fingerprint, k.refund_id, COALESCE(r.amount, ''), COALESCE(r.currency, ''), k.created_at, x''
+        FROM idempotency_keys k LEFT JOIN refunds r ON r.id = k.refund_id;
+     DROP TABLE idempotency_keys;
+     ALTER TABLE idempotency_keys_v4 RENAME TO idempotency_keys;
+     CREATE INDEX idempotency_by_refund ON idempotency_keys(refund_id);",
+    // 5: sealed counts of the sales and creation keys (`counts.rs`), so a deleted row is
+    // noticed; followed by `counts::adopt`, which counts the rows present.
+    "CREATE TABLE row_counts (
+        name TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence)];
+const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     schema::check_key(conn, sealer)?;
     adopt(conn, sealer)
+}
+
+/// The sales are resealed under the key they were sealed with, like the refunds at version 2.
+fn adopt_ledger(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    schema::check_key(conn, sealer)?;
+    super::ledger::adopt(conn, sealer)
+}
+
+/// Keys are sealed under the key the queue was sealed with.
+fn adopt_keys(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    schema::check_key(conn, sealer)?;
+    super::keys::adopt(conn, sealer)
+}
+
+fn adopt_counts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    super::counts::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

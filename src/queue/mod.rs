@@ -10,11 +10,12 @@
 //! | table | one row per | notes |
 //! |---|---|---|
 //! | `meta` | setting | `seal_key_check`: HMAC of a constant under the seal key; `queue_id` |
-//! | `sales` | original sale (the ledger) | `body` = JSON of `sale::Sale`, sealed |
+//! | `sales` | original sale (the ledger) | `body` = JSON of `sale::Sale`; `refunded`, `tax_refunded`, `discount_refunded` = totals of its refunds that still count, `lines` = JSON map line → quantity refunded (empty for now); all sealed together (`ledger.rs`, schema version 3) |
 //! | `refunds` | refund | `seq` = sequence number 1, 2, 3…; `id` = UUIDv7; `body` = JSON of `refund::ValidRefund`; `state`; `destinations` = JSON list of its delivery rows' destinations; sealed |
 //! | `refund_head` | (one row) | highest `seq` given out, delivery rows expected, `purged` ranges of `seq`; sealed with the queue id (`sequence.rs`) |
 //! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
-//! | `idempotency_keys` | creation key | fingerprint of the request, refund id; deleted with its refund |
+//! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
+//! | `row_counts` | counted table | sealed count of `sales` and `idempotency_keys` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
 //! | `audit` | decision by the agent or a person | expiry, manual resolution |
 //!
@@ -37,6 +38,11 @@
 //! from inside the file: the whole file (or the head with the newest rows) put back to an older
 //! copy of itself.
 //!
+//! Sales and creation keys, never purged with refunds, are counted instead (schema version 5,
+//! `counts.rs`): a sealed count per table, raised in the transaction that inserts a row and
+//! compared with `COUNT(*)` at start; registering a sale checks it first, so a receipt deleted
+//! and registered again with other numbers is refused rather than accepted.
+//!
 //! # Crash-recovery rules
 //!
 //! 1. A refund and its deliveries (and its idempotency key) are written in one transaction; the
@@ -57,17 +63,21 @@
 //! # When rows may be deleted
 //!
 //! Only refunds that are `delivered`, `cancelled` or `declined` and unchanged for longer than
-//! the configured retention are purged, with their deliveries and idempotency keys, and only
-//! when their seals verify and they are not quarantined; their `seq` goes into
-//! `refund_head.purged` in the same transaction. Nothing undelivered is ever deleted by the
-//! agent.
+//! the configured retention are purged, with their deliveries, and only when their seals verify
+//! and they are not quarantined; their `seq` goes into `refund_head.purged` in the same
+//! transaction. Their idempotency keys stay (a repeat is answered with the purged refund's id,
+//! state `purged`), and their sale's sealed refunded totals are untouched, so a purge never
+//! makes a sale refundable again. Sales are never purged. Nothing undelivered is ever deleted
+//! by the agent.
 
+mod counts;
 mod db;
 mod delivery;
 mod error;
 mod files;
 mod handle;
 mod intake;
+mod keys;
 mod ledger;
 mod lifecycle;
 mod inspect;

@@ -98,6 +98,8 @@ pub(super) fn list(
             return ids.iter().filter_map(|id| view(db, id, now).transpose()).collect();
         }
         Some(ViewState::Refund(state)) => Some(state),
+        // Purged refunds are no longer listed: retention removed them.
+        Some(ViewState::Purged) => return Ok(Vec::new()),
         None => None,
     };
     rows::list_refunds(db.conn, state, limit)?.into_iter().map(|row| view_row(db, row, now)).collect()

@@ -268,6 +268,14 @@ pub fn set_refund_state(
     state: RefundState,
     now: i64,
 ) -> Result<(), QueueError> {
+    // A refund that stops (or starts again) counting leaves (or rejoins) its sale's ledger in
+    // this same transaction.
+    let was = row.state.get().map(|s| s.counts_against_sale()).unwrap_or(true);
+    if was != state.counts_against_sale() {
+        let refund: ValidRefund =
+            serde_json::from_str(&row.body).map_err(|e| QueueError::Storage(e.to_string()))?;
+        super::ledger::apply_refund(conn, sealer, &refund, if state.counts_against_sale() { 1 } else { -1 })?;
+    }
     row.state = state.into();
     row.updated_at = now;
     row.seal = row.compute_seal(sealer).to_vec();

@@ -50,6 +50,8 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
     check_key(&conn, sealer)?;
     check_identity(&conn, &marker, &path)?;
     check_sequence(&conn, sealer, &path)?;
+    super::counts::check_all(&conn, sealer)?
+        .map_err(|detail| QueueError::Tampered { path: path.clone(), detail })?;
     rebuild_totals(&conn)?;
     Ok(conn)
 }

@@ -81,6 +81,14 @@ impl Fixture {
         self.db(|db| intake::create_refund(db, draft, None, 1).unwrap().unwrap().refund.id)
     }
 
+    /// The sealed refunded totals of the fixture's sale.
+    fn ledger(&self) -> super::ledger::Refunded {
+        super::ledger::find_record(&self.conn, &self.sealer, super::ledger::SaleKey::Receipt, "RCP-2025-001")
+            .unwrap()
+            .unwrap()
+            .refunded
+    }
+
     fn state(&self, id: &str) -> ViewState {
         self.db(|db| reads::view(db, id, 0).unwrap().unwrap().state)
     }
@@ -331,6 +339,7 @@ fn an_upgrade_numbers_the_rows_present_and_keeps_altered_ones_failing() {
         row.seal = seal;
     }
     f.sql("UPDATE refunds SET amount = '9.00' WHERE id = ?1", &ids[3]);
+    super::ledger::downgrade_for_tests(&f.conn, &f.sealer);
     f.conn.execute_batch("PRAGMA user_version = 1").unwrap();
 
     f.reopen().expect("the upgrade trusts the rows present");
@@ -347,6 +356,118 @@ fn an_upgrade_numbers_the_rows_present_and_keeps_altered_ones_failing() {
     assert!(f.refused().contains("sequence number(s) 3 (of 1-6)"));
 }
 
+/// Delivers every due delivery of the fixture.
+fn deliver_all(f: &Fixture, now: i64) {
+    for c in f.db(|db| lifecycle::claim_due(db, now, 100, &[]).unwrap()) {
+        let id = c.refund.id.to_string();
+        f.db(|db| {
+            lifecycle::record(db, &id, c.position, Recorded::Delivered { remote_id: None }, now).unwrap()
+        });
+    }
+}
+
+fn draft(amount: &str, tax: &str) -> RefundDraft {
+    RefundDraft {
+        receipt_id: Some("RCP-2025-001".into()),
+        amount: amount.into(),
+        tax: Some(tax.into()),
+        reason: "r".into(),
+        operator: "o".into(),
+        ..RefundDraft::default()
+    }
+}
+
+#[test]
+fn a_purge_never_makes_a_refunded_sale_refundable_again() {
+    let mut f = Fixture::new(&["a"]);
+    f.db(|db| intake::create_refund(db, draft("60.00", "6.00"), None, 1).unwrap().unwrap());
+    f.db(|db| intake::create_refund(db, draft("40.00", "4.00"), None, 2).unwrap().unwrap());
+    deliver_all(&f, 3);
+    assert_eq!(f.purge_finished(100), 2);
+    f.reopen().unwrap();
+    let ledger = f.ledger();
+    assert_eq!((ledger.amount.to_string(), ledger.tax.to_string()), ("100".into(), "10".into()));
+    assert!(ledger.lines.is_empty());
+    let again = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, 200).unwrap());
+    assert_eq!(again.unwrap_err().code.as_str(), "over_refund");
+}
+
+#[test]
+fn a_cancelled_refund_leaves_the_ledger_and_an_edited_ledger_refuses() {
+    let f = Fixture::new(&["a"]);
+    let id =
+        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), None, 1).unwrap().unwrap()).refund.id;
+    f.db(|db| super::manual::cancel(db, &id, "o", "r", 2).unwrap());
+    assert_eq!(f.ledger(), super::ledger::Refunded::default());
+    f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), None, 3).unwrap().unwrap());
+    f.conn.execute("UPDATE sales SET refunded = '0'", []).unwrap();
+    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, 4));
+    assert!(
+        matches!(refused, Err(QueueError::Conflict(ref m)) if m.contains("does not verify")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn the_upgrade_totals_each_sale_from_its_refunds() {
+    let mut f = Fixture::new(&["a"]);
+    f.db(|db| intake::create_refund(db, draft("30.00", "3.00"), None, 1).unwrap().unwrap());
+    let id =
+        f.db(|db| intake::create_refund(db, draft("20.00", "2.00"), None, 2).unwrap().unwrap()).refund.id;
+    f.db(|db| super::manual::cancel(db, &id, "o", "r", 3).unwrap());
+    super::ledger::downgrade_for_tests(&f.conn, &f.sealer);
+    f.conn.execute_batch("PRAGMA user_version = 2").unwrap();
+    f.reopen().unwrap();
+    let ledger = f.ledger();
+    assert_eq!((ledger.amount.to_string(), ledger.tax.to_string()), ("30".into(), "3".into()));
+}
+
+#[test]
+fn a_purged_refunds_key_still_names_it_and_an_edited_key_refuses() {
+    let mut f = Fixture::new(&["a"]);
+    let first =
+        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), 1).unwrap().unwrap());
+    deliver_all(&f, 2);
+    assert_eq!(f.purge_finished(100), 1);
+    f.reopen().unwrap();
+    let again =
+        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), 200).unwrap().unwrap());
+    assert!(again.replayed);
+    assert_eq!(again.refund.id, first.refund.id);
+    assert_eq!(again.refund.state, ViewState::Purged);
+    assert_eq!((again.refund.amount.as_str(), again.refund.currency.as_str()), ("100.00", "USD"));
+    let count: i64 = f.conn.query_row("SELECT COUNT(*) FROM refunds", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 0, "nothing new was made");
+    f.conn.execute("UPDATE idempotency_keys SET refund_id = 'other'", []).unwrap();
+    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), Some("k1"), 201));
+    assert!(
+        matches!(refused, Err(QueueError::Conflict(ref m)) if m.contains("idempotency key")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_deleted_sale_cannot_be_registered_again_and_refuses_the_start() {
+    let mut f = Fixture::new(&["a"]);
+    f.sql("DELETE FROM sales WHERE receipt_id = ?1", "RCP-2025-001");
+    // Even with the same numbers: the ledger cannot tell what the deleted row said.
+    let again = f.db(|db| intake::add_sale(db, example_input(), 5));
+    assert!(
+        matches!(again, Err(QueueError::Conflict(ref m)) if m.contains("1 sale(s) missing from table sales")),
+        "{again:?}"
+    );
+    assert!(f.refused().contains("1 sale(s) missing from table sales"));
+}
+
+#[test]
+fn a_deleted_idempotency_key_refuses_the_start() {
+    let mut f = Fixture::new(&["a"]);
+    f.db(|db| intake::create_refund(db, draft("5.00", "0.50"), Some("k1"), 1).unwrap().unwrap());
+    f.reopen().expect("no false alarm");
+    f.sql("DELETE FROM idempotency_keys WHERE key = ?1", "k1");
+    assert!(f.refused().contains("1 idempotency key(s) missing"));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(u32),
@@ -355,6 +476,7 @@ enum Op {
     Recover(bool),
     Purge,
     Reopen,
+    Cancel(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -365,6 +487,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Recover),
         1 => Just(Op::Purge),
         1 => Just(Op::Reopen),
+        1 => any::<usize>().prop_map(Op::Cancel),
     ]
 }
 
@@ -379,6 +502,9 @@ proptest! {
         let mut f = Fixture::new(&["a", "b"]);
         let mut in_flight: Vec<(String, i64)> = Vec::new();
         let mut finals: std::collections::HashMap<(String, i64), String> = Default::default();
+        // Every refund ever made: its amount in cents and whether it still counts (a purged one
+        // keeps what it was when purged).
+        let mut made: std::collections::BTreeMap<String, (i64, bool)> = Default::default();
         for (now, op) in (101i64..).zip(ops_list) {
             match op {
                 Op::Create(cents) => {
@@ -388,7 +514,9 @@ proptest! {
                         operator: "o".into(), tax: Some("0".into()), ..RefundDraft::default()
                     };
                     // Over-refunds are rejected; that is fine here.
-                    let _ = f.db(|db| intake::create_refund(db, draft, None, now).unwrap());
+                    if let Ok(c) = f.db(|db| intake::create_refund(db, draft, None, now).unwrap()) {
+                        made.insert(c.refund.id, (i64::from(cents), true));
+                    }
                 }
                 Op::Claim => {
                     for c in f.db(|db| lifecycle::claim_due(db, now, 5, &[]).unwrap()) {
@@ -421,6 +549,15 @@ proptest! {
                     f.purge_finished(now + 1);
                 }
                 // Whatever was enqueued, delivered or purged: a restart raises no alarm.
+                Op::Cancel(i) if !made.is_empty() => {
+                    let id = made.keys().nth(i % made.len()).cloned().unwrap();
+                    // Refused once money may have moved or when already finished; fine here.
+                    // A cancel turns failed deliveries into cancelled ones, by design.
+                    if f.db(|db| super::manual::cancel(db, &id, "o", "r", now)).is_ok() {
+                        finals.retain(|(r, _), _| *r != id);
+                    }
+                }
+                Op::Cancel(_) => {}
                 Op::Reopen => {
                     let reopened = f.reopen();
                     prop_assert!(reopened.is_ok(), "false alarm: {:?}", reopened);
@@ -428,6 +565,13 @@ proptest! {
                 }
             }
             f.assert_totals_consistent();
+            for r in f.db(|db| reads::list(db, None, 1000, now).unwrap()) {
+                if let Some(m) = made.get_mut(&r.id) {
+                    m.1 = !matches!(r.state.as_str(), "cancelled" | "declined");
+                }
+            }
+            let expected: i64 = made.values().filter(|m| m.1).map(|m| m.0).sum();
+            prop_assert_eq!(f.ledger().amount, rust_decimal::Decimal::new(expected, 2), "ledger != counting refunds");
             for r in f.db(|db| reads::list(db, None, 1000, now).unwrap()) {
                 let states: Vec<DeliveryState> = r.deliveries.iter().map(|d| d.state.parse().unwrap()).collect();
                 prop_assert_eq!(r.state.as_str(), super::delivery::aggregate(&states).as_str());

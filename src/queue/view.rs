@@ -29,12 +29,37 @@ pub struct RefundView {
     pub deliveries: Vec<DeliveryView>,
 }
 
+impl RefundView {
+    /// What is still known of a refund retention purged: its id, amount and currency.
+    pub fn purged(id: String, amount: String, currency: String) -> RefundView {
+        RefundView {
+            id,
+            state: ViewState::Purged,
+            quarantine_reason: None,
+            amount,
+            currency,
+            receipt_id: None,
+            transaction_id: None,
+            reason: String::new(),
+            operator: String::new(),
+            manager_approval: None,
+            unlinked: false,
+            created_at: String::new(),
+            balance_after: None,
+            deliveries: Vec::new(),
+        }
+    }
+}
+
 /// The state a refund is shown in: `queued`, `delivered`, `declined`, `failed`, `unknown`,
 /// `cancelled`, `expired`, or `quarantined` when a seal did not verify. Serialised as that word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewState {
     Refund(RefundState),
     Quarantined,
+    /// Finished and removed by retention; only its id, amount and currency are still known
+    /// (from its creation key, to answer a repeated request).
+    Purged,
 }
 
 impl ViewState {
@@ -42,6 +67,7 @@ impl ViewState {
         match self {
             ViewState::Refund(state) => state.as_str(),
             ViewState::Quarantined => "quarantined",
+            ViewState::Purged => "purged",
         }
     }
 }
@@ -57,6 +83,9 @@ impl FromStr for ViewState {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == ViewState::Quarantined.as_str() {
             return Ok(ViewState::Quarantined);
+        }
+        if s == ViewState::Purged.as_str() {
+            return Ok(ViewState::Purged);
         }
         s.parse().map(ViewState::Refund)
     }
