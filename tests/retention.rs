@@ -12,12 +12,7 @@ const FULL: &str = r#"{"receipt_id":"RCP-2025-001","amount":"100.00","tax":"10.0
 const MORE: &str = r#"{"receipt_id":"RCP-2025-001","amount":"1.00","tax":"0.00","reason":"Customer returned item","operator":"emp_42"}"#;
 
 async fn post(agent: &Agent, body: &str, key: &str) -> (u16, serde_json::Value) {
-    let a = agent
-        .client()
-        .request("POST", "/v1/refunds", Some(body.as_bytes().to_vec()), &[("idempotency-key", key)])
-        .await
-        .expect("answer");
-    (a.status, serde_json::from_slice(&a.body).expect("JSON"))
+    agent.post_json("/v1/refunds", body.as_bytes(), &[("idempotency-key", key)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

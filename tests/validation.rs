@@ -11,12 +11,7 @@ use refund_agent::sandbox::FinalPosSandbox;
 use serde_json::{json, Value};
 
 async fn post(agent: &Agent, path: &str, body: &Value) -> (u16, Value) {
-    let answer = agent
-        .client()
-        .request("POST", path, Some(serde_json::to_vec(body).expect("JSON body")), &[])
-        .await
-        .expect("agent answers");
-    (answer.status, serde_json::from_slice(&answer.body).unwrap_or(Value::Null))
+    agent.post_json(path, body.to_string().as_bytes(), &[]).await
 }
 
 fn receipt() -> Value {

@@ -219,6 +219,18 @@ api_key_file = "finalpos.key"
         assert!(a.status == 201 || a.status == 200, "receipt refused: {}", String::from_utf8_lossy(&a.body));
     }
 
+    /// A POST over the socket with `headers`: the status and the JSON answer (`null` if none).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let a =
+            self.client().request("POST", path, Some(body.to_vec()), headers).await.expect("agent answers");
+        (a.status, serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null))
+    }
+
     pub async fn refund(&self, id: &str) -> Option<RefundView> {
         let a = self.client().request("GET", &format!("/v1/refunds/{id}"), None, &[]).await.ok()?;
         (a.status == 200).then(|| serde_json::from_slice(&a.body).expect("refund JSON"))
