@@ -7,12 +7,17 @@
 //!   longest delay (`backoff_max`, or the 1 h cap on `Retry-After` if longer:
 //!   `sync::decide::longest_delay`), so a delivery due further ahead than that was scheduled
 //!   before the clock went back, and is due now.
-//! - **Ages** ([`trusted_now_ms`]): expiry and purge measure age against a "trusted now": the
-//!   wall time when the agent started plus the monotonic time elapsed since, never ahead of the
-//!   wall clock. A jump forward while the agent runs therefore neither purges finished refunds
-//!   early nor flags pending ones `expired`; a jump back only delays both. A jump while the
-//!   agent is stopped cannot be told from time passing: the wall time at the next start is
-//!   believed (a clock set forward then purges and expires by it).
+//! - **Ages and stamps** ([`trusted_now_ms`]): every time the queue stores (created, updated,
+//!   next attempt) and every age it measures (expiry, purge, oldest pending) is on one "trusted"
+//!   time line: the wall time when the agent started plus the monotonic time elapsed since. A
+//!   jump of the wall clock while the agent runs, either way, moves nothing on that line: no
+//!   refund is purged or flagged `expired` early, none waits longer, and the stamps written
+//!   before and after the jump stay comparable. (Following the wall clock back and then forward
+//!   again would stamp rows in the earlier frame and age them by the whole jump.) A jump while
+//!   the agent is stopped cannot be told from time passing: the wall time at the next start is
+//!   believed, and [`is_due`] makes a delivery scheduled before a clock went back due at once.
+//!   The wire never carries these stamps: signatures use the wall clock corrected by each
+//!   destination's `Date` (`destinations::clock`).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -33,17 +38,17 @@ pub fn anchor() {
     trusted_now_ms();
 }
 
-/// Now for measuring ages (expiry, purge): see the module doc.
+/// Now for everything the queue stamps and every age it measures: see the module doc.
 pub fn trusted_now_ms() -> i64 {
     let (wall, mono) = *ANCHOR.get_or_init(|| (now_ms(), Instant::now()));
-    trusted(wall, mono.elapsed(), now_ms())
+    trusted(wall, mono.elapsed())
 }
 
-/// The trusted now: the anchor's wall time plus the monotonic time since, capped at the wall
-/// clock. Pure.
-pub fn trusted(anchor_wall_ms: i64, elapsed: Duration, wall_now_ms: i64) -> i64 {
+/// The trusted now: the anchor's wall time plus the monotonic time since, whatever the wall
+/// clock says meanwhile. Pure.
+pub fn trusted(anchor_wall_ms: i64, elapsed: Duration) -> i64 {
     let elapsed = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
-    anchor_wall_ms.saturating_add(elapsed).min(wall_now_ms)
+    anchor_wall_ms.saturating_add(elapsed)
 }
 
 /// Whether a delivery whose next attempt is at `next_at_ms` is due at `now_ms`: when that time
@@ -95,22 +100,29 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_forward_does_not_age_anything_and_a_jump_back_is_believed() {
+    fn a_jump_either_way_while_running_moves_nothing() {
         let start = 1_000 * DAY;
         let hour = Duration::from_secs(3600);
-        assert_eq!(trusted(start, hour, start + 60 * DAY), start + 3_600_000, "forward: ignored");
-        assert_eq!(trusted(start, hour, start - 30 * DAY), start - 30 * DAY, "back: believed");
-        assert_eq!(trusted(start, hour, start + 3_600_000), start + 3_600_000, "no jump");
+        // Whatever the wall clock reads an hour after start (60 days ahead, 30 days back), the
+        // trusted line is an hour on.
+        assert_eq!(trusted(start, hour), start + 3_600_000);
+        // A stamp taken while the clock was set back and an age measured after it was put
+        // right again are on the same line: the age is the time that passed.
+        let stamped = trusted(start, hour);
+        let later = trusted(start, hour * 2);
+        assert_eq!(later - stamped, 3_600_000);
     }
 
     proptest! {
         #[test]
-        fn trusted_now_is_never_ahead_of_the_wall_clock_or_of_elapsed_time(
-            start in 0i64..4_000_000_000_000, elapsed in 0u64..1_000_000_000, wall in 0i64..8_000_000_000_000,
+        fn trusted_time_moves_exactly_with_elapsed_time(
+            start in 0i64..4_000_000_000_000, a in 0u64..1_000_000_000, b in 0u64..1_000_000_000,
         ) {
-            let t = trusted(start, Duration::from_millis(elapsed), wall);
-            prop_assert!(t <= wall);
-            prop_assert!(t <= start + elapsed as i64);
+            let (early, late) = (a.min(b), a.max(b));
+            let t1 = trusted(start, Duration::from_millis(early));
+            let t2 = trusted(start, Duration::from_millis(late));
+            prop_assert_eq!(t2 - t1, (late - early) as i64);
+            prop_assert_eq!(t1, start + early as i64);
         }
 
         #[test]

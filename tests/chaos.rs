@@ -3,7 +3,11 @@
 //! card gateway, Olive) that randomly answer 500/503, 429 with `Retry-After`, hang past the
 //! request timeout, reset the connection, commit and then drop or hang the answer, commit and
 //! then answer 500/502/504, redirect to another host, send a 400 MiB body, drip the body, or
-//! stamp a `Date` 30 days off.
+//! stamp a `Date` 30 days off. Meanwhile the till's wall clock jumps (through the agent's
+//! `fault-injection` clock hook): while the agent runs, anywhere from 30 days back to 60 days
+//! ahead; at a restart, back by up to 30 days (never later than at an earlier start: a clock set
+//! ahead while the agent is stopped cannot be told from time passing). Refunds are kept 24 h and
+//! flagged expired after 12 h, so a jump that aged anything would lose or park refunds.
 //!
 //! Clients behave as a careful kiosk does: the API client retries with the same idempotency key
 //! until it gets an answer, the terminal resends the same frame (same `request_id`) after the
@@ -37,7 +41,7 @@ use refund_agent::queue::RefundView;
 use refund_agent::sandbox::{Fault, FaultMix, FinalPosSandbox, GatewaySandbox, OliveSandbox, RedirectTarget};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex as AsyncMutex};
 
 const GATEWAY_TOKEN: &str = "gw-chaos-token";
 const OLIVE_KEY_ID: &str = "pos_key_chaos";
@@ -189,8 +193,30 @@ framing = "ndjson"
     agent.write_secret("gateway.token", GATEWAY_TOKEN);
     agent.write_secret("olive.secret", OLIVE_SECRET);
     let pty = Arc::new(Pty::plug(&link));
-    let env = [("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", REQUEST_TIMEOUT)];
+    let till_clock = Arc::new(TillClock::new(agent.dir.path().join("clock-skew")));
+    // The environment goes to the killer task with the agent, so it lives as long as the test.
+    let skew_file: &'static str = Box::leak(till_clock.path.display().to_string().into_boxed_str());
+    let env = [
+        ("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", REQUEST_TIMEOUT),
+        // Olive refuses every signature while the clock is off by more than a day: keep the
+        // backoff those refusals build short, so the queue drains soon after the clock is right.
+        ("REFUND_AGENT__SYNC__BACKOFF_MAX", "10s"),
+        ("REFUND_AGENT__AGENT__RETENTION", "24h"),
+        ("REFUND_AGENT__LIMITS__MAX_PENDING_AGE", "12h"),
+        ("REFUND_AGENT_TEST_CLOCK_SKEW_FILE", skew_file),
+    ];
     agent.start_with_env(&env).await;
+    let jumper = {
+        let (clock, mut rng) = (till_clock.clone(), StdRng::seed_from_u64(rng.random()));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+                if !clock.jump_while_running(&mut rng).await {
+                    break;
+                }
+            }
+        })
+    };
 
     let elsewhere = RedirectTarget::start().await.expect("redirect target");
     let mix = FaultMix { redirect_to: Some(elsewhere.addr()), ..MIX };
@@ -251,7 +277,7 @@ framing = "ndjson"
     thresholds.sort_unstable();
     let drain_kills = (kills / 6).max(3);
     let killer = {
-        let acks = acks.clone();
+        let (acks, till_clock) = (acks.clone(), till_clock.clone());
         let mut rng = StdRng::seed_from_u64(rng.random());
         tokio::spawn(async move {
             let mut done = 0;
@@ -264,7 +290,7 @@ framing = "ndjson"
                 // A random moment within the next few milliseconds of work.
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
                 agent.kill9().await;
-                agent.start_with_env(&env).await;
+                till_clock.restart(&mut agent, &env, &mut rng).await;
                 done += 1;
                 generation_tx.send_modify(|g| *g += 1);
             }
@@ -280,12 +306,14 @@ framing = "ndjson"
     for _ in 0..drain_kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
         agent.kill9().await;
-        agent.start_with_env(&env).await;
+        till_clock.restart(&mut agent, &env, &mut rng).await;
         killed += 1;
         generation_tx.send_modify(|g| *g += 1);
     }
 
-    // Calm: no more faults. Everything acknowledged must reach a final state.
+    // Calm: no more faults, and the clock is put right (a jump ahead while the agent runs).
+    let jumps = till_clock.stop().await;
+    jumper.await.expect("clock jumper");
     fp.inject_randomly(0, None);
     gw.inject_randomly(0, None);
     olive.inject_randomly(0, None);
@@ -308,6 +336,17 @@ framing = "ndjson"
     let mut undelivered = Vec::new();
     let (mut delivered, mut unknown, mut failed) = (0, 0, 0);
     let redirected = |f: &Option<Fault>| matches!(f, Some(Fault::Redirect(_)));
+    // An answer that says nothing was processed: a fault that refuses before processing, or the
+    // server's own refusal (Olive's 401 for a signature made while the clock was off). A fault
+    // meant for after the commit never strikes a request the server refused: the refusal is
+    // what the agent got.
+    let definite = |f: &Option<Fault>, status: u16| match f {
+        None
+        | Some(Fault::CommitThenHang | Fault::CommitThenDrop | Fault::CommitThenStatus(_) | Fault::Drip) => {
+            status >= 400
+        }
+        Some(f) => !f.is_ambiguous(),
+    };
     let fp_seen = fp.seen();
     let gw_seen = gw.seen();
     let olive_seen = olive.seen();
@@ -333,7 +372,9 @@ framing = "ndjson"
         // The first destination moves money and does not deduplicate.
         let first = &view.deliveries[0];
         assert_eq!(first.destination, case.first_destination(), "{view:?}");
-        let (processed, requests, last_redirected): (usize, Vec<bool>, bool) = if case.olive {
+        let (processed, requests, last_redirected, trail): (usize, Vec<bool>, bool, Vec<String>) = if case
+            .olive
+        {
             let mine: Vec<_> = olive_seen
                 .iter()
                 .filter(|s| s.original_transaction_id.as_deref() == Some(&case.transaction_id))
@@ -343,11 +384,8 @@ framing = "ndjson"
                 .filter(|r| r["original_transaction_id"].as_str() == Some(&case.transaction_id))
                 .count();
             let last = mine.last().is_some_and(|s| redirected(&s.fault));
-            (
-                processed,
-                mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect(),
-                last,
-            )
+            let trail = mine.iter().map(|s| format!("{} {:?} {:?}", s.status, s.code, s.fault)).collect();
+            (processed, mine.iter().map(|s| definite(&s.fault, s.status)).collect(), last, trail)
         } else {
             let mine: Vec<_> = gw_seen.iter().filter(|s| s.payment_id == case.payment_id).collect();
             let processed = gw_refunds
@@ -355,11 +393,8 @@ framing = "ndjson"
                 .filter(|r| r["parent"]["id"].as_u64() == case.payment_id.parse().ok())
                 .count();
             let last = mine.last().is_some_and(|s| redirected(&s.fault));
-            (
-                processed,
-                mine.iter().map(|s| s.fault.as_ref().is_some_and(|f| !f.is_ambiguous())).collect(),
-                last,
-            )
+            let trail = mine.iter().map(|s| format!("{} {:?} {:?}", s.status, s.outcome, s.fault)).collect();
+            (processed, mine.iter().map(|s| definite(&s.fault, s.status)).collect(), last, trail)
         };
         if processed > 1 {
             duplicated.push(format!("{id} processed {processed} times at {}", first.destination));
@@ -377,7 +412,7 @@ framing = "ndjson"
                 // killed after claiming the delivery, before sending.)
                 let before_last = &requests[..requests.len().saturating_sub(1)];
                 if before_last.iter().any(|definite| !definite) {
-                    resent_after_unknown.push(format!("{id}: {requests:?}"));
+                    resent_after_unknown.push(format!("{id} at {}: {trail:?}", first.destination));
                 }
             }
             other => undelivered.push(format!("{id}: first delivery {other}")),
@@ -444,6 +479,12 @@ framing = "ndjson"
     );
     println!("          gateway [{}]", faults(gw_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect()));
     println!("          Olive [{}]", faults(olive_seen.iter().map(|s| s.fault.as_ref().map(kind)).collect()));
+    println!(
+        "  clock jumps: {} while running (30 days back to 60 days ahead), {} at restarts (back, {} days behind at the end)",
+        jumps.live,
+        jumps.at_restart,
+        -jumps.restart_skew_ms / DAY_MS
+    );
     let sent_elsewhere = elsewhere.arrived();
     println!("  delivered everywhere: {delivered}; unknown (outcome lost at a destination that does not deduplicate, not resent): {unknown}; failed (a redirect refused): {failed}");
     println!("  paid twice: {}", duplicated.len());
@@ -459,6 +500,71 @@ framing = "ndjson"
     assert!(stray.is_empty() && extra_refunds.is_empty(), "never acknowledged: {stray:?} {extra_refunds:?}");
     assert!(undelivered.is_empty(), "unexpected states: {undelivered:?}");
     assert_eq!(views.len(), refunds, "exactly one refund per request");
+}
+
+const DAY_MS: i64 = 86_400_000;
+/// Where a running agent's clock may jump: back 30 days to ahead 60 days.
+const LIVE_JUMPS_MS: [i64; 9] =
+    [-30 * DAY_MS, -6 * 3_600_000, -3_600_000, -300_000, 0, 300_000, 3_600_000, 6 * 3_600_000, 60 * DAY_MS];
+/// How far back the clock may go between a kill and the next start.
+const RESTART_STEPS_MS: [i64; 6] = [0, 0, 0, 60_000, 6 * 3_600_000, 30 * DAY_MS];
+
+/// The till's wall clock: the offset file the agent's clock hook reads on every call.
+struct TillClock {
+    path: std::path::PathBuf,
+    jumps: AsyncMutex<Jumps>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Jumps {
+    live: usize,
+    at_restart: usize,
+    /// The offset of the latest start; a start never reads later than an earlier one.
+    restart_skew_ms: i64,
+    stopped: bool,
+}
+
+impl TillClock {
+    fn new(path: std::path::PathBuf) -> TillClock {
+        std::fs::write(&path, "0").expect("clock skew file");
+        TillClock { path, jumps: AsyncMutex::new(Jumps::default()) }
+    }
+
+    fn set(&self, offset_ms: i64) {
+        // Written in place: the agent reads the file on every clock call, and a missing file
+        // reads as no offset, a jump of its own.
+        std::fs::write(&self.path, offset_ms.to_string()).expect("clock skew file");
+    }
+
+    /// One jump while the agent runs; false once the clock has been put right for good.
+    async fn jump_while_running(&self, rng: &mut StdRng) -> bool {
+        let mut jumps = self.jumps.lock().await;
+        if jumps.stopped {
+            return false;
+        }
+        self.set(LIVE_JUMPS_MS[rng.random_range(0..LIVE_JUMPS_MS.len())]);
+        jumps.live += 1;
+        true
+    }
+
+    /// Starts the agent after a kill, the clock set back by a random step (often none). Holds
+    /// the clock still until the agent is up, so its start reads the restart's offset.
+    async fn restart(&self, agent: &mut Agent, env: &[(&str, &str)], rng: &mut StdRng) {
+        let mut jumps = self.jumps.lock().await;
+        let step = RESTART_STEPS_MS[rng.random_range(0..RESTART_STEPS_MS.len())];
+        jumps.restart_skew_ms -= step;
+        jumps.at_restart += usize::from(step != 0);
+        self.set(jumps.restart_skew_ms);
+        agent.start_with_env(env).await;
+    }
+
+    /// Puts the clock right and stops the jumps.
+    async fn stop(&self) -> Jumps {
+        let mut jumps = self.jumps.lock().await;
+        jumps.stopped = true;
+        self.set(0);
+        *jumps
+    }
 }
 
 /// POSTs `body` until the agent answers 200 or 201, through kills and restarts; the same

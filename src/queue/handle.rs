@@ -1,6 +1,8 @@
 //! `QueueHandle`: how the rest of the agent reaches the queue. Every method is one job for the
 //! owner thread (`owner.rs`), answered after the COMMIT of its batch. Refunds are named by
-//! [`RefundId`]; the rows store its text, so the conversion happens here, once.
+//! [`RefundId`]; the rows store its text, so the conversion happens here, once. Every time a job
+//! stamps or compares is `clock::trusted_now_ms`, so wall-clock jumps while the agent runs
+//! move nothing in the queue (`clock` module doc).
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use super::owner::{Job, Reply, Storage};
 use super::reads;
 use super::retention;
 use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
-use crate::clock::{now_ms, trusted_now_ms};
+use crate::clock::trusted_now_ms;
 use crate::refund::{RefundDraft, RefundId, Rejection};
 use crate::sale::SaleInput;
 
@@ -66,7 +68,7 @@ impl QueueHandle {
         key: Option<String>,
     ) -> Result<Result<Created, Rejection>, QueueError> {
         self.call(move |db| {
-            let out = intake::create_refund(db, draft, key.as_deref(), now_ms())?;
+            let out = intake::create_refund(db, draft, key.as_deref(), trusted_now_ms())?;
             // A rejection stored nothing, but make sure of it by rolling back the savepoint.
             Ok(out)
         })
@@ -74,19 +76,19 @@ impl QueueHandle {
     }
 
     pub async fn add_sale(&self, input: SaleInput) -> Result<Result<SaleAdded, Rejection>, QueueError> {
-        self.call(move |db| intake::add_sale(db, input, now_ms())).await
+        self.call(move |db| intake::add_sale(db, input, trusted_now_ms())).await
     }
 
     pub async fn refund(&self, id: RefundId) -> Result<Option<RefundView>, QueueError> {
-        self.call(move |db| reads::view(db, &id.to_string(), now_ms())).await
+        self.call(move |db| reads::view(db, &id.to_string(), trusted_now_ms())).await
     }
 
     pub async fn list(&self, state: Option<ViewState>, limit: i64) -> Result<Vec<RefundView>, QueueError> {
-        self.call(move |db| reads::list(db, state, limit, now_ms())).await
+        self.call(move |db| reads::list(db, state, limit, trusted_now_ms())).await
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
-        let mut status = self.call(|db| reads::status(db, now_ms())).await?;
+        let mut status = self.call(|db| reads::status(db, trusted_now_ms())).await?;
         status.storage = self.storage();
         Ok(status)
     }
@@ -106,7 +108,7 @@ impl QueueHandle {
     ) -> Result<Vec<Claim>, QueueError> {
         let max_delay_ms = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
         self.call(move |db| {
-            let now = now_ms();
+            let now = trusted_now_ms();
             lifecycle::clamp_far_future(db, now, max_delay_ms)?;
             lifecycle::claim_due(db, now, limit, &skip)
         })
@@ -119,14 +121,17 @@ impl QueueHandle {
         position: i64,
         outcome: Recorded,
     ) -> Result<(), QueueError> {
-        self.call(move |db| lifecycle::record(db, &refund_id.to_string(), position, outcome, now_ms())).await
+        self.call(move |db| {
+            lifecycle::record(db, &refund_id.to_string(), position, outcome, trusted_now_ms())
+        })
+        .await
     }
 
     pub async fn recover(
         &self,
         dedup: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Recovery, QueueError> {
-        self.call(move |db| lifecycle::recover(db, &dedup, now_ms())).await
+        self.call(move |db| lifecycle::recover(db, &dedup, trusted_now_ms())).await
     }
 
     pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {
@@ -134,7 +139,7 @@ impl QueueHandle {
     }
 
     pub async fn retry(&self, id: RefundId, operator: String) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::retry(db, &id.to_string(), &operator, now_ms())).await
+        self.call(move |db| manual::retry(db, &id.to_string(), &operator, trusted_now_ms())).await
     }
 
     pub async fn cancel(
@@ -143,7 +148,7 @@ impl QueueHandle {
         operator: String,
         reason: String,
     ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::cancel(db, &id.to_string(), &operator, &reason, now_ms())).await
+        self.call(move |db| manual::cancel(db, &id.to_string(), &operator, &reason, trusted_now_ms())).await
     }
 
     pub async fn resolve(
@@ -154,18 +159,23 @@ impl QueueHandle {
         operator: String,
     ) -> Result<RefundView, QueueError> {
         self.call(move |db| {
-            manual::resolve(db, &id.to_string(), destination.as_deref(), resolution, &operator, now_ms())
+            manual::resolve(
+                db,
+                &id.to_string(),
+                destination.as_deref(),
+                resolution,
+                &operator,
+                trusted_now_ms(),
+            )
         })
         .await
     }
 
     pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {
-        self.call(move |db| lifecycle::reset_backoff(db, &destination, now_ms())).await
+        self.call(move |db| lifecycle::reset_backoff(db, &destination, trusted_now_ms())).await
     }
 
     pub async fn sweep(&self) -> Result<(u64, u64), QueueError> {
-        // Ages are measured against the jump-safe trusted now (`clock` module doc), so a wall
-        // clock set forward neither purges nor expires anything early.
         self.call(|db| retention::sweep(db, trusted_now_ms())).await
     }
 }

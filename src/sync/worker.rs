@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::connectivity::Connectivity;
 use super::decide::{backoff, decide, longest_delay, route_moves_money};
-use crate::clock::{is_due, now_ms, rfc3339};
+use crate::clock::{is_due, now_ms, rfc3339, trusted_now_ms};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
 use crate::lock::lock;
@@ -171,7 +171,7 @@ impl Worker {
                 self.queue.next_due(held).await
             };
             let mut sleep_for = match next_due {
-                Ok(Some(at)) => wait_until(at, now_ms(), longest_delay(self.settings.backoff_max)),
+                Ok(Some(at)) => wait_until(at, trusted_now_ms(), longest_delay(self.settings.backoff_max)),
                 _ => IDLE_CHECK,
             };
             if let Some(at) = wake_at.into_iter().chain(paused_until).min() {
@@ -241,7 +241,7 @@ impl Worker {
             let attempt = connector.attempt(&claim).await;
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
-            let recorded = decide(attempt.clone(), capability, moves_money, now_ms(), |after| {
+            let recorded = decide(attempt.clone(), capability, moves_money, trusted_now_ms(), |after| {
                 backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
             });
             self.note_health(&claim.destination, &attempt, &recorded);
@@ -300,7 +300,7 @@ impl Worker {
         let h = all.entry(destination.to_string()).or_default();
         let retry_at = match recorded {
             Recorded::Retry { at_ms, .. } => {
-                Some(Instant::now() + Duration::from_millis((at_ms - now_ms()).max(0) as u64))
+                Some(Instant::now() + Duration::from_millis((at_ms - trusted_now_ms()).max(0) as u64))
             }
             _ => None,
         };
@@ -389,7 +389,7 @@ fn log_outcome(claim: &Claim, recorded: &Recorded) {
             tracing::debug!(refund_id = %id, destination = %dest, step, "step done")
         }
         Recorded::Retry { at_ms, error } => {
-            tracing::warn!(refund_id = %id, destination = %dest, attempt = claim.attempts, retry_in_ms = at_ms - now_ms(), %error, "will retry")
+            tracing::warn!(refund_id = %id, destination = %dest, attempt = claim.attempts, retry_in_ms = at_ms - trusted_now_ms(), %error, "will retry")
         }
         Recorded::Declined { error } => {
             tracing::warn!(refund_id = %id, destination = %dest, %error, "declined")
