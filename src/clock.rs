@@ -38,6 +38,12 @@ pub fn anchor() {
     trusted_now_ms();
 }
 
+/// The wall time (milliseconds since the epoch) the trusted time line starts from: when the
+/// agent started, as its clock read then.
+pub fn started_at_ms() -> i64 {
+    ANCHOR.get_or_init(|| (now_ms(), Instant::now())).0
+}
+
 /// Now for everything the queue stamps and every age it measures: see the module doc.
 pub fn trusted_now_ms() -> i64 {
     let (wall, mono) = *ANCHOR.get_or_init(|| (now_ms(), Instant::now()));

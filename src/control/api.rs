@@ -21,6 +21,9 @@ pub struct StatusBody {
     pub version: String,
     pub terminal_id: String,
     pub uptime_s: u64,
+    /// When the agent started (seconds since the epoch, by the till's clock then).
+    #[serde(default)]
+    pub started_at_s: i64,
     pub queue: QueueStatus,
     pub destinations: HashMap<String, DestinationHealthBody>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -79,6 +79,18 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
         let up = if health.connectivity == Connectivity::Reachable { 1.0 } else { 0.0 };
         out.sample("refund_agent_destination_up", &[("destination", name)], up);
     }
+    // With `destination_up`, tells a destination that keeps failing from one not asked yet.
+    out.header(
+        "refund_agent_destination_consecutive_failures",
+        "Requests to the destination that failed in a row since its last answer.",
+    );
+    for (name, health) in &destinations {
+        out.sample(
+            "refund_agent_destination_consecutive_failures",
+            &[("destination", name)],
+            health.consecutive_failures as f64,
+        );
+    }
     out.header(
         "refund_agent_destination_clock_offset_seconds",
         "The destination's clock minus the agent's, from its Date headers (only once measured).",
@@ -112,6 +124,12 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
 
     out.header("refund_agent_uptime_seconds", "Seconds since the agent started.");
     out.sample("refund_agent_uptime_seconds", &[], status.uptime_s as f64);
+    // A restart (systemd's watchdog or `Restart=`) shows as a change of this value, which
+    // Prometheus' `changes()` counts.
+    out.header("refund_agent_start_time_seconds", "When the agent started, in seconds since the Unix epoch.");
+    out.sample("refund_agent_start_time_seconds", &[], status.started_at_s as f64);
+    out.header("refund_agent_build_info", "Always 1; the agent's version is in its label.");
+    out.sample("refund_agent_build_info", &[("version", &status.version)], 1.0);
     out.text
 }
 
@@ -207,6 +225,7 @@ mod tests {
             version: "0.1.0".into(),
             terminal_id: "till-01".into(),
             uptime_s: 7,
+            started_at_s: 1_796_000_000,
             queue,
             destinations,
             terminal: None,
@@ -235,6 +254,9 @@ mod tests {
             "refund_agent_storage_failing 0",
             "refund_agent_storage_write_failures 0",
             "refund_agent_uptime_seconds 7",
+            "refund_agent_start_time_seconds 1796000000",
+            "refund_agent_build_info{version=\"0.1.0\"} 1",
+            "refund_agent_destination_consecutive_failures{destination=\"finalpos\"} 0",
         ] {
             assert!(samples.contains(&want), "missing {want:?} in\n{text}");
         }
@@ -287,5 +309,43 @@ mod tests {
         assert_eq!(format_value(f64::NAN), "NaN");
         assert_eq!(format_value(f64::INFINITY), "+Inf");
         assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
+
+    /// The shipped alerting rules and dashboard (monitoring/) name only metrics the agent
+    /// renders: a renamed metric would otherwise silence an alert without a word.
+    #[test]
+    fn the_shipped_rules_and_dashboard_use_only_rendered_metrics() {
+        let mut s = status();
+        s.terminal = Some(crate::terminal::device::TerminalStatus {
+            device: "/dev/ttyUSB0".into(),
+            ..Default::default()
+        });
+        let text = render(&s, Some(1));
+        let rendered: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let dashboard = include_str!("../../monitoring/grafana-dashboard.json");
+        let parsed: serde_json::Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
+        assert!(parsed["panels"].as_array().is_some_and(|p| p.len() > 10), "the dashboard has its panels");
+        for (file, source) in [
+            ("monitoring/alerts.yml", include_str!("../../monitoring/alerts.yml")),
+            ("monitoring/grafana-dashboard.json", dashboard),
+        ] {
+            let mut used = 0;
+            for (at, _) in source.match_indices("refund_agent_") {
+                let name: String = source[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                assert!(
+                    rendered.contains(name.as_str()),
+                    "{file} uses {name}, which the agent does not render"
+                );
+                used += 1;
+            }
+            assert!(used > 5, "{file} names only {used} metrics");
+        }
     }
 }

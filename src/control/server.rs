@@ -350,6 +350,7 @@ async fn status_body(s: &AppState) -> Result<StatusBody, QueueError> {
         version: env!("CARGO_PKG_VERSION").into(),
         terminal_id: s.terminal_id.clone(),
         uptime_s: s.started.elapsed().as_secs(),
+        started_at_s: crate::clock::started_at_ms() / 1000,
         queue,
         destinations,
         terminal: s.terminal.as_ref().map(crate::terminal::snapshot),
