@@ -5,6 +5,7 @@
 
 mod checks;
 pub mod draft;
+pub mod lines;
 pub mod rejection;
 pub mod validate;
 

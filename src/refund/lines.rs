@@ -1,0 +1,327 @@
+//! The arithmetic of itemized refunds (SPEC section 5a), pure.
+//!
+//! A sale's lines are first given their exact share of the sale's tax and discount
+//! ([`attribute`]); then `q` units of a line cost the line's figures × q / quantity, rounded
+//! down to the currency's minor unit, the unit that completes the line taking the remainder
+//! ([`unit_share`]). Units are counted, not named: whichever refund takes a line's last unit gets
+//! the remainder, so the units of a line refunded one by one in any order add up to exactly the
+//! line, and all lines refunded add up to exactly the sale's total, tax and discount.
+//!
+//! (A line of 3 units with a total of 10.00 refunds 3.33, 3.33 and 3.34.)
+
+use std::collections::BTreeMap;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// One receipt line as sold: its figures are what the customer paid for it, tax included, after
+/// its discount. `tax` / `discount` are the item's own when the receipt gave them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoldLine {
+    pub quantity: u32,
+    pub total: Decimal,
+    pub tax: Option<Decimal>,
+    pub discount: Option<Decimal>,
+}
+
+/// A line with its share of the sale's tax and discount settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineFigures {
+    pub quantity: u32,
+    pub total: Decimal,
+    pub tax: Decimal,
+    pub discount: Decimal,
+}
+
+/// What `quantity` units of one line refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PricedLine {
+    /// 1-based position in the receipt's items.
+    pub line: u32,
+    pub quantity: u32,
+    pub amount: Decimal,
+    pub tax: Decimal,
+    pub discount: Decimal,
+}
+
+/// An itemized refund priced: its lines and their sums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    pub lines: Vec<PricedLine>,
+    pub amount: Decimal,
+    pub tax: Decimal,
+    pub discount: Decimal,
+}
+
+/// Why a list of lines cannot be refunded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line {0} is not on the receipt (it has {1} lines)")]
+    NoSuchLine(u32, usize),
+    #[error("line {0} is named twice")]
+    Repeated(u32),
+    #[error("line {0}: a quantity must be at least 1")]
+    ZeroQuantity(u32),
+    #[error("line {line}: {asked} asked, but only {left} of {sold} are left to refund")]
+    OverQuantity { line: u32, asked: u32, left: u32, sold: u32 },
+    #[error("a refund with lines must name at least one")]
+    Empty,
+}
+
+/// Rounds toward zero to `minor` decimals.
+fn down(x: Decimal, minor: u32) -> Decimal {
+    x.round_dp_with_strategy(minor, RoundingStrategy::ToZero)
+}
+
+/// Splits `whole` over `weights` in proportion, rounded down to `minor` decimals, the remainder
+/// going to the last line with a weight: the shares add up to exactly `whole`. With no weight
+/// at all, the remainder goes to the last line.
+fn split(whole: Decimal, weights: &[Decimal], minor: u32) -> Vec<Decimal> {
+    let sum: Decimal = weights.iter().copied().sum();
+    let mut shares: Vec<Decimal> = if sum.is_zero() {
+        vec![Decimal::ZERO; weights.len()]
+    } else {
+        weights.iter().map(|w| down(whole * *w / sum, minor)).collect()
+    };
+    let last = weights.iter().rposition(|w| !w.is_zero()).or(weights.len().checked_sub(1));
+    if let Some(last) = last {
+        let given: Decimal = shares.iter().copied().sum();
+        shares[last] += whole - given;
+    }
+    shares
+}
+
+/// Each line's tax and discount: the item's own where the receipt gave it; otherwise what of the
+/// sale's figure the items do not claim, shared among the other lines in proportion to their
+/// totals. (A receipt whose item figures exceed the sale's is refused before it gets here.)
+pub fn attribute(
+    lines: &[SoldLine],
+    sale_tax: Option<Decimal>,
+    sale_discount: Option<Decimal>,
+    minor: u32,
+) -> Vec<LineFigures> {
+    let shares = |own: fn(&SoldLine) -> Option<Decimal>, sale: Option<Decimal>| -> Vec<Decimal> {
+        let claimed: Decimal = lines.iter().filter_map(own).sum();
+        let rest = (sale.unwrap_or(Decimal::ZERO) - claimed).max(Decimal::ZERO);
+        let weights: Vec<Decimal> =
+            lines.iter().map(|l| if own(l).is_some() { Decimal::ZERO } else { l.total }).collect();
+        let spread = if weights.iter().all(|w| w.is_zero()) {
+            vec![Decimal::ZERO; lines.len()]
+        } else {
+            split(rest, &weights, minor)
+        };
+        lines.iter().zip(spread).map(|(l, s)| own(l).unwrap_or(s)).collect()
+    };
+    let taxes = shares(|l| l.tax, sale_tax);
+    let discounts = shares(|l| l.discount, sale_discount);
+    lines
+        .iter()
+        .zip(taxes.into_iter().zip(discounts))
+        .map(|(l, (tax, discount))| LineFigures { quantity: l.quantity, total: l.total, tax, discount })
+        .collect()
+}
+
+/// What units `already + 1 ..= already + quantity` of a line whose units together make `whole`
+/// cost: `quantity` units rounded down, plus the remainder when they include the last unit.
+/// Callers keep `already + quantity <= sold`.
+pub fn unit_share(whole: Decimal, sold: u32, already: u32, quantity: u32, minor: u32) -> Decimal {
+    if sold == 0 {
+        return Decimal::ZERO;
+    }
+    let unit = down(whole / Decimal::from(sold), minor);
+    let mut share = unit * Decimal::from(quantity);
+    if already + quantity == sold {
+        share += whole - unit * Decimal::from(sold);
+    }
+    share
+}
+
+/// Prices a refund of `asked` (line → quantity) on `lines`, given how many units of each line
+/// (1-based) earlier refunds that still count already took. Refuses a line not on the receipt,
+/// one named twice, a zero quantity and more units than are left.
+pub fn price(
+    lines: &[LineFigures],
+    refunded: &BTreeMap<u32, u32>,
+    asked: &[(u32, u32)],
+    minor: u32,
+) -> Result<Priced, LineError> {
+    if asked.is_empty() {
+        return Err(LineError::Empty);
+    }
+    let mut seen = BTreeMap::new();
+    let mut priced = Vec::with_capacity(asked.len());
+    for &(line, quantity) in asked {
+        let figures = line
+            .checked_sub(1)
+            .and_then(|i| lines.get(i as usize))
+            .ok_or(LineError::NoSuchLine(line, lines.len()))?;
+        if seen.insert(line, ()).is_some() {
+            return Err(LineError::Repeated(line));
+        }
+        if quantity == 0 {
+            return Err(LineError::ZeroQuantity(line));
+        }
+        let already = refunded.get(&line).copied().unwrap_or(0);
+        let left = figures.quantity.saturating_sub(already);
+        if quantity > left {
+            return Err(LineError::OverQuantity { line, asked: quantity, left, sold: figures.quantity });
+        }
+        let share = |whole| unit_share(whole, figures.quantity, already, quantity, minor);
+        priced.push(PricedLine {
+            line,
+            quantity,
+            amount: share(figures.total),
+            tax: share(figures.tax),
+            discount: share(figures.discount),
+        });
+    }
+    Ok(Priced {
+        amount: priced.iter().map(|p| p.amount).sum(),
+        tax: priced.iter().map(|p| p.tax).sum(),
+        discount: priced.iter().map(|p| p.discount).sum(),
+        lines: priced,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn d(text: &str) -> Decimal {
+        text.parse().expect("decimal")
+    }
+
+    fn sold(quantity: u32, total: &str) -> SoldLine {
+        SoldLine { quantity, total: d(total), tax: None, discount: None }
+    }
+
+    #[test]
+    fn three_units_of_ten_refund_333_333_334_in_any_order_of_refunds() {
+        let lines = attribute(&[sold(3, "10.00")], None, None, 2);
+        let mut refunded = BTreeMap::new();
+        let mut amounts = Vec::new();
+        for _ in 0..3 {
+            let p = price(&lines, &refunded, &[(1, 1)], 2).expect("priced");
+            amounts.push(p.amount);
+            *refunded.entry(1).or_default() += 1;
+        }
+        assert_eq!(amounts, [d("3.33"), d("3.33"), d("3.34")]);
+        // Two then one, or one then two: the same 10.00.
+        let two_first = price(&lines, &BTreeMap::new(), &[(1, 2)], 2).expect("two").amount;
+        let then_one = price(&lines, &BTreeMap::from([(1, 2)]), &[(1, 1)], 2).expect("one").amount;
+        assert_eq!((two_first, then_one), (d("6.66"), d("3.34")));
+    }
+
+    #[test]
+    fn the_sale_tax_is_shared_by_line_totals_and_adds_up() {
+        // 100.00 = 10.00 (two teas) + 90.00 (a grinder); tax 10.00 over the sale.
+        let lines = attribute(&[sold(2, "10.00"), sold(1, "90.00")], Some(d("10.00")), Some(d("0")), 2);
+        assert_eq!((lines[0].tax, lines[1].tax), (d("1.00"), d("9.00")));
+        let one_tea = price(&lines, &BTreeMap::new(), &[(1, 1)], 2).expect("priced");
+        assert_eq!((one_tea.amount, one_tea.tax, one_tea.discount), (d("5.00"), d("0.50"), d("0")));
+    }
+
+    #[test]
+    fn an_items_own_tax_wins_and_the_rest_goes_to_the_others() {
+        let mut with_tax = sold(1, "50.00");
+        with_tax.tax = Some(d("4.00"));
+        let lines = attribute(&[with_tax, sold(1, "30.00"), sold(1, "20.00")], Some(d("9.00")), None, 2);
+        assert_eq!(lines.iter().map(|l| l.tax).collect::<Vec<_>>(), [d("4.00"), d("3.00"), d("2.00")]);
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
+        let lines = attribute(&[sold(2, "10.00")], None, None, 2);
+        let none = BTreeMap::new();
+        assert_eq!(price(&lines, &none, &[(2, 1)], 2), Err(LineError::NoSuchLine(2, 1)));
+        assert_eq!(price(&lines, &none, &[(0, 1)], 2), Err(LineError::NoSuchLine(0, 1)));
+        assert_eq!(price(&lines, &none, &[(1, 0)], 2), Err(LineError::ZeroQuantity(1)));
+        assert_eq!(price(&lines, &none, &[(1, 1), (1, 1)], 2), Err(LineError::Repeated(1)));
+        assert_eq!(price(&lines, &none, &[], 2), Err(LineError::Empty));
+        let one_left = BTreeMap::from([(1, 1)]);
+        assert_eq!(
+            price(&lines, &one_left, &[(1, 2)], 2),
+            Err(LineError::OverQuantity { line: 1, asked: 2, left: 1, sold: 2 })
+        );
+    }
+
+    /// A sale: lines with quantities and totals in minor units, and sale-level tax and discount
+    /// no larger than its total.
+    fn sale() -> impl Strategy<Value = (Vec<SoldLine>, Decimal, Decimal, u32)> {
+        (0u32..=3).prop_flat_map(|minor| {
+            (prop::collection::vec((1u32..=7, 1i64..=100_000), 1..=6), 0u32..=100, 0u32..=100).prop_map(
+                move |(raw, tax_pct, disc_pct)| {
+                    let lines: Vec<SoldLine> = raw
+                        .into_iter()
+                        .map(|(q, cents)| SoldLine {
+                            quantity: q,
+                            total: Decimal::new(cents, minor),
+                            tax: None,
+                            discount: None,
+                        })
+                        .collect();
+                    let total: Decimal = lines.iter().map(|l| l.total).sum();
+                    let tax = down(total * Decimal::from(tax_pct) / Decimal::from(100), minor);
+                    let discount = down(total * Decimal::from(disc_pct) / Decimal::from(100), minor);
+                    (lines, tax, discount, minor)
+                },
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn shares_of_the_sale_add_up_exactly((lines, tax, discount, minor) in sale()) {
+            let figures = attribute(&lines, Some(tax), Some(discount), minor);
+            prop_assert_eq!(figures.iter().map(|f| f.tax).sum::<Decimal>(), tax);
+            prop_assert_eq!(figures.iter().map(|f| f.discount).sum::<Decimal>(), discount);
+            for f in &figures {
+                prop_assert!(f.tax >= Decimal::ZERO && f.discount >= Decimal::ZERO);
+                prop_assert!(f.tax.scale() <= minor && f.discount.scale() <= minor);
+            }
+        }
+
+        /// Any sequence of partial refunds never takes more than a line, each is at least zero
+        /// and in whole minor units, and refunding everything yields exactly the sale's total,
+        /// tax and discount.
+        #[test]
+        fn partial_refunds_never_exceed_and_everything_adds_up(
+            (lines, tax, discount, minor) in sale(),
+            order in prop::collection::vec((0usize..6, 1u32..=3), 0..40),
+        ) {
+            let figures = attribute(&lines, Some(tax), Some(discount), minor);
+            let mut refunded: BTreeMap<u32, u32> = BTreeMap::new();
+            let mut taken: BTreeMap<u32, (Decimal, Decimal, Decimal)> = BTreeMap::new();
+            let mut take = |line: u32, q: u32, refunded: &mut BTreeMap<u32, u32>| -> Result<(), TestCaseError> {
+                let p = price(&figures, refunded, &[(line, q)], minor).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let t = taken.entry(line).or_default();
+                t.0 += p.amount;
+                t.1 += p.tax;
+                t.2 += p.discount;
+                let f = figures[line as usize - 1];
+                prop_assert!(p.amount >= Decimal::ZERO && p.amount.scale() <= minor);
+                prop_assert!(t.0 <= f.total && t.1 <= f.tax && t.2 <= f.discount, "line {} over: {:?} of {:?}", line, t, f);
+                *refunded.entry(line).or_default() += q;
+                Ok(())
+            };
+            for (i, q) in order {
+                let line = (i % figures.len()) as u32 + 1;
+                let left = figures[line as usize - 1].quantity - refunded.get(&line).copied().unwrap_or(0);
+                if left > 0 {
+                    take(line, q.min(left), &mut refunded)?;
+                }
+            }
+            // Then whatever is left, line by line.
+            for (i, f) in figures.iter().enumerate() {
+                let line = i as u32 + 1;
+                let left = f.quantity - refunded.get(&line).copied().unwrap_or(0);
+                if left > 0 {
+                    take(line, left, &mut refunded)?;
+                }
+            }
+            let sums = taken.values().fold((Decimal::ZERO, Decimal::ZERO, Decimal::ZERO), |a, t| (a.0 + t.0, a.1 + t.1, a.2 + t.2));
+            let total: Decimal = lines.iter().map(|l| l.total).sum();
+            prop_assert_eq!(sums, (total, tax, discount));
+        }
+    }
+}
