@@ -99,6 +99,10 @@ pub struct SyncSettings {
     pub connect_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// When a destination is reachable again, the worker waits a random time up to this before
+    /// sending its queue, so the tills of a store whose network returns do not all hit the
+    /// cloud at the same moment. Probes are spread the same way (`sync::worker`).
+    pub return_jitter: Duration,
 }
 
 /// `[terminal]`, checked once at load: the serial device and how to speak to it. The terminal

@@ -141,6 +141,8 @@ pub(super) struct RawSync {
     pub backoff_initial: String,
     #[serde(default = "d5m")]
     pub backoff_max: String,
+    #[serde(default = "d5s")]
+    pub return_jitter: String,
 }
 
 impl Default for RawSync {
@@ -150,6 +152,7 @@ impl Default for RawSync {
             connect_timeout: d5s(),
             backoff_initial: d1s(),
             backoff_max: d5m(),
+            return_jitter: d5s(),
         }
     }
 }

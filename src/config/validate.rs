@@ -47,6 +47,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
         connect_timeout: duration("sync.connect_timeout", &s.connect_timeout)?,
         backoff_initial: duration("sync.backoff_initial", &s.backoff_initial)?,
         backoff_max: duration("sync.backoff_max", &s.backoff_max)?,
+        return_jitter: duration("sync.return_jitter", &s.return_jitter)?,
     };
     if sync.backoff_initial.is_zero() || sync.backoff_max < sync.backoff_initial {
         return Err(invalid(

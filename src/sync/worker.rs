@@ -38,8 +38,10 @@ type Busy = Arc<Mutex<HashMap<String, usize>>>;
 
 /// The longest the worker sleeps without looking at the queue (expiry sweeps run then too).
 const IDLE_CHECK: Duration = Duration::from_secs(30);
-/// How often an unreachable destination is probed with a TCP connect, so that the return of
-/// the network is noticed within seconds however long the refunds' backoff has grown.
+/// How often, on average, an unreachable destination is probed with a TCP connect, so that the
+/// return of the network is noticed within seconds however long the refunds' backoff has grown.
+/// Each wait is drawn from half to one and a half times this ([`spread`]), so the tills of a
+/// store that lost its network together do not probe, and then send, in step.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,8 +66,9 @@ pub struct DestinationHealth {
     /// The hold came from a connection failure, so a cheap TCP probe may lift it early.
     #[serde(skip)]
     pub probe: bool,
+    /// When the next probe may start.
     #[serde(skip)]
-    pub last_probe: Option<Instant>,
+    pub next_probe: Option<Instant>,
 }
 
 /// Shared, cheap-to-read destination health.
@@ -353,19 +356,26 @@ impl Worker {
             if !h.probe {
                 continue;
             }
-            let due = h.last_probe.map_or(now, |t| t + PROBE_INTERVAL);
+            let due = *h.next_probe.get_or_insert_with(|| now + spread(PROBE_INTERVAL, rand::rng().random()));
             if due > now {
                 earliest(due);
                 continue;
             }
-            h.last_probe = Some(now);
-            earliest(now + PROBE_INTERVAL);
+            let next = now + spread(PROBE_INTERVAL, rand::rng().random());
+            h.next_probe = Some(next);
+            earliest(next);
             if let Some(target) = self.probe_targets.get(name) {
                 probes.spawn(probe(self.clone(), name.clone(), target.clone()));
             }
         }
         (held, wake_at)
     }
+}
+
+/// `base` scaled by a factor from 0.5 to 1.5 (`unit` in `[0, 1)`): a wait that keeps its mean
+/// but differs from one till to the next. Pure.
+fn spread(base: Duration, unit: f64) -> Duration {
+    base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
 }
 
 /// How long to sleep for a delivery due at `at_ms`: until then, at most [`IDLE_CHECK`], and not
@@ -413,16 +423,21 @@ async fn probe(worker: Worker, name: String, target: String) {
     if !ok {
         return;
     }
+    // Reachable again: the queue is sent after a random part of `return_jitter`, so a store's
+    // tills whose network came back together reach the cloud one after another.
+    let unit: f64 = rand::rng().random();
+    let wait = worker.settings.return_jitter.mul_f64(unit);
     {
         let mut all = lock(&worker.health);
         if let Some(h) = all.get_mut(&name) {
-            h.hold_until = None;
+            h.hold_until = (!wait.is_zero()).then(|| Instant::now() + wait);
             h.probe = false;
+            h.next_probe = None;
         }
     }
     match worker.queue.reset_backoff(name.clone()).await {
         Ok(n) => {
-            tracing::info!(destination = %name, due_now = n, "destination reachable again; sending its queue")
+            tracing::info!(destination = %name, due = n, after_ms = wait.as_millis() as u64, "destination reachable again; sending its queue")
         }
         Err(e) => tracing::error!(destination = %name, error = %e, "cannot reset the backoff"),
     }
@@ -432,6 +447,15 @@ async fn probe(worker: Worker, name: String, target: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_waits_are_spread_around_their_mean() {
+        let base = Duration::from_secs(2);
+        assert_eq!(spread(base, 0.0), Duration::from_secs(1));
+        assert_eq!(spread(base, 0.5), base);
+        assert_eq!(spread(base, 0.999_999).as_millis(), 2_999);
+        assert_eq!(spread(base, 7.0), Duration::from_secs(3), "a unit out of range is clamped");
+    }
 
     #[test]
     fn the_worker_does_not_sleep_for_a_time_set_before_the_clock_went_back() {

@@ -99,6 +99,7 @@ mod tests {
             connect_timeout: d,
             backoff_initial: d,
             backoff_max: d,
+            return_jitter: d,
         })
         .unwrap()
     }
