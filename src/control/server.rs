@@ -24,6 +24,7 @@ use super::api::{ApiError, DestinationHealthBody, StatusBody};
 use super::listen::Caller;
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
+use crate::manager::{Approval, ApprovalRequest, Approver, Refusal};
 use crate::queue::{QueueError, QueueHandle, Resolution, ViewState};
 use crate::refund::{RefundDraft, RefundId, RejectCode, Rejection};
 use crate::sale::SaleInput;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub clocks: HashMap<String, ClockOffset>,
     pub started: Instant,
     pub terminal_id: String,
+    /// Checks manager approvals (PINs, lock-outs).
+    pub approver: Approver,
     /// The serial terminal's link status, when `[terminal]` is configured.
     pub terminal: Option<crate::terminal::device::SharedStatus>,
 }
@@ -132,6 +135,36 @@ impl From<QueueError> for Failure {
     }
 }
 
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        if let Refusal::Queue(e) = r {
+            return Failure::from(e);
+        }
+        let status = match &r {
+            Refusal::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        failure(status, r.code(), r.to_string())
+    }
+}
+
+/// Verifies the approval a body carries (`None` when it carries none).
+async fn approve(s: &AppState, request: Option<&ApprovalRequest>) -> Result<Option<Approval>, Failure> {
+    match request {
+        Some(request) => Ok(Some(s.approver.approve(request).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Parses a body that may carry `manager_approval`: any shape but `{"manager", "pin"}` is
+/// refused with its own code before the body is read into `T`.
+fn parse_approved<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
+    let value: serde_json::Value = parse_json(body)?;
+    crate::manager::check_shape(&value)
+        .map_err(|m| failure(StatusCode::BAD_REQUEST, "malformed_manager_approval", m))?;
+    parse_json(body)
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
     // serde's message can quote a value of the body (`invalid type: integer 4111…`): masked,
     // so a card number sent in the wrong place is not echoed back.
@@ -163,8 +196,9 @@ async fn create_refund(
             Some(format!("api:{k}"))
         }
     };
-    let draft: RefundDraft = parse_json(&body)?;
-    let created = s.queue.create_refund(draft, key).await??;
+    let draft: RefundDraft = parse_approved(&body)?;
+    let approval = approve(&s, draft.manager_approval.as_ref()).await?;
+    let created = s.queue.create_approved(draft, key, approval).await??;
     if created.replayed {
         return Ok((StatusCode::OK, Json(created.refund)).into_response());
     }
@@ -244,10 +278,27 @@ struct ManualAction {
     outcome: Option<String>,
     #[serde(default)]
     destination: Option<String>,
+    /// Every manual decision is a manager's (SPEC section 5b).
+    #[serde(default)]
+    manager_approval: Option<ApprovalRequest>,
+}
+
+impl ManualAction {
+    /// The decision's verified approval: required, then checked like a refund's.
+    async fn approval(&self, s: &AppState) -> Result<Approval, Failure> {
+        let request = self.manager_approval.as_ref().ok_or_else(|| {
+            failure(
+                StatusCode::BAD_REQUEST,
+                RejectCode::ManagerApprovalRequired.as_str(),
+                "a manual decision needs a manager approval: {\"manager\": \"mgr_1\", \"pin\": \"…\"}",
+            )
+        })?;
+        Ok(s.approver.approve(request).await?)
+    }
 }
 
 fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
-    let action: ManualAction = parse_json(body)?;
+    let action: ManualAction = parse_approved(body)?;
     if action.operator.trim().is_empty() || action.operator.chars().count() > crate::refund::draft::MAX_TEXT {
         return Err(failure(
             StatusCode::BAD_REQUEST,
@@ -260,11 +311,13 @@ fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
 
 /// A manual decision, with the caller the operator spoke through (the audit row in the queue
 /// names the operator; this line names the process and user that sent it).
-fn log_decision(action: &str, id: &str, operator: &str, peer: Caller) {
+fn log_decision(action: &str, id: &str, decision: &ManualAction, peer: Caller) {
+    let manager = decision.manager_approval.as_ref().map(|a| a.manager.as_str());
     tracing::info!(
         action,
         refund_id = id,
-        operator,
+        operator = decision.operator,
+        manager,
         peer_uid = peer.uid(),
         peer_pid = peer.pid(),
         peer = %peer,
@@ -279,9 +332,10 @@ async fn retry_refund(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
-    log_decision("retry", &id, &action.operator, peer);
+    log_decision("retry", &id, &action, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let view = s.queue.retry(refund_id, action.operator).await?;
+    let approval = action.approval(&s).await?;
+    let view = s.queue.retry(refund_id, approval).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }
@@ -293,10 +347,11 @@ async fn cancel_refund(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
-    let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
-    log_decision("cancel", &id, &action.operator, peer);
+    log_decision("cancel", &id, &action, peer);
+    let reason = action.reason.clone().unwrap_or_else(|| "cancelled by an operator".into());
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    Ok(Json(s.queue.cancel(refund_id, action.operator, reason).await?).into_response())
+    let approval = action.approval(&s).await?;
+    Ok(Json(s.queue.cancel(refund_id, approval, reason).await?).into_response())
 }
 
 async fn resolve_refund(
@@ -317,9 +372,10 @@ async fn resolve_refund(
             ))
         }
     };
-    log_decision("resolve", &id, &action.operator, peer);
+    log_decision("resolve", &id, &action, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let view = s.queue.resolve(refund_id, action.destination, resolution, action.operator).await?;
+    let approval = action.approval(&s).await?;
+    let view = s.queue.resolve(refund_id, action.destination, resolution, approval).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }
