@@ -14,6 +14,7 @@ use crate::control::guard::{Guard, TcpRules};
 use crate::control::listen;
 use crate::control::server::{self, AppState};
 use crate::destinations::{http, Connector};
+use crate::manager::{Approver, Managers, ManagersError};
 use crate::queue::{self, QueueError, QueueHandle, QueueOwner, QueueSettings, Sealer};
 use crate::refund::Policy;
 use crate::routing::Router;
@@ -35,6 +36,8 @@ pub enum StartError {
     Http(String),
     #[error(transparent)]
     Terminal(#[from] crate::terminal::TerminalError),
+    #[error(transparent)]
+    Managers(#[from] ManagersError),
 }
 
 /// A started daemon: its control socket answers and its worker runs.
@@ -84,6 +87,11 @@ pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
         .map_err(|e| StartError::SealKey { path: config.seal_key_file.clone(), message: e.to_string() })
 }
 
+/// Reads the managers file, when one is configured.
+pub fn managers(config: &Config) -> Result<Option<Managers>, StartError> {
+    Ok(config.managers_file.as_deref().map(Managers::load).transpose()?)
+}
+
 /// The TCP listener's guard: its own address, the token and the allowed origins.
 fn tcp_guard(config: &Config, tcp: &tokio::net::TcpListener) -> Result<Guard, StartError> {
     let local = tcp.local_addr().map_err(|e| StartError::Socket {
@@ -103,6 +111,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // Ages (expiry, purge) are measured from here on a jump-safe time line (`clock` module doc).
     crate::clock::anchor();
     let sealer = sealer(config)?;
+    let managers = managers(config)?;
     let connectors = Arc::new(connectors(config)?);
     let settings = queue_settings(config);
     let state_dir = config.state_dir.clone();
@@ -127,8 +136,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = Shutdown::new();
     let wake = Arc::new(Notify::new());
     let health = Arc::new(Mutex::new(HashMap::new()));
+    let approver = Approver::new(managers, queue.clone());
     let terminal = match &config.terminal {
-        Some(t) => Some(crate::terminal::spawn(t, queue.clone(), wake.clone(), shutdown_rx.clone())?),
+        Some(t) => Some(crate::terminal::spawn(
+            t,
+            queue.clone(),
+            approver.clone(),
+            wake.clone(),
+            shutdown_rx.clone(),
+        )?),
         None => None,
     };
     let app = server::router(AppState {
@@ -138,6 +154,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         clocks: connectors.iter().map(|(k, c)| (k.clone(), c.clock().clone())).collect(),
         started: Instant::now(),
         terminal_id: config.terminal_id.clone(),
+        approver,
         terminal: terminal.as_ref().map(crate::terminal::Terminal::status),
     });
     let stop_rx = shutdown_rx.clone();

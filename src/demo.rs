@@ -189,11 +189,12 @@ pub async fn run() -> Result<()> {
         "the gateway does not deduplicate, so the agent did NOT send it again (gateway saw {} request for it)",
         clouds.gateway.seen().iter().filter(|s| s.external_id.as_deref() == Some(lost.id.as_str())).count()
     ));
-    let manual = json!({"operator": "mgr_1", "outcome": "delivered"});
+    let approval = json!({"manager": DEMO_MANAGER, "pin": DEMO_PIN});
+    let manual = json!({"operator": "emp_42", "outcome": "delivered", "manager_approval": approval});
     post(&client, &format!("/v1/refunds/{}/resolve", lost.id), manual, &[], 200).await?;
     let resolved = wait_for(&client, &lost.id, |r| r.state == "delivered").await?;
     detail(&format!(
-        "a manager checks the gateway's dashboard, finds it, and runs `refunds resolve {} --delivered --operator mgr_1`:",
+        "a manager checks the gateway's dashboard, finds it, and runs `refunds resolve {} --delivered --operator emp_42 --manager mgr_1` (PIN on stdin):",
         lost.id
     ));
     detail(&format!("the decision is audit-logged and Final POS gets its record → {}", resolved.state));
@@ -267,6 +268,10 @@ async fn post(
     Ok(answer)
 }
 
+/// The demo's one manager and PIN (the managers file is written with its hash).
+const DEMO_MANAGER: &str = "mgr_1";
+const DEMO_PIN: &str = "2468";
+
 fn write_config(dir: &Path, clouds: &Clouds) -> Result<Config> {
     let secret = |name: &str, value: &[u8]| -> Result<()> {
         let path = dir.join(name);
@@ -279,6 +284,8 @@ fn write_config(dir: &Path, clouds: &Clouds) -> Result<Config> {
     secret("finalpos.key", FINALPOS_KEY.as_bytes())?;
     secret("gateway.token", GATEWAY_TOKEN.as_bytes())?;
     secret("olive.secret", OLIVE_SECRET.as_bytes())?;
+    let pin_hash = crate::manager::hash_pin(&crate::manager::Pin::new(DEMO_PIN))?;
+    secret("managers", format!("{DEMO_MANAGER} {pin_hash}\n").as_bytes())?;
     let text = format!(
         r#"
 [agent]
@@ -292,6 +299,7 @@ socket = "{socket}"
 [limits]
 max_refund = "500.00"
 max_pending_total = "5000.00"
+managers_file = "managers"
 
 [sync]
 request_timeout = "3s"

@@ -6,6 +6,8 @@
 //! - [`terminal`] — bytes from the serial terminal → frames → events (PCI-sanitized).
 //! - [`money`], [`text`], [`pan`], [`sale`] — amounts, free text, the one card-number detector,
 //!   and the original sales (the ledger's records).
+//! - [`manager`] — manager approvals: PINs checked offline against the managers file, with
+//!   lock-outs kept in the queue.
 //! - [`refund`] — a draft from a cashier becomes a validated refund.
 //! - [`routing`] — which destinations a refund goes to.
 //! - [`queue`] — the durable, sealed SQLite queue and its single owner thread.
@@ -25,6 +27,7 @@ pub mod money;
 pub mod text;
 pub mod pan;
 pub mod sale;
+pub mod manager;
 pub mod refund;
 pub mod routing;
 pub mod queue;

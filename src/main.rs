@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use refund_agent::cli::{client_cmds, exit, Cli, Command};
+use refund_agent::cli::{client_cmds, exit, Cli, Command, ManagerCmd};
 use refund_agent::config::Config;
 use refund_agent::control::client::ControlClient;
 use refund_agent::{daemon, demo};
@@ -120,6 +120,7 @@ async fn dispatch(cli: Cli) -> u8 {
             Ok(c) => client_cmds::receipt(&c, cmd).await,
             Err(code) => code,
         },
+        Command::Manager(ManagerCmd::HashPin { manager }) => client_cmds::hash_pin(&manager),
     }
 }
 
@@ -141,6 +142,14 @@ fn check_config(path: &Path) -> u8 {
             failed = true;
         }
     }
+    let managers = match daemon::managers(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            failed = true;
+            None
+        }
+    };
     if failed {
         return exit::USAGE;
     }
@@ -153,6 +162,13 @@ fn check_config(path: &Path) -> u8 {
     }
     for r in &config.routes {
         println!("  route:        processor {} -> {}", r.processor, r.destinations.join(", "));
+    }
+    match (&managers, &config.managers_file) {
+        (Some(m), Some(path)) => println!("  managers:     {} in {}", m.len(), path.display()),
+        _ => eprintln!(
+            "warning: no limits.managers_file: no manager approval can be given, so refunds above \
+             max_refund, unlinked refunds and manual decisions (retry, cancel, resolve) are impossible"
+        ),
     }
     exit::OK
 }

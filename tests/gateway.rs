@@ -213,21 +213,24 @@ async fn a_refund_without_the_original_payment_id_fails_without_a_request() {
     let mut agent = gateway_agent(&gw.url(), TOKEN, "allow_unlinked = true");
     agent.start().await;
     let out = agent
-        .cli(&[
-            "refund",
-            "create",
-            "--receipt",
-            "RCP-PAPER-ONLY",
-            "--amount",
-            "5.00",
-            "--reason",
-            "Receipt from the old till",
-            "--operator",
-            "emp_42",
-            "--manager-approval",
-            "mgr_7",
-            "--json",
-        ])
+        .cli_stdin(
+            &[
+                "refund",
+                "create",
+                "--receipt",
+                "RCP-PAPER-ONLY",
+                "--amount",
+                "5.00",
+                "--reason",
+                "Receipt from the old till",
+                "--operator",
+                "emp_42",
+                "--manager",
+                "mgr_7",
+                "--json",
+            ],
+            "9999\n",
+        )
         .await;
     let id = created_id(&out);
     let error = ends(&agent, &id, "failed").await;

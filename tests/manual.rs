@@ -1,5 +1,6 @@
 //! A person's decisions: resolve an unknown outcome, cancel before money moved, retry after a
-//! permanent failure. Each is audit-logged with the operator.
+//! permanent failure. Each is a manager's decision (`--manager`, the PIN on stdin), audit-logged
+//! with the manager.
 
 mod common;
 
@@ -43,12 +44,12 @@ async fn an_unknown_outcome_waits_for_a_person_then_continues() {
     assert_eq!(r.deliveries[1].state, "pending", "the record is not sent before the money is settled");
     assert_eq!(gw.seen().len(), 1, "never a second request by itself");
 
-    let retry = agent.cli(&["refunds", "retry", &id, "--operator", "mgr_1"]).await;
+    let retry = agent.cli_manager(&["refunds", "retry", &id, "--operator", "emp_42"]).await;
     assert_eq!(retry.status.code(), Some(3), "retry refuses an unknown outcome");
     assert!(stderr(&retry).contains("resolve"), "{}", stderr(&retry));
 
     // The manager checked the gateway's dashboard: the refund is there.
-    let out = agent.cli(&["refunds", "resolve", &id, "--delivered", "--operator", "mgr_1"]).await;
+    let out = agent.cli_manager(&["refunds", "resolve", &id, "--delivered", "--operator", "emp_42"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     agent.wait_state(&id, "delivered").await;
     assert_eq!(gw.seen().len(), 1, "resolving as delivered sends nothing to the gateway");
@@ -63,8 +64,9 @@ async fn resolving_as_not_delivered_sends_again() {
     gw.inject(Fault::CommitThenDrop, 1);
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     agent.wait_state(&id, "unknown").await;
-    let out =
-        agent.cli(&["refunds", "resolve", &id, "--not-delivered", "--operator", "mgr_1", "--json"]).await;
+    let out = agent
+        .cli_manager(&["refunds", "resolve", &id, "--not-delivered", "--operator", "emp_42", "--json"])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     agent.wait_state(&id, "delivered").await;
     assert_eq!(gw.seen().len(), 2, "the person's decision is what allowed the second request");
@@ -84,7 +86,9 @@ async fn cancel_before_money_moved_frees_the_balance_and_sends_nothing() {
     let over = cli_refund(&agent, "10.01", &[]).await;
     assert!(stderr(&over).contains("over_refund"), "{}", stderr(&over));
 
-    let out = agent.cli(&["refunds", "cancel", &id, "--operator", "mgr_1", "--reason", "wrong amount"]).await;
+    let out = agent
+        .cli_manager(&["refunds", "cancel", &id, "--operator", "emp_42", "--reason", "wrong amount"])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(agent.refund(&id).await.unwrap().state, "cancelled");
     let again = created_id(&cli_refund(&agent, "90.00", &[]).await);
@@ -93,7 +97,7 @@ async fn cancel_before_money_moved_frees_the_balance_and_sends_nothing() {
     agent.wait_state(&again, "delivered").await;
     let sent: Vec<_> = fp.refunds().iter().map(|r| r["externalId"].as_str().unwrap().to_string()).collect();
     assert_eq!(sent, std::slice::from_ref(&again), "the cancelled refund was never sent");
-    let late = agent.cli(&["refunds", "cancel", &again, "--operator", "mgr_1"]).await;
+    let late = agent.cli_manager(&["refunds", "cancel", &again, "--operator", "emp_42"]).await;
     assert_eq!(late.status.code(), Some(3), "a delivered refund cannot be cancelled");
     let audit = audit_rows(&agent);
     assert!(
@@ -112,7 +116,7 @@ async fn a_failed_delivery_is_sent_again_on_retry() {
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let failed = agent.wait_state(&id, "failed").await;
     assert!(failed.deliveries[0].last_error.as_deref().unwrap().contains("401"));
-    let out = agent.cli(&["refunds", "retry", &id, "--operator", "tech_7"]).await;
+    let out = agent.cli_manager(&["refunds", "retry", &id, "--operator", "tech_7"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     agent.wait_state(&id, "delivered").await;
     assert_eq!(fp.refunds().len(), 1);

@@ -438,3 +438,24 @@ async fn card_numbers_typed_at_the_terminal_are_masked_or_refused() {
     let replies = String::from_utf8_lossy(&till.pty().received()).to_string();
     assert!(!refund_agent::pan::digits(&replies).contains(PAN), "{replies}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_event_carries_a_verified_manager_approval() {
+    let till = Till::start("ndjson", "[limits]\nmax_refund = \"50.00\"").await;
+    till.agent.add_receipt(RECEIPT).await;
+    let mut large = refund("60.00");
+    large["receipt_id"] = "RCP-2025-001".into();
+    assert_eq!(code(&till.ask(1, large.clone()).await), "manager_approval_required");
+    large["manager_approval"] = json!(MANAGER);
+    assert_eq!(code(&till.ask(2, large.clone()).await), "invalid_field", "an id alone is no approval");
+    large["manager_approval"] = json!({"manager": MANAGER, "pin": "wrong-Zq9x"});
+    assert_eq!(code(&till.ask(3, large.clone()).await), "manager_approval_invalid");
+    assert!(till.agent.list().await.is_empty(), "nothing stored");
+    large["manager_approval"] = approval();
+    let ack = till.ask(4, large).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let id = ack["refund_id"].as_str().expect("refund id");
+    let shown = till.agent.refund(id).await.expect("stored");
+    assert_eq!(shown.manager_approval.expect("approved").manager, MANAGER);
+    assert!(!till.agent.logs().contains("wrong-Zq9x"), "no PIN in the logs");
+}

@@ -145,12 +145,12 @@ fn check_valid(draft: &RefundDraft, facts: &Facts, policy: &Policy, refund: &Val
             }
         }
         None => {
-            assert!(policy.allow_unlinked && refund.unlinked && refund.manager_approval.is_some());
+            assert!(policy.allow_unlinked && refund.unlinked && refund.approval.is_some());
             assert_eq!(refund.balance_after, None);
         }
     }
     if let Some(max) = policy.max_refund {
-        assert!(refund.amount <= max || refund.manager_approval.is_some(), "above max_refund unapproved");
+        assert!(refund.amount <= max || refund.approval.is_some(), "above max_refund unapproved");
     }
     if let Some(cap) = policy.max_pending_total {
         assert!(facts.pending_in_currency + refund.amount <= cap, "exposure cap passed");

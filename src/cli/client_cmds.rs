@@ -9,8 +9,10 @@ use super::output;
 use super::{CreateArgs, ReceiptCmd, RefundsCmd};
 use crate::control::client::{Answer, ClientError, ControlClient};
 use crate::control::ApiError;
+use crate::manager::{ApprovalRequest, Pin};
 use crate::queue::RefundView;
 use crate::refund::RefundDraft;
+use zeroize::Zeroize;
 
 /// Prints an error answer and picks the exit code.
 fn refused(answer: &Answer) -> u8 {
@@ -79,6 +81,10 @@ pub async fn status(client: &ControlClient, json: bool) -> u8 {
 /// `refund create`: sends the refund with an idempotency key, and resends with the same key
 /// when the answer is lost, so a retry can never make a second refund.
 pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
+    let manager_approval = match args.manager.map(approval).transpose() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let draft = RefundDraft {
         receipt_id: args.receipt,
         original_transaction_id: args.transaction,
@@ -88,7 +94,7 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
         operator: args.operator,
         tax: args.tax,
         discount: args.discount,
-        manager_approval: args.manager_approval,
+        manager_approval,
         masked_pan: args.card,
     };
     let body = match serde_json::to_vec(&draft) {
@@ -153,18 +159,19 @@ pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
                 Err(code) => code,
             }
         }
-        RefundsCmd::Retry { id, operator, json } => {
-            manual(client, &id, "retry", serde_json::json!({ "operator": operator }), json).await
+        RefundsCmd::Retry { id, operator, manager, json } => {
+            let body = serde_json::json!({ "operator": operator });
+            manual(client, &id, "retry", body, &manager, json).await
         }
-        RefundsCmd::Cancel { id, operator, reason, json } => {
+        RefundsCmd::Cancel { id, operator, manager, reason, json } => {
             let body = serde_json::json!({ "operator": operator, "reason": reason });
-            manual(client, &id, "cancel", body, json).await
+            manual(client, &id, "cancel", body, &manager, json).await
         }
-        RefundsCmd::Resolve { id, delivered, not_delivered: _, destination, operator, json } => {
+        RefundsCmd::Resolve { id, delivered, not_delivered: _, destination, operator, manager, json } => {
             let outcome = if delivered { "delivered" } else { "not_delivered" };
             let body =
                 serde_json::json!({ "operator": operator, "outcome": outcome, "destination": destination });
-            manual(client, &id, "resolve", body, json).await
+            manual(client, &id, "resolve", body, &manager, json).await
         }
         RefundsCmd::Show { id, json } => {
             if let Err(code) = check_id(&id) {
@@ -178,15 +185,86 @@ pub async fn refunds(client: &ControlClient, cmd: RefundsCmd) -> u8 {
     }
 }
 
-/// `refunds retry|cancel|resolve`: a person's decision, audit-logged by the agent.
-async fn manual(client: &ControlClient, id: &str, action: &str, body: serde_json::Value, json: bool) -> u8 {
+/// `refunds retry|cancel|resolve`: a manager's decision, audit-logged by the agent.
+async fn manual(
+    client: &ControlClient,
+    id: &str,
+    action: &str,
+    mut body: serde_json::Value,
+    manager: &str,
+    json: bool,
+) -> u8 {
     if let Err(code) = check_id(id) {
         return code;
+    }
+    let approval = match approval(manager.to_string()) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match serde_json::to_value(&approval) {
+        Ok(a) => body["manager_approval"] = a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
     }
     let path = format!("/v1/refunds/{id}/{action}");
     match client.request("POST", &path, Some(body.to_string().into_bytes()), &[]).await {
         Ok(a) => show(&a, json, output::refund_detail),
         Err(e) => unreachable(&e),
+    }
+}
+
+/// The manager's approval: the id given, the PIN read from stdin (one line, no echo needed:
+/// it comes from a keypad program or a person typing).
+fn approval(manager: String) -> Result<ApprovalRequest, u8> {
+    match read_pin() {
+        Ok(pin) => Ok(ApprovalRequest { manager, pin }),
+        Err(message) => {
+            eprintln!("error: {message}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// Reads one line from stdin as a PIN, without its line ending.
+pub fn read_pin() -> Result<Pin, String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read the PIN from stdin: {e}"))?;
+    let pin = Pin::new(line.trim_end_matches(['\n', '\r']));
+    line.zeroize();
+    if pin.expose().is_empty() {
+        return Err("no PIN on stdin (write the manager's PIN, one line)".into());
+    }
+    Ok(pin)
+}
+
+/// `manager hash-pin`: the PIN from stdin, the managers-file line on stdout.
+pub fn hash_pin(manager: &str) -> u8 {
+    if let Err(e) = crate::manager::file::check_id(manager) {
+        eprintln!("error: --manager: {e}");
+        return exit::USAGE;
+    }
+    let pin = match read_pin() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    match crate::manager::hash_pin(&pin) {
+        Ok(hash) => {
+            println!("{manager} {hash}");
+            exit::OK
+        }
+        Err(e @ crate::manager::ManagersError::BadPin(_)) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::ERROR
+        }
     }
 }
 

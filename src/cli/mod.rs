@@ -64,6 +64,19 @@ pub enum Command {
     /// Register original sales in the ledger.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Managers and their PINs.
+    #[command(subcommand)]
+    Manager(ManagerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManagerCmd {
+    /// Reads a PIN (one line) on stdin and prints the managers-file line `ID $argon2id$…`.
+    HashPin {
+        /// The manager's id in the printed line.
+        #[arg(long, default_value = "mgr_1")]
+        manager: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +115,10 @@ pub struct CreateArgs {
     pub tax: Option<String>,
     #[arg(long)]
     pub discount: Option<String>,
-    /// The approving manager's id (above max_refund, or for an unlinked refund).
+    /// The approving manager's id (above max_refund, or for an unlinked refund); the manager's
+    /// PIN is read from stdin (one line).
     #[arg(long)]
-    pub manager_approval: Option<String>,
+    pub manager: Option<String>,
     /// The presented card, masked (e.g. ************2257), for the card-present check.
     #[arg(long)]
     pub card: Option<String>,
@@ -136,26 +150,33 @@ pub enum RefundsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Send a failed or expired refund again (after fixing what made it fail).
+    /// Send a failed or expired refund again (after fixing what made it fail). A manager's
+    /// decision: `--manager ID`, the PIN on stdin.
     Retry {
         id: String,
-        /// Who decides (audit-logged).
+        /// Who asks (logged).
         #[arg(long)]
         operator: String,
+        /// The approving manager (audit-logged); the PIN is read from stdin.
+        #[arg(long)]
+        manager: String,
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a refund before any money moved.
+    /// Cancel a refund before any money moved (`--manager ID`, the PIN on stdin).
     Cancel {
         id: String,
         #[arg(long)]
         operator: String,
         #[arg(long)]
+        manager: String,
+        #[arg(long)]
         reason: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Settle a delivery whose outcome is unknown, after checking at the destination.
+    /// Settle a delivery whose outcome is unknown, after checking at the destination
+    /// (`--manager ID`, the PIN on stdin).
     Resolve {
         id: String,
         /// The destination has the refund.
@@ -169,6 +190,8 @@ pub enum RefundsCmd {
         destination: Option<String>,
         #[arg(long)]
         operator: String,
+        #[arg(long)]
+        manager: String,
         #[arg(long)]
         json: bool,
     },

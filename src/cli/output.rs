@@ -43,7 +43,7 @@ pub fn refund_detail(r: &RefundView) -> String {
     line(&mut out, "Reason", &r.reason);
     line(&mut out, "Operator", &r.operator);
     if let Some(m) = &r.manager_approval {
-        line(&mut out, "Manager approval", m);
+        line(&mut out, "Manager approval", &format!("{} at {}", m.manager, m.approved_at));
     }
     if r.unlinked {
         line(&mut out, "Unlinked", "yes (original sale not in the ledger)");

@@ -31,7 +31,7 @@ pub(super) fn currency_limits(
             invalid(
                 format!("limits.{key}"),
                 "unknown key (expected max_refund, max_pending_total, max_queue_len, max_pending_age, \
-                 allow_unlinked, or a [limits.XXX] table for another currency)",
+                 allow_unlinked, managers_file, or a [limits.XXX] table for another currency)",
             )
         };
         let currency: Currency = key.parse().map_err(|_| unknown())?;

@@ -87,6 +87,9 @@ pub struct Config {
     pub max_queue_len: Option<u64>,
     pub max_pending_age: Option<Duration>,
     pub allow_unlinked: bool,
+    /// `limits.managers_file`: manager ids and argon2id PIN hashes (`manager::Managers`).
+    /// Without it no manager approval can be given.
+    pub managers_file: Option<PathBuf>,
     pub sync: SyncSettings,
     pub destinations: Vec<Destination>,
     pub routes: Vec<Route>,

@@ -118,6 +118,9 @@ pub(super) struct RawLimits {
     pub max_pending_age: Option<String>,
     #[serde(default)]
     pub allow_unlinked: bool,
+    /// Manager ids and argon2id PIN hashes (a secret file).
+    #[serde(default)]
+    pub managers_file: Option<String>,
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, toml::Value>,
 }

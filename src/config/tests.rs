@@ -133,3 +133,10 @@ fn limits_are_per_currency() {
     let err = load(&format!("{MINIMAL}\n[limits.XYZ]\nmax_refund = \"1\"")).unwrap_err().to_string();
     assert!(err.contains("limits.XYZ"), "{err}");
 }
+
+#[test]
+fn the_managers_file_is_a_secret_next_to_the_config() {
+    assert_eq!(load(MINIMAL).unwrap().managers_file, None);
+    let c = load(&format!("{MINIMAL}\n[limits]\nmanagers_file = \"managers\"")).unwrap();
+    assert_eq!(c.managers_file.as_deref(), Some(Path::new("/etc/refund-agent/managers")));
+}

@@ -96,6 +96,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
             .map(|d| duration("limits.max_pending_age", d))
             .transpose()?,
         allow_unlinked: raw.limits.allow_unlinked,
+        managers_file: raw.limits.managers_file.as_deref().map(|f| secret_path(f, base_dir)),
         sync,
         destinations,
         routes: raw.routes,

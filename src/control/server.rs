@@ -21,10 +21,12 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
 use super::api::{ApiError, DestinationHealthBody, StatusBody};
+use super::decisions;
 use super::listen::Caller;
 use crate::destinations::clock::ClockOffset;
 use crate::lock::lock;
-use crate::queue::{QueueError, QueueHandle, Resolution, ViewState};
+use crate::manager::{Approval, ApprovalRequest, Approver, Refusal};
+use crate::queue::{QueueError, QueueHandle, ViewState};
 use crate::refund::{RefundDraft, RefundId, RejectCode, Rejection};
 use crate::sale::SaleInput;
 use crate::sync::Health;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub clocks: HashMap<String, ClockOffset>,
     pub started: Instant,
     pub terminal_id: String,
+    /// Checks manager approvals (PINs, lock-outs).
+    pub approver: Approver,
     /// The serial terminal's link status, when `[terminal]` is configured.
     pub terminal: Option<crate::terminal::device::SharedStatus>,
 }
@@ -53,9 +57,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/refunds", post(create_refund).get(list_refunds))
         .route("/v1/refunds/{id}", get(show_refund))
-        .route("/v1/refunds/{id}/retry", post(retry_refund))
-        .route("/v1/refunds/{id}/cancel", post(cancel_refund))
-        .route("/v1/refunds/{id}/resolve", post(resolve_refund))
+        .route("/v1/refunds/{id}/retry", post(decisions::retry_refund))
+        .route("/v1/refunds/{id}/cancel", post(decisions::cancel_refund))
+        .route("/v1/refunds/{id}/resolve", post(decisions::resolve_refund))
         .route("/v1/receipts", post(add_receipt))
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
@@ -93,7 +97,7 @@ pub async fn bind_socket(path: &Path, group: Option<&str>) -> std::io::Result<Un
 
 /// An error answer.
 #[derive(Debug)]
-pub struct Failure(StatusCode, ApiError);
+pub struct Failure(pub(super) StatusCode, pub(super) ApiError);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -101,7 +105,7 @@ impl IntoResponse for Failure {
     }
 }
 
-fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
+pub(super) fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
     Failure(status, ApiError { code: code.into(), message: message.into() })
 }
 
@@ -132,7 +136,37 @@ impl From<QueueError> for Failure {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        if let Refusal::Queue(e) = r {
+            return Failure::from(e);
+        }
+        let status = match &r {
+            Refusal::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        failure(status, r.code(), r.to_string())
+    }
+}
+
+/// Verifies the approval a body carries (`None` when it carries none).
+async fn approve(s: &AppState, request: Option<&ApprovalRequest>) -> Result<Option<Approval>, Failure> {
+    match request {
+        Some(request) => Ok(Some(s.approver.approve(request).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Parses a body that may carry `manager_approval`: any shape but `{"manager", "pin"}` is
+/// refused with its own code before the body is read into `T`.
+pub(super) fn parse_approved<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
+    let value: serde_json::Value = parse_json(body)?;
+    crate::manager::check_shape(&value)
+        .map_err(|m| failure(StatusCode::BAD_REQUEST, "malformed_manager_approval", m))?;
+    parse_json(body)
+}
+
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
     // serde's message can quote a value of the body (`invalid type: integer 4111…`): masked,
     // so a card number sent in the wrong place is not echoed back.
     serde_json::from_slice(body).map_err(|e| {
@@ -163,8 +197,9 @@ async fn create_refund(
             Some(format!("api:{k}"))
         }
     };
-    let draft: RefundDraft = parse_json(&body)?;
-    let created = s.queue.create_refund(draft, key).await??;
+    let draft: RefundDraft = parse_approved(&body)?;
+    let approval = approve(&s, draft.manager_approval.as_ref()).await?;
+    let created = s.queue.create_approved(draft, key, approval).await??;
     if created.replayed {
         return Ok((StatusCode::OK, Json(created.refund)).into_response());
     }
@@ -185,12 +220,12 @@ async fn create_refund(
 
 /// The refund id named by a path. Only the form the agent writes names a refund (as when the
 /// path was looked up as text), so anything else is answered as an unknown id.
-fn refund_id(id: &str) -> Option<RefundId> {
+pub(super) fn refund_id(id: &str) -> Option<RefundId> {
     id.parse::<RefundId>().ok().filter(|parsed| parsed.to_string() == id)
 }
 
 /// A path that names no refund, answered as the queue answers an unknown id.
-fn unknown_refund(id: &str) -> Failure {
+pub(super) fn unknown_refund(id: &str) -> Failure {
     Failure::from(QueueError::NotFound(format!("refund {id}")))
 }
 
@@ -230,98 +265,6 @@ async fn list_refunds(
         .map_err(|e| failure(StatusCode::BAD_REQUEST, "invalid_request", e))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     Ok(Json(s.queue.list(state, limit).await?).into_response())
-}
-
-/// The body of the manual actions: who decides, and for cancel/resolve what.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ManualAction {
-    operator: String,
-    #[serde(default)]
-    reason: Option<String>,
-    /// `delivered` or `not_delivered` (resolve only).
-    #[serde(default)]
-    outcome: Option<String>,
-    #[serde(default)]
-    destination: Option<String>,
-}
-
-fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
-    let action: ManualAction = parse_json(body)?;
-    if action.operator.trim().is_empty() || action.operator.chars().count() > crate::refund::draft::MAX_TEXT {
-        return Err(failure(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "field `operator` must name who decides",
-        ));
-    }
-    Ok(action)
-}
-
-/// A manual decision, with the caller the operator spoke through (the audit row in the queue
-/// names the operator; this line names the process and user that sent it).
-fn log_decision(action: &str, id: &str, operator: &str, peer: Caller) {
-    tracing::info!(
-        action,
-        refund_id = id,
-        operator,
-        peer_uid = peer.uid(),
-        peer_pid = peer.pid(),
-        peer = %peer,
-        "manual decision requested"
-    );
-}
-
-async fn retry_refund(
-    State(s): State<AppState>,
-    Extension(peer): Extension<Caller>,
-    UrlPath(id): UrlPath<String>,
-    body: Bytes,
-) -> Result<Response, Failure> {
-    let action = manual_action(&body)?;
-    log_decision("retry", &id, &action.operator, peer);
-    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let view = s.queue.retry(refund_id, action.operator).await?;
-    s.wake.notify_one();
-    Ok(Json(view).into_response())
-}
-
-async fn cancel_refund(
-    State(s): State<AppState>,
-    Extension(peer): Extension<Caller>,
-    UrlPath(id): UrlPath<String>,
-    body: Bytes,
-) -> Result<Response, Failure> {
-    let action = manual_action(&body)?;
-    let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
-    log_decision("cancel", &id, &action.operator, peer);
-    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    Ok(Json(s.queue.cancel(refund_id, action.operator, reason).await?).into_response())
-}
-
-async fn resolve_refund(
-    State(s): State<AppState>,
-    Extension(peer): Extension<Caller>,
-    UrlPath(id): UrlPath<String>,
-    body: Bytes,
-) -> Result<Response, Failure> {
-    let action = manual_action(&body)?;
-    let resolution = match action.outcome.as_deref() {
-        Some("delivered") => Resolution::Delivered,
-        Some("not_delivered") => Resolution::NotDelivered,
-        _ => {
-            return Err(failure(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "field `outcome` must be \"delivered\" or \"not_delivered\"",
-            ))
-        }
-    };
-    log_decision("resolve", &id, &action.operator, peer);
-    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let view = s.queue.resolve(refund_id, action.destination, resolution, action.operator).await?;
-    s.wake.notify_one();
-    Ok(Json(view).into_response())
 }
 
 async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response, Failure> {
@@ -408,13 +351,5 @@ mod tests {
         }
         let q = list("/v1/refunds?state=queued&limit=5").unwrap_or_else(|_| panic!("a good query parses"));
         assert_eq!((q.state.as_deref(), q.limit), (Some("queued"), Some(5)));
-    }
-
-    #[test]
-    fn operator_length_counts_characters_as_the_schema_does() {
-        let body = |op: String| Bytes::from(serde_json::json!({ "operator": op }).to_string());
-        assert!(manual_action(&body("é".repeat(500))).is_ok());
-        assert!(manual_action(&body("é".repeat(501))).is_err());
-        assert!(manual_action(&body(" ".into())).is_err());
     }
 }

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::digits;
 use super::tests::{render, with_check_digit};
+use crate::manager::{ApprovalRequest, Pin};
 use crate::refund::{RefundDraft, RejectCode};
 use crate::sale::tests::example_input;
 use crate::sale::{Sale, SaleError, SaleInput};
@@ -43,7 +44,9 @@ const DRAFT_FIELDS: [DraftField; 10] = [
         d.receipt_id = None;
         d.original_transaction_id = Some(v);
     }),
-    ("manager_approval", |d, v| d.manager_approval = Some(v)),
+    ("manager_approval.manager", |d, v| {
+        d.manager_approval = Some(ApprovalRequest { manager: v, pin: Pin::new("1234") })
+    }),
     ("currency", |d, v| d.currency = Some(v)),
     ("amount", |d, v| d.amount = v),
     ("tax", |d, v| d.tax = Some(v)),

@@ -1,6 +1,6 @@
 //! Sealed row counts for tables whose rows are never purged (or only by rules of their own),
-//! so that a deleted row is noticed: `sales` (never purged) and `idempotency_keys` (kept past
-//! their refund's purge). Each count is raised in the transaction that inserts a row and is
+//! so that a deleted row is noticed: `sales` (never purged), `idempotency_keys` (kept past
+//! their refund's purge) and `manager_lockouts` (a deleted row would forget wrong PINs). Each count is raised in the transaction that inserts a row and is
 //! sealed with the device key and the queue's id. At start the counts are compared with
 //! `COUNT(*)` (no seal scan); before a new sale is registered its table is checked again, so a
 //! receipt deleted and registered anew with other numbers is refused.
@@ -12,7 +12,11 @@ use super::seal::Sealer;
 use super::sequence;
 
 /// The tables counted, with what a missing row means to a person.
-pub const COUNTED: [(&str, &str); 2] = [("sales", "sale(s)"), ("idempotency_keys", "idempotency key(s)")];
+pub const COUNTED: [(&str, &str); 3] = [
+    ("sales", "sale(s)"),
+    ("idempotency_keys", "idempotency key(s)"),
+    ("manager_lockouts", "manager lock-out record(s)"),
+];
 
 fn seal_of(sealer: &Sealer, queue_id: &str, table: &str, count: i64) -> [u8; 32] {
     sealer.seal("row_count", &[queue_id.as_bytes(), table.as_bytes(), count.to_string().as_bytes()])
@@ -84,9 +88,10 @@ pub fn bump(conn: &Connection, sealer: &Sealer, table: &str) -> Result<(), Queue
     }
 }
 
-/// Schema version 5 on an older queue: counts the rows present (trusting them).
-pub(super) fn adopt(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
-    for (table, _) in COUNTED {
+/// The migration that starts counting `tables` (version 5: sales and keys; version 6: manager
+/// lock-outs) counts the rows present, trusting them.
+pub(super) fn adopt(conn: &Connection, sealer: &Sealer, tables: &[&str]) -> Result<(), QueueError> {
+    for table in tables {
         let n = present(conn, table)?;
         save(conn, sealer, table, n)?;
     }

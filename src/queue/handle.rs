@@ -12,12 +12,14 @@ use super::db::Db;
 use super::error::QueueError;
 use super::intake::{self, Created, SaleAdded};
 use super::lifecycle::{self, Claim, Recorded, Recovery};
+use super::lockouts;
 use super::manual::{self, Resolution};
 use super::owner::{Job, Reply, Storage};
 use super::reads;
 use super::retention;
 use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
 use crate::clock::trusted_now_ms;
+use crate::manager::Approval;
 use crate::refund::{RefundDraft, RefundId, Rejection};
 use crate::sale::SaleInput;
 
@@ -67,8 +69,18 @@ impl QueueHandle {
         draft: RefundDraft,
         key: Option<String>,
     ) -> Result<Result<Created, Rejection>, QueueError> {
+        self.create_approved(draft, key, None).await
+    }
+
+    /// Creates a refund with the manager approval verified for it (`manager::Approver`).
+    pub async fn create_approved(
+        &self,
+        draft: RefundDraft,
+        key: Option<String>,
+        approval: Option<Approval>,
+    ) -> Result<Result<Created, Rejection>, QueueError> {
         self.call(move |db| {
-            let out = intake::create_refund(db, draft, key.as_deref(), trusted_now_ms())?;
+            let out = intake::create_approved(db, draft, key.as_deref(), approval, trusted_now_ms())?;
             // A rejection stored nothing, but make sure of it by rolling back the savepoint.
             Ok(out)
         })
@@ -138,17 +150,20 @@ impl QueueHandle {
         self.call(move |db| lifecycle::next_due(db, &skip)).await
     }
 
-    pub async fn retry(&self, id: RefundId, operator: String) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::retry(db, &id.to_string(), &operator, trusted_now_ms())).await
+    /// A manual decision is a manager's: the verified approval's manager is the audit row's
+    /// actor.
+    pub async fn retry(&self, id: RefundId, approval: Approval) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::retry(db, &id.to_string(), &approval.manager, trusted_now_ms())).await
     }
 
     pub async fn cancel(
         &self,
         id: RefundId,
-        operator: String,
+        approval: Approval,
         reason: String,
     ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::cancel(db, &id.to_string(), &operator, &reason, trusted_now_ms())).await
+        self.call(move |db| manual::cancel(db, &id.to_string(), &approval.manager, &reason, trusted_now_ms()))
+            .await
     }
 
     pub async fn resolve(
@@ -156,19 +171,28 @@ impl QueueHandle {
         id: RefundId,
         destination: Option<String>,
         resolution: Resolution,
-        operator: String,
+        approval: Approval,
     ) -> Result<RefundView, QueueError> {
         self.call(move |db| {
-            manual::resolve(
-                db,
-                &id.to_string(),
-                destination.as_deref(),
-                resolution,
-                &operator,
-                trusted_now_ms(),
-            )
+            let id = id.to_string();
+            manual::resolve(db, &id, destination.as_deref(), resolution, &approval.manager, trusted_now_ms())
         })
         .await
+    }
+
+    /// When the manager's lock-out ends, if one is in force (jump-safe time, `manager::lockout`).
+    pub async fn manager_locked_until(&self, manager: String) -> Result<Option<i64>, QueueError> {
+        self.call(move |db| lockouts::locked_until(db, &manager, trusted_now_ms())).await
+    }
+
+    /// Counts a wrong PIN; the end of the lock-out it started, if any.
+    pub async fn manager_failed(&self, manager: String) -> Result<Option<i64>, QueueError> {
+        self.call(move |db| lockouts::failed(db, &manager, trusted_now_ms())).await
+    }
+
+    /// A right PIN resets the manager's count.
+    pub async fn manager_succeeded(&self, manager: String) -> Result<(), QueueError> {
+        self.call(move |db| lockouts::succeeded(db, &manager, trusted_now_ms())).await
     }
 
     pub async fn reset_backoff(&self, destination: String) -> Result<u64, QueueError> {

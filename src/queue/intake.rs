@@ -12,6 +12,7 @@ use super::reads::{build_view, view};
 use super::rows::{self, DeliveryRow, RefundRow};
 use super::sequence;
 use super::view::RefundView;
+use crate::manager::Approval;
 use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef};
 use crate::sale::{Sale, SaleInput};
 
@@ -24,11 +25,25 @@ pub struct Created {
 }
 
 /// Validates and stores a refund with one pending delivery per routed destination. With an
-/// idempotency key, a repeat of the same request returns the first refund.
+/// idempotency key, a repeat of the same request returns the first refund. (Without an
+/// approval: the queue's own tests.)
+#[cfg(test)]
 pub fn create_refund(
     db: &Db<'_>,
     draft: RefundDraft,
     key: Option<&str>,
+    now: i64,
+) -> Result<Result<Created, Rejection>, QueueError> {
+    create_approved(db, draft, key, None, now)
+}
+
+/// [`create_refund`] with the manager approval verified for the request, if any: it counts for
+/// validation, is sealed in the refund body, and an audit row names the manager.
+pub fn create_approved(
+    db: &Db<'_>,
+    draft: RefundDraft,
+    key: Option<&str>,
+    approval: Option<Approval>,
     now: i64,
 ) -> Result<Result<Created, Rejection>, QueueError> {
     let draft = match draft.normalized() {
@@ -63,7 +78,7 @@ pub fn create_refund(
         Ok(SaleRef::Transaction(t)) => ledger::find_record(db.conn, db.sealer, SaleKey::Transaction, &t)?,
         Err(r) => return Ok(Err(r)),
     };
-    let facts = gather_facts(db, sale, &draft)?;
+    let facts = Facts { approval, ..gather_facts(db, sale, &draft)? };
     let refund = match validate(&draft, &facts, &db.settings.policy, RefundId::new(), now) {
         Ok(r) => r,
         Err(r) => return Ok(Err(r)),
@@ -95,6 +110,10 @@ pub fn create_refund(
         seal: Vec::new(),
     };
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
+    if let Some(a) = &refund.approval {
+        let detail = format!("refund of {} {} by {} approved", row.amount, row.currency, refund.operator);
+        rows::audit(db.conn, Some(&id), &a.manager, "approve", &detail, now)?;
+    }
     ledger::apply_refund(db.conn, db.sealer, &refund, 1)?;
     let mut written = Vec::with_capacity(destinations.len());
     for (position, destination) in destinations.iter().enumerate() {
@@ -161,6 +180,7 @@ fn gather_facts(db: &Db<'_>, record: Option<SaleRecord>, draft: &RefundDraft) ->
         discount_refunded_before: refunded.discount,
         pending_in_currency: minor(pending),
         queue_len: queue_len as u64,
+        approval: None,
     })
 }
 

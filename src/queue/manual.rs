@@ -1,5 +1,6 @@
 //! Decisions made by a person (through the CLI or the control API): retry, cancel, resolve.
-//! Each is checked against the refund's state, recorded in the `audit` table with the operator,
+//! Each is checked against the refund's state, recorded in the `audit` table with the manager
+//! whose approval was verified for it (the `operator` argument: who decided),
 //! and never lets money move twice: an `unknown` delivery is resent only after a person has
 //! checked at the destination that it is not there.
 

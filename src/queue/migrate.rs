@@ -129,11 +129,20 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         count INTEGER NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 6: manager lock-outs (`lockouts.rs`), one sealed row per manager, counted in `row_counts`;
+    // followed by `adopt_lockouts`, which writes the table's count (zero).
+    "CREATE TABLE manager_lockouts (
+        manager TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        locked_until INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts)];
+const STEPS: &[(i64, Step)] =
+    &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts), (6, adopt_lockouts)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
@@ -154,7 +163,11 @@ fn adopt_keys(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
 }
 
 fn adopt_counts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
-    super::counts::adopt(conn, sealer)
+    super::counts::adopt(conn, sealer, &["sales", "idempotency_keys"])
+}
+
+fn adopt_lockouts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    super::counts::adopt(conn, sealer, &["manager_lockouts"])
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

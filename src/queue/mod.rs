@@ -15,7 +15,8 @@
 //! | `refund_head` | (one row) | highest `seq` given out, delivery rows expected, `purged` ranges of `seq`; sealed with the queue id (`sequence.rs`) |
 //! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
 //! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
-//! | `row_counts` | counted table | sealed count of `sales` and `idempotency_keys` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
+//! | `row_counts` | counted table | sealed count of `sales`, `idempotency_keys` and `manager_lockouts` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
+//! | `manager_lockouts` | manager who typed a wrong PIN | wrong PINs in a row, end of the lock-out; updated in place; sealed with the queue id; counted in `row_counts` (`lockouts.rs`, schema version 6) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
 //! | `audit` | decision by the agent or a person | expiry, manual resolution |
 //!
@@ -80,6 +81,7 @@ mod intake;
 mod keys;
 mod ledger;
 mod lifecycle;
+mod lockouts;
 mod inspect;
 mod manual;
 mod migrate;
@@ -105,4 +107,4 @@ pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
 pub use owner::{start, QueueOwner};
 pub use seal::Sealer;
-pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};
+pub use view::{ApprovalView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};

@@ -10,7 +10,7 @@ use super::db::Db;
 use super::delivery::{sql_list, sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow, RefundRow};
-use super::view::{DeliveryView, QueueStatus, RefundView, ViewState};
+use super::view::{ApprovalView, DeliveryView, QueueStatus, RefundView, ViewState};
 use crate::clock::rfc3339;
 use crate::refund::ValidRefund;
 
@@ -60,7 +60,9 @@ pub(super) fn build_view(
         transaction_id: text(|b| b.transaction_id.clone()),
         reason: text(|b| Some(b.reason.clone())).unwrap_or_default(),
         operator: text(|b| Some(b.operator.clone())).unwrap_or_default(),
-        manager_approval: text(|b| b.manager_approval.clone()),
+        manager_approval: body
+            .and_then(|b| b.approval.as_ref())
+            .map(|a| ApprovalView { manager: a.manager.clone(), approved_at: rfc3339(a.approved_at_ms) }),
         unlinked: body.is_some_and(|b| b.unlinked),
         created_at: rfc3339(row.created_at),
         balance_after: body.and_then(|b| b.balance_after.map(|v| b.currency.format(v))),

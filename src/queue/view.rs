@@ -22,7 +22,9 @@ pub struct RefundView {
     pub transaction_id: Option<String>,
     pub reason: String,
     pub operator: String,
-    pub manager_approval: Option<String>,
+    /// Which manager approved the refund and when (verified; never the PIN).
+    #[serde(default)]
+    pub manager_approval: Option<ApprovalView>,
     pub unlinked: bool,
     pub created_at: String,
     pub balance_after: Option<String>,
@@ -49,6 +51,13 @@ impl RefundView {
             deliveries: Vec::new(),
         }
     }
+}
+
+/// A verified manager approval as shown: the manager and the time (RFC 3339).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalView {
+    pub manager: String,
+    pub approved_at: String,
 }
 
 /// The state a refund is shown in: `queued`, `delivered`, `declined`, `failed`, `unknown`,

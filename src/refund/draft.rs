@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::rejection::{RejectCode, Rejection};
+use crate::manager::{ApprovalRequest, Pin};
 use crate::pan;
 use crate::sale::CardRef;
 
@@ -31,9 +32,13 @@ pub struct RefundDraft {
     pub tax: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discount: Option<String>,
-    /// The id of the manager who approved a refund above the per-refund limit or unlinked.
+    /// A manager's id and PIN, for a refund above the per-refund limit or unlinked. It counts
+    /// only once verified (`manager::Approver`); validation sees the verified [`Approval`] in
+    /// its facts, never this request.
+    ///
+    /// [`Approval`]: crate::manager::Approval
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manager_approval: Option<String>,
+    pub manager_approval: Option<ApprovalRequest>,
     /// The card presented for a card-present refund; reduced to BIN + last 4 on the way in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_pan: Option<String>,
@@ -63,7 +68,7 @@ impl RefundDraft {
             ("original_transaction_id", self.original_transaction_id.as_deref()),
             ("reason", Some(self.reason.as_str())),
             ("operator", Some(self.operator.as_str())),
-            ("manager_approval", self.manager_approval.as_deref()),
+            ("manager_approval.manager", self.manager_approval.as_ref().map(|a| a.manager.as_str())),
         ];
         for (name, value) in texts.into_iter().chain([("currency", self.currency.as_deref())]) {
             let Some(value) = value else { continue };
@@ -85,7 +90,6 @@ impl RefundDraft {
         if let Cow::Owned(masked) = pan::mask_text(&self.reason) {
             self.reason = masked;
         }
-        self.manager_approval = self.manager_approval.filter(|m| !m.trim().is_empty());
         if let Some(pan) = self.masked_pan.take().filter(|p| !p.trim().is_empty()) {
             let card = CardRef::from_pan_text(&pan)
                 .ok_or_else(|| invalid("field `masked_pan` must end with the card's last 4 digits".into()))?;
@@ -116,9 +120,14 @@ impl RefundDraft {
 
     /// A digest of the normalized draft, stored with an idempotency key to tell a true retry
     /// (same body) from a reused key (different body). Field order is the struct's, so the
-    /// digest is stable.
+    /// digest is stable. The PIN is left out: the digest is stored, and a digest of a short PIN
+    /// is as good as the PIN to anyone who reads it.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let mut without_pin = self.clone();
+        if let Some(approval) = &mut without_pin.manager_approval {
+            approval.pin = Pin::new("");
+        }
+        let canonical = serde_json::to_vec(&without_pin).unwrap_or_default();
         Sha256::digest(&canonical).into()
     }
 }
@@ -182,12 +191,25 @@ mod tests {
     }
 
     #[test]
+    fn the_pin_is_not_part_of_the_fingerprint() {
+        let with = |pin: &str| RefundDraft {
+            manager_approval: Some(ApprovalRequest { manager: "mgr_1".into(), pin: Pin::new(pin) }),
+            ..draft()
+        };
+        assert_eq!(with("1234").fingerprint(), with("9876").fingerprint());
+        assert_ne!(with("1234").fingerprint(), draft().fingerprint());
+    }
+
+    #[test]
     fn control_characters_are_refused_in_every_text_field() {
         let set: [fn(&mut RefundDraft); 4] = [
             |d| d.reason = "ok\nINFO approved by mgr_1".into(),
             |d| d.operator = "emp\u{202e}24".into(),
             |d| d.receipt_id = Some("RCP\u{1b}[2J".into()),
-            |d| d.manager_approval = Some("mgr\u{7f}".into()),
+            |d| {
+                d.manager_approval =
+                    Some(ApprovalRequest { manager: "mgr\u{7f}".into(), pin: Pin::new("1234") })
+            },
         ];
         for f in set {
             let mut d = draft();

@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::manager::Approval;
 use crate::money::Currency;
 use crate::sale::Sale;
 
@@ -72,7 +73,10 @@ pub struct ValidRefund {
     pub discount: Option<Decimal>,
     pub reason: String,
     pub operator: String,
-    pub manager_approval: Option<String>,
+    /// The verified manager approval (which manager, when), if the refund needed or carried
+    /// one. Never the PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
     /// True when no original sale was found and config allowed the refund anyway.
     pub unlinked: bool,
     pub receipt_id: Option<String>,

@@ -10,6 +10,7 @@ use super::checks::{check_breakdown, check_breakdown_parts, check_card};
 use super::draft::RefundDraft;
 use super::rejection::{RejectCode, Rejection};
 use super::{RefundId, ValidRefund};
+use crate::manager::Approval;
 use crate::money::{parse_amount, parse_non_negative, Currency};
 use crate::sale::Sale;
 
@@ -49,6 +50,9 @@ pub struct Facts {
     pub pending_in_currency: Decimal,
     /// Refunds not yet finished (for the queue length cap).
     pub queue_len: u64,
+    /// The manager approval verified for this request before the transaction began
+    /// (`manager::Approver`); a draft's unverified `manager_approval` never counts.
+    pub approval: Option<Approval>,
 }
 
 /// Applies every rule, in an order that reports the most useful reason first.
@@ -99,7 +103,7 @@ pub fn validate(
                 };
                 return Err(reject(RejectCode::UnknownSale, format!("{what} is not in the sales ledger")));
             }
-            if draft.manager_approval.is_none() {
+            if facts.approval.is_none() {
                 return Err(reject(
                     RejectCode::ManagerApprovalRequired,
                     "a refund without a known original sale needs a manager approval".to_string(),
@@ -137,7 +141,7 @@ pub fn validate(
     }
 
     if let Some(max) = limits.max_refund {
-        if amount > max && draft.manager_approval.is_none() {
+        if amount > max && facts.approval.is_none() {
             return Err(reject(
                 RejectCode::ManagerApprovalRequired,
                 format!("refunds above {} {currency} need a manager approval", currency.format(max)),
@@ -172,7 +176,7 @@ pub fn validate(
         discount,
         reason: draft.reason.trim().to_string(),
         operator: draft.operator.trim().to_string(),
-        manager_approval: draft.manager_approval.clone(),
+        approval: facts.approval.clone(),
         unlinked: facts.sale.is_none(),
         receipt_id,
         transaction_id,
@@ -265,6 +269,14 @@ pub(crate) mod tests {
         validate(d, f, p, RefundId::new(), 0).unwrap_err().code
     }
 
+    fn request(manager: &str) -> crate::manager::ApprovalRequest {
+        crate::manager::ApprovalRequest { manager: manager.into(), pin: crate::manager::Pin::new("1234") }
+    }
+
+    fn approval(manager: &str) -> Approval {
+        Approval { manager: manager.into(), approved_at_ms: 42 }
+    }
+
     fn dec(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
     }
@@ -305,8 +317,12 @@ pub(crate) mod tests {
     #[test]
     fn large_refunds_need_a_manager() {
         assert_eq!(code(&draft("60.00"), &facts(), &policy()), RejectCode::ManagerApprovalRequired);
-        let approved = RefundDraft { manager_approval: Some("mgr_1".into()), ..draft("60.00") };
-        assert!(validate(&approved, &facts(), &policy(), RefundId::new(), 0).is_ok());
+        // An approval request alone (not verified) does not count.
+        let asked = RefundDraft { manager_approval: Some(request("mgr_1")), ..draft("60.00") };
+        assert_eq!(code(&asked, &facts(), &policy()), RejectCode::ManagerApprovalRequired);
+        let f = Facts { approval: Some(approval("mgr_1")), ..facts() };
+        let r = validate(&asked, &f, &policy(), RefundId::new(), 0).unwrap();
+        assert_eq!(r.approval, Some(approval("mgr_1")));
     }
 
     #[test]
@@ -323,8 +339,10 @@ pub(crate) mod tests {
         assert_eq!(code(&draft("5.00"), &none, &policy()), RejectCode::UnknownSale);
         let p = Policy { allow_unlinked: true, ..policy() };
         assert_eq!(code(&draft("5.00"), &none, &p), RejectCode::ManagerApprovalRequired);
-        let approved = RefundDraft { manager_approval: Some("mgr".into()), ..draft("5.00") };
-        let r = validate(&approved, &none, &p, RefundId::new(), 0).unwrap();
+        let asked = RefundDraft { manager_approval: Some(request("mgr")), ..draft("5.00") };
+        assert_eq!(code(&asked, &none, &p), RejectCode::ManagerApprovalRequired);
+        let approved = Facts { approval: Some(approval("mgr")), ..Facts::default() };
+        let r = validate(&asked, &approved, &p, RefundId::new(), 0).unwrap();
         assert!(r.unlinked);
         assert_eq!(r.currency.code(), "USD");
     }

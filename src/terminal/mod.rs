@@ -74,6 +74,7 @@ pub struct Terminal {
 pub fn spawn(
     config: &TerminalSettings,
     queue: QueueHandle,
+    approver: crate::manager::Approver,
     wake: Arc<Notify>,
     shutdown: Shutdown,
 ) -> Result<Terminal, TerminalError> {
@@ -95,6 +96,7 @@ pub fn spawn(
         decoder: Decoder::new(framing),
         session: session::Session::new(timeout),
         queue,
+        approver,
         wake,
         status: status.clone(),
         replies,

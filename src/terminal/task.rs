@@ -23,6 +23,7 @@ use super::device::{DeviceEvent, SharedStatus};
 use super::event::{parse_event_detailed, scan_event, EventError, Inbound, Reply, TerminalEvent};
 use super::session::{Action, RefundRequest, Session};
 use crate::lock::lock;
+use crate::manager::{Approver, Refusal};
 use crate::queue::QueueHandle;
 use crate::shutdown::Shutdown;
 
@@ -33,6 +34,8 @@ pub struct Link {
     pub decoder: Decoder,
     pub session: Session,
     pub queue: QueueHandle,
+    /// Checks the manager approval a refund carries, before the queue sees the refund.
+    pub approver: Approver,
     /// Woken after a refund is queued, so the sync worker delivers it without waiting.
     pub wake: Arc<Notify>,
     pub status: SharedStatus,
@@ -170,7 +173,19 @@ impl Link {
 
     async fn create_refund(&mut self, request: RefundRequest) -> Reply {
         let seq = request.seq;
-        match self.queue.create_refund(request.draft.clone(), request.key.clone()).await {
+        // The same checks as the control API: a wrong PIN is refused with nothing stored.
+        let approval = match &request.draft.manager_approval {
+            None => None,
+            Some(asked) => match self.approver.approve(asked).await {
+                Ok(approval) => Some(approval),
+                Err(Refusal::Queue(error)) => return storage_failed(seq, &error),
+                Err(refusal) => {
+                    tracing::info!(code = refusal.code(), seq, "terminal manager approval refused");
+                    return Reply::nak(seq, refusal.code(), &refusal.to_string());
+                }
+            },
+        };
+        match self.queue.create_approved(request.draft.clone(), request.key.clone(), approval).await {
             Ok(Ok(created)) => {
                 self.session.committed(&request);
                 let refund = created.refund;

@@ -22,6 +22,20 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
 pub const API_KEY: &str = "test-finalpos-key";
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The managers file every agent gets: `mgr_1` with PIN 4321 and `mgr_7` with PIN 9999, hashed
+/// with low argon2id parameters (m=8, t=1, p=1) so tests stay fast, by the argon2 reference
+/// implementation's command line: `echo -n 4321 | argon2 harnesssalt01 -id -t 1 -k 8 -p 1 -e`.
+pub const MANAGERS: &str = "# test managers\n\
+mgr_1 $argon2id$v=19$m=8,t=1,p=1$aGFybmVzc3NhbHQwMQ$Md1KZZj5CmkwrbZVKkqMLJfJZQtnjVI6eCA70O2BGfU\n\
+mgr_7 $argon2id$v=19$m=8,t=1,p=1$aGFybmVzc3NhbHQwMg$KT6t/tBM9+Al9rLcOhKd0sFCllxorSUuDfMEA4uas6M\n";
+pub const MANAGER: &str = "mgr_1";
+pub const PIN: &str = "4321";
+
+/// `mgr_1`'s approval as the API and the terminal take it.
+pub fn approval() -> serde_json::Value {
+    serde_json::json!({ "manager": MANAGER, "pin": PIN })
+}
+
 /// The example receipt of SPEC section 3.
 pub const RECEIPT: &str = r#"{"receipt_id":"RCP-2025-001","transaction_id":"txn_123","order_id":"507f1f77bcf86cd799439013",
  "session_id":"507f1f77bcf86cd799439012","currency":"USD","total":"100.00","subtotal":"90.00","tax":"10.00",
@@ -52,6 +66,8 @@ pub struct Agent {
     pub socket: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Whether `start` points `limits.managers_file` at the harness's managers file.
+    pub managers: bool,
 }
 
 impl Agent {
@@ -86,9 +102,10 @@ api_key_file = "finalpos.key"
         );
         let config = dir.path().join("config.toml");
         fs::write(&config, text).expect("write config");
-        let agent = Agent { dir, config, socket, child: None, starts: 0 };
+        let agent = Agent { dir, config, socket, child: None, starts: 0, managers: true };
         agent.write_secret("seal.key", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
         agent.write_secret("finalpos.key", API_KEY);
+        agent.write_secret("managers", MANAGERS);
         agent
     }
 
@@ -143,6 +160,9 @@ api_key_file = "finalpos.key"
             .stdout(Stdio::null())
             .stderr(log)
             .env("RUST_LOG", "debug");
+        if self.managers {
+            cmd.env("REFUND_AGENT__LIMITS__MANAGERS_FILE", "managers");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -207,7 +227,41 @@ api_key_file = "finalpos.key"
 
     /// Runs the CLI against this agent.
     pub async fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--config").arg(&self.config).args(args).output().await.expect("run CLI")
+        self.command().args(args).output().await.expect("run CLI")
+    }
+
+    /// The binary with this agent's config (and its managers file, as `start` gives it).
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&self.config);
+        if self.managers {
+            cmd.env("REFUND_AGENT__LIMITS__MANAGERS_FILE", "managers");
+        }
+        cmd
+    }
+
+    /// Runs the CLI with `stdin` on its standard input (a manager's PIN).
+    pub async fn cli_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run CLI");
+        let mut input = child.stdin.take().expect("piped stdin");
+        input.write_all(stdin.as_bytes()).await.expect("write stdin");
+        drop(input);
+        child.wait_with_output().await.expect("CLI output")
+    }
+
+    /// The CLI as `mgr_1`: `args` followed by `--manager mgr_1`, the PIN on stdin.
+    pub async fn cli_manager(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--manager", MANAGER]);
+        self.cli_stdin(&all, &format!("{PIN}\n")).await
     }
 
     pub async fn add_receipt(&self, json: &str) {

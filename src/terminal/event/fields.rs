@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::super::pci;
 use super::{EventError, TerminalEvent};
+use crate::manager::{ApprovalRequest, Pin};
 use crate::sale::{LineItemInput, SaleInput};
 
 /// Longest event type echoed in an `unknown_type` error, so a hostile terminal cannot make the
@@ -45,7 +46,7 @@ pub(super) fn event_from_object(map: &Map<String, Value>) -> Result<TerminalEven
             reason: f.required("reason")?,
             operator: f.required("operator")?,
             currency: f.optional("currency")?,
-            manager_approval: f.optional("manager_approval")?,
+            manager_approval: f.approval("manager_approval")?,
             request_id: f.optional("request_id")?,
         }),
         "cancel" => Ok(TerminalEvent::Cancel),
@@ -139,6 +140,27 @@ impl Fields<'_> {
             Some(Value::String(text)) => Ok(Some(text.clone())),
             Some(_) => Err(self.invalid(field, "expected a string")),
         }
+    }
+
+    /// A manager approval: an object with the strings `manager` and `pin`. A plain string (an
+    /// id alone) is refused: it is never an approval.
+    fn approval(&self, field: &str) -> Result<Option<ApprovalRequest>, EventError> {
+        const SHAPE: &str =
+            "expected an object {\"manager\", \"pin\"}; a manager id alone is not an approval";
+        let Some(value) = self.get(field) else {
+            return Ok(None);
+        };
+        let Value::Object(map) = value else {
+            return Err(self.invalid(field, SHAPE));
+        };
+        let inner = Fields { map, prefix: Some(self.name(field)) };
+        if map.keys().any(|k| k != "manager" && k != "pin") {
+            return Err(self.invalid(field, SHAPE));
+        }
+        Ok(Some(ApprovalRequest {
+            manager: inner.required("manager")?,
+            pin: Pin::new(inner.required("pin")?),
+        }))
     }
 
     /// A required string that must contain more than whitespace.

@@ -53,8 +53,9 @@ pub enum TerminalEvent {
         operator: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         currency: Option<String>,
+        /// A manager's id and PIN (`{"manager", "pin"}`), checked before the refund is queued.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        manager_approval: Option<String>,
+        manager_approval: Option<crate::manager::ApprovalRequest>,
         /// The terminal's idempotency key, so a resent refund is not executed twice.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
@@ -132,7 +133,15 @@ pub fn parse_event_detailed(payload: &str) -> ParseOutcome {
         // serde_json's syntax errors give only a position, never input text, so they are safe.
         Err(error) => return failed(None, Vec::new(), EventError::InvalidJson(error.to_string())),
     };
+    // The manager's PIN is no card PIN, but the sanitizer drops every field named `pin`: it is
+    // taken out first and put back after, as a string only (it is verified, never stored).
+    let manager_pin = take_manager_pin(&mut value);
     let redactions = pci::sanitize(&mut value);
+    if let (Some(pin), Some(Value::Object(approval))) =
+        (manager_pin, value.get_mut("manager_approval").filter(|a| a.is_object()))
+    {
+        approval.insert("pin".into(), Value::String(pin));
+    }
     let Value::Object(map) = &value else {
         return failed(None, redactions, EventError::NotAnObject);
     };
@@ -141,6 +150,19 @@ pub fn parse_event_detailed(payload: &str) -> ParseOutcome {
         Err(error) => return failed(None, redactions, error),
     };
     ParseOutcome { seq, redactions, result: fields::event_from_object(map) }
+}
+
+/// Removes `manager_approval.pin` when it is a short string (a PIN, not a card's data).
+fn take_manager_pin(value: &mut Value) -> Option<String> {
+    let approval = value.get_mut("manager_approval")?.as_object_mut()?;
+    let short = approval.get("pin")?.as_str().is_some_and(|p| p.len() <= crate::manager::file::MAX_PIN);
+    if !short {
+        return None;
+    }
+    match approval.remove("pin") {
+        Some(Value::String(pin)) => Some(pin),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ fn each_event_type_with_seq_and_vendor_fields() {
     let expected = TerminalEvent::Card { masked_pan: "**** 2257".into(), expiry: None, entry_mode: None };
     assert_eq!(card.event, expected);
     let refund = parse(
-        r#"{"type":"refund","seq":9,"original_transaction_id":"txn_1","amount":"1.50","reason":"r","operator":"op","currency":"EUR","manager_approval":"mgr_1","request_id":"req-1","receipt_id":""}"#,
+        r#"{"type":"refund","seq":9,"original_transaction_id":"txn_1","amount":"1.50","reason":"r","operator":"op","currency":"EUR","manager_approval":{"manager":"mgr_1","pin":"1234"},"request_id":"req-1","receipt_id":""}"#,
     );
     let expected = TerminalEvent::Refund {
         receipt_id: None,
@@ -62,7 +62,10 @@ fn each_event_type_with_seq_and_vendor_fields() {
         reason: "r".into(),
         operator: "op".into(),
         currency: Some("EUR".into()),
-        manager_approval: Some("mgr_1".into()),
+        manager_approval: Some(crate::manager::ApprovalRequest {
+            manager: "mgr_1".into(),
+            pin: crate::manager::Pin::new("1234"),
+        }),
         request_id: Some("req-1".into()),
     };
     assert_eq!(refund, Inbound { seq: Some(9), event: expected });
