@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::guard::Guard;
+use crate::queue::AuditCaller;
 use crate::shutdown::Shutdown;
 
 /// Connections served at once per listener; one more is closed at once, unread, so it holds
@@ -57,6 +58,14 @@ impl Caller {
         match self {
             Caller::Unix { pid, .. } => *pid,
             Caller::Tcp { .. } => None,
+        }
+    }
+
+    /// How the audit log records this caller.
+    pub fn audit(&self) -> AuditCaller {
+        match self {
+            Caller::Unix { uid, pid } => AuditCaller::unix(*uid, *pid),
+            Caller::Tcp { addr } => AuditCaller::tcp(*addr),
         }
     }
 }

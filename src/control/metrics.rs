@@ -110,6 +110,12 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
     );
     out.sample("refund_agent_storage_write_failures", &[], q.storage.write_failures as f64);
 
+    out.header(
+        "refund_agent_audit_chain_broken",
+        "1 when a row of the audit log was deleted, edited, moved or added outside the agent.",
+    );
+    out.sample("refund_agent_audit_chain_broken", &[], if q.audit.broken { 1.0 } else { 0.0 });
+
     out.header("refund_agent_uptime_seconds", "Seconds since the agent started.");
     out.sample("refund_agent_uptime_seconds", &[], status.uptime_s as f64);
     out.text
@@ -234,6 +240,7 @@ mod tests {
             "refund_agent_destination_clock_offset_seconds{destination=\"finalpos\"} -1.5",
             "refund_agent_storage_failing 0",
             "refund_agent_storage_write_failures 0",
+            "refund_agent_audit_chain_broken 0",
             "refund_agent_uptime_seconds 7",
         ] {
             assert!(samples.contains(&want), "missing {want:?} in\n{text}");

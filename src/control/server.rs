@@ -164,7 +164,7 @@ async fn create_refund(
         }
     };
     let draft: RefundDraft = parse_json(&body)?;
-    let created = s.queue.create_refund(draft, key).await??;
+    let created = s.queue.create_refund(draft, key, peer.audit()).await??;
     if created.replayed {
         return Ok((StatusCode::OK, Json(created.refund)).into_response());
     }
@@ -259,7 +259,7 @@ fn manual_action(body: &Bytes) -> Result<ManualAction, Failure> {
 }
 
 /// A manual decision, with the caller the operator spoke through (the audit row in the queue
-/// names the operator; this line names the process and user that sent it).
+/// records both too).
 fn log_decision(action: &str, id: &str, operator: &str, peer: Caller) {
     tracing::info!(
         action,
@@ -281,7 +281,7 @@ async fn retry_refund(
     let action = manual_action(&body)?;
     log_decision("retry", &id, &action.operator, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let view = s.queue.retry(refund_id, action.operator).await?;
+    let view = s.queue.retry(refund_id, action.operator, peer.audit()).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }
@@ -296,7 +296,7 @@ async fn cancel_refund(
     let reason = action.reason.unwrap_or_else(|| "cancelled by an operator".into());
     log_decision("cancel", &id, &action.operator, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    Ok(Json(s.queue.cancel(refund_id, action.operator, reason).await?).into_response())
+    Ok(Json(s.queue.cancel(refund_id, action.operator, peer.audit(), reason).await?).into_response())
 }
 
 async fn resolve_refund(
@@ -319,7 +319,8 @@ async fn resolve_refund(
     };
     log_decision("resolve", &id, &action.operator, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let view = s.queue.resolve(refund_id, action.destination, resolution, action.operator).await?;
+    let view =
+        s.queue.resolve(refund_id, action.destination, resolution, action.operator, peer.audit()).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::{self, AuditCaller};
 use super::db::Db;
 use super::error::QueueError;
 use super::intake::{self, Created, SaleAdded};
 use super::lifecycle::{self, Claim, Recorded, Recovery};
 use super::manual::{self, Resolution};
-use super::owner::{Job, Reply, Storage};
+use super::owner::{AuditWalk, Job, Reply, Storage};
 use super::reads;
 use super::retention;
 use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
@@ -25,6 +26,7 @@ use crate::sale::SaleInput;
 pub struct QueueHandle {
     pub(super) jobs: mpsc::Sender<Job>,
     pub(super) storage: Storage,
+    pub(super) audit: AuditWalk,
 }
 
 impl QueueHandle {
@@ -64,9 +66,10 @@ impl QueueHandle {
         &self,
         draft: RefundDraft,
         key: Option<String>,
+        caller: AuditCaller,
     ) -> Result<Result<Created, Rejection>, QueueError> {
         self.call(move |db| {
-            let out = intake::create_refund(db, draft, key.as_deref(), now_ms())?;
+            let out = intake::create_refund(db, draft, key.as_deref(), &caller, now_ms())?;
             // A rejection stored nothing, but make sure of it by rolling back the savepoint.
             Ok(out)
         })
@@ -86,8 +89,11 @@ impl QueueHandle {
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
-        let mut status = self.call(|db| reads::status(db, now_ms())).await?;
+        // Ages are measured against the jump-safe trusted now, like expiry and purge.
+        let mut status = self.call(|db| reads::status(db, trusted_now_ms())).await?;
         status.storage = self.storage();
+        let walk = self.audit.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        status.audit = audit::with_walk(status.audit, walk.as_ref());
         Ok(status)
     }
 
@@ -133,17 +139,23 @@ impl QueueHandle {
         self.call(move |db| lifecycle::next_due(db, &skip)).await
     }
 
-    pub async fn retry(&self, id: RefundId, operator: String) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::retry(db, &id.to_string(), &operator, now_ms())).await
+    pub async fn retry(
+        &self,
+        id: RefundId,
+        operator: String,
+        caller: AuditCaller,
+    ) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::retry(db, &id.to_string(), &operator, &caller, now_ms())).await
     }
 
     pub async fn cancel(
         &self,
         id: RefundId,
         operator: String,
+        caller: AuditCaller,
         reason: String,
     ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::cancel(db, &id.to_string(), &operator, &reason, now_ms())).await
+        self.call(move |db| manual::cancel(db, &id.to_string(), &operator, &caller, &reason, now_ms())).await
     }
 
     pub async fn resolve(
@@ -152,9 +164,18 @@ impl QueueHandle {
         destination: Option<String>,
         resolution: Resolution,
         operator: String,
+        caller: AuditCaller,
     ) -> Result<RefundView, QueueError> {
         self.call(move |db| {
-            manual::resolve(db, &id.to_string(), destination.as_deref(), resolution, &operator, now_ms())
+            manual::resolve(
+                db,
+                &id.to_string(),
+                destination.as_deref(),
+                resolution,
+                &operator,
+                &caller,
+                now_ms(),
+            )
         })
         .await
     }

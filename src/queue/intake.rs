@@ -3,6 +3,7 @@
 
 use rust_decimal::Decimal;
 
+use super::audit::AuditCaller;
 use super::db::Db;
 use super::delivery::{DeliveryState, RefundState};
 use super::error::QueueError;
@@ -23,12 +24,14 @@ pub struct Created {
     pub replayed: bool,
 }
 
-/// Validates and stores a refund with one pending delivery per routed destination. With an
-/// idempotency key, a repeat of the same request returns the first refund.
+/// Validates and stores a refund with one pending delivery per routed destination, and its
+/// `created` audit row naming the operator and `caller`. With an idempotency key, a repeat of
+/// the same request returns the first refund (and records nothing).
 pub fn create_refund(
     db: &Db<'_>,
     draft: RefundDraft,
     key: Option<&str>,
+    caller: &AuditCaller,
     now: i64,
 ) -> Result<Result<Created, Rejection>, QueueError> {
     let draft = match draft.normalized() {
@@ -126,6 +129,8 @@ pub fn create_refund(
         super::counts::bump(db.conn, db.sealer, "idempotency_keys")?;
         keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
+    let detail = format!("{} {} to {}", row.amount, row.currency, destinations.join(", "));
+    super::audit::by(db.conn, Some(&id), &refund.operator, caller, "created", &detail, now)?;
     // Built from what was just written: reading it back would only cost time.
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }

@@ -129,11 +129,22 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         count INTEGER NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 6: the audit log chained and sealed, with the caller of each decision (`audit/`);
+    // followed by `audit::adopt`, which numbers, chains and seals the rows present.
+    "ALTER TABLE audit ADD COLUMN caller TEXT;
+     ALTER TABLE audit ADD COLUMN seal BLOB NOT NULL DEFAULT x'';
+     CREATE INDEX audit_by_refund ON audit(refund_id, seq);
+     CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        last_seal BLOB NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts)];
+const STEPS: &[(i64, Step)] =
+    &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts), (6, adopt_audit)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
@@ -155,6 +166,12 @@ fn adopt_keys(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
 
 fn adopt_counts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     super::counts::adopt(conn, sealer)
+}
+
+/// The audit rows are chained under the key the queue was sealed with.
+fn adopt_audit(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    schema::check_key(conn, sealer)?;
+    super::audit::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

@@ -70,6 +70,7 @@
 //! makes a sale refundable again. Sales are never purged. Nothing undelivered is ever deleted
 //! by the agent.
 
+mod audit;
 mod counts;
 mod db;
 mod delivery;
@@ -95,6 +96,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use audit::{AuditCaller, AuditCheck, ChainState};
 pub use db::QueueSettings;
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
@@ -105,4 +107,4 @@ pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
 pub use owner::{start, QueueOwner};
 pub use seal::Sealer;
-pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};
+pub use view::{AuditStatus, AuditView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};

@@ -23,7 +23,7 @@ use super::device::{DeviceEvent, SharedStatus};
 use super::event::{parse_event_detailed, scan_event, EventError, Inbound, Reply, TerminalEvent};
 use super::session::{Action, RefundRequest, Session};
 use crate::lock::lock;
-use crate::queue::QueueHandle;
+use crate::queue::{AuditCaller, QueueHandle};
 use crate::shutdown::Shutdown;
 
 /// Everything the link task owns.
@@ -170,7 +170,11 @@ impl Link {
 
     async fn create_refund(&mut self, request: RefundRequest) -> Reply {
         let seq = request.seq;
-        match self.queue.create_refund(request.draft.clone(), request.key.clone()).await {
+        match self
+            .queue
+            .create_refund(request.draft.clone(), request.key.clone(), AuditCaller::terminal())
+            .await
+        {
             Ok(Ok(created)) => {
                 self.session.committed(&request);
                 let refund = created.refund;

@@ -1,0 +1,1 @@
+//! The audit chain on a real SQLite file.
