@@ -601,3 +601,18 @@ proptest! {
         prop_assert!(reopened.is_ok(), "false alarm at the end: {:?}", reopened);
     }
 }
+
+/// Status ages are measured against the trusted now (`crate::clock`), as the handle passes it:
+/// a wall clock set 30 days forward an hour after start shows the oldest refund an hour old.
+#[test]
+fn status_ages_do_not_jump_with_the_wall_clock() {
+    let f = Fixture::new(&["a"]);
+    f.create("1.00");
+    let hour = std::time::Duration::from_secs(3600);
+    let now = crate::clock::trusted(1, hour, 1 + 30 * 86_400_000);
+    let status = f.db(|db| reads::status(db, now).unwrap());
+    assert_eq!(status.oldest_pending_age_s, Some(3600));
+    assert!(!status.audit.broken, "{:?}", status.audit);
+    let wall = f.db(|db| reads::status(db, 1 + 30 * 86_400_000).unwrap());
+    assert_eq!(wall.oldest_pending_age_s, Some(30 * 86_400), "the raw wall clock would have aged it");
+}
