@@ -266,6 +266,13 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_audit_chain_is_an_alarm() {
+        let mut s = status();
+        s.queue.audit.broken = true;
+        assert!(lines(&render(&s, None)).contains(&"refund_agent_audit_chain_broken 1"));
+    }
+
+    #[test]
     fn optional_figures_are_left_out_not_zeroed() {
         let mut s = status();
         s.queue.oldest_pending_age_s = None;

@@ -17,7 +17,8 @@
 //! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
 //! | `row_counts` | counted table | sealed count of `sales` and `idempotency_keys` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
-//! | `audit` | decision by the agent or a person | expiry, manual resolution |
+//! | `audit` | decision by the agent or a person | `seq` 1, 2, 3…; creation, retry, cancel, resolve, expiry; `actor`, `caller` (`unix uid=… pid=…`, `tcp ADDR`, `terminal`, `agent`); `seal` chained over the previous row's (`audit/`, schema version 6); never purged |
+//! | `audit_head` | (one row) | newest audit `seq` and its seal; sealed with the queue id |
 //!
 //! Times are milliseconds since the Unix epoch (UTC); amounts are decimal strings formatted
 //! with the currency's minor units, summed in Rust (never as SQL floats).
