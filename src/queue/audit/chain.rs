@@ -129,7 +129,13 @@ pub fn check(conn: &Connection, sealer: &Sealer) -> Result<ChainState, QueueErro
             ),
         ));
     }
-    if count != head.seq || min.is_some_and(|m| m != 1) {
+    if let Some(min) = min.filter(|m| *m < 1) {
+        return Ok(ChainState::broken(
+            None,
+            format!("an audit row numbered {min} was not written there by the agent"),
+        ));
+    }
+    if count != head.seq {
         return Ok(ChainState::broken(
             None,
             format!(

@@ -136,6 +136,12 @@ fn a_truncated_tail_and_a_row_added_behind_the_agent_are_found() {
     );
     assert_eq!(broken_at(&log.check()), Some(4));
     assert_eq!(broken_at(&log.walk()), Some(4));
+
+    let log = Log::new(3);
+    // The first row moved below the first number: count and the newest row still look right.
+    log.sql("UPDATE audit SET seq = 0 WHERE seq = 1");
+    assert!(matches!(log.check(), ChainState::Broken { .. }));
+    assert!(matches!(log.walk(), ChainState::Broken { .. }));
 }
 
 #[test]
