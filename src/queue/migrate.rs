@@ -141,10 +141,13 @@ const MIGRATIONS: &[&str] = &[
         seal BLOB NOT NULL) STRICT;",
 ];
 
+/// The schema version that chains the audit log (`audit/`).
+pub(super) const AUDIT_CHAIN: i64 = 6;
+
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
 const STEPS: &[(i64, Step)] =
-    &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts), (6, adopt_audit)];
+    &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts), (AUDIT_CHAIN, adopt_audit)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {

@@ -186,8 +186,9 @@ fn the_agent_keeps_recording_on_a_broken_chain_without_hiding_the_break() {
 fn the_upgrade_numbers_and_chains_the_rows_present() {
     let mut log = Log::new(4);
     downgrade_for_tests(&log.conn);
-    // A version-5 queue with a gap in its numbers (a row deleted before the chain existed).
-    log.sql("DELETE FROM audit WHERE seq = 2; PRAGMA user_version = 5;");
+    // A queue from before the chain, with a gap in its numbers (a row deleted before the chain existed).
+    let before = crate::queue::migrate::AUDIT_CHAIN - 1;
+    log.sql(&format!("DELETE FROM audit WHERE seq = 2; PRAGMA user_version = {before};"));
     log.reopen();
     assert_eq!(log.check(), ChainState::Intact { rows: 3 }, "the rows present are trusted");
     assert_eq!(log.walk(), ChainState::Intact { rows: 3 });
