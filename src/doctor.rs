@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{read_secret, Config, SyncSettings, TerminalSettings};
 use crate::destinations::http;
-use crate::queue::{self, FileCheck, RowsCheck, Sealer};
+use crate::queue::{self, AuditCheck, ChainState, FileCheck, RowsCheck, Sealer};
 
 /// Short, because a technician waits for the answer and a dead host must not hang the tool.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,7 +136,30 @@ fn queue_checks(db: &Path, sealer: Option<&Sealer>) -> Vec<Check> {
     let report = queue::check_readonly(db, sealer, REQUEST_TIMEOUT);
     std::iter::once(file_check(db, &report.file))
         .chain(report.rows.map(|rows| rows_check(db, rows)))
+        .chain(report.audit.map(audit_check))
         .collect()
+}
+
+/// The full walk of the audit chain. A broken chain fails the check (someone altered the
+/// evidence), though the agent itself keeps running on it.
+fn audit_check(audit: AuditCheck) -> Check {
+    const SUBJECT: &str = "audit log";
+    match audit {
+        AuditCheck::Unreadable(e) => Check::new(Verdict::Fail, SUBJECT, format!("cannot be walked: {e}")),
+        AuditCheck::Walked(ChainState::Intact { rows }) => Check::new(
+            Verdict::Pass,
+            SUBJECT,
+            format!("{rows} row(s) chained and sealed as the agent wrote them"),
+        ),
+        AuditCheck::Walked(ChainState::Broken { seq, problem }) => Check::new(
+            Verdict::Fail,
+            SUBJECT,
+            format!(
+                "altered outside the agent{}: {problem}; refunds are still sent, but the log is no longer evidence",
+                seq.map(|s| format!(" (first broken row: {s})")).unwrap_or_default()
+            ),
+        ),
+    }
 }
 
 fn file_check(db: &Path, file: &FileCheck) -> Check {

@@ -92,6 +92,11 @@ async fn tcp_requests_need_the_token_a_loopback_host_an_allowed_origin_and_json(
     let (status, body) = raw(port, &head, DRAFT).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(agent.list().await.len(), 1);
+    // The audit row names the TCP peer it came from.
+    let made: serde_json::Value = serde_json::from_str(&body).expect("the refund as JSON");
+    let made = agent.refund(made["id"].as_str().expect("an id")).await.expect("the refund");
+    let caller = made.audit.expect("its audit rows")[0].caller.clone().unwrap_or_default();
+    assert!(caller.starts_with("tcp 127.0.0.1:"), "{caller}");
     // The Unix socket stays the trusted path without a token, but takes JSON bodies only.
     let a = agent
         .client()

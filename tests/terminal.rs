@@ -171,6 +171,8 @@ async fn cashier_flow(framing: &'static str) -> Till {
     let id = ack["refund_id"].as_str().expect("refund id");
     let queued = till.agent.refund(id).await.expect("the acknowledged refund is in the queue");
     assert_eq!((queued.amount.as_str(), queued.receipt_id.as_deref()), ("5.00", Some("RCP-2025-001")));
+    let audit = queued.audit.expect("a refund shown alone has its audit rows");
+    assert_eq!((audit[0].action.as_str(), audit[0].caller.as_deref()), ("created", Some("terminal")));
 
     till.ask(5, json!({"type": "receipt_scan", "receipt_id": "RCP-2025-001"})).await;
     let over = till.ask(6, refund("150.00")).await;

@@ -66,6 +66,20 @@ pub fn refund_detail(r: &RefundView) -> String {
             out.push_str(&format!("               last error: {e}\n"));
         }
     }
+    if let Some(audit) = r.audit.as_ref().filter(|a| !a.is_empty()) {
+        out.push_str("Audit:\n");
+        for a in audit {
+            out.push_str(&format!(
+                "  #{:<6} {} {:<8} by {} via {}: {}\n",
+                a.seq,
+                a.at,
+                a.action,
+                a.actor,
+                a.caller.as_deref().unwrap_or("(not recorded)"),
+                a.detail
+            ));
+        }
+    }
     out
 }
 
@@ -82,6 +96,12 @@ pub fn status(s: &StatusBody) -> String {
         out.push_str(&format!(
             "QUARANTINED:  {} (seal did not verify; see `refunds list --state quarantined`)\n",
             s.queue.quarantined
+        ));
+    }
+    if s.queue.audit.broken {
+        out.push_str(&format!(
+            "AUDIT LOG:    ALTERED outside the agent ({}); refunds are still sent, see `doctor`\n",
+            s.queue.audit.problem.as_deref().unwrap_or("no detail")
         ));
     }
     if s.queue.storage.failing {

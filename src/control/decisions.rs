@@ -1,7 +1,7 @@
 //! The manual decisions of the control API: retry, cancel, resolve. Each is a manager's: the
 //! body carries `manager_approval`, verified like a refund's (403 / 429 on a wrong PIN or a
 //! locked manager, 400 `manager_approval_required` without one), and the queue's audit row
-//! names the manager.
+//! names the manager and the caller it came through.
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
@@ -85,7 +85,7 @@ pub(super) async fn retry_refund(
     log_decision("retry", &id, &action, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
     let approval = action.approval(&s).await?;
-    let view = s.queue.retry(refund_id, approval).await?;
+    let view = s.queue.retry(refund_id, approval, peer.audit()).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }
@@ -101,7 +101,7 @@ pub(super) async fn cancel_refund(
     let reason = action.reason.clone().unwrap_or_else(|| "cancelled by an operator".into());
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
     let approval = action.approval(&s).await?;
-    Ok(Json(s.queue.cancel(refund_id, approval, reason).await?).into_response())
+    Ok(Json(s.queue.cancel(refund_id, approval, peer.audit(), reason).await?).into_response())
 }
 
 pub(super) async fn resolve_refund(
@@ -125,7 +125,7 @@ pub(super) async fn resolve_refund(
     log_decision("resolve", &id, &action, peer);
     let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
     let approval = action.approval(&s).await?;
-    let view = s.queue.resolve(refund_id, action.destination, resolution, approval).await?;
+    let view = s.queue.resolve(refund_id, action.destination, resolution, approval, peer.audit()).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
 }

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::guard::Guard;
+use crate::queue::AuditCaller;
 use crate::shutdown::Shutdown;
 
 /// Connections served at once per listener; one more is closed at once, unread, so it holds
@@ -57,6 +58,14 @@ impl Caller {
         match self {
             Caller::Unix { pid, .. } => *pid,
             Caller::Tcp { .. } => None,
+        }
+    }
+
+    /// How the audit log records this caller.
+    pub fn audit(&self) -> AuditCaller {
+        match self {
+            Caller::Unix { uid, pid } => AuditCaller::unix(*uid, *pid),
+            Caller::Tcp { addr } => AuditCaller::tcp(*addr),
         }
     }
 }
@@ -192,5 +201,21 @@ where
         conn.as_mut().graceful_shutdown();
         closing = true;
         deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_are_recorded_as_the_audit_log_spells_them() {
+        let unix = Caller::Unix { uid: 1000, pid: Some(4242) };
+        assert_eq!(unix.audit().as_str(), "unix uid=1000 pid=4242");
+        assert_eq!(Caller::Unix { uid: 0, pid: None }.audit().as_str(), "unix uid=0");
+        let tcp = Caller::Tcp { addr: "127.0.0.1:7878".parse().expect("an address") };
+        assert_eq!(tcp.audit().as_str(), "tcp 127.0.0.1:7878");
+        assert_eq!(AuditCaller::terminal().as_str(), "terminal");
+        assert_eq!(AuditCaller::agent().as_str(), "agent");
     }
 }

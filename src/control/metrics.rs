@@ -122,6 +122,12 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
     );
     out.sample("refund_agent_storage_write_failures", &[], q.storage.write_failures as f64);
 
+    out.header(
+        "refund_agent_audit_chain_broken",
+        "1 when a row of the audit log was deleted, edited, moved or added outside the agent.",
+    );
+    out.sample("refund_agent_audit_chain_broken", &[], if q.audit.broken { 1.0 } else { 0.0 });
+
     out.header("refund_agent_uptime_seconds", "Seconds since the agent started.");
     out.sample("refund_agent_uptime_seconds", &[], status.uptime_s as f64);
     // A restart (systemd's watchdog or `Restart=`) shows as a change of this value, which
@@ -253,6 +259,7 @@ mod tests {
             "refund_agent_destination_clock_offset_seconds{destination=\"finalpos\"} -1.5",
             "refund_agent_storage_failing 0",
             "refund_agent_storage_write_failures 0",
+            "refund_agent_audit_chain_broken 0",
             "refund_agent_uptime_seconds 7",
             "refund_agent_start_time_seconds 1796000000",
             "refund_agent_build_info{version=\"0.1.0\"} 1",
@@ -278,6 +285,13 @@ mod tests {
                 assert_eq!(typed.last().map(String::as_str), Some(name), "sample before its TYPE: {line}");
             }
         }
+    }
+
+    #[test]
+    fn a_broken_audit_chain_is_an_alarm() {
+        let mut s = status();
+        s.queue.audit.broken = true;
+        assert!(lines(&render(&s, None)).contains(&"refund_agent_audit_chain_broken 1"));
     }
 
     #[test]

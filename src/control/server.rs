@@ -199,7 +199,7 @@ async fn create_refund(
     };
     let draft: RefundDraft = parse_approved(&body)?;
     let approval = approve(&s, draft.manager_approval.as_ref()).await?;
-    let created = s.queue.create_approved(draft, key, approval).await??;
+    let created = s.queue.create_approved(draft, key, approval, peer.audit()).await??;
     if created.replayed {
         return Ok((StatusCode::OK, Json(created.refund)).into_response());
     }

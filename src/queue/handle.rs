@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::{self, AuditCaller};
 use super::db::Db;
 use super::error::QueueError;
 use super::intake::{self, Created, SaleAdded};
 use super::lifecycle::{self, Claim, Recorded, Recovery};
 use super::lockouts;
 use super::manual::{self, Resolution};
-use super::owner::{Job, Reply, Storage};
+use super::owner::{AuditWalk, Job, Reply, Storage};
 use super::reads;
 use super::retention;
 use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
@@ -29,6 +30,7 @@ use crate::sale::SaleInput;
 pub struct QueueHandle {
     pub(super) jobs: mpsc::Sender<Job>,
     pub(super) storage: Storage,
+    pub(super) audit: AuditWalk,
 }
 
 impl QueueHandle {
@@ -68,8 +70,9 @@ impl QueueHandle {
         &self,
         draft: RefundDraft,
         key: Option<String>,
+        caller: AuditCaller,
     ) -> Result<Result<Created, Rejection>, QueueError> {
-        self.create_approved(draft, key, None).await
+        self.create_approved(draft, key, None, caller).await
     }
 
     /// Creates a refund with the manager approval verified for it (`manager::Approver`).
@@ -78,9 +81,11 @@ impl QueueHandle {
         draft: RefundDraft,
         key: Option<String>,
         approval: Option<Approval>,
+        caller: AuditCaller,
     ) -> Result<Result<Created, Rejection>, QueueError> {
         self.call(move |db| {
-            let out = intake::create_approved(db, draft, key.as_deref(), approval, trusted_now_ms())?;
+            let out =
+                intake::create_approved(db, draft, key.as_deref(), approval, &caller, trusted_now_ms())?;
             // A rejection stored nothing, but make sure of it by rolling back the savepoint.
             Ok(out)
         })
@@ -102,6 +107,8 @@ impl QueueHandle {
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
         let mut status = self.call(|db| reads::status(db, trusted_now_ms())).await?;
         status.storage = self.storage();
+        let walk = self.audit.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        status.audit = audit::with_walk(status.audit, walk.as_ref());
         Ok(status)
     }
 
@@ -151,19 +158,28 @@ impl QueueHandle {
     }
 
     /// A manual decision is a manager's: the verified approval's manager is the audit row's
-    /// actor.
-    pub async fn retry(&self, id: RefundId, approval: Approval) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::retry(db, &id.to_string(), &approval.manager, trusted_now_ms())).await
+    /// actor, with the caller it came through.
+    pub async fn retry(
+        &self,
+        id: RefundId,
+        approval: Approval,
+        caller: AuditCaller,
+    ) -> Result<RefundView, QueueError> {
+        self.call(move |db| manual::retry(db, &id.to_string(), &approval.manager, &caller, trusted_now_ms()))
+            .await
     }
 
     pub async fn cancel(
         &self,
         id: RefundId,
         approval: Approval,
+        caller: AuditCaller,
         reason: String,
     ) -> Result<RefundView, QueueError> {
-        self.call(move |db| manual::cancel(db, &id.to_string(), &approval.manager, &reason, trusted_now_ms()))
-            .await
+        self.call(move |db| {
+            manual::cancel(db, &id.to_string(), &approval.manager, &caller, &reason, trusted_now_ms())
+        })
+        .await
     }
 
     pub async fn resolve(
@@ -172,10 +188,19 @@ impl QueueHandle {
         destination: Option<String>,
         resolution: Resolution,
         approval: Approval,
+        caller: AuditCaller,
     ) -> Result<RefundView, QueueError> {
         self.call(move |db| {
             let id = id.to_string();
-            manual::resolve(db, &id, destination.as_deref(), resolution, &approval.manager, trusted_now_ms())
+            manual::resolve(
+                db,
+                &id,
+                destination.as_deref(),
+                resolution,
+                &approval.manager,
+                &caller,
+                trusted_now_ms(),
+            )
         })
         .await
     }

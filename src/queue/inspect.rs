@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::audit::{AuditCheck, ChainState};
+use super::error::QueueError;
 use super::migrate;
 use super::seal::Sealer;
 use super::sequence;
@@ -17,6 +19,9 @@ pub struct Report {
     pub file: FileCheck,
     /// The sequence check; `None` when the file itself did not pass.
     pub rows: Option<RowsCheck>,
+    /// The full walk of the audit chain; `None` when the file did not pass, the seal key is
+    /// missing or the schema is older than the chain.
+    pub audit: Option<AuditCheck>,
 }
 
 /// `PRAGMA integrity_check` on the file.
@@ -57,7 +62,12 @@ pub enum RowsCheck {
 pub fn check_readonly(path: &Path, sealer: Option<&Sealer>, busy: Duration) -> Report {
     let file = check_file(path, busy);
     let rows = (file == FileCheck::Intact).then(|| check_rows(path, sealer, busy));
-    Report { file, rows }
+    let chained = rows.as_ref().is_some_and(|r| !matches!(r, RowsCheck::NoKey | RowsCheck::OldSchema(_)));
+    let audit = sealer.filter(|_| chained).map(|sealer| match walk_audit(path, sealer, busy) {
+        Ok(state) => AuditCheck::Walked(state),
+        Err(e) => AuditCheck::Unreadable(e.to_string()),
+    });
+    Report { file, rows, audit }
 }
 
 fn open_readonly(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
@@ -67,6 +77,16 @@ fn open_readonly(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(busy)?;
     Ok(conn)
+}
+
+/// Walks the whole audit chain (`audit::walk`) in one read transaction, so the rows and the
+/// head are of the same moment. Used by the agent after its start and by `doctor`.
+pub(super) fn walk_audit(path: &Path, sealer: &Sealer, busy: Duration) -> Result<ChainState, QueueError> {
+    let conn = open_readonly(path, busy)?;
+    conn.execute_batch("BEGIN")?;
+    let found = super::audit::walk(&conn, sealer);
+    let _ = conn.execute_batch("COMMIT");
+    found
 }
 
 fn check_file(path: &Path, busy: Duration) -> FileCheck {

@@ -3,6 +3,7 @@
 
 use rust_decimal::Decimal;
 
+use super::audit::AuditCaller;
 use super::db::Db;
 use super::delivery::{DeliveryState, RefundState};
 use super::error::QueueError;
@@ -24,17 +25,19 @@ pub struct Created {
     pub replayed: bool,
 }
 
-/// Validates and stores a refund with one pending delivery per routed destination. With an
-/// idempotency key, a repeat of the same request returns the first refund. (Without an
-/// approval: the queue's own tests.)
+/// Validates and stores a refund with one pending delivery per routed destination, and its
+/// `created` audit row naming the operator and `caller`. With an idempotency key, a repeat of
+/// the same request returns the first refund (and records nothing). (Without an approval: the
+/// queue's own tests.)
 #[cfg(test)]
 pub fn create_refund(
     db: &Db<'_>,
     draft: RefundDraft,
     key: Option<&str>,
+    caller: &AuditCaller,
     now: i64,
 ) -> Result<Result<Created, Rejection>, QueueError> {
-    create_approved(db, draft, key, None, now)
+    create_approved(db, draft, key, None, caller, now)
 }
 
 /// [`create_refund`] with the manager approval verified for the request, if any: it counts for
@@ -44,6 +47,7 @@ pub fn create_approved(
     draft: RefundDraft,
     key: Option<&str>,
     approval: Option<Approval>,
+    caller: &AuditCaller,
     now: i64,
 ) -> Result<Result<Created, Rejection>, QueueError> {
     let draft = match draft.normalized() {
@@ -112,7 +116,7 @@ pub fn create_approved(
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
     if let Some(a) = &refund.approval {
         let detail = format!("refund of {} {} by {} approved", row.amount, row.currency, refund.operator);
-        rows::audit(db.conn, Some(&id), &a.manager, "approve", &detail, now)?;
+        super::audit::by(db.conn, Some(&id), &a.manager, caller, "approve", &detail, now)?;
     }
     ledger::apply_refund(db.conn, db.sealer, &refund, 1)?;
     let mut written = Vec::with_capacity(destinations.len());
@@ -145,6 +149,8 @@ pub fn create_approved(
         super::counts::bump(db.conn, db.sealer, "idempotency_keys")?;
         keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
+    let detail = format!("{} {} to {}", row.amount, row.currency, destinations.join(", "));
+    super::audit::by(db.conn, Some(&id), &refund.operator, caller, "created", &detail, now)?;
     // Built from what was just written: reading it back would only cost time.
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }

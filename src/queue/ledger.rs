@@ -286,6 +286,7 @@ pub(super) fn downgrade_for_tests(conn: &Connection, sealer: &Sealer) {
          DROP TABLE row_counts; DROP TABLE manager_lockouts;",
     )
     .expect("drop the version 3 columns");
+    super::audit::downgrade_for_tests(conn);
 }
 
 /// Which column names a sale.

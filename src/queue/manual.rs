@@ -1,9 +1,11 @@
 //! Decisions made by a person (through the CLI or the control API): retry, cancel, resolve.
-//! Each is checked against the refund's state, recorded in the `audit` table with the manager
-//! whose approval was verified for it (the `operator` argument: who decided),
-//! and never lets money move twice: an `unknown` delivery is resent only after a person has
+//! Each is checked against the refund's state, recorded in the sealed audit chain with the
+//! manager whose approval was verified for it (the `operator` argument: who decided) and the
+//! caller it came through, and never lets money move twice: an `unknown` delivery is resent
+//! only after a person has
 //! checked at the destination that it is not there.
 
+use super::audit::{self, AuditCaller};
 use super::db::Db;
 use super::delivery::{aggregate, DeliveryState, RefundState};
 use super::error::QueueError;
@@ -67,7 +69,13 @@ fn save_state(
 /// Sends a refund again after a person fixed what made it fail (credentials, configuration), or
 /// takes an expired refund back into the queue. `unknown` deliveries must be resolved first and
 /// declined refunds are final (make a new refund).
-pub fn retry(db: &Db<'_>, id: &str, operator: &str, now: i64) -> Result<RefundView, QueueError> {
+pub fn retry(
+    db: &Db<'_>,
+    id: &str,
+    operator: &str,
+    caller: &AuditCaller,
+    now: i64,
+) -> Result<RefundView, QueueError> {
     let (row, state, mut deliveries) = load(db, id, now)?;
     match state {
         RefundState::Failed | RefundState::Expired | RefundState::Queued => {}
@@ -95,7 +103,7 @@ pub fn retry(db: &Db<'_>, id: &str, operator: &str, now: i64) -> Result<RefundVi
         changed += 1;
     }
     save_state(db, row, &deliveries, None, now)?;
-    rows::audit(db.conn, Some(id), operator, "retry", &format!("{changed} deliveries due now"), now)?;
+    audit::by(db.conn, Some(id), operator, caller, "retry", &format!("{changed} deliveries due now"), now)?;
     super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
@@ -105,6 +113,7 @@ pub fn cancel(
     db: &Db<'_>,
     id: &str,
     operator: &str,
+    caller: &AuditCaller,
     reason: &str,
     now: i64,
 ) -> Result<RefundView, QueueError> {
@@ -130,7 +139,7 @@ pub fn cancel(
         rows::save_delivery(db.conn, db.sealer, d, false)?;
     }
     save_state(db, row, &deliveries, Some(RefundState::Cancelled), now)?;
-    rows::audit(db.conn, Some(id), operator, "cancel", reason, now)?;
+    audit::by(db.conn, Some(id), operator, caller, "cancel", reason, now)?;
     super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
@@ -142,6 +151,7 @@ pub fn resolve(
     destination: Option<&str>,
     resolution: Resolution,
     operator: &str,
+    caller: &AuditCaller,
     now: i64,
 ) -> Result<RefundView, QueueError> {
     let (row, _, mut deliveries) = load(db, id, now)?;
@@ -179,7 +189,7 @@ pub fn resolve(
     let dest = d.destination.clone();
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     save_state(db, row, &deliveries, None, now)?;
-    rows::audit(db.conn, Some(id), operator, "resolve", &format!("{dest}: {what}"), now)?;
+    audit::by(db.conn, Some(id), operator, caller, "resolve", &format!("{dest}: {what}"), now)?;
     super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 

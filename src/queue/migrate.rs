@@ -137,12 +137,31 @@ const MIGRATIONS: &[&str] = &[
         locked_until INTEGER NOT NULL,
         updated_at INTEGER NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 7: the audit log chained and sealed, with the caller of each decision (`audit/`);
+    // followed by `audit::adopt`, which numbers, chains and seals the rows present.
+    "ALTER TABLE audit ADD COLUMN caller TEXT;
+     ALTER TABLE audit ADD COLUMN seal BLOB NOT NULL DEFAULT x'';
+     CREATE INDEX audit_by_refund ON audit(refund_id, seq);
+     CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        last_seal BLOB NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
+
+/// The schema version that chains the audit log (`audit/`).
+pub(super) const AUDIT_CHAIN: i64 = 7;
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] =
-    &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts), (6, adopt_lockouts)];
+const STEPS: &[(i64, Step)] = &[
+    (2, adopt_sequence),
+    (3, adopt_ledger),
+    (4, adopt_keys),
+    (5, adopt_counts),
+    (6, adopt_lockouts),
+    (AUDIT_CHAIN, adopt_audit),
+];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
@@ -168,6 +187,12 @@ fn adopt_counts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
 
 fn adopt_lockouts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     super::counts::adopt(conn, sealer, &["manager_lockouts"])
+}
+
+/// The audit rows are chained under the key the queue was sealed with.
+fn adopt_audit(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    schema::check_key(conn, sealer)?;
+    super::audit::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

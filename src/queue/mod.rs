@@ -18,7 +18,8 @@
 //! | `row_counts` | counted table | sealed count of `sales`, `idempotency_keys` and `manager_lockouts` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
 //! | `manager_lockouts` | manager who typed a wrong PIN | wrong PINs in a row, end of the lock-out; updated in place; sealed with the queue id; counted in `row_counts` (`lockouts.rs`, schema version 6) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
-//! | `audit` | decision by the agent or a person | expiry, manual resolution |
+//! | `audit` | decision by the agent or a person | `seq` 1, 2, 3…; creation, retry, cancel, resolve, expiry; `actor`, `caller` (`unix uid=… pid=…`, `tcp ADDR`, `terminal`, `agent`); `seal` chained over the previous row's (`audit/`, schema version 6); never purged |
+//! | `audit_head` | (one row) | newest audit `seq` and its seal; sealed with the queue id |
 //!
 //! Times are milliseconds since the Unix epoch (UTC); amounts are decimal strings formatted
 //! with the currency's minor units, summed in Rust (never as SQL floats).
@@ -71,6 +72,7 @@
 //! makes a sale refundable again. Sales are never purged. Nothing undelivered is ever deleted
 //! by the agent.
 
+mod audit;
 mod counts;
 mod db;
 mod delivery;
@@ -97,6 +99,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use audit::{AuditCaller, AuditCheck, ChainState};
 pub use db::QueueSettings;
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
@@ -107,4 +110,6 @@ pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
 pub use owner::{start, QueueOwner};
 pub use seal::Sealer;
-pub use view::{ApprovalView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};
+pub use view::{
+    ApprovalView, AuditStatus, AuditView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState,
+};

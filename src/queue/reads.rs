@@ -6,11 +6,12 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
+use super::audit::ChainState;
 use super::db::Db;
 use super::delivery::{sql_list, sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow, RefundRow};
-use super::view::{ApprovalView, DeliveryView, QueueStatus, RefundView, ViewState};
+use super::view::{ApprovalView, AuditStatus, DeliveryView, QueueStatus, RefundView, ViewState};
 use crate::clock::rfc3339;
 use crate::refund::ValidRefund;
 
@@ -19,7 +20,9 @@ pub(super) fn view(db: &Db<'_>, id: &str, now: i64) -> Result<Option<RefundView>
     let Some(row) = rows::load_refund(db.conn, id)? else {
         return Ok(None);
     };
-    Ok(Some(view_row(db, row, now)?))
+    let mut view = view_row(db, row, now)?;
+    view.audit = Some(super::audit::for_refund(db.conn, id)?);
+    Ok(Some(view))
 }
 
 fn view_row(db: &Db<'_>, row: RefundRow, now: i64) -> Result<RefundView, QueueError> {
@@ -79,6 +82,7 @@ pub(super) fn build_view(
                 updated_at: rfc3339(d.updated_at),
             })
             .collect(),
+        audit: None,
         id: row.id,
     }
 }
@@ -107,7 +111,9 @@ pub(super) fn list(
     rows::list_refunds(db.conn, state, limit)?.into_iter().map(|row| view_row(db, row, now)).collect()
 }
 
-/// Queue-wide counts for the status endpoint.
+/// Queue-wide counts for the status endpoint. `now` is the jump-safe trusted now
+/// (`crate::clock`), so a wall clock set forward does not make every pending refund look old.
+/// The audit chain gets its cheap check (`audit::check`).
 pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
     let mut s = QueueStatus::default();
     for state in RefundState::ALL {
@@ -157,5 +163,8 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         .prepare_cached("SELECT COALESCE(SUM(attempts - 1), 0) FROM deliveries WHERE attempts > 1")?
         .query_row([], |r| r.get(0))?;
     s.delivery_retries = retries.max(0) as u64;
+    if let ChainState::Broken { seq, problem } = super::audit::check(db.conn, db.sealer)? {
+        s.audit = AuditStatus { broken: true, first_broken_seq: seq, problem: Some(problem), walked: false };
+    }
     Ok(s)
 }

@@ -32,10 +32,11 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
                 continue;
             }
             rows::set_refund_state(db.conn, db.sealer, &mut row, RefundState::Expired, now)?;
-            rows::audit(
+            super::audit::by(
                 db.conn,
                 Some(&id),
                 "agent",
+                &super::audit::AuditCaller::agent(),
                 "expire",
                 "undelivered for longer than max_pending_age",
                 now,

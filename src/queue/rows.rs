@@ -403,6 +403,10 @@ pub fn quarantine_reason(conn: &Connection, refund_id: &str) -> Result<Option<St
         .optional()?)
 }
 
+/// Appends a decision to the sealed audit chain (`audit/`) without naming its caller (the
+/// column stays empty); `audit::by` names it. Kept for code that records a decision where no
+/// caller is known, so that it need not change.
+#[allow(dead_code)]
 pub fn audit(
     conn: &Connection,
     refund_id: Option<&str>,
@@ -411,11 +415,8 @@ pub fn audit(
     detail: &str,
     now: i64,
 ) -> Result<(), QueueError> {
-    conn.prepare_cached(
-        "INSERT INTO audit (at, refund_id, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![now, refund_id, actor, action, detail])?;
-    Ok(())
+    let entry = super::audit::Entry { refund_id, actor, action, detail, caller: None, at: now };
+    super::audit::record(conn, &entry).map(|_| ())
 }
 
 /// A refund's amount in minor units (5.00 USD → 500), or `None` if it does not fit.

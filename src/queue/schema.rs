@@ -46,12 +46,15 @@ pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError>
             ),
         });
     }
+    super::audit::register(&conn, sealer)?;
     migrate::migrate(&conn, sealer)?;
     check_key(&conn, sealer)?;
     check_identity(&conn, &marker, &path)?;
     check_sequence(&conn, sealer, &path)?;
     super::counts::check_all(&conn, sealer)?
         .map_err(|detail| QueueError::Tampered { path: path.clone(), detail })?;
+    // A broken audit chain is logged, not refused: see `audit/` for why.
+    super::audit::log_start_check(&conn, sealer)?;
     rebuild_totals(&conn)?;
     Ok(conn)
 }

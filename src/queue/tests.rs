@@ -5,12 +5,18 @@ use proptest::prelude::*;
 use rusqlite::Connection;
 use tempfile::TempDir;
 
+use super::audit::AuditCaller;
 use super::db::{Db, QueueSettings};
 use super::lifecycle::{self, Recorded};
 use super::{intake, migrate, reads, retention, rows, schema, DeliveryState, QueueError, Sealer, ViewState};
 use crate::refund::{Policy, RefundDraft};
 use crate::routing::{Route, Router};
 use crate::sale::tests::example_input;
+
+/// The caller the tests' decisions are recorded as coming through.
+fn ui() -> AuditCaller {
+    AuditCaller::unix(1000, Some(4242))
+}
 
 struct Fixture {
     _dir: TempDir,
@@ -78,7 +84,7 @@ impl Fixture {
             operator: "o".into(),
             ..RefundDraft::default()
         };
-        self.db(|db| intake::create_refund(db, draft, None, 1).unwrap().unwrap().refund.id)
+        self.db(|db| intake::create_refund(db, draft, None, &ui(), 1).unwrap().unwrap().refund.id)
     }
 
     /// The sealed refunded totals of the fixture's sale.
@@ -380,28 +386,30 @@ fn draft(amount: &str, tax: &str) -> RefundDraft {
 #[test]
 fn a_purge_never_makes_a_refunded_sale_refundable_again() {
     let mut f = Fixture::new(&["a"]);
-    f.db(|db| intake::create_refund(db, draft("60.00", "6.00"), None, 1).unwrap().unwrap());
-    f.db(|db| intake::create_refund(db, draft("40.00", "4.00"), None, 2).unwrap().unwrap());
+    f.db(|db| intake::create_refund(db, draft("60.00", "6.00"), None, &ui(), 1).unwrap().unwrap());
+    f.db(|db| intake::create_refund(db, draft("40.00", "4.00"), None, &ui(), 2).unwrap().unwrap());
     deliver_all(&f, 3);
     assert_eq!(f.purge_finished(100), 2);
     f.reopen().unwrap();
     let ledger = f.ledger();
     assert_eq!((ledger.amount.to_string(), ledger.tax.to_string()), ("100".into(), "10".into()));
     assert!(ledger.lines.is_empty());
-    let again = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, 200).unwrap());
+    let again = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, &ui(), 200).unwrap());
     assert_eq!(again.unwrap_err().code.as_str(), "over_refund");
 }
 
 #[test]
 fn a_cancelled_refund_leaves_the_ledger_and_an_edited_ledger_refuses() {
     let f = Fixture::new(&["a"]);
-    let id =
-        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), None, 1).unwrap().unwrap()).refund.id;
-    f.db(|db| super::manual::cancel(db, &id, "o", "r", 2).unwrap());
+    let id = f
+        .db(|db| intake::create_refund(db, draft("100.00", "10.00"), None, &ui(), 1).unwrap().unwrap())
+        .refund
+        .id;
+    f.db(|db| super::manual::cancel(db, &id, "o", &ui(), "r", 2).unwrap());
     assert_eq!(f.ledger(), super::ledger::Refunded::default());
-    f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), None, 3).unwrap().unwrap());
+    f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), None, &ui(), 3).unwrap().unwrap());
     f.conn.execute("UPDATE sales SET refunded = '0'", []).unwrap();
-    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, 4));
+    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, &ui(), 4));
     assert!(
         matches!(refused, Err(QueueError::Conflict(ref m)) if m.contains("does not verify")),
         "{refused:?}"
@@ -411,10 +419,12 @@ fn a_cancelled_refund_leaves_the_ledger_and_an_edited_ledger_refuses() {
 #[test]
 fn the_upgrade_totals_each_sale_from_its_refunds() {
     let mut f = Fixture::new(&["a"]);
-    f.db(|db| intake::create_refund(db, draft("30.00", "3.00"), None, 1).unwrap().unwrap());
-    let id =
-        f.db(|db| intake::create_refund(db, draft("20.00", "2.00"), None, 2).unwrap().unwrap()).refund.id;
-    f.db(|db| super::manual::cancel(db, &id, "o", "r", 3).unwrap());
+    f.db(|db| intake::create_refund(db, draft("30.00", "3.00"), None, &ui(), 1).unwrap().unwrap());
+    let id = f
+        .db(|db| intake::create_refund(db, draft("20.00", "2.00"), None, &ui(), 2).unwrap().unwrap())
+        .refund
+        .id;
+    f.db(|db| super::manual::cancel(db, &id, "o", &ui(), "r", 3).unwrap());
     super::ledger::downgrade_for_tests(&f.conn, &f.sealer);
     f.conn.execute_batch("PRAGMA user_version = 2").unwrap();
     f.reopen().unwrap();
@@ -425,13 +435,14 @@ fn the_upgrade_totals_each_sale_from_its_refunds() {
 #[test]
 fn a_purged_refunds_key_still_names_it_and_an_edited_key_refuses() {
     let mut f = Fixture::new(&["a"]);
-    let first =
-        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), 1).unwrap().unwrap());
+    let first = f
+        .db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), &ui(), 1).unwrap().unwrap());
     deliver_all(&f, 2);
     assert_eq!(f.purge_finished(100), 1);
     f.reopen().unwrap();
-    let again =
-        f.db(|db| intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), 200).unwrap().unwrap());
+    let again = f.db(|db| {
+        intake::create_refund(db, draft("100.00", "10.00"), Some("k1"), &ui(), 200).unwrap().unwrap()
+    });
     assert!(again.replayed);
     assert_eq!(again.refund.id, first.refund.id);
     assert_eq!(again.refund.state, ViewState::Purged);
@@ -439,7 +450,7 @@ fn a_purged_refunds_key_still_names_it_and_an_edited_key_refuses() {
     let count: i64 = f.conn.query_row("SELECT COUNT(*) FROM refunds", [], |r| r.get(0)).unwrap();
     assert_eq!(count, 0, "nothing new was made");
     f.conn.execute("UPDATE idempotency_keys SET refund_id = 'other'", []).unwrap();
-    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), Some("k1"), 201));
+    let refused = f.db(|db| intake::create_refund(db, draft("1.00", "0"), Some("k1"), &ui(), 201));
     assert!(
         matches!(refused, Err(QueueError::Conflict(ref m)) if m.contains("idempotency key")),
         "{refused:?}"
@@ -462,7 +473,7 @@ fn a_deleted_sale_cannot_be_registered_again_and_refuses_the_start() {
 #[test]
 fn a_deleted_idempotency_key_refuses_the_start() {
     let mut f = Fixture::new(&["a"]);
-    f.db(|db| intake::create_refund(db, draft("5.00", "0.50"), Some("k1"), 1).unwrap().unwrap());
+    f.db(|db| intake::create_refund(db, draft("5.00", "0.50"), Some("k1"), &ui(), 1).unwrap().unwrap());
     f.reopen().expect("no false alarm");
     f.sql("DELETE FROM idempotency_keys WHERE key = ?1", "k1");
     assert!(f.refused().contains("1 idempotency key(s) missing"));
@@ -514,7 +525,7 @@ proptest! {
                         operator: "o".into(), tax: Some("0".into()), ..RefundDraft::default()
                     };
                     // Over-refunds are rejected; that is fine here.
-                    if let Ok(c) = f.db(|db| intake::create_refund(db, draft, None, now).unwrap()) {
+                    if let Ok(c) = f.db(|db| intake::create_refund(db, draft, None, &ui(), now).unwrap()) {
                         made.insert(c.refund.id, (i64::from(cents), true));
                     }
                 }
@@ -553,7 +564,7 @@ proptest! {
                     let id = made.keys().nth(i % made.len()).cloned().unwrap();
                     // Refused once money may have moved or when already finished; fine here.
                     // A cancel turns failed deliveries into cancelled ones, by design.
-                    if f.db(|db| super::manual::cancel(db, &id, "o", "r", now)).is_ok() {
+                    if f.db(|db| super::manual::cancel(db, &id, "o", &ui(), "r", now)).is_ok() {
                         finals.retain(|(r, _), _| *r != id);
                     }
                 }
@@ -589,4 +600,20 @@ proptest! {
         let reopened = f.reopen();
         prop_assert!(reopened.is_ok(), "false alarm at the end: {:?}", reopened);
     }
+}
+
+/// Status ages are measured against the trusted now (`crate::clock`), as the handle passes it:
+/// however far the wall clock is set forward, an hour after start the oldest refund is an hour
+/// old.
+#[test]
+fn status_ages_do_not_jump_with_the_wall_clock() {
+    let f = Fixture::new(&["a"]);
+    f.create("1.00");
+    let hour = std::time::Duration::from_secs(3600);
+    let now = crate::clock::trusted(1, hour);
+    let status = f.db(|db| reads::status(db, now).unwrap());
+    assert_eq!(status.oldest_pending_age_s, Some(3600));
+    assert!(!status.audit.broken, "{:?}", status.audit);
+    let wall = f.db(|db| reads::status(db, 1 + 30 * 86_400_000).unwrap());
+    assert_eq!(wall.oldest_pending_age_s, Some(30 * 86_400), "the raw wall clock would have aged it");
 }

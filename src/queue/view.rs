@@ -29,6 +29,9 @@ pub struct RefundView {
     pub created_at: String,
     pub balance_after: Option<String>,
     pub deliveries: Vec<DeliveryView>,
+    /// The refund's audit rows, oldest first: only when one refund is shown (not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Vec<AuditView>>,
 }
 
 impl RefundView {
@@ -49,6 +52,7 @@ impl RefundView {
             created_at: String::new(),
             balance_after: None,
             deliveries: Vec::new(),
+            audit: None,
         }
     }
 }
@@ -138,6 +142,37 @@ pub struct DeliveryView {
     pub updated_at: String,
 }
 
+/// One decision about a refund, from the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditView {
+    /// Its number in the audit chain.
+    pub seq: i64,
+    pub at: String,
+    /// Who decided: the operator, or `agent`.
+    pub actor: String,
+    /// `created`, `retry`, `cancel`, `resolve`, `expire`…
+    pub action: String,
+    pub detail: String,
+    /// Through what: `unix uid=… pid=…`, `tcp ADDR`, `terminal`, `agent`; absent on rows written
+    /// before callers were recorded.
+    pub caller: Option<String>,
+}
+
+/// Whether the audit log is as the agent wrote it (`audit/`). A broken chain is an alarm, not
+/// a stop: refunds are still validated and sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditStatus {
+    /// A row was deleted, edited, moved or added outside the agent, or its head record was.
+    pub broken: bool,
+    /// The first broken audit number, when known (the full walk names it).
+    pub first_broken_seq: Option<i64>,
+    /// What is wrong, in a technician's words.
+    pub problem: Option<String>,
+    /// Whether every row has been verified since the agent started (the walk runs in the
+    /// background after start); until then only the head and the newest row are checked.
+    pub walked: bool,
+}
+
 /// Queue-wide figures for `GET /v1/status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct QueueStatus {
@@ -157,6 +192,9 @@ pub struct QueueStatus {
     /// How writes to the queue have fared (not read from the database: kept by its owner).
     #[serde(default)]
     pub storage: StorageStatus,
+    /// Whether the audit log's chain is whole.
+    #[serde(default)]
+    pub audit: AuditStatus,
 }
 
 /// How writes to the queue have fared since start. A full disk does not stop reads, so a

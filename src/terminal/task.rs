@@ -24,7 +24,7 @@ use super::event::{parse_event_detailed, scan_event, EventError, Inbound, Reply,
 use super::session::{Action, RefundRequest, Session};
 use crate::lock::lock;
 use crate::manager::{Approver, Refusal};
-use crate::queue::QueueHandle;
+use crate::queue::{AuditCaller, QueueHandle};
 use crate::shutdown::Shutdown;
 
 /// Everything the link task owns.
@@ -185,7 +185,11 @@ impl Link {
                 }
             },
         };
-        match self.queue.create_approved(request.draft.clone(), request.key.clone(), approval).await {
+        match self
+            .queue
+            .create_approved(request.draft.clone(), request.key.clone(), approval, AuditCaller::terminal())
+            .await
+        {
             Ok(Ok(created)) => {
                 self.session.committed(&request);
                 let refund = created.refund;
