@@ -129,11 +129,22 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         count INTEGER NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 6 and 7: placeholders until the migrations written beside this one are merged; they
+    // change nothing, so a queue at version 7 is the same as at version 5.
+    "",
+    "",
+    // 8: the queue's generation (`generation.rs`), raised by every write batch, so an older
+    // copy of the file put back by hand is refused; followed by `generation::adopt`.
+    "CREATE TABLE generation (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
 
 /// Work in Rust that completes a migration, inside its transaction: `(version, step)`.
 type Step = fn(&Connection, &Sealer) -> Result<(), QueueError>;
-const STEPS: &[(i64, Step)] = &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts)];
+const STEPS: &[(i64, Step)] =
+    &[(2, adopt_sequence), (3, adopt_ledger), (4, adopt_keys), (5, adopt_counts), (8, adopt_generation)];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
 fn adopt_sequence(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
@@ -155,6 +166,10 @@ fn adopt_keys(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
 
 fn adopt_counts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     super::counts::adopt(conn, sealer)
+}
+
+fn adopt_generation(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    super::generation::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

@@ -16,6 +16,7 @@
 //! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
 //! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
 //! | `row_counts` | counted table | sealed count of `sales` and `idempotency_keys` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
+//! | `generation` | (one row) | the queue's generation, raised by every write batch; sealed with the queue id (`generation.rs`, schema version 8) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
 //! | `audit` | decision by the agent or a person | expiry, manual resolution |
 //!
@@ -36,7 +37,14 @@
 //! quarantined (at start when the delivery-row total disagrees with the head, and on every
 //! read). The upgrade from version 1 numbers the rows present, trusting them. Not detectable
 //! from inside the file: the whole file (or the head with the newest rows) put back to an older
-//! copy of itself.
+//! copy of itself: for that, the generation (below).
+//!
+//! An older copy put back by hand is caught by the generation (schema version 8,
+//! `generation.rs`): a sealed counter raised in every write batch, mirrored after each COMMIT to
+//! `queue.generation` beside the database. At start a database older than the marker is
+//! refused; only `refund-agent restore` (`backup.rs`, `restore.rs`) brings an older copy back,
+//! marking what it could not know as `unknown`. `queue.lock` is held (`flock`) by the owner
+//! while the database is open, and by a restore.
 //!
 //! Sales and creation keys, never purged with refunds, are counted instead (schema version 5,
 //! `counts.rs`): a sealed count per table, raised in the transaction that inserts a row and
@@ -70,11 +78,13 @@
 //! makes a sale refundable again. Sales are never purged. Nothing undelivered is ever deleted
 //! by the agent.
 
+mod backup;
 mod counts;
 mod db;
 mod delivery;
 mod error;
 mod files;
+mod generation;
 mod handle;
 mod intake;
 mod keys;
@@ -85,6 +95,7 @@ mod manual;
 mod migrate;
 mod owner;
 mod reads;
+mod restore;
 mod retention;
 mod rows;
 mod schema;
@@ -95,6 +106,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use backup::{backup, restore, BackupError, BackupReport, RestoreReport, PREVIOUS_FILE};
 pub use db::QueueSettings;
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
@@ -104,5 +116,6 @@ pub use intake::{Created, SaleAdded};
 pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
 pub use owner::{start, QueueOwner};
+pub use restore::Restored;
 pub use seal::Sealer;
 pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};
