@@ -81,7 +81,9 @@ async fn dispatch(cli: Cli) -> u8 {
                     eprintln!("error: {e}");
                     match e {
                         daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => exit::USAGE,
-                        daemon::StartError::Queue(QueueError::OlderCopy { .. }) => exit::OLDER_QUEUE,
+                        daemon::StartError::Queue(
+                            QueueError::OlderCopy { .. } | QueueError::MarkerMissing { .. },
+                        ) => exit::OLDER_QUEUE,
                         _ => exit::ERROR,
                     }
                 }

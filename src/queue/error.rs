@@ -29,6 +29,13 @@ pub enum QueueError {
          unknown; see README \"Backup and restore\""
     )]
     OlderCopy { path: PathBuf, found: i64, expected: i64, marker: PathBuf },
+    #[error(
+        "the queue database {path} has run before (generation {found}) but its generation marker \
+         {marker} is gone, so nothing says it is not an older copy put back by hand; the agent will \
+         not start on it. Put the marker back, or bring the file in with `refund-agent restore PATH` \
+         (agent stopped), which marks what may have been sent as unknown; see README \"Backup and restore\""
+    )]
+    MarkerMissing { path: PathBuf, found: i64, marker: PathBuf },
     #[error("the state directory {path} is in use by another agent or a restore (its lock is held)")]
     InUse { path: PathBuf },
     #[error("the queue database has schema version {found}, newer than this agent knows ({known}); install the newer agent")]

@@ -12,9 +12,8 @@
 //!   the database never refuses anything.
 //!
 //! At start, a database whose generation is below the marker's is refused
-//! ([`QueueError::OlderCopy`]); a database that has run under a generation-aware agent while
-//! the marker is missing is refused too (it was put back without its state directory's
-//! marker). Only `refund-agent restore` lowers the marker, after marking what the copy could
+//! ([`QueueError::OlderCopy`]); so is one that has run before while the marker is missing
+//! ([`QueueError::MarkerMissing`]: it may have been put back without the marker). Only `refund-agent restore` lowers the marker, after marking what the copy could
 //! not know as `unknown` (`restore.rs`). Not detectable: the marker put back together with an
 //! equally old database (the whole state directory restored by hand).
 
@@ -125,12 +124,7 @@ impl Generation {
             None if found > 0 => {
                 // A database that ran under this agent has a marker; without it nothing says how
                 // old this copy is, so it is treated as the older copy it may be.
-                return Err(QueueError::OlderCopy {
-                    path: db.to_path_buf(),
-                    found,
-                    expected: found + 1,
-                    marker: path,
-                });
+                return Err(QueueError::MarkerMissing { path: db.to_path_buf(), found, marker: path });
             }
             Some(expected) if expected == found => {}
             _ => write_marker(&path, found)?,
@@ -197,7 +191,10 @@ mod tests {
 
         fs::remove_file(tmp.path().join(MARKER_FILE)).expect("marker removed");
         assert!(
-            matches!(Generation::start(&conn, &sealer, tmp.path(), &db), Err(QueueError::OlderCopy { .. })),
+            matches!(
+                Generation::start(&conn, &sealer, tmp.path(), &db),
+                Err(QueueError::MarkerMissing { .. })
+            ),
             "a queue that ran before, without its marker, is not trusted to be the newest"
         );
 
