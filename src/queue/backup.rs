@@ -311,3 +311,34 @@ fn remove_if_present(path: &Path) -> Result<(), BackupError> {
         Err(e) => Err(io(path)(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the agent stopped the queue has no `-wal` or `-shm` (the last connection removed
+    /// them): the read-only connection must still read it.
+    #[test]
+    fn a_stopped_queue_is_backed_up_and_an_existing_path_kept_without_force() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let sealer = Sealer::new(vec![5; 32]).expect("a key");
+        let state = tmp.path().join("state");
+        drop(schema::open(&state, &sealer).expect("queue opens"));
+        assert!(!state.join("queue.db-wal").exists(), "closed cleanly");
+        let dest = tmp.path().join("copy.db");
+        let report = backup(&state, &dest, false).expect("backup of a stopped queue");
+        assert_eq!(report.refunds, 0);
+        assert!(!report.queue_id.is_empty());
+        assert_eq!(fs::metadata(&dest).expect("copy").permissions().mode() & 0o777, 0o600);
+        assert!(!tmp.path().join("copy.db-wal").exists(), "the copy is one file");
+        assert!(matches!(backup(&state, &dest, false), Err(BackupError::Exists(_))));
+        backup(&state, &dest, true).expect("--force replaces it");
+        let leftovers = fs::read_dir(tmp.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".refund-agent-backup-"))
+            .count();
+        assert_eq!(leftovers, 0);
+        assert!(matches!(backup(&tmp.path().join("none"), &dest, true), Err(BackupError::NoQueue(_))));
+    }
+}
