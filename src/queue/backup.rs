@@ -212,9 +212,11 @@ pub fn restore(
     }
     let refused = |reason: String| BackupError::Refused { path: source.to_path_buf(), reason };
     let marker = state_dir.join(generation::MARKER_FILE);
-    // An unreadable marker only means the generation to beat is unknown: the copy still gets
-    // a fresh one above its own.
-    let last_run = generation::read_marker(&marker).unwrap_or(None);
+    // The generation to beat: the marker's or the replaced file's, whichever is higher, so that
+    // the replaced file cannot be put back by hand afterwards. Either may be unreadable (that
+    // may be why this restore happens); the copy then still gets one above its own.
+    let replaced = current_generation(&state_dir.join(DB_FILE));
+    let last_run = generation::read_marker(&marker).unwrap_or(None).max(replaced);
     let work = tempfile::Builder::new()
         .prefix(".queue.db.restore-")
         .tempfile_in(state_dir)
@@ -269,6 +271,15 @@ pub fn restore(
         "queue restored from a backup"
     );
     Ok(RestoreReport { restored, previous })
+}
+
+/// The generation the queue about to be replaced holds, unverified (it only raises the one
+/// the restored queue gets); `None` when it cannot be read.
+fn current_generation(db: &Path) -> Option<i64> {
+    let conn =
+        Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .ok()?;
+    conn.query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0)).ok()
 }
 
 /// Keeps the queue about to be replaced as `queue.db.pre-restore` (a hard link, so the file
