@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use refund_agent::cli::{client_cmds, exit, Cli, Command, ManagerCmd};
+use refund_agent::cli::{backup_cmds, client_cmds, exit, Cli, Command, ManagerCmd};
 use refund_agent::config::Config;
 use refund_agent::control::client::ControlClient;
+use refund_agent::queue::QueueError;
 use refund_agent::{daemon, demo};
 
 fn main() -> ExitCode {
@@ -80,6 +81,9 @@ async fn dispatch(cli: Cli) -> u8 {
                     eprintln!("error: {e}");
                     match e {
                         daemon::StartError::Config(_) | daemon::StartError::SealKey { .. } => exit::USAGE,
+                        daemon::StartError::Queue(
+                            QueueError::OlderCopy { .. } | QueueError::MarkerMissing { .. },
+                        ) => exit::OLDER_QUEUE,
                         _ => exit::ERROR,
                     }
                 }
@@ -121,6 +125,14 @@ async fn dispatch(cli: Cli) -> u8 {
             Err(code) => code,
         },
         Command::Manager(ManagerCmd::HashPin { manager }) => client_cmds::hash_pin(&manager),
+        Command::Backup { ref path, force } => match load_config(&cli.config) {
+            Ok(config) => backup_cmds::backup(&config, path, force),
+            Err(code) => code,
+        },
+        Command::Restore { ref path } => match load_config(&cli.config) {
+            Ok(config) => backup_cmds::restore(&config, path),
+            Err(code) => code,
+        },
     }
 }
 

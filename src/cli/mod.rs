@@ -2,8 +2,10 @@
 //!
 //! Exit codes: 0 success; 1 unexpected error; 2 usage or configuration error; 3 refused by
 //! the agent (validation, conflict); 4 agent unreachable or no answer; 5 not found; 6 `doctor`
-//! found a problem (at least one FAIL line).
+//! found a problem (at least one FAIL line); 7 `run` refused a queue older than the one it last
+//! ran on (put the newer file back, or use `restore`).
 
+pub mod backup_cmds;
 pub mod client_cmds;
 pub mod output;
 
@@ -21,6 +23,9 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 5;
     /// `doctor` printed at least one FAIL.
     pub const DOCTOR_FAILED: u8 = 6;
+    /// `run`: the queue is an older copy than the one the agent last ran on; bring it in with
+    /// `refund-agent restore` or put the newer file back.
+    pub const OLDER_QUEUE: u8 = 7;
 }
 
 #[derive(Debug, Parser)]
@@ -64,6 +69,19 @@ pub enum Command {
     /// Register original sales in the ledger.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Copy the queue to PATH (SQLite online backup), while the agent runs or not. The copy is
+    /// one file, mode 0600; an existing PATH is replaced only with --force.
+    Backup {
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup back in place of the queue (stop the agent first). Deliveries that were not
+    /// final in the copy become `unknown` where the destination does not deduplicate (resolve
+    /// them by hand) and `pending` where it does; the replaced queue is kept as
+    /// queue.db.pre-restore.
+    Restore { path: PathBuf },
     /// Managers and their PINs.
     #[command(subcommand)]
     Manager(ManagerCmd),

@@ -20,6 +20,24 @@ pub enum QueueError {
          \"Refunds missing from the queue\""
     )]
     Tampered { path: PathBuf, detail: String },
+    #[error(
+        "the queue database {path} is older than the one this agent last ran on (generation \
+         {found}, but {marker} says {expected}): it was put back from an older copy, which cannot \
+         know what was sent after it was taken, and starting on it could pay a refund twice. The \
+         agent will not start on it. Put the newer queue.db back, or bring the copy in with \
+         `refund-agent restore PATH` (agent stopped), which marks what may have been sent as \
+         unknown; see README \"Backup and restore\""
+    )]
+    OlderCopy { path: PathBuf, found: i64, expected: i64, marker: PathBuf },
+    #[error(
+        "the queue database {path} has run before (generation {found}) but its generation marker \
+         {marker} is gone, so nothing says it is not an older copy put back by hand; the agent will \
+         not start on it. Put the marker back, or bring the file in with `refund-agent restore PATH` \
+         (agent stopped), which marks what may have been sent as unknown; see README \"Backup and restore\""
+    )]
+    MarkerMissing { path: PathBuf, found: i64, marker: PathBuf },
+    #[error("the state directory {path} is in use by another agent or a restore (its lock is held)")]
+    InUse { path: PathBuf },
     #[error("the queue database has schema version {found}, newer than this agent knows ({known}); install the newer agent")]
     TooNew { found: i64, known: i64 },
     #[error(

@@ -1,5 +1,5 @@
 //! The queue's files are private to the agent: the state directory `0700`; `queue.db`, its
-//! `-wal` and `-shm` and `queue.id` `0600`. Refunds, sales and card references are in them, and a
+//! `-wal` and `-shm`, `queue.id`, `queue.generation` and `queue.lock` `0600`. Refunds, sales and card references are in them, and a
 //! till has other local users (the kiosk UI, maintenance accounts). Modes are set when a file
 //! is created and corrected at every open, so an installation made by an older version, or a
 //! file copied in with a loose mode, is made private too.
@@ -17,7 +17,12 @@ pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
 
 /// The queue's files in the state directory whose modes are kept private.
-const FILES: [&str; 4] = ["queue.db", "queue.db-wal", "queue.db-shm", "queue.id"];
+const FILES: [&str; 6] =
+    ["queue.db", "queue.db-wal", "queue.db-shm", "queue.id", "queue.generation", "queue.lock"];
+
+/// The lock file in the state directory: whoever holds it (the running agent's queue owner, or
+/// a restore) is the only one writing the queue.
+pub const LOCK_FILE: &str = "queue.lock";
 
 fn open_error(path: &Path, e: std::io::Error) -> QueueError {
     QueueError::Open { path: path.to_path_buf(), message: e.to_string() }
@@ -52,6 +57,60 @@ pub fn precreate(path: &Path) -> Result<(), QueueError> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(open_error(path, e)),
     }
+}
+
+/// An exclusive `flock` on the state directory's lock file, released when dropped (or when the
+/// process ends, however it ends: the kernel drops it, so a crash never leaves a stale lock).
+#[derive(Debug)]
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Takes the state directory's lock without waiting. `Ok(None)`: another process holds it.
+pub fn try_lock(dir: &Path) -> Result<Option<StateLock>, QueueError> {
+    private_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(&path)
+        .map_err(|e| open_error(&path, e))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(StateLock { _lock: lock })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(open_error(&path, std::io::Error::from(e))),
+    }
+}
+
+/// Writes `text` to `path` durably and atomically, mode `0600`: a temporary file beside it,
+/// fsynced, renamed over it, then the directory fsynced.
+pub fn write_durably(path: &Path, text: &str) -> Result<(), QueueError> {
+    let err = |e: std::io::Error| open_error(path, e);
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .map_err(err)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    fs::rename(&tmp, path).map_err(err)?;
+    sync_dir(path)
+}
+
+/// Fsyncs the directory holding `path`, so a rename or a new file in it survives a power cut.
+pub fn sync_dir(path: &Path) -> Result<(), QueueError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| open_error(dir, e))
 }
 
 /// Makes every existing queue file in `dir` `0600`.

@@ -283,7 +283,7 @@ pub(super) fn downgrade_for_tests(conn: &Connection, sealer: &Sealer) {
     conn.execute_batch(
         "ALTER TABLE sales DROP COLUMN refunded; ALTER TABLE sales DROP COLUMN tax_refunded;
          ALTER TABLE sales DROP COLUMN discount_refunded; ALTER TABLE sales DROP COLUMN lines;
-         DROP TABLE row_counts; DROP TABLE manager_lockouts;",
+         DROP TABLE row_counts; DROP TABLE manager_lockouts; DROP TABLE generation;",
     )
     .expect("drop the version 3 columns");
     super::audit::downgrade_for_tests(conn);

@@ -147,6 +147,12 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL,
         last_seal BLOB NOT NULL,
         seal BLOB NOT NULL) STRICT;",
+    // 8: the queue's generation (`generation.rs`), raised by every write batch, so an older
+    // copy of the file put back by hand is refused; followed by `generation::adopt`.
+    "CREATE TABLE generation (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL,
+        seal BLOB NOT NULL) STRICT;",
 ];
 
 /// The schema version that chains the audit log (`audit/`).
@@ -161,6 +167,7 @@ const STEPS: &[(i64, Step)] = &[
     (5, adopt_counts),
     (6, adopt_lockouts),
     (AUDIT_CHAIN, adopt_audit),
+    (8, adopt_generation),
 ];
 
 /// Before rows are resealed, make sure they are resealed under the key they were sealed with.
@@ -193,6 +200,10 @@ fn adopt_lockouts(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> 
 fn adopt_audit(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     schema::check_key(conn, sealer)?;
     super::audit::adopt(conn, sealer)
+}
+
+fn adopt_generation(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
+    super::generation::adopt(conn, sealer)
 }
 
 /// A migration's SQL with its sets of states filled in from the enums that define them.

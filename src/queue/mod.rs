@@ -17,6 +17,7 @@
 //! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
 //! | `row_counts` | counted table | sealed count of `sales`, `idempotency_keys` and `manager_lockouts` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
 //! | `manager_lockouts` | manager who typed a wrong PIN | wrong PINs in a row, end of the lock-out; updated in place; sealed with the queue id; counted in `row_counts` (`lockouts.rs`, schema version 6) |
+//! | `generation` | (one row) | the queue's generation, raised by every write batch; sealed with the queue id (`generation.rs`, schema version 8) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
 //! | `audit` | decision by the agent or a person | `seq` 1, 2, 3…; creation, retry, cancel, resolve, expiry; `actor`, `caller` (`unix uid=… pid=…`, `tcp ADDR`, `terminal`, `agent`); `seal` chained over the previous row's (`audit/`, schema version 6); never purged |
 //! | `audit_head` | (one row) | newest audit `seq` and its seal; sealed with the queue id |
@@ -38,7 +39,14 @@
 //! quarantined (at start when the delivery-row total disagrees with the head, and on every
 //! read). The upgrade from version 1 numbers the rows present, trusting them. Not detectable
 //! from inside the file: the whole file (or the head with the newest rows) put back to an older
-//! copy of itself.
+//! copy of itself: for that, the generation (below).
+//!
+//! An older copy put back by hand is caught by the generation (schema version 8,
+//! `generation.rs`): a sealed counter raised in every write batch, mirrored after each COMMIT to
+//! `queue.generation` beside the database. At start a database older than the marker is
+//! refused; only `refund-agent restore` (`backup.rs`, `restore.rs`) brings an older copy back,
+//! marking what it could not know as `unknown`. `queue.lock` is held (`flock`) by the owner
+//! while the database is open, and by a restore.
 //!
 //! Sales and creation keys, never purged with refunds, are counted instead (schema version 5,
 //! `counts.rs`): a sealed count per table, raised in the transaction that inserts a row and
@@ -73,11 +81,13 @@
 //! by the agent.
 
 mod audit;
+mod backup;
 mod counts;
 mod db;
 mod delivery;
 mod error;
 mod files;
+mod generation;
 mod handle;
 mod intake;
 mod keys;
@@ -89,6 +99,7 @@ mod manual;
 mod migrate;
 mod owner;
 mod reads;
+mod restore;
 mod retention;
 mod rows;
 mod schema;
@@ -100,6 +111,7 @@ mod view;
 mod tests;
 
 pub use audit::{AuditCaller, AuditCheck, ChainState};
+pub use backup::{backup, restore, BackupError, BackupReport, RestoreReport, PREVIOUS_FILE};
 pub use db::QueueSettings;
 pub use delivery::{DeliveryState, RefundState};
 pub use error::QueueError;
@@ -109,6 +121,7 @@ pub use intake::{Created, SaleAdded};
 pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
 pub use owner::{start, QueueOwner};
+pub use restore::Restored;
 pub use seal::Sealer;
 pub use view::{
     ApprovalView, AuditStatus, AuditView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState,

@@ -13,6 +13,11 @@
 //! job ever writes outside a transaction and nothing is half-stored. A job that only read, with
 //! nothing written before it in its transaction, keeps its answer whatever happens after it:
 //! during a full disk, status and look-ups still work.
+//!
+//! Every transaction that wrote raises the queue's generation before its COMMIT, and the
+//! marker file follows after it (`generation.rs`). The owner holds the state directory's lock
+//! (`queue.lock`) for as long as the database is open, so a restore never replaces the file
+//! under a running agent and two agents never share one queue.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +29,8 @@ use tokio::sync::mpsc;
 use super::audit::ChainState;
 use super::db::{Db, QueueSettings};
 use super::error::QueueError;
+use super::files::{self, StateLock};
+use super::generation::Generation;
 use super::handle::QueueHandle;
 use super::schema;
 use super::seal::Sealer;
@@ -66,7 +73,10 @@ pub fn start(
     sealer: Sealer,
     settings: QueueSettings,
 ) -> Result<(QueueHandle, QueueOwner), QueueError> {
+    let lock =
+        files::try_lock(state_dir)?.ok_or_else(|| QueueError::InUse { path: state_dir.to_path_buf() })?;
     let conn = schema::open(state_dir, &sealer)?;
+    let generation = Generation::start(&conn, &sealer, state_dir, &state_dir.join(schema::DB_FILE))?;
     let audit = AuditWalk::default();
     spawn_audit_walk(state_dir.join(schema::DB_FILE), sealer.clone(), audit.clone());
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
@@ -74,7 +84,7 @@ pub fn start(
     let owner_storage = storage.clone();
     let thread = thread::Builder::new()
         .name("queue-owner".into())
-        .spawn(move || run(conn, sealer, settings, rx, owner_storage))
+        .spawn(move || run(conn, sealer, settings, rx, owner_storage, generation, lock))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
     Ok((QueueHandle { jobs: tx, storage, audit }, QueueOwner { thread }))
 }
@@ -108,6 +118,8 @@ fn run(
     settings: QueueSettings,
     mut rx: mpsc::Receiver<Job>,
     storage: Storage,
+    mut generation: Generation,
+    lock: StateLock,
 ) {
     let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
     while let Some(first) = rx.blocking_recv() {
@@ -120,11 +132,14 @@ fn run(
                 Err(_) => break,
             }
         }
-        run_batch(&db, batch, &storage);
+        run_batch(&db, batch, &storage, &mut generation);
     }
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
     }
+    // The lock is released only once the database is closed.
+    drop(conn);
+    drop(lock);
 }
 
 /// Test hook: once the file named by `REFUND_AGENT_FAULT_WEDGE_QUEUE` exists, the owner blocks
@@ -141,16 +156,21 @@ fn wedge_if_asked() {
     }
 }
 
-fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage) {
+fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage, generation: &mut Generation) {
     let mut jobs = batch.into_iter();
     while jobs.len() > 0 {
-        run_transaction(db, &mut jobs, storage);
+        run_transaction(db, &mut jobs, storage, generation);
     }
 }
 
 /// Runs jobs from `jobs` in one transaction and answers them. Stops early, leaving the rest of
 /// `jobs` for a new transaction, when SQLite rolled this one back in the middle.
-fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &Storage) {
+fn run_transaction(
+    db: &Db<'_>,
+    jobs: &mut std::vec::IntoIter<Job>,
+    storage: &Storage,
+    generation: &mut Generation,
+) {
     if let Err(e) = exec_cached(db.conn, "BEGIN IMMEDIATE") {
         let err = QueueError::from(e);
         note_failure(storage, &err);
@@ -212,7 +232,16 @@ fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &St
         }
         return;
     }
-    let commit_error = exec_cached(db.conn, "COMMIT").err().map(QueueError::from);
+    let wrote = db.conn.total_changes() != changes_before;
+    // The generation is written in the batch's own transaction: no extra COMMIT, no extra fsync.
+    let staged = if wrote { generation.stage(db.conn, db.sealer) } else { Ok(()) };
+    let commit_error = match staged {
+        Ok(()) => exec_cached(db.conn, "COMMIT").err().map(QueueError::from),
+        Err(e) => Some(e),
+    };
+    if wrote && commit_error.is_none() {
+        generation.committed();
+    }
     match &commit_error {
         Some(e) => {
             tracing::error!(error = %e, "COMMIT failed; nothing of this batch was stored");

@@ -1,0 +1,231 @@
+//! End-to-end: `backup` and `restore` with the real binary, a real SQLite file and the card
+//! gateway sandbox (a destination that moves money and does not deduplicate). An older copy of
+//! the queue put back by hand must not start (it would pay again what was delivered after the
+//! copy was taken); through `restore` it starts, with what it could not know marked `unknown`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+use refund_agent::sandbox::{FinalPosSandbox, GatewaySandbox};
+use tokio::process::Command;
+
+const TOKEN: &str = "gw-test-token";
+const OTHER_KEY: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+/// An agent whose refunds go to the gateway at `url` only.
+fn gateway_agent(url: &str) -> Agent {
+    let extra = format!(
+        r#"
+[destinations.gateway]
+kind = "gateway"
+base_url = "{url}"
+token_file = "gateway.token"
+terminal_id = 24
+
+[[routes]]
+processor = "*"
+destinations = ["gateway"]
+"#
+    );
+    let agent = Agent::new(url, &extra);
+    agent.write_secret("gateway.token", TOKEN);
+    agent
+}
+
+/// `refund-agent run` that is expected to refuse: its output once it has exited. An agent that
+/// starts instead never exits, and the deadline fails the test.
+async fn run_refused(agent: &Agent) -> Output {
+    let run = Command::new(BIN).arg("--config").arg(&agent.config).arg("run").kill_on_drop(true).output();
+    tokio::time::timeout(DEADLINE, run).await.expect("the agent refuses and exits").expect("run the agent")
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// Puts `copy` in place of the agent's queue by hand, as a technician copying files would.
+fn put_back_by_hand(agent: &Agent, copy: &Path) {
+    let db = agent.db_path();
+    fs::copy(copy, &db).expect("copy over queue.db");
+    for suffix in ["-wal", "-shm"] {
+        let side = db.with_file_name(format!("queue.db{suffix}"));
+        if side.exists() {
+            fs::remove_file(side).expect("remove the WAL files");
+        }
+    }
+}
+
+async fn backup(agent: &Agent, path: &Path) -> Output {
+    agent.cli(&["backup", path_str(path)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_is_refused_by_hand_and_restored_as_unknown_without_paying_twice() {
+    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
+    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
+    gw.go_offline().await;
+    let mut agent = gateway_agent(&gw.url());
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    eventually("the gateway to have been tried", DEADLINE, || async {
+        agent
+            .refund(&id)
+            .await
+            .filter(|r| r.deliveries[0].attempts >= 1 && r.deliveries[0].state == "pending")
+    })
+    .await;
+
+    // The copy is taken while the refund waits for the gateway.
+    let copy = agent.dir.path().join("backup.db");
+    let out = backup(&agent, &copy).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&copy), 0o600, "the backup holds refunds and card references");
+    let again = backup(&agent, &copy).await;
+    assert_eq!(again.status.code(), Some(2), "an existing backup is not replaced without --force");
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+
+    gw.go_online().await.expect("gateway back");
+    agent.wait_state(&id, "delivered").await;
+    assert_eq!(gw.seen().len(), 1);
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    put_back_by_hand(&agent, &copy);
+    let refused = run_refused(&agent).await;
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("refund-agent restore"), "{}", stderr(&refused));
+
+    let restored = agent.cli(&["restore", path_str(&copy)]).await;
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let said = String::from_utf8_lossy(&restored.stdout).to_string();
+    assert!(said.contains("1 deliveries are now unknown") && said.contains(&id), "{said}");
+    let previous = agent.db_path().with_file_name("queue.db.pre-restore");
+    assert!(previous.exists(), "the replaced queue is kept");
+
+    agent.start().await;
+    let shown = agent.wait_state(&id, "unknown").await;
+    let error = shown.deliveries[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("restored from a backup") && error.contains("resolve by hand"), "{error}");
+    let status = agent.cli(&["status", "--json"]).await;
+    assert!(status.status.success(), "the restored queue answers: {}", stderr(&status));
+    assert_eq!(gw.seen().len(), 1, "the card was refunded once: {:?}", gw.seen());
+    assert_eq!(gw.refunds().len(), 1);
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    // Neither the queue the restore replaced nor the copy itself can be put back by hand now.
+    for older in [&previous, &copy] {
+        put_back_by_hand(&agent, older);
+        let refused = run_refused(&agent).await;
+        assert_eq!(refused.status.code(), Some(7), "{}: {}", older.display(), stderr(&refused));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_is_refused_while_the_agent_runs() {
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
+    let mut agent = Agent::new(&fp.url(), "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let copy = agent.dir.path().join("backup.db");
+    assert!(backup(&agent, &copy).await.status.success());
+    let out = agent.cli(&["restore", path_str(&copy)]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the agent is running"), "{}", stderr(&out));
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    agent.wait_state(&id, "delivered").await;
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_sealed_under_another_key_is_refused_and_nothing_changes() {
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
+    let mut first = Agent::new(&fp.url(), "");
+    first.start().await;
+    first.add_receipt(RECEIPT).await;
+    let copy = first.dir.path().join("backup.db");
+    assert!(backup(&first, &copy).await.status.success());
+    assert_eq!(first.terminate().await.code(), Some(0));
+
+    let mut other = Agent::new(&fp.url(), "");
+    other.write_secret("seal.key", OTHER_KEY);
+    other.start().await;
+    assert_eq!(other.terminate().await.code(), Some(0));
+    let before = fs::read(other.db_path()).expect("queue");
+    let out = other.cli(&["restore", path_str(&copy)]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("different seal key"), "{}", stderr(&out));
+    assert_eq!(fs::read(other.db_path()).expect("queue"), before, "the queue was left alone");
+    other.start().await;
+    assert_eq!(other.terminate().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_refunds_arrive_is_consistent_and_restores() {
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
+    fp.go_offline().await;
+    let mut agent = Agent::new(&fp.url(), "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let client = agent.client();
+    let writer = tokio::spawn(async move {
+        for i in 0..40 {
+            let body = format!(
+                r#"{{"receipt_id":"RCP-2025-001","amount":"0.{:02}","reason":"r","operator":"emp_42"}}"#,
+                i + 1
+            );
+            let a = client
+                .request(
+                    "POST",
+                    "/v1/refunds",
+                    Some(body.into_bytes()),
+                    &[("idempotency-key", &format!("k-{i}"))],
+                )
+                .await
+                .expect("agent answers");
+            assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+        }
+    });
+    let mut copies = Vec::new();
+    for n in 0..3 {
+        let copy = agent.dir.path().join(format!("backup-{n}.db"));
+        let out = backup(&agent, &copy).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        copies.push(copy);
+    }
+    writer.await.expect("every refund was taken");
+
+    for copy in &copies {
+        let conn = rusqlite::Connection::open_with_flags(copy, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the copy");
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("check");
+        assert_eq!(check, "ok");
+        let refunds: i64 = conn.query_row("SELECT COUNT(*) FROM refunds", [], |r| r.get(0)).expect("count");
+        drop(conn);
+        // A fresh installation with the same key restores it: every seal and count verifies.
+        let mut elsewhere = Agent::new(&fp.url(), "");
+        let out = elsewhere.cli(&["restore", path_str(copy)]).await;
+        assert!(out.status.success(), "{}: {}", copy.display(), stderr(&out));
+        assert_eq!(
+            fs::read_dir(copy.parent().expect("dir"))
+                .expect("dir")
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".refund-agent-backup-"))
+                .count(),
+            0,
+            "no temporary file is left behind"
+        );
+        elsewhere.start().await;
+        assert_eq!(elsewhere.list().await.len() as i64, refunds, "{}", copy.display());
+        assert!(
+            elsewhere.list().await.iter().all(|r| r.state == "queued"),
+            "Final POS deduplicates: pending again"
+        );
+        assert_eq!(elsewhere.terminate().await.code(), Some(0));
+    }
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}
