@@ -148,6 +148,9 @@ fn check_config(path: &Path) -> u8 {
     println!("  terminal:     {}", config.terminal_id);
     println!("  state dir:    {}", config.state_dir.display());
     println!("  socket:       {}", config.socket.display());
+    for line in refund_agent::config::limits::summary(&config.limits) {
+        println!("  limits:       {line}");
+    }
     for d in &config.destinations {
         println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url());
     }

@@ -118,6 +118,9 @@ pub(super) struct RawLimits {
     pub max_pending_age: Option<String>,
     #[serde(default)]
     pub allow_unlinked: bool,
+    pub max_refunds_per_operator_per_day: Option<u64>,
+    pub max_amount_per_operator_per_day: Option<String>,
+    pub max_amount_per_till_per_day: Option<String>,
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, toml::Value>,
 }
@@ -128,6 +131,9 @@ pub(super) struct RawLimits {
 pub(super) struct RawCurrencyLimits {
     pub max_refund: Option<String>,
     pub max_pending_total: Option<String>,
+    pub max_refunds_per_operator_per_day: Option<u64>,
+    pub max_amount_per_operator_per_day: Option<String>,
+    pub max_amount_per_till_per_day: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

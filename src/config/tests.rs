@@ -120,7 +120,7 @@ fn limits_are_per_currency() {
     assert_eq!(c.limits[&eur].max_refund, Some(Decimal::new(45000, 2)));
     assert_eq!(
         c.limits[&kwd],
-        CurrencyLimits { max_refund: None, max_pending_total: Some(Decimal::new(99999, 3)) }
+        CurrencyLimits { max_pending_total: Some(Decimal::new(99999, 3)), ..CurrencyLimits::default() }
     );
     assert_eq!(c.limits.len(), 3);
     // Amounts are checked against their own currency's minor units.

@@ -7,6 +7,7 @@ mod checks;
 pub mod draft;
 pub mod rejection;
 pub mod validate;
+pub mod velocity;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use crate::sale::Sale;
 pub use draft::{RefundDraft, SaleRef};
 pub use rejection::{RejectCode, Rejection};
 pub use validate::{validate, CurrencyLimits, Facts, Policy};
+pub use velocity::DayTotal;
 
 /// A refund's id: a UUIDv7, so ids sort by creation time. It is also the refund's idempotency
 /// key at every destination (`externalId`).
