@@ -1,13 +1,15 @@
 //! The command line: one binary, `refund-agent`, with subcommands (SPEC section 4).
 //!
 //! Exit codes: 0 success; 1 unexpected error; 2 usage or configuration error; 3 refused by
-//! the agent (validation, conflict); 4 agent unreachable or no answer; 5 not found; 6 `doctor`
+//! the agent (validation, conflict); 4 agent unreachable or no answer (within `--timeout`); 5
+//! not found; 6 `doctor`
 //! found a problem (at least one FAIL line).
 
 pub mod client_cmds;
 pub mod output;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -36,6 +38,9 @@ pub struct Cli {
     /// Control socket to talk to (default: the one in the configuration).
     #[arg(long, global = true, env = "REFUND_AGENT_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// How long a command waits for the agent's answer, connecting included (e.g. "10s").
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -182,4 +187,13 @@ pub enum ReceiptCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--timeout`: a duration like "10s", more than zero (zero would refuse every answer).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{text:?} is not a duration like \"10s\" ({e})")),
+    }
 }
