@@ -2,8 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 unexpected error; 2 usage or configuration error; 3 refused by
 //! the agent (validation, conflict); 4 agent unreachable or no answer (within `--timeout`); 5
-//! not found; 6 `doctor`
-//! found a problem (at least one FAIL line).
+//! not found; 6 `doctor` found a problem (at least one FAIL line).
 
 pub mod client_cmds;
 pub mod output;
