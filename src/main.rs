@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use refund_agent::cli::{backup_cmds, client_cmds, exit, Cli, Command, ManagerCmd};
@@ -58,15 +59,16 @@ fn load_config(path: &Path) -> Result<Config, u8> {
     })
 }
 
-fn client(socket: &Option<PathBuf>, config: &Path) -> Result<ControlClient, u8> {
-    match socket {
-        Some(s) => Ok(ControlClient::new(s)),
-        None => load_config(config).map(|c| ControlClient::new(&c.socket)),
-    }
+fn client(socket: &Option<PathBuf>, config: &Path, timeout: Duration) -> Result<ControlClient, u8> {
+    let client = match socket {
+        Some(s) => ControlClient::new(s),
+        None => load_config(config).map(|c| ControlClient::new(&c.socket))?,
+    };
+    Ok(client.with_timeout(timeout))
 }
 
 async fn dispatch(cli: Cli) -> u8 {
-    let client = |cli_socket: &Option<PathBuf>| client(cli_socket, &cli.config);
+    let client = |cli_socket: &Option<PathBuf>| client(cli_socket, &cli.config, cli.timeout);
     let socket = cli.socket.clone();
     match cli.command {
         Command::Run => {
@@ -169,6 +171,9 @@ fn check_config(path: &Path) -> u8 {
     println!("  terminal:     {}", config.terminal_id);
     println!("  state dir:    {}", config.state_dir.display());
     println!("  socket:       {}", config.socket.display());
+    for line in refund_agent::config::limits::summary(&config.limits) {
+        println!("  limits:       {line}");
+    }
     for d in &config.destinations {
         println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url());
     }

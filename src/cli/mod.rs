@@ -1,15 +1,16 @@
 //! The command line: one binary, `refund-agent`, with subcommands (SPEC section 4).
 //!
 //! Exit codes: 0 success; 1 unexpected error; 2 usage or configuration error; 3 refused by
-//! the agent (validation, conflict); 4 agent unreachable or no answer; 5 not found; 6 `doctor`
-//! found a problem (at least one FAIL line); 7 `run` refused a queue older than the one it last
-//! ran on (put the newer file back, or use `restore`).
+//! the agent (validation, conflict); 4 agent unreachable or no answer (within `--timeout`); 5
+//! not found; 6 `doctor` found a problem (at least one FAIL line); 7 `run` refused a queue older
+//! than the one it last ran on (put the newer file back, or use `restore`).
 
 pub mod backup_cmds;
 pub mod client_cmds;
 pub mod output;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -41,6 +42,9 @@ pub struct Cli {
     /// Control socket to talk to (default: the one in the configuration).
     #[arg(long, global = true, env = "REFUND_AGENT_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// How long a command waits for the agent's answer, connecting included (e.g. "10s").
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -223,4 +227,13 @@ pub enum ReceiptCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--timeout`: a duration like "10s", more than zero (zero would refuse every answer).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{text:?} is not a duration like \"10s\" ({e})")),
+    }
 }

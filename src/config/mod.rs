@@ -19,7 +19,7 @@
 
 mod destination;
 mod env;
-mod limits;
+pub mod limits;
 mod raw;
 mod secret;
 mod validate;

@@ -121,6 +121,9 @@ pub(super) struct RawLimits {
     /// Manager ids and argon2id PIN hashes (a secret file).
     #[serde(default)]
     pub managers_file: Option<String>,
+    pub max_refunds_per_operator_per_day: Option<u64>,
+    pub max_amount_per_operator_per_day: Option<String>,
+    pub max_amount_per_till_per_day: Option<String>,
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, toml::Value>,
 }
@@ -131,6 +134,9 @@ pub(super) struct RawLimits {
 pub(super) struct RawCurrencyLimits {
     pub max_refund: Option<String>,
     pub max_pending_total: Option<String>,
+    pub max_refunds_per_operator_per_day: Option<u64>,
+    pub max_amount_per_operator_per_day: Option<String>,
+    pub max_amount_per_till_per_day: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

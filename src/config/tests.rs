@@ -120,7 +120,7 @@ fn limits_are_per_currency() {
     assert_eq!(c.limits[&eur].max_refund, Some(Decimal::new(45000, 2)));
     assert_eq!(
         c.limits[&kwd],
-        CurrencyLimits { max_refund: None, max_pending_total: Some(Decimal::new(99999, 3)) }
+        CurrencyLimits { max_pending_total: Some(Decimal::new(99999, 3)), ..CurrencyLimits::default() }
     );
     assert_eq!(c.limits.len(), 3);
     // Amounts are checked against their own currency's minor units.
@@ -139,4 +139,39 @@ fn the_managers_file_is_a_secret_next_to_the_config() {
     assert_eq!(load(MINIMAL).unwrap().managers_file, None);
     let c = load(&format!("{MINIMAL}\n[limits]\nmanagers_file = \"managers\"")).unwrap();
     assert_eq!(c.managers_file.as_deref(), Some(Path::new("/etc/refund-agent/managers")));
+}
+
+#[test]
+fn velocity_limits_are_per_currency_and_need_a_days_retention() {
+    let c = load(&format!(
+        "{MINIMAL}\n[limits]\nmax_refunds_per_operator_per_day = 20\nmax_amount_per_operator_per_day = \"1000\"\n\
+         [limits.EUR]\nmax_amount_per_till_per_day = \"2700.00\""
+    ))
+    .unwrap();
+    let usd: Currency = "USD".parse().unwrap();
+    let eur: Currency = "EUR".parse().unwrap();
+    assert_eq!(c.limits[&usd].max_refunds_per_operator_per_day, Some(20));
+    assert_eq!(c.limits[&usd].max_amount_per_operator_per_day, Some(Decimal::new(100000, 2)));
+    assert_eq!(c.limits[&usd].max_amount_per_till_per_day, None);
+    assert_eq!(c.limits[&eur].max_amount_per_till_per_day, Some(Decimal::new(270000, 2)));
+    assert_eq!(
+        limits::summary(&c.limits),
+        [
+            "EUR: max_amount_per_till_per_day 2700.00 EUR",
+            "USD: max_refunds_per_operator_per_day 20, max_amount_per_operator_per_day 1000.00 USD",
+        ]
+    );
+    let err = load(&format!("{MINIMAL}\n[limits.JPY]\nmax_amount_per_operator_per_day = \"1.5\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limits.JPY.max_amount_per_operator_per_day"), "{err}");
+    let err =
+        load(&format!("{MINIMAL}\n[limits]\nmax_refunds_per_operator_per_day = 0")).unwrap_err().to_string();
+    assert!(err.contains("limits.max_refunds_per_operator_per_day"), "{err}");
+    // Purged refunds would stop counting within the day.
+    let short = MINIMAL.replace("[agent]", "[agent]\nretention = \"12h\"");
+    let err =
+        load(&format!("{short}\n[limits]\nmax_amount_per_till_per_day = \"10\"")).unwrap_err().to_string();
+    assert!(err.contains("agent.retention"), "{err}");
+    assert!(load(&short).is_ok());
 }

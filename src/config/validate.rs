@@ -74,20 +74,23 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
         }
     }
     let terminal = raw.terminal.map(terminal).transpose()?;
+    let limits = super::limits::currency_limits(&raw.limits, default_currency)?;
+    let retention = Some(duration("agent.retention", &a.retention)?).filter(|d| !d.is_zero());
+    super::limits::check_retention(&limits, retention)?;
     Ok(Config {
         path: path.to_path_buf(),
         terminal_id: a.terminal_id,
         state_dir: a.state_dir,
         default_currency,
         seal_key_file: secret_path(&a.seal_key_file, base_dir),
-        retention: Some(duration("agent.retention", &a.retention)?).filter(|d| !d.is_zero()),
+        retention,
         socket: raw.control.socket,
         socket_group: raw.control.socket_group,
         tcp,
         tcp_token_file,
         allowed_origins: raw.control.allowed_origins,
         terminal,
-        limits: super::limits::currency_limits(&raw.limits, default_currency)?,
+        limits,
         max_queue_len: raw.limits.max_queue_len,
         max_pending_age: raw
             .limits

@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 
 use super::audit::AuditCaller;
 use super::db::Db;
-use super::delivery::{DeliveryState, RefundState};
+use super::delivery::{sql_list, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::keys::{self, KeyRow};
 use super::ledger::{self, Refunded, SaleKey, SaleRecord};
@@ -14,7 +14,9 @@ use super::rows::{self, DeliveryRow, RefundRow};
 use super::sequence;
 use super::view::RefundView;
 use crate::manager::Approval;
-use crate::refund::{validate, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef};
+use crate::money::Currency;
+use crate::refund::velocity::DAY_MS;
+use crate::refund::{validate, DayTotal, Facts, RefundDraft, RefundId, RejectCode, Rejection, SaleRef};
 use crate::sale::{Sale, SaleInput};
 
 /// A refund made (or found again by its idempotency key).
@@ -82,7 +84,7 @@ pub fn create_approved(
         Ok(SaleRef::Transaction(t)) => ledger::find_record(db.conn, db.sealer, SaleKey::Transaction, &t)?,
         Err(r) => return Ok(Err(r)),
     };
-    let facts = Facts { approval, ..gather_facts(db, sale, &draft)? };
+    let facts = Facts { approval, ..gather_facts(db, sale, &draft, now)? };
     let refund = match validate(&draft, &facts, &db.settings.policy, RefundId::new(), now) {
         Ok(r) => r,
         Err(r) => return Ok(Err(r)),
@@ -155,7 +157,12 @@ pub fn create_approved(
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }
 
-fn gather_facts(db: &Db<'_>, record: Option<SaleRecord>, draft: &RefundDraft) -> Result<Facts, QueueError> {
+fn gather_facts(
+    db: &Db<'_>,
+    record: Option<SaleRecord>,
+    draft: &RefundDraft,
+    now: i64,
+) -> Result<Facts, QueueError> {
     let currency = match &record {
         Some(r) => r.sale.currency,
         None => draft
@@ -179,6 +186,10 @@ fn gather_facts(db: &Db<'_>, record: Option<SaleRecord>, draft: &RefundDraft) ->
         Some(r) => (Some(r.sale), r.refunded),
         None => (None, Refunded::default()),
     };
+    let (operator_day, till_day) = match db.settings.policy.limits.get(&currency) {
+        Some(limits) if limits.has_velocity() => day_totals(db, currency, draft.operator.trim(), now)?,
+        _ => (DayTotal::default(), DayTotal::default()),
+    };
     Ok(Facts {
         sale,
         refunded_before: refunded.amount,
@@ -187,7 +198,44 @@ fn gather_facts(db: &Db<'_>, record: Option<SaleRecord>, draft: &RefundDraft) ->
         pending_in_currency: minor(pending),
         queue_len: queue_len as u64,
         approval: None,
+        operator_day,
+        till_day,
     })
+}
+
+/// The operator's and the till's refunds in `currency` over the day ending now that still
+/// count (not cancelled or declined), for the velocity limits. The day ends at the trusted now
+/// (`clock.rs`), so setting the clock forward cannot age today's refunds out; a clock set back
+/// only makes refunds stamped "later" count too, since the window has no upper end. Refunds
+/// already purged are not counted; config refuses a retention shorter than the day while a
+/// velocity limit is set. The operator is read from the sealed body, which holds it trimmed.
+fn day_totals(
+    db: &Db<'_>,
+    currency: Currency,
+    operator: &str,
+    now: i64,
+) -> Result<(DayTotal, DayTotal), QueueError> {
+    // The trusted now is never ahead of the wall clock `now`; the `min` also keeps tests that
+    // pass a fixed `now` on their own time line.
+    let since = crate::clock::trusted_now_ms().min(now) - DAY_MS;
+    let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
+    let sql = format!(
+        "SELECT COUNT(CASE WHEN json_extract(body, '$.operator') = ?3 THEN 1 END),
+                COALESCE(SUM(CASE WHEN json_extract(body, '$.operator') = ?3 THEN amount_minor END), 0),
+                COUNT(*), COALESCE(SUM(amount_minor), 0)
+         FROM refunds WHERE currency = ?1 AND created_at > ?2 AND state NOT IN {}",
+        sql_list(&RefundState::RELEASED)
+    );
+    let (op_count, op_sum, till_count, till_sum): (i64, i64, i64, i64) = db
+        .conn
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params![currency.code(), since, operator], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    Ok((
+        DayTotal { count: op_count as u64, amount: minor(op_sum) },
+        DayTotal { count: till_count as u64, amount: minor(till_sum) },
+    ))
 }
 
 /// A sale registered (or found identical).

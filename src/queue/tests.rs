@@ -617,3 +617,28 @@ fn status_ages_do_not_jump_with_the_wall_clock() {
     let wall = f.db(|db| reads::status(db, 1 + 30 * 86_400_000).unwrap());
     assert_eq!(wall.oldest_pending_age_s, Some(30 * 86_400), "the raw wall clock would have aged it");
 }
+
+#[test]
+fn velocity_counts_the_operators_live_refunds_of_the_last_day() {
+    use crate::refund::velocity::DAY_MS;
+    use crate::refund::{CurrencyLimits, RejectCode};
+    let mut f = Fixture::new(&["a"]);
+    let limits = CurrencyLimits { max_refunds_per_operator_per_day: Some(2), ..CurrencyLimits::default() };
+    f.settings.policy.limits.insert("USD".parse().unwrap(), limits);
+    let create = |f: &Fixture, operator: &str, now: i64| {
+        let d = RefundDraft { operator: operator.into(), ..draft("1.00", "0") };
+        f.db(|db| intake::create_refund(db, d, None, &ui(), now).unwrap())
+    };
+    let first = create(&f, "emp_42", 1).unwrap().refund.id;
+    create(&f, "emp_42", 2).unwrap();
+    let refused = create(&f, "emp_42", 3).unwrap_err();
+    assert_eq!(refused.code, RejectCode::ManagerApprovalRequired);
+    assert!(create(&f, "emp_7", 3).is_ok(), "another operator has their own count");
+    // A cancelled refund no longer counts.
+    f.db(|db| super::manual::cancel(db, &first, "o", &ui(), "r", 4).unwrap());
+    create(&f, "emp_42", 5).unwrap();
+    assert_eq!(create(&f, "emp_42", 6).unwrap_err().code, RejectCode::ManagerApprovalRequired);
+    // A day after the second refund (made at 2), only the third (at 5) is still in the window.
+    assert!(create(&f, "emp_42", 2 + DAY_MS).is_ok());
+    assert_eq!(create(&f, "emp_42", 2 + DAY_MS).unwrap_err().code, RejectCode::ManagerApprovalRequired);
+}

@@ -8,6 +8,7 @@ pub mod draft;
 pub mod lines;
 pub mod rejection;
 pub mod validate;
+pub mod velocity;
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +24,7 @@ use crate::sale::Sale;
 pub use draft::{RefundDraft, SaleRef};
 pub use rejection::{RejectCode, Rejection};
 pub use validate::{validate, CurrencyLimits, Facts, Policy};
+pub use velocity::DayTotal;
 
 /// A refund's id: a UUIDv7, so ids sort by creation time. It is also the refund's idempotency
 /// key at every destination (`externalId`).

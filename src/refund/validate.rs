@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use super::checks::{check_breakdown, check_breakdown_parts, check_card};
 use super::draft::RefundDraft;
 use super::rejection::{RejectCode, Rejection};
+use super::velocity::{check_velocity, DayTotal};
 use super::{RefundId, ValidRefund};
 use crate::manager::Approval;
 use crate::money::{parse_amount, parse_non_negative, Currency};
@@ -34,6 +35,11 @@ pub struct CurrencyLimits {
     pub max_refund: Option<Decimal>,
     /// The most that may be undelivered at once (the exposure cap).
     pub max_pending_total: Option<Decimal>,
+    /// Velocity limits over a rolling day (`velocity.rs`); above them a manager approval is
+    /// required. The count is of the operator's refunds in this currency.
+    pub max_refunds_per_operator_per_day: Option<u64>,
+    pub max_amount_per_operator_per_day: Option<Decimal>,
+    pub max_amount_per_till_per_day: Option<Decimal>,
 }
 
 /// What the queue knows at the moment of the refund.
@@ -53,6 +59,10 @@ pub struct Facts {
     /// The manager approval verified for this request before the transaction began
     /// (`manager::Approver`); a draft's unverified `manager_approval` never counts.
     pub approval: Option<Approval>,
+    /// The operator's and the whole till's refunds in the refund's currency over the last day
+    /// (for the velocity limits).
+    pub operator_day: DayTotal,
+    pub till_day: DayTotal,
 }
 
 /// Applies every rule, in an order that reports the most useful reason first.
@@ -148,6 +158,9 @@ pub fn validate(
             ));
         }
     }
+    if facts.approval.is_none() {
+        check_velocity(currency, amount, draft.operator.trim(), limits, facts)?;
+    }
     if let Some(cap) = limits.max_pending_total {
         if facts.pending_in_currency + amount > cap {
             return Err(reject(
@@ -203,6 +216,13 @@ fn currency_of(draft: &RefundDraft, sale: Option<&Sale>, default: Currency) -> R
 }
 
 impl CurrencyLimits {
+    /// Whether any velocity limit is set, so the queue need only count the day's refunds then.
+    pub fn has_velocity(&self) -> bool {
+        self.max_refunds_per_operator_per_day.is_some()
+            || self.max_amount_per_operator_per_day.is_some()
+            || self.max_amount_per_till_per_day.is_some()
+    }
+
     /// No amount limits, for `currency` alone.
     pub fn only(currency: Currency) -> HashMap<Currency, CurrencyLimits> {
         HashMap::from([(currency, CurrencyLimits::default())])
@@ -238,7 +258,10 @@ pub(crate) mod tests {
         max_refund: Option<Decimal>,
         max_pending_total: Option<Decimal>,
     ) -> HashMap<Currency, CurrencyLimits> {
-        HashMap::from([("USD".parse().unwrap(), CurrencyLimits { max_refund, max_pending_total })])
+        HashMap::from([(
+            "USD".parse().unwrap(),
+            CurrencyLimits { max_refund, max_pending_total, ..CurrencyLimits::default() },
+        )])
     }
 
     fn policy() -> Policy {
@@ -397,7 +420,7 @@ pub(crate) mod tests {
         let mut limits = usd(Some(dec("500.00")), None);
         limits.insert(
             "KWD".parse().unwrap(),
-            CurrencyLimits { max_refund: Some(dec("2.000")), max_pending_total: None },
+            CurrencyLimits { max_refund: Some(dec("2.000")), ..CurrencyLimits::default() },
         );
         let p = Policy { limits, ..policy() };
         assert_eq!(code(&draft("4.999"), &f, &p), RejectCode::ManagerApprovalRequired);
