@@ -19,7 +19,7 @@
 //! | `manager_lockouts` | manager who typed a wrong PIN | wrong PINs in a row, end of the lock-out; updated in place; sealed with the queue id; counted in `row_counts` (`lockouts.rs`, schema version 6) |
 //! | `generation` | (one row) | the queue's generation, raised by every write batch; sealed with the queue id (`generation.rs`, schema version 8) |
 //! | `quarantine` | refund whose seal failed | never sent again; shown in status |
-//! | `audit` | decision by the agent or a person | `seq` 1, 2, 3…; creation, retry, cancel, resolve, expiry; `actor`, `caller` (`unix uid=… pid=…`, `tcp ADDR`, `terminal`, `agent`); `seal` chained over the previous row's (`audit/`, schema version 6); never purged |
+//! | `audit` | decision by the agent or a person | `seq` 1, 2, 3…; creation, retry, cancel, resolve, expiry; `actor`, `caller` (`unix uid=… pid=…`, `tcp ADDR`, `terminal`, `agent`); `seal` chained over the previous row's (`audit/`, schema version 7); never purged |
 //! | `audit_head` | (one row) | newest audit `seq` and its seal; sealed with the queue id |
 //!
 //! Times are milliseconds since the Unix epoch (UTC); amounts are decimal strings formatted

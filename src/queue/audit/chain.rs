@@ -234,7 +234,7 @@ pub enum AuditCheck {
     Walked(ChainState),
 }
 
-/// Schema version 6 on an older queue: numbers the audit rows present `1..=n` in their order,
+/// Schema version 7 on an older queue: numbers the audit rows present `1..=n` in their order,
 /// chains and seals them and writes the head. This trusts the rows present at the upgrade:
 /// what was deleted or edited before it cannot be told.
 pub(in crate::queue) fn adopt(conn: &Connection, _sealer: &Sealer) -> Result<(), QueueError> {

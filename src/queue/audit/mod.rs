@@ -105,7 +105,7 @@ pub(super) struct AuditRow {
     pub actor: String,
     pub action: String,
     pub detail: String,
-    /// `None` on rows written before schema version 6 and by [`super::rows::audit`].
+    /// `None` on rows written before schema version 7 and by [`super::rows::audit`].
     pub caller: Option<String>,
     pub seal: Vec<u8>,
 }
@@ -176,7 +176,7 @@ pub(super) fn by(
 }
 
 /// Gives `conn` the seal function appending needs (see the module doc). Called when the queue
-/// is opened, before the migrations (the upgrade to version 6 seals the rows present).
+/// is opened, before the migrations (the upgrade to version 7 seals the rows present).
 pub(super) fn register(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     let sealer = sealer.clone();
     conn.create_scalar_function(
@@ -325,7 +325,7 @@ pub(super) fn downgrade_for_tests(conn: &Connection) {
         "DROP INDEX audit_by_refund; DROP TABLE audit_head;
          ALTER TABLE audit DROP COLUMN caller; ALTER TABLE audit DROP COLUMN seal;",
     )
-    .expect("drop the version 6 audit chain");
+    .expect("drop the version 7 audit chain");
 }
 
 /// Rows with numbers above `after`, in order, at most `limit` (the walk and the upgrade).
