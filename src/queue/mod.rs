@@ -103,6 +103,8 @@ pub use inspect::{check_readonly, FileCheck, Report, RowsCheck};
 pub use intake::{Created, SaleAdded};
 pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
+#[cfg(feature = "fault-injection")]
+pub use owner::start_on_vfs;
 pub use owner::{start, QueueOwner};
 pub use seal::Sealer;
 pub use view::{DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState};

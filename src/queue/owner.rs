@@ -14,7 +14,7 @@
 //! nothing written before it in its transaction, keeps its answer whatever happens after it:
 //! during a full disk, status and look-ups still work.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -60,7 +60,41 @@ pub fn start(
     sealer: Sealer,
     settings: QueueSettings,
 ) -> Result<(QueueHandle, QueueOwner), QueueError> {
-    let conn = schema::open(state_dir, &sealer)?;
+    start_on(Opener { state_dir: state_dir.to_path_buf(), vfs: None }, sealer, settings)
+}
+
+/// Test hook: [`start`] with the database opened through the SQLite VFS named `vfs`, which
+/// tests/power_loss.rs registers to simulate power cuts and failed syncs under the real queue.
+#[cfg(feature = "fault-injection")]
+pub fn start_on_vfs(
+    state_dir: &Path,
+    sealer: Sealer,
+    settings: QueueSettings,
+    vfs: &str,
+) -> Result<(QueueHandle, QueueOwner), QueueError> {
+    start_on(Opener { state_dir: state_dir.to_path_buf(), vfs: Some(vfs.to_string()) }, sealer, settings)
+}
+
+/// Where the database is and how to open it: at start, and again after a failed write left
+/// the connection's cache suspect.
+#[derive(Debug)]
+struct Opener {
+    state_dir: PathBuf,
+    vfs: Option<String>,
+}
+
+impl Opener {
+    fn open(&self, sealer: &Sealer) -> Result<Connection, QueueError> {
+        schema::open_on(&self.state_dir, sealer, self.vfs.as_deref())
+    }
+}
+
+fn start_on(
+    opener: Opener,
+    sealer: Sealer,
+    settings: QueueSettings,
+) -> Result<(QueueHandle, QueueOwner), QueueError> {
+    let conn = opener.open(&sealer)?;
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let storage = Storage::default();
     let owner_storage = storage.clone();
