@@ -387,3 +387,35 @@ async fn acknowledged_refunds_survive_power_cuts_and_a_lying_disk_is_caught() {
     assert_eq!(duplicated, 0, "a delivery acknowledged as delivered was claimed again");
     assert!(control_losses > 0, "the control lost nothing: the checks cannot see a lost refund");
 }
+
+/// A failed fsync: the refund of that COMMIT is never acknowledged, the failure shows in the
+/// storage status, and the queue goes on, on a connection read again from the disk, with what
+/// it acknowledged afterwards surviving the next power cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_never_acknowledged_and_the_queue_reopens_from_the_disk() {
+    let disk = Disk::register("crash-eio").expect("register the crash VFS");
+    let dir = scratch_dir();
+    fresh_queue(dir.path());
+    let (queue, owner) =
+        queue::start_on_vfs(dir.path(), sealer(), settings(), disk.name()).expect("the queue opens");
+    let create = |n: u64| queue.create_refund(draft(n), Some(format!("key-{n}")));
+    let before = create(1).await.expect("stored").expect("valid");
+
+    disk.fail_syncs(1);
+    let failed = create(2).await;
+    assert!(failed.is_err(), "a refund whose fsync failed was acknowledged: {failed:?}");
+    let storage = queue.storage();
+    assert!(storage.failing && storage.write_failures == 1, "the failure is not shown: {storage:?}");
+
+    let after = create(3).await.expect("the queue stores again after reopening").expect("valid");
+    assert!(!queue.storage().failing, "a stored refund clears the failure");
+
+    disk.cut();
+    drop(queue);
+    join(owner).await;
+    disk.restore(Loss::All, 1).expect("the disk restores");
+    let told = Shared::default();
+    told.lock().acknowledged = HashSet::from([before.refund.id, after.refund.id]);
+    let found = verify(dir.path(), &told).await;
+    assert!(found.lost == 0 && found.problems.is_empty(), "after the power cut: {found:?}");
+}

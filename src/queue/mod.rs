@@ -83,6 +83,7 @@ mod lifecycle;
 mod inspect;
 mod manual;
 mod migrate;
+mod opener;
 mod owner;
 mod reads;
 mod retention;

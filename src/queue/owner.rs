@@ -14,7 +14,7 @@
 //! nothing written before it in its transaction, keeps its answer whatever happens after it:
 //! during a full disk, status and look-ups still work.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::db::{Db, QueueSettings};
 use super::error::QueueError;
 use super::handle::QueueHandle;
-use super::schema;
+use super::opener::{is_io_error, reopen, Health, Opener};
 use super::seal::Sealer;
 use super::view::StorageStatus;
 use crate::clock::{now_ms, rfc3339};
@@ -75,20 +75,6 @@ pub fn start_on_vfs(
     start_on(Opener { state_dir: state_dir.to_path_buf(), vfs: Some(vfs.to_string()) }, sealer, settings)
 }
 
-/// Where the database is and how to open it: at start, and again after a failed write left
-/// the connection's cache suspect.
-#[derive(Debug)]
-struct Opener {
-    state_dir: PathBuf,
-    vfs: Option<String>,
-}
-
-impl Opener {
-    fn open(&self, sealer: &Sealer) -> Result<Connection, QueueError> {
-        schema::open_on(&self.state_dir, sealer, self.vfs.as_deref())
-    }
-}
-
 fn start_on(
     opener: Opener,
     sealer: Sealer,
@@ -100,19 +86,20 @@ fn start_on(
     let owner_storage = storage.clone();
     let thread = thread::Builder::new()
         .name("queue-owner".into())
-        .spawn(move || run(conn, sealer, settings, rx, owner_storage))
+        .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
     Ok((QueueHandle { jobs: tx, storage }, QueueOwner { thread }))
 }
 
 fn run(
+    opener: &Opener,
     conn: Connection,
     sealer: Sealer,
     settings: QueueSettings,
     mut rx: mpsc::Receiver<Job>,
     storage: Storage,
 ) {
-    let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
+    let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
         wedge_if_asked();
@@ -123,10 +110,34 @@ fn run(
                 Err(_) => break,
             }
         }
-        run_batch(&db, batch, &storage);
+        if conn.is_none() {
+            conn = reopen(opener, &sealer, &storage);
+        }
+        let Some(open) = conn.as_ref() else {
+            let err = QueueError::Storage(
+                "the queue database could not be reopened after a failed write; nothing is stored until it can".into(),
+            );
+            note_failure(&storage, &err);
+            for job in batch {
+                let (_, reply) = job(Err(&err));
+                reply(Some(&err));
+            }
+            continue;
+        };
+        let db = Db { conn: open, sealer: &sealer, settings: &settings };
+        if run_batch(&db, batch, &storage) == Health::Suspect {
+            // An I/O error (a failed fsync above all) leaves this connection's cache holding pages
+            // that may never have reached the disk. Nothing more is written through it: it is
+            // closed, and the next batch first reads the database again from the disk.
+            tracing::error!("an I/O error on the queue database: closing it and reopening it from the disk");
+            drop(conn.take());
+            conn = reopen(opener, &sealer, &storage);
+        }
     }
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
+    if let Some(conn) = conn {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
+        }
     }
 }
 
@@ -144,17 +155,28 @@ fn wedge_if_asked() {
     }
 }
 
-fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage) {
+fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage) -> Health {
     let mut jobs = batch.into_iter();
     while jobs.len() > 0 {
-        run_transaction(db, &mut jobs, storage);
+        if run_transaction(db, &mut jobs, storage) == Health::Suspect {
+            // The jobs not yet run wait for the reopened connection: answered, not run.
+            let err = QueueError::Storage("an I/O error on the queue database; not stored".into());
+            for job in jobs {
+                let (_, reply) = job(Err(&err));
+                reply(Some(&err));
+            }
+            return Health::Suspect;
+        }
     }
+    Health::Sound
 }
 
 /// Runs jobs from `jobs` in one transaction and answers them. Stops early, leaving the rest of
-/// `jobs` for a new transaction, when SQLite rolled this one back in the middle.
-fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &Storage) {
+/// `jobs` for a new transaction, when SQLite rolled this one back in the middle; says whether
+/// an I/O error made the connection suspect (then nothing more may be written through it).
+fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &Storage) -> Health {
     if let Err(e) = exec_cached(db.conn, "BEGIN IMMEDIATE") {
+        let health = if is_io_error(&e) { Health::Suspect } else { Health::Sound };
         let err = QueueError::from(e);
         note_failure(storage, &err);
         // Run nothing; tell each caller the transaction could not start.
@@ -162,7 +184,7 @@ fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &St
             let (_, reply) = job(Err(&err));
             reply(Some(&err));
         }
-        return;
+        return health;
     }
     let changes_before = db.conn.total_changes();
     let mut replies = Vec::with_capacity(jobs.len());
@@ -213,9 +235,16 @@ fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &St
         for (reply, read_committed) in replies {
             reply((!read_committed).then_some(&err));
         }
-        return;
+        // SQLite rolls a transaction back by itself on a full disk (which it does cleanly) or
+        // on an I/O error.
+        return if matches!(err, QueueError::StorageFull) { Health::Sound } else { Health::Suspect };
     }
-    let commit_error = exec_cached(db.conn, "COMMIT").err().map(QueueError::from);
+    let commit = exec_cached(db.conn, "COMMIT");
+    let health = match &commit {
+        Err(e) if is_io_error(e) => Health::Suspect,
+        _ => Health::Sound,
+    };
+    let commit_error = commit.err().map(QueueError::from);
     match &commit_error {
         Some(e) => {
             tracing::error!(error = %e, "COMMIT failed; nothing of this batch was stored");
@@ -237,10 +266,11 @@ fn run_transaction(db: &Db<'_>, jobs: &mut std::vec::IntoIter<Job>, storage: &St
     for (reply, read_committed) in replies {
         reply(commit_error.as_ref().filter(|_| !read_committed));
     }
+    health
 }
 
 /// Counts a transaction that could not be stored.
-fn note_failure(storage: &Storage, err: &QueueError) {
+pub(super) fn note_failure(storage: &Storage, err: &QueueError) {
     let mut s = storage.lock().unwrap_or_else(|p| p.into_inner());
     s.failing = true;
     s.write_failures += 1;
