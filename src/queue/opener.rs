@@ -21,8 +21,20 @@ pub(super) struct Opener {
 }
 
 impl Opener {
+    /// Opens the database, then checkpoints the whole WAL into the database file and empties
+    /// it before anything is stored. After a failed fsync the WAL can hold frames of a COMMIT
+    /// that failed: readable from the kernel's cache, so SQLite takes them as committed, but
+    /// never on disk. Frames appended after them would be lost with them at the next power cut
+    /// (a WAL is replayed only up to its first bad frame), acknowledged refunds included. The
+    /// checkpoint writes those pages into the database file anew and syncs it, so what follows
+    /// starts a fresh WAL on top of a durable file.
     pub fn open(&self, sealer: &Sealer) -> Result<Connection, QueueError> {
-        schema::open_on(&self.state_dir, sealer, self.vfs.as_deref())
+        let conn = schema::open_on(&self.state_dir, sealer, self.vfs.as_deref())?;
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(QueueError::Storage("the WAL could not be checkpointed after opening".into()));
+        }
+        Ok(conn)
     }
 }
 
@@ -33,6 +45,7 @@ pub(super) fn reopen(opener: &Opener, sealer: &Sealer, storage: &Storage) -> Opt
     match opener.open(sealer) {
         Ok(conn) => {
             tracing::info!("the queue database was reopened from the disk");
+            storage.lock().unwrap_or_else(|p| p.into_inner()).reopened += 1;
             Some(conn)
         }
         Err(e) => {
