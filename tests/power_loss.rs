@@ -109,14 +109,18 @@ fn draft(n: u64) -> RefundDraft {
     }
 }
 
-/// A till: stores refunds until the storage fails (the power is off).
-async fn till(queue: QueueHandle, told: Shared) {
+/// A till: stores refunds until the storage fails (the power is off); after refund `limit`
+/// it cuts the power itself.
+async fn till(queue: QueueHandle, told: Shared, disk: Disk, limit: u64) {
     loop {
         let n = {
             let mut t = told.lock();
             t.keys += 1;
             t.keys
         };
+        if n > limit {
+            disk.cut();
+        }
         match queue.create_refund(draft(n), Some(format!("key-{n}"))).await {
             Ok(Ok(created)) => {
                 let mut t = told.lock();
@@ -174,15 +178,22 @@ async fn join(owner: QueueOwner) {
 
 /// One power-on of the queue on the crash disk: tills and worker run until the cut, then the
 /// queue closes (everything after the cut fails) and the disk keeps what survived.
-async fn run_until_cut(dir: &Path, disk: &Disk, told: &Shared, rng: &mut Rng) {
+/// Says whether the cut fell inside a checkpoint (database-file writes were lost).
+async fn run_until_cut(dir: &Path, disk: &Disk, told: &Shared, rng: &mut Rng) -> bool {
     let (queue, owner) = queue::start_on_vfs(dir, sealer(), settings(), disk.name())
         .expect("the queue opens on the crash disk");
-    // Mostly a cut within the first few commits; one in ten long enough that the WAL may
-    // reach its checkpoint size (1000 pages), so that some cuts land in checkpoints.
-    let ops = if rng.below(10) == 0 { 1500 + rng.below(2000) } else { rng.below(400) };
-    disk.arm(ops);
+    // Mostly a cut within the first few commits; one in ten inside a checkpoint (which comes
+    // when the WAL reaches 1000 pages): the tills stop and the power goes at the latest after
+    // `limit` refunds, in case no checkpoint wrote that many pages.
+    let mut limit = told.lock().keys + 100;
+    if rng.below(10) == 0 {
+        disk.arm_in_checkpoint(rng.below(20));
+        limit += 1000;
+    } else {
+        disk.arm(rng.below(400));
+    }
     let tasks: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(till(queue.clone(), told.clone())))
+        .map(|_| tokio::spawn(till(queue.clone(), told.clone(), *disk, limit)))
         .chain([tokio::spawn(worker(queue.clone(), told.clone(), rng.next()))])
         .collect();
     for task in tasks {
@@ -192,7 +203,7 @@ async fn run_until_cut(dir: &Path, disk: &Disk, told: &Shared, rng: &mut Rng) {
     drop(queue);
     join(owner).await;
     let loss = [Loss::All, Loss::Some, Loss::TornPrefix][rng.below(3) as usize];
-    disk.restore(loss, rng.next()).expect("the disk restores");
+    disk.restore(loss, rng.next()).expect("the disk restores").database_writes_lost > 0
 }
 
 /// What the files hold after a cut, against what the callers were told.
@@ -334,7 +345,7 @@ async fn acknowledged_refunds_survive_power_cuts_and_a_lying_disk_is_caught() {
     let disk = Disk::register("crash-main").expect("register the crash VFS");
 
     let cuts: usize = std::env::var("POWER_LOSS_CUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(CUTS);
-    let (mut acknowledged, mut lost, mut duplicated) = (0, 0, 0);
+    let (mut acknowledged, mut lost, mut duplicated, mut in_checkpoint) = (0, 0, 0, 0);
     // A new queue every few cuts keeps the file small, so that each reopening (whose checks
     // read the whole file) stays cheap; within a queue, every cut is checked against everything
     // acknowledged since it was made.
@@ -343,7 +354,7 @@ async fn acknowledged_refunds_survive_power_cuts_and_a_lying_disk_is_caught() {
         fresh_queue(dir.path());
         let told = Shared::default();
         for cut in (generation * CUTS_PER_QUEUE..cuts).take(CUTS_PER_QUEUE) {
-            run_until_cut(dir.path(), &disk, &told, &mut rng).await;
+            in_checkpoint += u64::from(run_until_cut(dir.path(), &disk, &told, &mut rng).await);
             let found = verify(dir.path(), &told).await;
             lost += found.lost;
             assert!(
@@ -383,6 +394,8 @@ async fn acknowledged_refunds_survive_power_cuts_and_a_lying_disk_is_caught() {
     println!(
         "power loss: cuts={cuts} acknowledged={acknowledged} lost={lost} duplicated={duplicated} control_losses={control_losses}"
     );
+    eprintln!("power loss: {in_checkpoint} of the cuts fell inside a checkpoint");
+    assert!(in_checkpoint > 0 || cuts < CUTS, "no cut fell inside a checkpoint");
     assert!(acknowledged > CUTS, "too few refunds acknowledged to mean anything: {acknowledged}");
     assert_eq!(duplicated, 0, "a delivery acknowledged as delivered was claimed again");
     assert!(control_losses > 0, "the control lost nothing: the checks cannot see a lost refund");

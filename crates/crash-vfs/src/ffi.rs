@@ -222,7 +222,7 @@ unsafe extern "C" fn x_write(file: *mut ffi::sqlite3_file, buf: *const c_void, n
     let f = unsafe { self::file(file) };
     // SAFETY: `shared` was set at open.
     let mut state = unsafe { &*f.shared }.state();
-    if !state.tick() {
+    if !state.tick_write(path(f).map(PathBuf::as_path)) {
         return ffi::SQLITE_IOERR_WRITE;
     }
     let rc = forward!(f, xWrite, buf, n, off);

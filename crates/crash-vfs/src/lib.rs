@@ -102,6 +102,12 @@ impl Disk {
         self.shared.state().countdown = Some(ops);
     }
 
+    /// Cuts the power just before the `writes`-th next write to a database file (not its WAL):
+    /// in WAL mode those happen only in checkpoints, so the cut falls inside one.
+    pub fn arm_in_checkpoint(&self, writes: u64) {
+        self.shared.state().database_countdown = Some(writes);
+    }
+
     /// Cuts the power now: every later operation fails.
     pub fn cut(&self) {
         self.shared.state().cut = true;

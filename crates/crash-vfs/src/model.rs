@@ -33,6 +33,9 @@ pub struct Restored {
     pub kept: usize,
     /// Writes that survived in part.
     pub torn: usize,
+    /// Unsynced writes to a database file (not its WAL) that did not survive whole: the cut
+    /// fell inside a checkpoint.
+    pub database_writes_lost: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +72,8 @@ pub(crate) struct State {
     files: HashMap<PathBuf, FileState>,
     pub cut: bool,
     pub countdown: Option<u64>,
+    /// Like `countdown`, counting only writes to database files (in WAL mode: checkpoints).
+    pub database_countdown: Option<u64>,
     pub failing_syncs: u32,
     pub ignore_syncs: bool,
     pub syncs: u64,
@@ -89,6 +94,24 @@ impl State {
         if let Some(n) = self.countdown.as_mut() {
             if *n == 0 {
                 self.countdown = None;
+                self.cut = true;
+            } else {
+                *n -= 1;
+            }
+        }
+        !self.cut
+    }
+
+    /// Counts a write to `path` against a cut armed on database writes; false when the power
+    /// is off.
+    pub fn tick_write(&mut self, path: Option<&Path>) -> bool {
+        if !self.tick() {
+            return false;
+        }
+        let database = path.and_then(|p| self.files.get(p)).is_some_and(|f| f.main_db);
+        if let (true, Some(n)) = (database, self.database_countdown.as_mut()) {
+            if *n == 0 {
+                self.database_countdown = None;
                 self.cut = true;
             } else {
                 *n -= 1;
@@ -171,6 +194,9 @@ impl State {
                     continue;
                 }
                 report.dropped += 1;
+                if file.main_db && matches!(op, Op::Write { .. }) {
+                    report.database_writes_lost += 1;
+                }
                 if loss == Loss::TornPrefix && i == keep_upto {
                     if let Op::Write { offset, data } = op {
                         let sectors = data.len().div_ceil(SECTOR);
@@ -196,6 +222,7 @@ impl State {
         }
         self.cut = false;
         self.countdown = None;
+        self.database_countdown = None;
         self.failing_syncs = 0;
         Ok(report)
     }
