@@ -69,6 +69,11 @@
 //!    `queue.id` next to the database holds the database's random id (also in `meta`): a queue
 //!    that vanished, was truncated to nothing or was swapped for another is refused rather than
 //!    mistaken for a fresh install.
+//! 6. After an I/O error (a failed fsync above all) the owner writes nothing more through that
+//!    connection: it closes it and opens the database again (`opener.rs`), refusing writes
+//!    while it cannot. Every open ends with `wal_checkpoint(TRUNCATE)`, so frames of a COMMIT
+//!    whose fsync failed (readable from the cache, never on disk) are written into the database
+//!    file anew and synced before anything else is stored after them (`tests/power_loss.rs`).
 //!
 //! # When rows may be deleted
 //!
@@ -97,6 +102,7 @@ mod lockouts;
 mod inspect;
 mod manual;
 mod migrate;
+mod opener;
 mod owner;
 mod reads;
 mod restore;
@@ -120,6 +126,8 @@ pub use inspect::{check_readonly, FileCheck, Report, RowsCheck};
 pub use intake::{Created, SaleAdded};
 pub use lifecycle::{Claim, Recorded, Recovery};
 pub use manual::Resolution;
+#[cfg(feature = "fault-injection")]
+pub use owner::start_on_vfs;
 pub use owner::{start, QueueOwner};
 pub use restore::Restored;
 pub use seal::Sealer;

@@ -32,6 +32,7 @@ use super::error::QueueError;
 use super::files::{self, StateLock};
 use super::generation::Generation;
 use super::handle::QueueHandle;
+use super::opener::{is_io_error, reopen, Health, Opener};
 use super::schema;
 use super::seal::Sealer;
 use super::view::StorageStatus;
@@ -73,10 +74,30 @@ pub fn start(
     sealer: Sealer,
     settings: QueueSettings,
 ) -> Result<(QueueHandle, QueueOwner), QueueError> {
-    let lock =
-        files::try_lock(state_dir)?.ok_or_else(|| QueueError::InUse { path: state_dir.to_path_buf() })?;
-    let conn = schema::open(state_dir, &sealer)?;
-    let generation = Generation::start(&conn, &sealer, state_dir, &state_dir.join(schema::DB_FILE))?;
+    start_on(Opener { state_dir: state_dir.to_path_buf(), vfs: None }, sealer, settings)
+}
+
+/// Test hook: [`start`] with the database opened through the SQLite VFS named `vfs`, which
+/// tests/power_loss.rs registers to simulate power cuts and failed syncs under the real queue.
+#[cfg(feature = "fault-injection")]
+pub fn start_on_vfs(
+    state_dir: &Path,
+    sealer: Sealer,
+    settings: QueueSettings,
+    vfs: &str,
+) -> Result<(QueueHandle, QueueOwner), QueueError> {
+    start_on(Opener { state_dir: state_dir.to_path_buf(), vfs: Some(vfs.to_string()) }, sealer, settings)
+}
+
+fn start_on(
+    opener: Opener,
+    sealer: Sealer,
+    settings: QueueSettings,
+) -> Result<(QueueHandle, QueueOwner), QueueError> {
+    let state_dir = opener.state_dir.clone();
+    let lock = files::try_lock(&state_dir)?.ok_or_else(|| QueueError::InUse { path: state_dir.clone() })?;
+    let conn = opener.open(&sealer)?;
+    let generation = Generation::start(&conn, &sealer, &state_dir, &state_dir.join(schema::DB_FILE))?;
     let audit = AuditWalk::default();
     spawn_audit_walk(state_dir.join(schema::DB_FILE), sealer.clone(), audit.clone());
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
@@ -84,7 +105,7 @@ pub fn start(
     let owner_storage = storage.clone();
     let thread = thread::Builder::new()
         .name("queue-owner".into())
-        .spawn(move || run(conn, sealer, settings, rx, owner_storage, generation, lock))
+        .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage, generation, lock))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
     Ok((QueueHandle { jobs: tx, storage, audit }, QueueOwner { thread }))
 }
@@ -113,6 +134,7 @@ fn spawn_audit_walk(path: PathBuf, sealer: Sealer, walk: AuditWalk) {
 }
 
 fn run(
+    opener: &Opener,
     conn: Connection,
     sealer: Sealer,
     settings: QueueSettings,
@@ -121,7 +143,7 @@ fn run(
     mut generation: Generation,
     lock: StateLock,
 ) {
-    let db = Db { conn: &conn, sealer: &sealer, settings: &settings };
+    let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
         wedge_if_asked();
@@ -132,10 +154,34 @@ fn run(
                 Err(_) => break,
             }
         }
-        run_batch(&db, batch, &storage, &mut generation);
+        if conn.is_none() {
+            conn = reopen(opener, &sealer, &storage);
+        }
+        let Some(open) = conn.as_ref() else {
+            let err = QueueError::Storage(
+                "the queue database could not be reopened after a failed write; nothing is stored until it can".into(),
+            );
+            note_failure(&storage, &err);
+            for job in batch {
+                let (_, reply) = job(Err(&err));
+                reply(Some(&err));
+            }
+            continue;
+        };
+        let db = Db { conn: open, sealer: &sealer, settings: &settings };
+        if run_batch(&db, batch, &storage, &mut generation) == Health::Suspect {
+            // An I/O error (a failed fsync above all) leaves this connection's cache holding pages
+            // that may never have reached the disk. Nothing more is written through it: it is
+            // closed, and the next batch first reads the database again from the disk.
+            tracing::error!("an I/O error on the queue database: closing it and reopening it from the disk");
+            drop(conn.take());
+            conn = reopen(opener, &sealer, &storage);
+        }
     }
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
+    if let Some(conn) = &conn {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
+        }
     }
     // The lock is released only once the database is closed.
     drop(conn);
@@ -156,22 +202,33 @@ fn wedge_if_asked() {
     }
 }
 
-fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage, generation: &mut Generation) {
+fn run_batch(db: &Db<'_>, batch: Vec<Job>, storage: &Storage, generation: &mut Generation) -> Health {
     let mut jobs = batch.into_iter();
     while jobs.len() > 0 {
-        run_transaction(db, &mut jobs, storage, generation);
+        if run_transaction(db, &mut jobs, storage, generation) == Health::Suspect {
+            // The jobs not yet run wait for the reopened connection: answered, not run.
+            let err = QueueError::Storage("an I/O error on the queue database; not stored".into());
+            for job in jobs {
+                let (_, reply) = job(Err(&err));
+                reply(Some(&err));
+            }
+            return Health::Suspect;
+        }
     }
+    Health::Sound
 }
 
 /// Runs jobs from `jobs` in one transaction and answers them. Stops early, leaving the rest of
-/// `jobs` for a new transaction, when SQLite rolled this one back in the middle.
+/// `jobs` for a new transaction, when SQLite rolled this one back in the middle; says whether
+/// an I/O error made the connection suspect (then nothing more may be written through it).
 fn run_transaction(
     db: &Db<'_>,
     jobs: &mut std::vec::IntoIter<Job>,
     storage: &Storage,
     generation: &mut Generation,
-) {
+) -> Health {
     if let Err(e) = exec_cached(db.conn, "BEGIN IMMEDIATE") {
+        let health = if is_io_error(&e) { Health::Suspect } else { Health::Sound };
         let err = QueueError::from(e);
         note_failure(storage, &err);
         // Run nothing; tell each caller the transaction could not start.
@@ -179,7 +236,7 @@ fn run_transaction(
             let (_, reply) = job(Err(&err));
             reply(Some(&err));
         }
-        return;
+        return health;
     }
     let changes_before = db.conn.total_changes();
     let mut replies = Vec::with_capacity(jobs.len());
@@ -230,14 +287,23 @@ fn run_transaction(
         for (reply, read_committed) in replies {
             reply((!read_committed).then_some(&err));
         }
-        return;
+        // SQLite rolls a transaction back by itself on a full disk (which it does cleanly) or
+        // on an I/O error.
+        return if matches!(err, QueueError::StorageFull) { Health::Sound } else { Health::Suspect };
     }
     let wrote = db.conn.total_changes() != changes_before;
     // The generation is written in the batch's own transaction: no extra COMMIT, no extra fsync.
     let staged = if wrote { generation.stage(db.conn, db.sealer) } else { Ok(()) };
-    let commit_error = match staged {
-        Ok(()) => exec_cached(db.conn, "COMMIT").err().map(QueueError::from),
-        Err(e) => Some(e),
+    let (health, commit_error) = match staged {
+        Ok(()) => {
+            let commit = exec_cached(db.conn, "COMMIT");
+            let health = match &commit {
+                Err(e) if is_io_error(e) => Health::Suspect,
+                _ => Health::Sound,
+            };
+            (health, commit.err().map(QueueError::from))
+        }
+        Err(e) => (Health::Sound, Some(e)),
     };
     if wrote && commit_error.is_none() {
         generation.committed();
@@ -263,10 +329,11 @@ fn run_transaction(
     for (reply, read_committed) in replies {
         reply(commit_error.as_ref().filter(|_| !read_committed));
     }
+    health
 }
 
 /// Counts a transaction that could not be stored.
-fn note_failure(storage: &Storage, err: &QueueError) {
+pub(super) fn note_failure(storage: &Storage, err: &QueueError) {
     let mut s = storage.lock().unwrap_or_else(|p| p.into_inner());
     s.failing = true;
     s.write_failures += 1;

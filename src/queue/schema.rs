@@ -19,15 +19,24 @@ pub const DB_FILE: &str = "queue.db";
 
 /// Opens (creating if needed) the queue in `state_dir`, refusing to start on a damaged file or
 /// on a database sealed with another key.
+#[cfg(test)]
 pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError> {
+    open_on(state_dir, sealer, None)
+}
+
+/// [`open`] through the SQLite VFS named `vfs` (the platform's default when `None`): the
+/// power-loss test opens the queue on a VFS that simulates a power cut.
+pub fn open_on(state_dir: &Path, sealer: &Sealer, vfs: Option<&str>) -> Result<Connection, QueueError> {
     files::private_dir(state_dir)?;
     let path = state_dir.join(DB_FILE);
     files::precreate(&path)?;
     files::fix_modes(state_dir)?;
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match vfs {
+        None => Connection::open_with_flags(&path, flags),
+        Some(vfs) => Connection::open_with_flags_and_vfs(&path, flags, vfs),
+    }
     .map_err(|e| QueueError::Open { path: path.clone(), message: e.to_string() })?;
     configure(&conn, &path)?;
     // SQLite gives its `-wal` and `-shm` the database's mode; this catches any it made before.

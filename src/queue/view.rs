@@ -208,4 +208,8 @@ pub struct StorageStatus {
     pub write_failures: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
+    /// Times the database was closed and opened again from the disk after an I/O error (a
+    /// failed fsync): what the old connection cached may never have reached the disk.
+    #[serde(default)]
+    pub reopened: u64,
 }
