@@ -9,14 +9,30 @@
 //! ahead while the agent is stopped cannot be told from time passing). Refunds are kept 24 h and
 //! flagged expired after 12 h, so a jump that aged anything would lose or park refunds.
 //!
+//! At a few kills (a tenth of `CHAOS_KILLS`, at least one) a backup is taken first, with
+//! `refund-agent backup` while the agent runs and the clients keep creating refunds; one or two
+//! kills later, with the agent stopped, `refund-agent restore` puts that backup back before the
+//! restart. The restore rolls the queue back: refunds committed after the backup are gone (a
+//! client told of one does not ask again; one still waiting for its answer asks again and gets
+//! a new refund; a sale gone with them is sent again by its kiosk), and deliveries not final in
+//! the copy are `unknown` at the gateway and Olive and `pending` again at Final POS. Both
+//! commands run with the agent's configuration, environment and (skewed) clock, as on the till.
+//!
 //! Clients behave as a careful kiosk does: the API client retries with the same idempotency key
 //! until it gets an answer, the terminal resends the same frame (same `request_id`) after the
 //! agent comes back. At the end, with the faults turned off, the test checks:
-//! * nothing acknowledged is missing, and there is exactly one refund per acknowledged request;
-//! * no destination processed a refund twice (the gateway and Olive do not deduplicate);
+//! * nothing acknowledged is missing, and there is exactly one refund per acknowledged request,
+//!   except a refund a restore rolled back that was acknowledged after its backup began (the
+//!   queue the restore replaced, kept as `queue.db.pre-restore`, says which refunds it rolled
+//!   back; the acknowledgement order says which of them the backup could not hold);
+//! * no destination processed a refund twice (the gateway and Olive do not deduplicate), rolled
+//!   back or not;
 //! * a delivery that is `delivered` was processed exactly once at its destination;
 //! * a refund that sits in `unknown` had no request sent after the one whose outcome was lost;
-//! * nothing that was never acknowledged reached a destination;
+//! * nothing that was never acknowledged reached a destination, unless a restore rolled it back
+//!   (it was committed, and may have gone out once, before the kill that preceded the restore);
+//! * a Final POS delivery waits `pending` behind an unknown first delivery with no record at
+//!   Final POS, or with one if a restore set it pending again after it was delivered;
 //! * nothing reached the host a redirect pointed at, and a delivery is `failed` only where its
 //!   last request was answered with a redirect.
 //!
@@ -119,6 +135,9 @@ impl Case {
 #[derive(Debug, Default)]
 struct Acks {
     ids: Mutex<HashMap<usize, String>>,
+    /// When each case was acknowledged: 1 for the first acknowledgement, and so on. A backup
+    /// notes `count` as it starts; a refund acknowledged before that was committed before it.
+    order: Mutex<HashMap<usize, usize>>,
     count: AtomicUsize,
 }
 
@@ -127,6 +146,7 @@ impl Acks {
         let mut ids = self.ids.lock().expect("lock");
         let previous = ids.insert(case, id.clone());
         assert!(previous.is_none_or(|p| p == id), "case {case} acknowledged as two refunds");
+        self.order.lock().expect("lock").entry(case).or_insert(ids.len());
         self.count.store(ids.len(), Ordering::SeqCst);
     }
 }
@@ -230,6 +250,9 @@ framing = "ndjson"
     // Every restart bumps the generation: the terminal resends what got no answer.
     let (generation_tx, generation) = watch::channel(0u64);
     let acks = Arc::new(Acks::default());
+    // Raised as a restore begins (the agent stopped): a sale acknowledged before may be gone.
+    let restores_begun = Arc::new(AtomicUsize::new(0));
+    let receipts_again = Arc::new(AtomicUsize::new(0));
     let socket = agent.socket.clone();
 
     // API clients: four kiosk screens, each with its share of the cases.
@@ -240,16 +263,30 @@ framing = "ndjson"
         let mine: Vec<Case> = api_cases.iter().skip(lane).step_by(4).map(|i| cases[*i].clone()).collect();
         let index: Vec<usize> = api_cases.iter().skip(lane).step_by(4).copied().collect();
         let client = ControlClient::new(&socket);
-        let acks = acks.clone();
+        let (acks, restores, again) = (acks.clone(), restores_begun.clone(), receipts_again.clone());
         producers.push(tokio::spawn(async move {
             for (i, case) in index.into_iter().zip(mine) {
                 let receipt = case.receipt().to_string();
-                until_answered(&client, "/v1/receipts", &receipt, None).await;
                 let body = json!({"receipt_id": case.receipt_id, "amount": "1.00",
                     "reason": "Customer returned item", "operator": "emp_42"})
                 .to_string();
                 let key = format!("chaos-{i}");
-                let created = until_answered(&client, "/v1/refunds", &body, Some(&key)).await;
+                let created = loop {
+                    let restores_before = restores.load(Ordering::SeqCst);
+                    until_answered(&client, "/v1/receipts", &receipt, None).await;
+                    match until_decided(&client, "/v1/refunds", &body, Some(&key)).await {
+                        Ok(created) => break created,
+                        // A restore since the receipt was sent may have rolled the sale back:
+                        // the kiosk sends the receipt again.
+                        Err((422, answer))
+                            if answer["code"] == "unknown_sale"
+                                && restores.load(Ordering::SeqCst) > restores_before =>
+                        {
+                            again.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err((status, answer)) => panic!("POST /v1/refunds answered {status}: {answer}"),
+                    }
+                };
                 acks.record(i, created["id"].as_str().expect("refund id").to_string());
             }
         }));
@@ -258,32 +295,61 @@ framing = "ndjson"
     let terminal_resends = Arc::new(AtomicUsize::new(0));
     {
         let (pty, acks, resends) = (pty.clone(), acks.clone(), terminal_resends.clone());
-        let (generation, cases) = (generation.clone(), cases.clone());
+        let (generation, cases, restores) = (generation.clone(), cases.clone(), restores_begun.clone());
+        let again = receipts_again.clone();
         producers.push(tokio::spawn(async move {
             let mut terminal = Terminal { pty, generation, next_seq: 1, parsed: 0, replies: HashMap::new() };
             for i in terminal_cases {
                 let case = &cases[i];
                 let mut receipt = case.receipt();
                 receipt["type"] = "receipt".into();
-                terminal.ask(receipt, &resends).await;
                 let refund = json!({"type": "refund", "receipt_id": case.receipt_id, "amount": "1.00",
                     "reason": "Customer returned item", "operator": "emp_42", "request_id": format!("term-{i}")});
-                let reply = terminal.ask(refund, &resends).await;
+                let reply = loop {
+                    let restores_before = restores.load(Ordering::SeqCst);
+                    if let Err(nak) = terminal.ask(receipt.clone(), &resends).await {
+                        panic!("the terminal's receipt was refused: {nak}");
+                    }
+                    match terminal.ask(refund.clone(), &resends).await {
+                        Ok(ack) => break ack,
+                        // As the kiosk does: the sale may have been rolled back by a restore.
+                        Err(nak)
+                            if nak["code"] == "unknown_sale"
+                                && restores.load(Ordering::SeqCst) > restores_before =>
+                        {
+                            again.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(nak) => panic!("the terminal's refund was refused: {nak}"),
+                    }
+                };
                 acks.record(i, reply["refund_id"].as_str().expect("refund_id in the ack").to_string());
             }
         }));
     }
 
     // The killer: kills spread over the creation of the refunds (at random acknowledged counts),
-    // a few more while the queue drains.
+    // a few more while the queue drains; at some of them a backup first, or a restore after.
     let mut thresholds: Vec<usize> = (0..kills).map(|_| rng.random_range(1..refunds.max(2))).collect();
     thresholds.sort_unstable();
     let drain_kills = (kills / 6).max(3);
+    let (backup_at, restore_at) = backup_plan(kills + drain_kills, (kills / 10).max(1), &mut rng);
+    let mut restarter = Restarter {
+        agent,
+        env,
+        clock: till_clock.clone(),
+        rng: StdRng::seed_from_u64(rng.random()),
+        generation_tx,
+        acks: acks.clone(),
+        restores_begun: restores_begun.clone(),
+        backup_at,
+        restore_at,
+        killed: 0,
+        backups: Vec::new(),
+        restores: Vec::new(),
+    };
     let killer = {
-        let (acks, till_clock) = (acks.clone(), till_clock.clone());
-        let mut rng = StdRng::seed_from_u64(rng.random());
+        let acks = acks.clone();
         tokio::spawn(async move {
-            let mut done = 0;
             for threshold in thresholds {
                 eventually("the refunds to progress", DEADLINE * 4, || {
                     let n = acks.count.load(Ordering::SeqCst);
@@ -291,28 +357,21 @@ framing = "ndjson"
                 })
                 .await;
                 // A random moment within the next few milliseconds of work.
-                tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
-                agent.kill9().await;
-                till_clock.restart(&mut agent, &env, &mut rng).await;
-                done += 1;
-                generation_tx.send_modify(|g| *g += 1);
+                restarter.kill_and_restart(0..30).await;
             }
-            (agent, done, generation_tx, rng)
+            restarter
         })
     };
     for p in producers {
         p.await.expect("producer");
     }
-    let (mut agent, mut killed, generation_tx, mut rng) = killer.await.expect("killer");
+    let mut restarter = killer.await.expect("killer");
     let created_in = started.elapsed();
     // While the queue drains: more kills at random moments, the servers still misbehaving.
     for _ in 0..drain_kills {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
-        agent.kill9().await;
-        till_clock.restart(&mut agent, &env, &mut rng).await;
-        killed += 1;
-        generation_tx.send_modify(|g| *g += 1);
+        restarter.kill_and_restart(50..400).await;
     }
+    let Restarter { agent, killed, backups, restores, .. } = restarter;
 
     // Calm: no more faults, and the clock is put right (a jump ahead while the agent runs).
     let jumps = till_clock.stop().await;
@@ -321,12 +380,18 @@ framing = "ndjson"
     gw.inject_randomly(0, None);
     olive.inject_randomly(0, None);
     let acked: HashMap<usize, String> = acks.ids.lock().expect("lock").clone();
+    let ack_order: HashMap<usize, usize> = acks.order.lock().expect("lock").clone();
     assert_eq!(acked.len(), refunds, "every request was acknowledged in the end");
+    // Each refund a restore rolled back, with how many refunds were acknowledged when the
+    // backup it restored began.
+    let rolled_back: HashMap<&String, usize> =
+        restores.iter().flat_map(|r| r.rolled_back.iter().map(move |id| (id, r.acked_before))).collect();
+    let remaining = acked.values().filter(|id| !rolled_back.contains_key(id)).count();
     eventually("every refund to settle", settle_limit(refunds), || async {
         let answer = agent.client().request("GET", "/v1/status", None, &[]).await.ok()?;
         let status: Value = serde_json::from_slice(&answer.body).ok()?;
         let count = |state: &str| status["queue"]["refunds"][state].as_u64().unwrap_or(0) as usize;
-        (count("delivered") + count("unknown") + count("failed") >= refunds).then_some(())
+        (count("delivered") + count("unknown") + count("failed") >= remaining).then_some(())
     })
     .await;
     let views: HashMap<String, RefundView> =
@@ -338,6 +403,12 @@ framing = "ndjson"
     let mut resent_after_unknown = Vec::new();
     let mut undelivered = Vec::new();
     let (mut delivered, mut unknown, mut failed) = (0, 0, 0);
+    // Acknowledged refunds a restore rolled back, and how many of those had been paid.
+    let (mut rolled_back_acked, mut rolled_back_paid) = (0, 0);
+    // A delivery a restore marked `unknown` or `pending` again, and not tried since.
+    let by_restore = |d: &refund_agent::queue::DeliveryView| {
+        d.last_error.as_deref().is_some_and(|e| e.starts_with("restored from a backup"))
+    };
     let redirected = |f: &Option<Fault>| matches!(f, Some(Fault::Redirect(_)));
     // An answer that says nothing was processed: a fault that refuses before processing, or the
     // server's own refusal (Olive's 401 for a signature made while the clock was off). A fault
@@ -362,19 +433,6 @@ framing = "ndjson"
 
     for (i, id) in &acked {
         let case = &cases[*i];
-        let Some(view) = views.get(id) else {
-            lost.push(id.clone());
-            continue;
-        };
-        assert_eq!(view.receipt_id.as_deref(), Some(case.receipt_id.as_str()), "{view:?}");
-        match view.state.as_str() {
-            "delivered" => delivered += 1,
-            "failed" => failed += 1,
-            _ => unknown += 1,
-        }
-        // The first destination moves money and does not deduplicate.
-        let first = &view.deliveries[0];
-        assert_eq!(first.destination, case.first_destination(), "{view:?}");
         let (processed, requests, last_redirected, trail): (usize, Vec<bool>, bool, Vec<String>) = if case
             .olive
         {
@@ -400,8 +458,29 @@ framing = "ndjson"
             (processed, mine.iter().map(|s| definite(&s.fault, s.status)).collect(), last, trail)
         };
         if processed > 1 {
-            duplicated.push(format!("{id} processed {processed} times at {}", first.destination));
+            duplicated.push(format!("{id} processed {processed} times at {}", case.first_destination()));
         }
+        let Some(view) = views.get(id) else {
+            // Rolled back by a restore is expected only when acknowledged after the restored
+            // backup began; anything else is lost.
+            match rolled_back.get(id) {
+                Some(before) if ack_order[i] > *before => {
+                    rolled_back_acked += 1;
+                    rolled_back_paid += usize::from(processed == 1);
+                }
+                _ => lost.push(id.clone()),
+            }
+            continue;
+        };
+        assert_eq!(view.receipt_id.as_deref(), Some(case.receipt_id.as_str()), "{view:?}");
+        match view.state.as_str() {
+            "delivered" => delivered += 1,
+            "failed" => failed += 1,
+            _ => unknown += 1,
+        }
+        // The first destination moves money and does not deduplicate.
+        let first = &view.deliveries[0];
+        assert_eq!(first.destination, case.first_destination(), "{view:?}");
         match first.state.as_str() {
             "delivered" if processed == 0 => {
                 lost.push(format!("{id} delivered but never processed at {}", first.destination))
@@ -421,7 +500,8 @@ framing = "ndjson"
             other => undelivered.push(format!("{id}: first delivery {other}")),
         }
         // Final POS deduplicates by externalId: it always ends delivered, unless it waits behind
-        // an unknown first delivery.
+        // an unknown first delivery. A restore sets it pending again even where Final POS
+        // already holds the refund (it was delivered after the backup was taken).
         let fp_records = fp_refunds.iter().filter(|r| r["externalId"].as_str() == Some(id)).count();
         let fp_last_redirected = fp_seen
             .iter()
@@ -430,7 +510,8 @@ framing = "ndjson"
         let second = &view.deliveries[1];
         match (first.state.as_str(), second.state.as_str()) {
             (_, "delivered") if fp_records == 1 => {}
-            ("unknown" | "failed", "pending") if fp_records == 0 => {}
+            ("unknown" | "failed", "pending") if fp_records == 0 || by_restore(second) && fp_records == 1 => {
+            }
             ("delivered", "failed") if fp_last_redirected && fp_records <= 1 => {}
             (a, b) => undelivered.push(format!("{id}: {a}/{b} with {fp_records} Final POS records")),
         }
@@ -440,7 +521,8 @@ framing = "ndjson"
         .iter()
         .filter_map(|s| s.external_id.clone())
         .chain(gw_seen.iter().filter_map(|s| s.external_id.clone()))
-        .filter(|e| !acked_ids.contains(e))
+        // A refund a restore rolled back before it was acknowledged may have gone out once.
+        .filter(|e| !acked_ids.contains(e) && !rolled_back.contains_key(e))
         .chain(
             olive_seen
                 .iter()
@@ -490,6 +572,12 @@ framing = "ndjson"
     );
     let sent_elsewhere = elsewhere.arrived();
     println!("  delivered everywhere: {delivered}; unknown (outcome lost at a destination that does not deduplicate, not resent): {unknown}; failed (a redirect refused): {failed}");
+    let restored_unknown: u64 = restores.iter().map(|r| r.unknown).sum();
+    let restored_pending: u64 = restores.iter().map(|r| r.pending).sum();
+    println!("  backups: {} (agent running); restores: {} (agent stopped): {restored_unknown} deliveries made unknown, {restored_pending} pending again; {} receipts sent again",
+        backups.len(), restores.len(), receipts_again.load(Ordering::SeqCst));
+    println!("  rolled back by a restore: {rolled_back_acked} (acknowledged after the backup began; {rolled_back_paid} of them paid once), {} never acknowledged",
+        rolled_back.keys().filter(|id| !acked_ids.contains(*id)).count());
     println!("  paid twice: {}", duplicated.len());
     println!("  sent to another host: {}", sent_elsewhere.len());
     println!("  lost: {}; duplicated: {}; resent after unknown: {}; sent but never acknowledged: {}; unexpected states: {}",
@@ -502,7 +590,132 @@ framing = "ndjson"
     assert!(resent_after_unknown.is_empty(), "resent after an unknown outcome: {resent_after_unknown:?}");
     assert!(stray.is_empty() && extra_refunds.is_empty(), "never acknowledged: {stray:?} {extra_refunds:?}");
     assert!(undelivered.is_empty(), "unexpected states: {undelivered:?}");
-    assert_eq!(views.len(), refunds, "exactly one refund per request");
+    assert_eq!(views.len(), refunds - rolled_back_acked, "exactly one refund per request");
+}
+
+/// The kills at which a backup is taken just before (the agent running), and those after which
+/// the latest backup is restored (the agent stopped): `pairs` pairs spread over `total` kills,
+/// each restore one or two kills after its backup and before the next backup.
+fn backup_plan(total: usize, pairs: usize, rng: &mut StdRng) -> (HashSet<usize>, HashSet<usize>) {
+    let pairs = pairs.min(total / 2);
+    let (mut backups, mut restores) = (HashSet::new(), HashSet::new());
+    if pairs == 0 {
+        return (backups, restores);
+    }
+    let span = total / pairs;
+    for start in (0..pairs).map(|p| p * span) {
+        let backup = rng.random_range(start..start + span - 1);
+        backups.insert(backup);
+        restores.insert(rng.random_range(backup + 1..=(backup + 2).min(start + span - 1)));
+    }
+    (backups, restores)
+}
+
+/// A backup taken while the agent ran.
+struct Backup {
+    path: std::path::PathBuf,
+    /// How many refunds had been acknowledged when the backup began: all of them are in it.
+    acked_before: usize,
+}
+
+/// What a restore rolled back and marked.
+struct Restore {
+    /// The restored backup's `acked_before`: a refund acknowledged later may be rolled back.
+    acked_before: usize,
+    /// Refunds in the queue the restore replaced and not in the backup.
+    rolled_back: HashSet<String>,
+    unknown: u64,
+    pending: u64,
+}
+
+/// Kills and restarts the agent, taking and restoring backups as planned.
+struct Restarter {
+    agent: Agent,
+    env: [(&'static str, &'static str); 5],
+    clock: Arc<TillClock>,
+    rng: StdRng,
+    /// Every restart bumps it: the terminal resends what got no answer.
+    generation_tx: watch::Sender<u64>,
+    acks: Arc<Acks>,
+    restores_begun: Arc<AtomicUsize>,
+    backup_at: HashSet<usize>,
+    restore_at: HashSet<usize>,
+    killed: usize,
+    backups: Vec<Backup>,
+    restores: Vec<Restore>,
+}
+
+impl Restarter {
+    /// A backup first if one is planned for this kill, then `kill -9` after a random number of
+    /// milliseconds in `delay_ms`, a restore if one is planned, and a restart.
+    async fn kill_and_restart(&mut self, delay_ms: std::ops::Range<u64>) {
+        if self.backup_at.contains(&self.killed) {
+            self.backup().await;
+        }
+        tokio::time::sleep(Duration::from_millis(self.rng.random_range(delay_ms))).await;
+        self.agent.kill9().await;
+        if self.restore_at.contains(&self.killed) {
+            self.restore().await;
+        }
+        self.clock.restart(&mut self.agent, &self.env, &mut self.rng).await;
+        self.killed += 1;
+        self.generation_tx.send_modify(|g| *g += 1);
+    }
+
+    /// The CLI as the till runs it: the agent's config, environment and clock.
+    async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&self.agent.config)
+            .args(args)
+            .env("REFUND_AGENT__LIMITS__MANAGERS_FILE", "managers")
+            .envs(self.env)
+            .output()
+            .await
+            .expect("run the CLI")
+    }
+
+    async fn backup(&mut self) {
+        let path = self.agent.dir.path().join(format!("backup-{}.db", self.backups.len()));
+        let acked_before = self.acks.count.load(Ordering::SeqCst);
+        let out = self.cli(&["backup", path_str(&path)]).await;
+        assert!(out.status.success(), "backup while running: {}", stderr(&out));
+        self.backups.push(Backup { path, acked_before });
+    }
+
+    async fn restore(&mut self) {
+        let backup = self.backups.last().expect("every restore is planned after a backup");
+        self.restores_begun.fetch_add(1, Ordering::SeqCst);
+        let out = self.cli(&["restore", path_str(&backup.path)]).await;
+        assert!(out.status.success(), "restore: {}", stderr(&out));
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        let count = |tail: &str| -> u64 {
+            let line =
+                said.lines().find(|l| l.contains(tail)).unwrap_or_else(|| panic!("{tail:?} in {said}"));
+            line.split_whitespace().next().and_then(|n| n.parse().ok()).expect("a count")
+        };
+        let replaced = refund_ids(&self.agent.db_path().with_file_name("queue.db.pre-restore"));
+        let copied = refund_ids(&backup.path);
+        // Refund rows are never deleted (nothing is old enough to purge): the queue the restore
+        // replaced grew from this backup.
+        let gone: Vec<&String> = copied.difference(&replaced).collect();
+        assert!(gone.is_empty(), "refunds in the backup missing from the queue it replaced: {gone:?}");
+        self.restores.push(Restore {
+            acked_before: backup.acked_before,
+            rolled_back: replaced.difference(&copied).cloned().collect(),
+            unknown: count("deliveries are now unknown"),
+            pending: count("deliveries set back to pending"),
+        });
+    }
+}
+
+/// The ids of the refunds in a queue file, read as SQLite holds them.
+fn refund_ids(path: &std::path::Path) -> HashSet<String> {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut stmt = conn.prepare("SELECT id FROM refunds").expect("refunds table");
+    let ids = stmt.query_map([], |r| r.get(0)).expect("refund ids");
+    ids.collect::<Result<_, _>>().expect("refund ids")
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -573,16 +786,26 @@ impl TillClock {
 /// POSTs `body` until the agent answers 200 or 201, through kills and restarts; the same
 /// idempotency key every time. Any other answer fails the test.
 async fn until_answered(client: &ControlClient, path: &str, body: &str, key: Option<&str>) -> Value {
+    match until_decided(client, path, body, key).await {
+        Ok(answer) => answer,
+        Err((status, answer)) => panic!("POST {path} answered {status}: {answer}"),
+    }
+}
+
+/// POSTs `body` until the agent answers at all, through kills and restarts; the same
+/// idempotency key every time. `Err` holds a refusal's status and body.
+async fn until_decided(
+    client: &ControlClient,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> Result<Value, (u16, Value)> {
     let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
     eventually(&format!("an answer to POST {path}"), DEADLINE * 4, || async {
         let answer = client.request("POST", path, Some(body.as_bytes().to_vec()), &headers).await.ok()?;
-        assert!(
-            answer.status == 200 || answer.status == 201,
-            "POST {path} answered {}: {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
-        Some(serde_json::from_slice(&answer.body).expect("JSON answer"))
+        let json: Value = serde_json::from_slice(&answer.body)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).into_owned().into());
+        Some(if answer.status == 200 || answer.status == 201 { Ok(json) } else { Err((answer.status, json)) })
     })
     .await
 }
@@ -603,9 +826,9 @@ struct Terminal {
 }
 
 impl Terminal {
-    /// Sends `event` and returns its `ack`, resending (with a new `seq`) whenever the agent was
-    /// restarted before answering.
-    async fn ask(&mut self, event: Value, resends: &AtomicUsize) -> Value {
+    /// Sends `event` and returns its `ack` (or, as `Err`, its `nak`), resending (with a new
+    /// `seq`) whenever the agent was restarted before answering.
+    async fn ask(&mut self, event: Value, resends: &AtomicUsize) -> Result<Value, Value> {
         let limit = Instant::now() + DEADLINE * 4;
         loop {
             let seq = self.next_seq;
@@ -617,8 +840,11 @@ impl Terminal {
             loop {
                 self.read_replies();
                 if let Some(reply) = self.replies.remove(&seq) {
-                    assert_eq!(reply["type"], "ack", "the terminal was refused: {reply} for {frame}");
-                    return reply;
+                    return match reply["type"].as_str() {
+                        Some("ack") => Ok(reply),
+                        Some("nak") => Err(reply),
+                        _ => panic!("not a reply: {reply} for {frame}"),
+                    };
                 }
                 assert!(Instant::now() < limit, "no answer to {frame}");
                 if *self.generation.borrow() != sent_in {
