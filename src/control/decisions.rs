@@ -75,6 +75,21 @@ fn log_decision(action: &str, id: &str, decision: &ManualAction, peer: Caller) {
     );
 }
 
+/// What every decision does once its body is read: logs it with the caller, names the refund
+/// and verifies the manager's approval (the PIN is checked last, so a request for an unknown
+/// refund costs no attempt).
+async fn begin(
+    s: &AppState,
+    what: &str,
+    id: &str,
+    action: &ManualAction,
+    peer: Caller,
+) -> Result<(crate::refund::RefundId, Approval), Failure> {
+    log_decision(what, id, action, peer);
+    let refund_id = refund_id(id).ok_or_else(|| unknown_refund(id))?;
+    Ok((refund_id, action.approval(s).await?))
+}
+
 pub(super) async fn retry_refund(
     State(s): State<AppState>,
     Extension(peer): Extension<Caller>,
@@ -82,9 +97,7 @@ pub(super) async fn retry_refund(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
-    log_decision("retry", &id, &action, peer);
-    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let approval = action.approval(&s).await?;
+    let (refund_id, approval) = begin(&s, "retry", &id, &action, peer).await?;
     let view = s.queue.retry(refund_id, approval, peer.audit()).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
@@ -97,10 +110,8 @@ pub(super) async fn cancel_refund(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let action = manual_action(&body)?;
-    log_decision("cancel", &id, &action, peer);
     let reason = action.reason.clone().unwrap_or_else(|| "cancelled by an operator".into());
-    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let approval = action.approval(&s).await?;
+    let (refund_id, approval) = begin(&s, "cancel", &id, &action, peer).await?;
     Ok(Json(s.queue.cancel(refund_id, approval, peer.audit(), reason).await?).into_response())
 }
 
@@ -122,9 +133,7 @@ pub(super) async fn resolve_refund(
             ))
         }
     };
-    log_decision("resolve", &id, &action, peer);
-    let refund_id = refund_id(&id).ok_or_else(|| unknown_refund(&id))?;
-    let approval = action.approval(&s).await?;
+    let (refund_id, approval) = begin(&s, "resolve", &id, &action, peer).await?;
     let view = s.queue.resolve(refund_id, action.destination, resolution, approval, peer.audit()).await?;
     s.wake.notify_one();
     Ok(Json(view).into_response())
