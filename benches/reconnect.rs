@@ -1,7 +1,8 @@
 //! Reconnect to first delivery: a refund waits while its destination is unreachable, long enough
 //! for its backoff to grow (production settings: 1 s doubling to 5 min); then the destination
 //! comes back and the time until the refund is delivered is measured. The agent notices the
-//! return through its TCP probe (every `PROBE_INTERVAL`), not the refund's backoff, so the
+//! return through its TCP probe (every 0.5–1.5 × `PROBE_INTERVAL`, at random), not the refund's
+//! backoff, with `sync.return_jitter` at 0 s (the benchmarks' config) so the probe alone is measured, so the
 //! **limit** it is compared against is that interval; the floor is what one plain HTTP request to
 //! the same server takes.
 //!
@@ -94,14 +95,16 @@ async fn run(trials: usize) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mean = times.iter().map(|d| ms(*d)).sum::<f64>() / times.len() as f64;
     let worst = times.last().copied().unwrap_or_default();
-    println!("| trials | min (ms) | mean (ms) | max (ms) | limit: probe interval (ms) | max vs limit | one plain request (ms) |");
+    // The longest wait between two probes: they are spread over 0.5–1.5 × the interval.
+    let limit = PROBE_INTERVAL.mul_f64(1.5);
+    println!("| trials | min (ms) | mean (ms) | max (ms) | limit: longest probe wait (ms) | max vs limit | one plain request (ms) |");
     println!("|---|---|---|---|---|---|---|");
     println!(
         "| {trials} | {:.0} | {mean:.0} | {:.0} | {:.0} | {:.0}% | {:.2} |",
         ms(times[0]),
         ms(worst),
-        ms(PROBE_INTERVAL),
-        100.0 * ms(worst) / ms(PROBE_INTERVAL),
+        ms(limit),
+        100.0 * ms(worst) / ms(limit),
         ms(floor)
     );
 }

@@ -12,7 +12,8 @@ use refund_agent::control::client::ControlClient;
 pub const BIN: &str = env!("CARGO_BIN_EXE_refund-agent");
 
 /// Writes secrets and a config whose one destination is a card gateway at `url`, with the
-/// given refund backoff (initial, max); returns the config path.
+/// given refund backoff (initial, max) and no return jitter (one agent alone has no herd to
+/// spread; benches/fleet.rs sets it per run); returns the config path.
 pub fn write_config(dir: &Path, url: &str, (initial, max): (&str, &str)) -> PathBuf {
     for (name, value) in [("seal.key", "cd".repeat(32)), ("gw.token", "t".to_string())] {
         let p = dir.join(name);
@@ -21,7 +22,7 @@ pub fn write_config(dir: &Path, url: &str, (initial, max): (&str, &str)) -> Path
     }
     let text = format!(
         "[agent]\nterminal_id = \"bench\"\nstate_dir = \"{}\"\nseal_key_file = \"seal.key\"\n\
-         [control]\nsocket = \"{}\"\n[sync]\nbackoff_initial = \"{initial}\"\nbackoff_max = \"{max}\"\n\
+         [control]\nsocket = \"{}\"\n[sync]\nbackoff_initial = \"{initial}\"\nbackoff_max = \"{max}\"\nreturn_jitter = \"0s\"\n\
          [destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{url}\"\ntoken_file = \"gw.token\"\nterminal_id = 24\n",
         dir.join("state").display(),
         dir.join("control.sock").display()

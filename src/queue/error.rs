@@ -22,8 +22,9 @@ pub enum QueueError {
     Tampered { path: PathBuf, detail: String },
     #[error(
         "the queue database {path} is older than the one this agent last ran on (generation \
-         {found}, but {marker} says {expected}): it was put back from an older copy, which cannot \
-         know what was sent after it was taken, and starting on it could pay a refund twice. The \
+         {found}, but {marker} says {expected}): it was put back from an older copy, or a disk \
+         that does not keep what it syncs lost its last writes at a power cut; either way it cannot \
+         know what was sent after, and starting on it could pay a refund twice. The \
          agent will not start on it. Put the newer queue.db back, or bring the copy in with \
          `refund-agent restore PATH` (agent stopped), which marks what may have been sent as \
          unknown; see README \"Backup and restore\""
