@@ -105,7 +105,7 @@ fn start_on(
     let owner_storage = storage.clone();
     let thread = thread::Builder::new()
         .name("queue-owner".into())
-        .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage, generation, lock))
+        .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage, Held { generation, lock }))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
     Ok((QueueHandle { jobs: tx, storage, audit }, QueueOwner { thread }))
 }
@@ -133,6 +133,13 @@ fn spawn_audit_walk(path: PathBuf, sealer: Sealer, walk: AuditWalk) {
     }
 }
 
+/// What the owner holds for as long as the queue is open: the generation it raises with every
+/// batch, and the state directory's lock (released only once the database is closed).
+struct Held {
+    generation: Generation,
+    lock: StateLock,
+}
+
 fn run(
     opener: &Opener,
     conn: Connection,
@@ -140,9 +147,9 @@ fn run(
     settings: QueueSettings,
     mut rx: mpsc::Receiver<Job>,
     storage: Storage,
-    mut generation: Generation,
-    lock: StateLock,
+    held: Held,
 ) {
+    let Held { mut generation, lock } = held;
     let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
