@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -222,6 +222,7 @@ impl Running {
         drop(self.queue);
         let owner = self.owner;
         let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+        let _ = tokio::task::spawn_blocking(|| crate::watchdog::flush(Duration::from_secs(1))).await;
         tracing::info!("refund-agent stopped");
     }
 }

@@ -5,6 +5,9 @@
 //! nothing without `$NOTIFY_SOCKET`, and the watchdog task is not started without
 //! `$WATCHDOG_USEC`.
 
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::thread;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -16,20 +19,98 @@ use crate::shutdown::Shutdown;
 /// Tells systemd the daemon is ready: the queue is open and the control socket listens, so a
 /// unit ordered `After=refund-agent.service` can use the socket at once.
 pub fn ready() {
-    send(NotifyState::Ready, "READY");
+    send(Note::Ready);
 }
 
 /// Tells systemd a stop has begun, so `systemctl status` shows "deactivating" while in-flight
 /// deliveries finish instead of a service that looks hung.
 pub fn stopping() {
-    send(NotifyState::Stopping, "STOPPING");
+    send(Note::Stopping);
 }
 
-/// A failed notification must not stop the daemon: systemd then acts on its own timeouts,
-/// which is the right outcome for a manager we cannot reach.
-fn send(state: NotifyState<'_>, what: &str) {
-    if let Err(e) = sd_notify::notify(&[state]) {
-        tracing::warn!(error = %e, state = what, "cannot notify systemd");
+/// Waits, at most `limit`, until the notes handed over so far were sent: the last thing the
+/// daemon does before it exits, so `STOPPING=1` is not lost with the process.
+pub fn flush(limit: Duration) {
+    let Some(inbox) = notifier() else { return };
+    let (done, sent) = mpsc::sync_channel(1);
+    if inbox.try_send(Note::Flushed(done)).is_ok() {
+        let _ = sent.recv_timeout(limit);
+    }
+}
+
+/// What the daemon tells systemd, or (`Flushed`) asks the notifier thread to confirm once
+/// everything before it was sent.
+#[derive(Debug)]
+enum Note {
+    Ready,
+    Stopping,
+    Watchdog,
+    Flushed(SyncSender<()>),
+}
+
+impl Note {
+    fn name(&self) -> &'static str {
+        match self {
+            Note::Ready => "READY",
+            Note::Stopping => "STOPPING",
+            Note::Watchdog => "WATCHDOG",
+            Note::Flushed(_) => "flush",
+        }
+    }
+}
+
+/// Notes waiting for the notifier thread; a few at most, as pings come every few seconds.
+const PENDING_NOTES: usize = 4;
+
+/// The notifier thread's inbox. The notification socket is a datagram socket, and a send blocks
+/// while systemd's receive queue is full (a manager busy at boot, or a test that reads it late):
+/// sent from a runtime worker, that wait froze the whole control API, timers and accepts
+/// included. So a thread of its own sends, and the daemon only hands it notes, never waiting.
+fn notifier() -> Option<&'static SyncSender<Note>> {
+    static INBOX: OnceLock<Option<SyncSender<Note>>> = OnceLock::new();
+    INBOX
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::sync_channel::<Note>(PENDING_NOTES);
+            let spawned = thread::Builder::new().name("systemd-notify".into()).spawn(move || {
+                for note in rx {
+                    let state = match &note {
+                        Note::Ready => NotifyState::Ready,
+                        Note::Stopping => NotifyState::Stopping,
+                        Note::Watchdog => NotifyState::Watchdog,
+                        Note::Flushed(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
+                    // A failed notification must not stop the daemon: systemd then acts on its
+                    // own timeouts, which is the right outcome for a manager we cannot reach.
+                    if let Err(e) = sd_notify::notify(&[state]) {
+                        tracing::warn!(error = %e, state = note.name(), "cannot notify systemd");
+                    }
+                }
+            });
+            match spawned {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the systemd notifier thread; systemd will not be notified");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Hands a note to the notifier thread without waiting. While systemd reads nothing, pings are
+/// dropped rather than queued: the watchdog then fires, which is the right outcome for a manager
+/// that does not listen.
+fn send(note: Note) {
+    let Some(inbox) = notifier() else { return };
+    match inbox.try_send(note) {
+        Ok(()) => {}
+        Err(TrySendError::Full(note)) => {
+            tracing::warn!(state = note.name(), "systemd is not reading notifications; this one is dropped")
+        }
+        Err(TrySendError::Disconnected(_)) => {}
     }
 }
 
@@ -63,7 +144,7 @@ async fn run(queue: QueueHandle, interval: Duration, mut shutdown: Shutdown) {
             answer = queue.ping() => answer,
         };
         match answer {
-            Ok(()) => send(NotifyState::Watchdog, "WATCHDOG"),
+            Ok(()) => send(Note::Watchdog),
             Err(QueueError::Closed) => {
                 // The owner thread is gone: no refund can be stored any more, so let systemd
                 // restart the daemon rather than keep a live-looking shell.
@@ -74,7 +155,7 @@ async fn run(queue: QueueHandle, interval: Duration, mut shutdown: Shutdown) {
                 // The owner answered, so it is alive; the error (e.g. a busy database) is
                 // reported by the work that hits it, and restarting would not cure it.
                 tracing::warn!(error = %e, "watchdog queue round trip failed; owner is alive");
-                send(NotifyState::Watchdog, "WATCHDOG");
+                send(Note::Watchdog);
             }
         }
     }
