@@ -5,7 +5,7 @@
 //!
 //! - `generation.value` (schema version 8): one row, sealed with the device key and the queue's
 //!   id, raised by one in every write transaction of the owner (the group commit,
-//!   `owner.rs`), so it costs one small UPDATE per batch and no extra fsync.
+//!   `owner/`), so it costs one small UPDATE per batch and no extra fsync.
 //! - `queue.generation` next to the database: the generation of the last committed batch,
 //!   rewritten in place after each COMMIT without an fsync. Lagging behind the database (a power
 //!   cut before the page cache reached the disk) is the safe direction: a marker older than

@@ -1,5 +1,5 @@
 //! `QueueHandle`: how the rest of the agent reaches the queue. Every method is one job for the
-//! owner thread (`owner.rs`), answered after the COMMIT of its batch. Refunds are named by
+//! owner thread (`owner/`), answered after the COMMIT of its batch. Refunds are named by
 //! [`RefundId`]; the rows store its text, so the conversion happens here, once. Every time a job
 //! stamps or compares is `clock::trusted_now_ms`, so wall-clock jumps while the agent runs
 //! move nothing in the queue (`clock` module doc).

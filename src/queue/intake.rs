@@ -1,5 +1,5 @@
 //! Intake: refunds and sales coming in. Each runs inside the owner's write transaction (see
-//! `owner.rs`), so reading the facts, validating and storing a refund happen atomically.
+//! `owner/`), so reading the facts, validating and storing a refund happen atomically.
 
 use rust_decimal::Decimal;
 

@@ -1,6 +1,6 @@
 //! The delivery lifecycle: claiming due deliveries, recording their outcomes, start-up
 //! recovery of those left in flight, and when the next one is due. Each runs inside the
-//! owner's write transaction (see `owner.rs`).
+//! owner's write transaction (see `owner/`).
 
 use rusqlite::OptionalExtension;
 

@@ -26,6 +26,12 @@ pub fn backoff(
     }
 }
 
+/// `base` scaled by a factor from 0.5 to 1.5 (`unit` in `[0, 1)`): a wait that keeps its mean
+/// but differs from one till to the next (the worker's probes of an unreachable destination). Pure.
+pub fn spread(base: Duration, unit: f64) -> Duration {
+    base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
+}
+
 /// The longest delay the agent sets before a retry: `backoff_max`, or the cap on a server's
 /// `Retry-After`, whichever is longer. A due time further ahead than this was set before the
 /// wall clock went back (`clock::is_due`).
@@ -78,6 +84,15 @@ pub fn decide(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn probe_waits_are_spread_around_their_mean() {
+        let base = Duration::from_secs(2);
+        assert_eq!(spread(base, 0.0), Duration::from_secs(1));
+        assert_eq!(spread(base, 0.5), base);
+        assert_eq!(spread(base, 0.999_999).as_millis(), 2_999);
+        assert_eq!(spread(base, 7.0), Duration::from_secs(3), "a unit out of range is clamped");
+    }
 
     const S: Duration = Duration::from_secs(1);
 

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::connectivity::Connectivity;
-use super::decide::{backoff, decide, longest_delay, route_moves_money};
+use super::decide::{backoff, decide, longest_delay, route_moves_money, spread};
 use crate::clock::{is_due, now_ms, rfc3339, trusted_now_ms};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
@@ -372,12 +372,6 @@ impl Worker {
     }
 }
 
-/// `base` scaled by a factor from 0.5 to 1.5 (`unit` in `[0, 1)`): a wait that keeps its mean
-/// but differs from one till to the next. Pure.
-fn spread(base: Duration, unit: f64) -> Duration {
-    base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
-}
-
 /// How long to sleep for a delivery due at `at_ms`: until then, at most [`IDLE_CHECK`], and not
 /// at all when it is further ahead than the longest delay (`clock::is_due`: the clock went back).
 fn wait_until(at_ms: i64, now_ms: i64, max_delay: Duration) -> Duration {
@@ -447,15 +441,6 @@ async fn probe(worker: Worker, name: String, target: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_waits_are_spread_around_their_mean() {
-        let base = Duration::from_secs(2);
-        assert_eq!(spread(base, 0.0), Duration::from_secs(1));
-        assert_eq!(spread(base, 0.5), base);
-        assert_eq!(spread(base, 0.999_999).as_millis(), 2_999);
-        assert_eq!(spread(base, 7.0), Duration::from_secs(3), "a unit out of range is clamped");
-    }
 
     #[test]
     fn the_worker_does_not_sleep_for_a_time_set_before_the_clock_went_back() {

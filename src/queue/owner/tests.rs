@@ -1,0 +1,122 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::refund::Policy;
+use crate::routing::{Route, Router};
+
+fn settings() -> QueueSettings {
+    let names = vec!["finalpos".to_string()];
+    QueueSettings {
+        policy: Policy {
+            terminal_id: "t".into(),
+            default_currency: "USD".parse().expect("a currency"),
+            limits: crate::refund::CurrencyLimits::only("USD".parse().expect("a currency")),
+            max_queue_len: None,
+            allow_unlinked: false,
+        },
+        router: Router::new(vec![Route { processor: "*".into(), destinations: names.clone() }], names),
+        max_pending_age_ms: None,
+        retention_ms: None,
+    }
+}
+
+fn rows(db: &Db<'_>) -> Result<Vec<String>, QueueError> {
+    let mut stmt = db.conn.prepare("SELECT tag FROM scratch ORDER BY rowid")?;
+    let tags = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(tags)
+}
+
+/// SQLITE_FULL on a statement that has no statement journal makes SQLite roll back the whole
+/// transaction, savepoints and all. The jobs before it must hear that they were not stored,
+/// and the jobs after it must not run outside a transaction (each statement would then
+/// commit on its own, and a failing job would leave half its writes behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sqlite_rolls_back_is_reported_to_each_job_and_the_rest_run_anew() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    queue
+        .call(|db| Ok(db.conn.execute_batch("CREATE TABLE scratch (tag TEXT, pad BLOB)")?))
+        .await
+        .expect("scratch table");
+
+    // A first job holds the owner thread until the four others wait in the channel, so
+    // that those four run as one batch.
+    let (started, is_started) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let gate = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |_| {
+                    let _ = started.send(());
+                    Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_started.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the owner never ran the first job");
+        tokio::task::yield_now().await;
+    }
+    let queued = |n: usize| {
+        while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
+            assert!(Instant::now() < deadline, "a job was never queued");
+            std::thread::yield_now();
+        }
+    };
+    let insert = |tag: &'static str| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |db| {
+                    db.conn.execute("INSERT INTO scratch (tag) VALUES (?1)", [tag])?;
+                    Ok(())
+                })
+                .await
+        }
+    };
+    let read = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.call(rows).await }
+    });
+    queued(1);
+    let before = tokio::spawn(insert("before"));
+    queued(2);
+    let full = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(|db| {
+                    db.conn.execute("INSERT INTO scratch (tag) VALUES ('half')", [])?;
+                    let pages: i64 = db.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                    db.conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))?;
+                    db.conn
+                        .execute("INSERT INTO scratch (tag, pad) VALUES ('big', zeroblob(1000000))", [])?;
+                    Ok(())
+                })
+                .await
+        }
+    });
+    queued(3);
+    let after = tokio::spawn(insert("after"));
+    queued(4);
+    go.send(()).expect("the first job waits");
+
+    assert!(gate.await.expect("join").expect("the first job ran alone"), "it was released");
+    let read = read.await.expect("join").expect("a read of committed data keeps its answer");
+    assert!(read.is_empty());
+    assert!(before.await.expect("join").is_err(), "a job whose writes were rolled back heard `stored`");
+    let full = full.await.expect("join");
+    assert!(matches!(full, Err(QueueError::StorageFull)), "{full:?}");
+    after.await.expect("join").expect("the job after the failure runs in a new transaction");
+    let stored = queue.call(rows).await.expect("rows");
+    assert_eq!(stored, ["after"], "only the job of the new transaction is stored, and nothing half");
+    let storage = queue.storage();
+    assert_eq!(storage.write_failures, 1);
+    assert!(!storage.failing, "a later successful write clears the failure: {storage:?}");
+    assert!(storage.last_error.as_deref().is_some_and(|e| e.contains("storage is full")));
+    drop(queue);
+    owner.join();
+}
