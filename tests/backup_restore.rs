@@ -17,26 +17,6 @@ use tokio::process::Command;
 const TOKEN: &str = "gw-test-token";
 const OTHER_KEY: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
-/// An agent whose refunds go to the gateway at `url` only.
-fn gateway_agent(url: &str) -> Agent {
-    let extra = format!(
-        r#"
-[destinations.gateway]
-kind = "gateway"
-base_url = "{url}"
-token_file = "gateway.token"
-terminal_id = 24
-
-[[routes]]
-processor = "*"
-destinations = ["gateway"]
-"#
-    );
-    let agent = Agent::new(url, &extra);
-    agent.write_secret("gateway.token", TOKEN);
-    agent
-}
-
 /// `refund-agent run` that is expected to refuse: its output once it has exited. An agent that
 /// starts instead never exits, and the deadline fails the test.
 async fn run_refused(agent: &Agent) -> Output {
@@ -69,7 +49,7 @@ async fn an_older_copy_is_refused_by_hand_and_restored_as_unknown_without_paying
     let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
     gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
     gw.go_offline().await;
-    let mut agent = gateway_agent(&gw.url());
+    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);

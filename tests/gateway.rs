@@ -16,30 +16,6 @@ fn dec(s: &str) -> Decimal {
     s.parse().expect("decimal")
 }
 
-/// An agent whose every refund goes to the gateway at `url` with Bearer `token`. `limits` is an
-/// optional `[limits]` body.
-fn gateway_agent(url: &str, token: &str, limits: &str) -> Agent {
-    let extra = format!(
-        r#"
-[destinations.gateway]
-kind = "gateway"
-base_url = "{url}"
-token_file = "gateway.token"
-terminal_id = 24
-
-[[routes]]
-processor = "*"
-destinations = ["gateway"]
-
-[limits]
-{limits}
-"#
-    );
-    let agent = Agent::new(url, &extra);
-    agent.write_secret("gateway.token", token);
-    agent
-}
-
 /// Starts a gateway sandbox that knows payment 882 (the example sale's) when `payment` gives
 /// its captured amount and subtotal, and an agent for it that has the example receipt.
 async fn setup(payment: Option<(&str, &str)>) -> (GatewaySandbox, Agent) {
@@ -212,26 +188,7 @@ async fn a_refund_without_the_original_payment_id_fails_without_a_request() {
     let gw = GatewaySandbox::start(TOKEN).await.unwrap();
     let mut agent = gateway_agent(&gw.url(), TOKEN, "allow_unlinked = true");
     agent.start().await;
-    let out = agent
-        .cli_stdin(
-            &[
-                "refund",
-                "create",
-                "--receipt",
-                "RCP-PAPER-ONLY",
-                "--amount",
-                "5.00",
-                "--reason",
-                "Receipt from the old till",
-                "--operator",
-                "emp_42",
-                "--manager",
-                "mgr_7",
-                "--json",
-            ],
-            "9999\n",
-        )
-        .await;
+    let out = cli_unlinked_refund(&agent).await;
     let id = created_id(&out);
     let error = ends(&agent, &id, "failed").await;
     assert!(error.contains("processor_payment_id"), "{error}");

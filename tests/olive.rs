@@ -242,26 +242,7 @@ async fn a_refund_without_a_transaction_id_fails_without_a_request() {
     let olive = OliveSandbox::start(KEY_ID, SECRET.as_bytes()).await.unwrap();
     let mut agent = olive_agent(&olive.url(), SECRET, "allow_unlinked = true");
     agent.start().await;
-    let out = agent
-        .cli_stdin(
-            &[
-                "refund",
-                "create",
-                "--receipt",
-                "RCP-PAPER-ONLY",
-                "--amount",
-                "5.00",
-                "--reason",
-                "Receipt from the old till",
-                "--operator",
-                "emp_42",
-                "--manager",
-                "mgr_7",
-                "--json",
-            ],
-            "9999\n",
-        )
-        .await;
+    let out = cli_unlinked_refund(&agent).await;
     let id = created_id(&out);
     let error = ends(&agent, &id, "failed").await;
     assert!(error.contains("no original transaction id"), "{error}");

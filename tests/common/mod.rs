@@ -309,6 +309,51 @@ api_key_file = "finalpos.key"
 }
 
 /// `refund create` through the CLI; returns the output.
+/// An agent whose every refund goes to the card gateway at `url` only, with Bearer `token`;
+/// `limits` is the body of its `[limits]` section (may be empty).
+pub fn gateway_agent(url: &str, token: &str, limits: &str) -> Agent {
+    let extra = format!(
+        r#"
+[destinations.gateway]
+kind = "gateway"
+base_url = "{url}"
+token_file = "gateway.token"
+terminal_id = 24
+
+[[routes]]
+processor = "*"
+destinations = ["gateway"]
+
+[limits]
+{limits}
+"#
+    );
+    let agent = Agent::new(url, &extra);
+    agent.write_secret("gateway.token", token);
+    agent
+}
+
+/// A 5.00 refund on a paper receipt the ledger does not know (`RCP-PAPER-ONLY`), approved by
+/// manager mgr_7 (PIN on stdin); the agent must allow unlinked refunds.
+pub async fn cli_unlinked_refund(agent: &Agent) -> Output {
+    let args = [
+        "refund",
+        "create",
+        "--receipt",
+        "RCP-PAPER-ONLY",
+        "--amount",
+        "5.00",
+        "--reason",
+        "Receipt from the old till",
+        "--operator",
+        "emp_42",
+        "--manager",
+        "mgr_7",
+        "--json",
+    ];
+    agent.cli_stdin(&args, "9999\n").await
+}
+
 pub async fn cli_refund(agent: &Agent, amount: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "refund",
