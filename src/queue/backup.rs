@@ -230,8 +230,6 @@ pub fn restore(
         let mut conn = Connection::open(work.path()).map_err(copy_error(work.path()))?;
         copy_all(&src, &mut conn).map_err(|e| refused(format!("it cannot be read as a queue: {e}")))?;
         make_self_contained(&conn).map_err(copy_error(work.path()))?;
-        // The restore's own audit rows are sealed into the chain like the agent's.
-        super::audit::register(&conn, sealer).map_err(|e| refused(e.to_string()))?;
         let origin = source.display().to_string();
         restore::prepare(&conn, sealer, dedup, last_run, &origin, crate::clock::now_ms()).map_err(refused)?
     };

@@ -118,7 +118,7 @@ pub fn create_approved(
     rows::insert_refund(db.conn, db.sealer, &mut row)?;
     if let Some(a) = &refund.approval {
         let detail = format!("refund of {} {} by {} approved", row.amount, row.currency, refund.operator);
-        super::audit::by(db.conn, Some(&id), &a.manager, caller, "approve", &detail, now)?;
+        super::audit::by(db, Some(&id), &a.manager, caller, "approve", &detail, now)?;
     }
     ledger::apply_refund(db.conn, db.sealer, &refund, 1)?;
     let mut written = Vec::with_capacity(destinations.len());
@@ -152,7 +152,7 @@ pub fn create_approved(
         keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
     let detail = format!("{} {} to {}", row.amount, row.currency, destinations.join(", "));
-    super::audit::by(db.conn, Some(&id), &refund.operator, caller, "created", &detail, now)?;
+    super::audit::by(db, Some(&id), &refund.operator, caller, "created", &detail, now)?;
     // Built from what was just written: reading it back would only cost time.
     Ok(Ok(Created { refund: build_view(row, Some(&refund), &written, None), replayed: false }))
 }

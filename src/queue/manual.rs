@@ -103,7 +103,7 @@ pub fn retry(
         changed += 1;
     }
     save_state(db, row, &deliveries, None, now)?;
-    audit::by(db.conn, Some(id), operator, caller, "retry", &format!("{changed} deliveries due now"), now)?;
+    audit::by(db, Some(id), operator, caller, "retry", &format!("{changed} deliveries due now"), now)?;
     super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
@@ -139,7 +139,7 @@ pub fn cancel(
         rows::save_delivery(db.conn, db.sealer, d, false)?;
     }
     save_state(db, row, &deliveries, Some(RefundState::Cancelled), now)?;
-    audit::by(db.conn, Some(id), operator, caller, "cancel", reason, now)?;
+    audit::by(db, Some(id), operator, caller, "cancel", reason, now)?;
     super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 
@@ -189,7 +189,7 @@ pub fn resolve(
     let dest = d.destination.clone();
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     save_state(db, row, &deliveries, None, now)?;
-    audit::by(db.conn, Some(id), operator, caller, "resolve", &format!("{dest}: {what}"), now)?;
+    audit::by(db, Some(id), operator, caller, "resolve", &format!("{dest}: {what}"), now)?;
     super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
 }
 

@@ -15,6 +15,7 @@
 
 use rusqlite::Connection;
 
+use super::audit::{self, AuditCaller};
 use super::delivery::{aggregate, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow, RefundRow};
@@ -165,6 +166,7 @@ fn mark(
     now: i64,
 ) -> Result<(), QueueError> {
     let actor = actor();
+    let agent = AuditCaller::agent();
     for (mut row, state, mut deliveries) in open {
         let mut notes = Vec::new();
         let mut any_unknown = false;
@@ -205,7 +207,16 @@ fn mark(
         if any_unknown {
             restored.to_check.push(row.id.clone());
         }
-        rows::audit(conn, Some(&row.id), &actor, "restore", &notes.join("; "), now)?;
+        let detail = notes.join("; ");
+        let entry = audit::Entry {
+            refund_id: Some(&row.id),
+            actor: &actor,
+            action: "restore",
+            detail: &detail,
+            caller: Some(&agent),
+            at: now,
+        };
+        audit::record(conn, sealer, &entry)?;
     }
     generation::save(conn, sealer, restored.generation)?;
     let summary = format!(
@@ -217,6 +228,14 @@ fn mark(
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [serde_json::json!({ "at": now, "from": origin, "generation": restored.generation }).to_string()],
     )?;
-    rows::audit(conn, None, &actor, "restore", &summary, now)?;
+    let entry = audit::Entry {
+        refund_id: None,
+        actor: &actor,
+        action: "restore",
+        detail: &summary,
+        caller: Some(&agent),
+        at: now,
+    };
+    audit::record(conn, sealer, &entry)?;
     Ok(())
 }

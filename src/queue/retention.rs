@@ -33,7 +33,7 @@ pub fn sweep(db: &Db<'_>, now: i64) -> Result<(u64, u64), QueueError> {
             }
             rows::set_refund_state(db.conn, db.sealer, &mut row, RefundState::Expired, now)?;
             super::audit::by(
-                db.conn,
+                db,
                 Some(&id),
                 "agent",
                 &super::audit::AuditCaller::agent(),

@@ -403,22 +403,6 @@ pub fn quarantine_reason(conn: &Connection, refund_id: &str) -> Result<Option<St
         .optional()?)
 }
 
-/// Appends a decision to the sealed audit chain (`audit/`) without naming its caller (the
-/// column stays empty); `audit::by` names it. Kept for code that records a decision where no
-/// caller is known, so that it need not change.
-#[allow(dead_code)]
-pub fn audit(
-    conn: &Connection,
-    refund_id: Option<&str>,
-    actor: &str,
-    action: &str,
-    detail: &str,
-    now: i64,
-) -> Result<(), QueueError> {
-    let entry = super::audit::Entry { refund_id, actor, action, detail, caller: None, at: now };
-    super::audit::record(conn, &entry).map(|_| ())
-}
-
 /// A refund's amount in minor units (5.00 USD → 500), or `None` if it does not fit.
 pub fn minor_units(refund: &ValidRefund) -> Option<i64> {
     let mut scaled = refund.amount * rust_decimal::Decimal::from(10i64.pow(refund.currency.minor_units()));

@@ -55,7 +55,6 @@ pub fn open_on(state_dir: &Path, sealer: &Sealer, vfs: Option<&str>) -> Result<C
             ),
         });
     }
-    super::audit::register(&conn, sealer)?;
     migrate::migrate(&conn, sealer)?;
     check_key(&conn, sealer)?;
     check_identity(&conn, &marker, &path)?;

@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{row_at, rows_after, seal_via, HEAD_KIND, ROW_KIND};
+use super::{row_at, rows_after, seal_of, HEAD_KIND, ROW_KIND};
 use crate::queue::error::QueueError;
 use crate::queue::seal::Sealer;
 
@@ -24,7 +24,7 @@ impl StoredHead {
         vec![queue_id.as_bytes().to_vec(), self.seq.to_be_bytes().to_vec(), self.last_seal.clone()]
     }
 
-    fn verifies(&self, sealer: &Sealer, queue_id: &str) -> bool {
+    pub(super) fn verifies(&self, sealer: &Sealer, queue_id: &str) -> bool {
         let fields = self.fields(queue_id);
         let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         sealer.verify(HEAD_KIND, &refs, &self.seal)
@@ -237,7 +237,7 @@ pub enum AuditCheck {
 /// Schema version 7 on an older queue: numbers the audit rows present `1..=n` in their order,
 /// chains and seals them and writes the head. This trusts the rows present at the upgrade:
 /// what was deleted or edited before it cannot be told.
-pub(in crate::queue) fn adopt(conn: &Connection, _sealer: &Sealer) -> Result<(), QueueError> {
+pub(in crate::queue) fn adopt(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
     let queue_id = crate::queue::sequence::queue_id(conn)?;
     let (mut old, mut seq, mut prev) = (0i64, 0i64, Vec::new());
     loop {
@@ -251,13 +251,13 @@ pub(in crate::queue) fn adopt(conn: &Connection, _sealer: &Sealer) -> Result<(),
             // Moving rows down in ascending order never lands on a number still in use: every
             // row below this one already holds a number below `seq`.
             row.seq = seq;
-            row.seal = seal_via(conn, ROW_KIND, &row.seal_fields(&prev))?;
+            row.seal = seal_of(sealer, ROW_KIND, &row.seal_fields(&prev));
             conn.prepare_cached("UPDATE audit SET seq = ?2, seal = ?3 WHERE seq = ?1")?
                 .execute(params![old, row.seq, row.seal])?;
             prev = row.seal;
         }
     }
     let head = StoredHead { seq, last_seal: prev, seal: Vec::new() };
-    let seal = seal_via(conn, HEAD_KIND, &head.fields(&queue_id))?;
+    let seal = seal_of(sealer, HEAD_KIND, &head.fields(&queue_id));
     save_head(conn, &StoredHead { seal, ..head })
 }

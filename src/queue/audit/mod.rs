@@ -30,14 +30,6 @@
 //! chained onto what is there and the head is left as it is: it is never rewritten to match
 //! the rows, so the break stays visible at every start instead of being laundered.
 //!
-//! # Sealing without the sealer
-//!
-//! [`register`] gives the queue's connection a `refund_agent_audit_seal` SQL function holding
-//! the device key (flagged `SQLITE_DIRECTONLY`, so no trigger or view planted in the file can
-//! call it, and limited to the audit kinds, so it cannot forge a refund's seal). Appending
-//! needs only the connection, which is what lets [`record`] be called wherever a connection
-//! is at hand. Verification uses the [`Sealer`] itself.
-
 mod chain;
 
 #[cfg(test)]
@@ -45,7 +37,6 @@ mod tests;
 
 use std::net::SocketAddr;
 
-use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::error::QueueError;
@@ -60,8 +51,6 @@ pub use chain::{AuditCheck, ChainState};
 const ROW_KIND: &str = "audit";
 /// The seal kind of the audit head.
 const HEAD_KIND: &str = "audit-head";
-/// The SQL function that seals with the device key (audit kinds only).
-const SEAL_FUNCTION: &str = "refund_agent_audit_seal";
 
 /// Through what a decision reached the agent, as recorded in the audit log's `caller` column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +153,7 @@ pub(super) struct Entry<'a> {
 
 /// Appends a decision with the caller it came through (see [`record`]).
 pub(super) fn by(
-    conn: &Connection,
+    db: &super::db::Db<'_>,
     refund_id: Option<&str>,
     actor: &str,
     caller: &AuditCaller,
@@ -172,53 +161,22 @@ pub(super) fn by(
     detail: &str,
     now: i64,
 ) -> Result<(), QueueError> {
-    record(conn, &Entry { refund_id, actor, action, detail, caller: Some(caller), at: now }).map(|_| ())
+    let entry = Entry { refund_id, actor, action, detail, caller: Some(caller), at: now };
+    record(db.conn, db.sealer, &entry).map(|_| ())
 }
 
-/// Gives `conn` the seal function appending needs (see the module doc). Called when the queue
-/// is opened, before the migrations (the upgrade to version 7 seals the rows present).
-pub(super) fn register(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
-    let sealer = sealer.clone();
-    conn.create_scalar_function(
-        SEAL_FUNCTION,
-        -1,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
-        move |ctx| {
-            let kind = ctx.get_raw(0).as_str().map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
-            if kind != ROW_KIND && kind != HEAD_KIND {
-                return Err(rusqlite::Error::UserFunctionError(
-                    format!("{SEAL_FUNCTION} seals audit rows only, not {kind:?}").into(),
-                ));
-            }
-            let fields = (1..ctx.len())
-                .map(|i| ctx.get_raw(i).as_bytes().map_err(|e| rusqlite::Error::UserFunctionError(e.into())))
-                .collect::<rusqlite::Result<Vec<&[u8]>>>()?;
-            Ok(sealer.seal(kind, &fields).to_vec())
-        },
-    )?;
-    Ok(())
-}
-
-/// A seal made by the connection's seal function.
-fn seal_via(conn: &Connection, kind: &str, fields: &[Vec<u8>]) -> Result<Vec<u8>, QueueError> {
-    let placeholders: String = (2..=fields.len() + 1).map(|i| format!(", ?{i}")).collect();
-    let sql = format!("SELECT {SEAL_FUNCTION}(?1{placeholders})");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let values: Vec<&dyn rusqlite::ToSql> = std::iter::once(&kind as &dyn rusqlite::ToSql)
-        .chain(fields.iter().map(|f| f as &dyn rusqlite::ToSql))
-        .collect();
-    Ok(stmt.query_row(values.as_slice(), |r| r.get(0))?)
+/// A seal over `fields` (each a byte string) under the device key.
+pub(super) fn seal_of(sealer: &Sealer, kind: &str, fields: &[Vec<u8>]) -> Vec<u8> {
+    let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    sealer.seal(kind, &refs).to_vec()
 }
 
 /// Appends a decision to the chain, in the caller's transaction, and advances the head when
 /// the newest row agrees with it (see "Checks, and what a broken chain does").
-pub(super) fn record(conn: &Connection, entry: &Entry<'_>) -> Result<i64, QueueError> {
+pub(super) fn record(conn: &Connection, sealer: &Sealer, entry: &Entry<'_>) -> Result<i64, QueueError> {
     let queue_id = super::sequence::queue_id(conn)?;
     let head = match chain::stored_head(conn)? {
-        Some(stored) => {
-            let expected = seal_via(conn, HEAD_KIND, &stored.fields(&queue_id))?;
-            constant_time_eq(&expected, &stored.seal).then_some(stored)
-        }
+        Some(stored) => stored.verifies(sealer, &queue_id).then_some(stored),
         None => None,
     };
     let tail = chain::tail(conn)?;
@@ -242,7 +200,7 @@ pub(super) fn record(conn: &Connection, entry: &Entry<'_>) -> Result<i64, QueueE
         caller: entry.caller.map(|c| c.as_str().to_string()),
         seal: Vec::new(),
     };
-    row.seal = seal_via(conn, ROW_KIND, &row.seal_fields(&prev))?;
+    row.seal = seal_of(sealer, ROW_KIND, &row.seal_fields(&prev));
     conn.prepare_cached(&format!("INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"))?
         .execute(params![
         row.seq,
@@ -256,7 +214,7 @@ pub(super) fn record(conn: &Connection, entry: &Entry<'_>) -> Result<i64, QueueE
     ])?;
     if agrees {
         let next = chain::StoredHead { seq, last_seal: row.seal.clone(), seal: Vec::new() };
-        let seal = seal_via(conn, HEAD_KIND, &next.fields(&queue_id))?;
+        let seal = seal_of(sealer, HEAD_KIND, &next.fields(&queue_id));
         chain::save_head(conn, &chain::StoredHead { seal, ..next })?;
     } else {
         tracing::error!(
@@ -291,11 +249,6 @@ pub(super) fn log_start_check(conn: &Connection, sealer: &Sealer) -> Result<(), 
         ChainState::Intact { rows } => tracing::debug!(rows, "audit log head and newest row verified"),
     }
     Ok(())
-}
-
-/// Compares two seals in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A refund's audit rows, oldest first, as shown to people.
