@@ -149,7 +149,7 @@ pub async fn run() -> Result<()> {
         r.deliveries[0].attempts >= 1 && r.deliveries[0].last_error.is_some()
     })
     .await?;
-    step(6, "The agent tries, fails, and puts the unreachable clouds on hold (it probes them every 2 s):");
+    step(6, "The agent tries, fails, and puts the unreachable clouds on hold (it probes them every 1-3 s):");
     detail(&format!("gateway: {}", waiting.deliveries[0].last_error.as_deref().unwrap_or("-")));
 
     clouds.online().await?;
