@@ -229,22 +229,39 @@ impl Running {
 
 /// `refund-agent run`: serves until SIGTERM or SIGINT, then stops cleanly.
 pub async fn run(config: &Config) -> Result<(), StartError> {
+    // Installed before anything starts: the socket answers (and READY=1 goes out) before `start`
+    // returns, and a SIGTERM in that moment would otherwise meet the default action and kill
+    // the process mid-start. A signal that comes during the start is kept and stops it at once.
+    let signals = StopSignals::install();
     let running = start(config).await?;
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("stop requested; finishing work in flight");
     running.stop().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => StopSignals(Some((term, int))),
+            _ => {
+                tracing::error!(
+                    "cannot install signal handlers; the agent will stop as soon as it has started"
+                );
+                StopSignals(None)
+            }
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else { return };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
