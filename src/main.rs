@@ -131,8 +131,8 @@ async fn dispatch(cli: Cli) -> u8 {
             Ok(config) => backup_cmds::backup(&config, path, force),
             Err(code) => code,
         },
-        Command::Restore { ref path } => match load_config(&cli.config) {
-            Ok(config) => backup_cmds::restore(&config, path),
+        Command::Restore { ref path, discard_current } => match load_config(&cli.config) {
+            Ok(config) => backup_cmds::restore(&config, path, discard_current),
             Err(code) => code,
         },
     }

@@ -209,3 +209,126 @@ async fn a_backup_taken_while_refunds_arrive_is_consistent_and_restores() {
     }
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
+
+/// A restore over a queue that is intact and current keeps it: a refund delivered after the
+/// copy was taken stays delivered (not `unknown`), and a refund made after it keeps its
+/// idempotency key, so the kiosk repeating that request gets the same refund and the card is
+/// refunded once. (Built on the copy alone, the key was forgotten and the repeat paid again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_over_the_current_queue_forgets_no_refund_and_no_key() {
+    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
+    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
+    gw.go_offline().await;
+    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let early = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let copy = agent.dir.path().join("backup.db");
+    assert!(backup(&agent, &copy).await.status.success());
+
+    gw.go_online().await.expect("gateway back");
+    agent.wait_state(&early, "delivered").await;
+    let key = ["--idempotency-key", "kiosk-req-7"];
+    let late = created_id(&cli_refund(&agent, "7.00", &key).await);
+    agent.wait_state(&late, "delivered").await;
+    assert_eq!(gw.seen().len(), 2);
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    let restored = agent.cli(&["restore", path_str(&copy)]).await;
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let said = String::from_utf8_lossy(&restored.stdout).to_string();
+    assert!(said.contains("intact and current") && said.contains("0 refund(s) only the copy knew"), "{said}");
+    assert!(said.contains("0 deliveries are now unknown"), "{said}");
+
+    agent.start().await;
+    assert_eq!(agent.refund(&early).await.expect("kept").state, "delivered");
+    assert_eq!(agent.refund(&late).await.expect("kept").state, "delivered");
+    let repeat = cli_refund(&agent, "7.00", &key).await;
+    assert_eq!(created_id(&repeat), late, "the repeated request names the refund it made");
+    assert_eq!(agent.list().await.len(), 2);
+    // The sale's balance still counts both refunds: 100.00 - 12.00 is all that is left.
+    let over = cli_refund(&agent, "88.01", &[]).await;
+    assert!(!over.status.success(), "more than the balance is refused");
+    assert_eq!(gw.seen().len(), 2, "each refund reached the gateway once: {:?}", gw.seen());
+    assert_eq!(agent.terminate().await.code(), Some(0));
+    let previous = agent.db_path().with_file_name("queue.db.pre-restore");
+    put_back_by_hand(&agent, &previous);
+    assert_eq!(run_refused(&agent).await.status.code(), Some(7), "the replaced file is older now");
+}
+
+/// The wrong, older backup restored first (the queue lost with the disk), then the right one:
+/// the refund only the right copy holds is carried into the queue the first restore made, as
+/// `unknown` at the gateway (the copy cannot know whether it went out), with its key and its
+/// share of the sale's balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_only_the_copy_knew_is_carried_over_with_its_key() {
+    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
+    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
+    gw.go_offline().await;
+    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let older = agent.dir.path().join("older.db");
+    assert!(backup(&agent, &older).await.status.success());
+    let key = ["--idempotency-key", "kiosk-req-9"];
+    let id = created_id(&cli_refund(&agent, "60.00", &key).await);
+    let right = agent.dir.path().join("right.db");
+    assert!(backup(&agent, &right).await.status.success());
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    for side in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(agent.db_path().with_file_name(format!("queue.db{side}")));
+    }
+    let first = agent.cli(&["restore", path_str(&older)]).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    agent.start().await;
+    assert!(agent.refund(&id).await.is_none(), "the older copy never had it");
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    let second = agent.cli(&["restore", path_str(&right)]).await;
+    assert!(second.status.success(), "{}", stderr(&second));
+    let said = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(said.contains("1 refund(s) only the copy knew") && said.contains(&id), "{said}");
+    gw.go_online().await.expect("gateway back");
+    agent.start().await;
+    let shown = agent.wait_state(&id, "unknown").await;
+    assert!(shown.deliveries[0].last_error.as_deref().unwrap_or_default().contains("resolve by hand"));
+    assert_eq!(created_id(&cli_refund(&agent, "60.00", &key).await), id, "the key came with it");
+    let over = cli_refund(&agent, "40.01", &[]).await;
+    assert!(!over.status.success(), "the carried refund counts against the sale");
+    assert!(gw.seen().is_empty(), "an unknown refund is never sent: {:?}", gw.seen());
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}
+
+/// A damaged queue is not silently replaced: what only it knew would be forgotten. With
+/// `--discard-current` the copy goes in, and the output says what the restored queue lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_current_queue_is_replaced_only_when_asked() {
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
+    let mut agent = Agent::new(&fp.url(), "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let copy = agent.dir.path().join("backup.db");
+    assert!(backup(&agent, &copy).await.status.success());
+    assert_eq!(agent.terminate().await.code(), Some(0));
+    let db = agent.db_path();
+    let mut bytes = fs::read(&db).expect("queue");
+    // Past the header: the pages the tables live on.
+    bytes.truncate(4096);
+    bytes.resize(12288, 0x5a);
+    fs::write(&db, &bytes).expect("damage the queue");
+
+    let refused = agent.cli(&["restore", path_str(&copy)]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--discard-current"), "{}", stderr(&refused));
+    assert_eq!(fs::read(&db).expect("queue"), bytes, "nothing was changed");
+
+    let done = agent.cli(&["restore", "--discard-current", path_str(&copy)]).await;
+    assert!(done.status.success(), "{}", stderr(&done));
+    let said = String::from_utf8_lossy(&done.stdout).to_string();
+    assert!(said.contains("was not used") && said.contains("damaged"), "{said}");
+    agent.start().await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    agent.wait_state(&id, "delivered").await;
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}

@@ -12,10 +12,12 @@
 //! At a few kills (a tenth of `CHAOS_KILLS`, at least one) a backup is taken first, with
 //! `refund-agent backup` while the agent runs and the clients keep creating refunds; one or two
 //! kills later, with the agent stopped, `refund-agent restore` puts that backup back before the
-//! restart. The restore rolls the queue back: refunds committed after the backup are gone (a
-//! client told of one does not ask again; one still waiting for its answer asks again and gets
-//! a new refund; a sale gone with them is sent again by its kiosk), and deliveries not final in
-//! the copy are `unknown` at the gateway and Olive and `pending` again at Final POS. Both
+//! restart. Every other time the queue is first moved aside, as after a lost disk: the restore
+//! then rolls the queue back: refunds committed after the backup are gone (a client told of one
+//! does not ask again; one still waiting for its answer asks again and gets a new refund; a sale
+//! gone with them is sent again by its kiosk), and deliveries not final in the copy are
+//! `unknown` at the gateway and Olive and `pending` again at Final POS. The other times it
+//! restores over the intact queue, which it must keep whole (nothing rolled back). Both
 //! commands run with the agent's configuration, environment and (skewed) clock, as on the till.
 //!
 //! Clients behave as a careful kiosk does: the API client retries with the same idempotency key
@@ -23,7 +25,7 @@
 //! agent comes back. At the end, with the faults turned off, the test checks:
 //! * nothing acknowledged is missing, and there is exactly one refund per acknowledged request,
 //!   except a refund a restore rolled back that was acknowledged after its backup began (the
-//!   queue the restore replaced, kept as `queue.db.pre-restore`, says which refunds it rolled
+//!   queue the restore replaced, kept as `queue.db.pre-restore` or moved aside, says which refunds it rolled
 //!   back; the acknowledgement order says which of them the backup could not hold);
 //! * no destination processed a refund twice (the gateway and Olive do not deduplicate), rolled
 //!   back or not;
@@ -622,7 +624,7 @@ struct Backup {
 struct Restore {
     /// The restored backup's `acked_before`: a refund acknowledged later may be rolled back.
     acked_before: usize,
-    /// Refunds in the queue the restore replaced and not in the backup.
+    /// Refunds in the queue the restore replaced and not in the queue it put in place.
     rolled_back: HashSet<String>,
     unknown: u64,
     pending: u64,
@@ -686,23 +688,48 @@ impl Restarter {
     async fn restore(&mut self) {
         let backup = self.backups.last().expect("every restore is planned after a backup");
         self.restores_begun.fetch_add(1, Ordering::SeqCst);
+        // Every other restore follows a lost disk: the queue is gone and the copy is all there
+        // is. The others restore over the intact queue, which must then be kept.
+        let db = self.agent.db_path();
+        let lost = self.restores.len() % 2 == 1;
+        let replaced_at = if lost {
+            let aside = db.with_file_name(format!("lost-{}.db", self.restores.len()));
+            for side in ["", "-wal", "-shm"] {
+                let from = db.with_file_name(format!("queue.db{side}"));
+                if from.exists() {
+                    let to = aside.with_file_name(format!("lost-{}.db{side}", self.restores.len()));
+                    std::fs::rename(&from, to).expect("move the queue aside");
+                }
+            }
+            aside
+        } else {
+            db.with_file_name("queue.db.pre-restore")
+        };
         let out = self.cli(&["restore", path_str(&backup.path)]).await;
         assert!(out.status.success(), "restore: {}", stderr(&out));
         let said = String::from_utf8_lossy(&out.stdout).to_string();
         let count = |tail: &str| -> u64 {
             let line =
                 said.lines().find(|l| l.contains(tail)).unwrap_or_else(|| panic!("{tail:?} in {said}"));
-            line.split_whitespace().next().and_then(|n| n.parse().ok()).expect("a count")
+            line.split_whitespace().find_map(|n| n.parse().ok()).expect("a count")
         };
-        let replaced = refund_ids(&self.agent.db_path().with_file_name("queue.db.pre-restore"));
+        let replaced = refund_ids(&replaced_at);
         let copied = refund_ids(&backup.path);
+        let restored = refund_ids(&db);
         // Refund rows are never deleted (nothing is old enough to purge): the queue the restore
         // replaced grew from this backup.
         let gone: Vec<&String> = copied.difference(&replaced).collect();
         assert!(gone.is_empty(), "refunds in the backup missing from the queue it replaced: {gone:?}");
+        if lost {
+            assert_eq!(restored, copied, "with the queue lost, the copy is what there is");
+        } else {
+            assert!(said.contains("intact and current"), "{said}");
+            assert_eq!(count("refund(s) only the copy knew"), 0, "the copy grew into the queue: {said}");
+            assert_eq!(restored, replaced, "a restore over the current queue keeps every refund");
+        }
         self.restores.push(Restore {
             acked_before: backup.acked_before,
-            rolled_back: replaced.difference(&copied).cloned().collect(),
+            rolled_back: replaced.difference(&restored).cloned().collect(),
             unknown: count("deliveries are now unknown"),
             pending: count("deliveries set back to pending"),
         });

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::exit;
 use crate::config::Config;
 use crate::daemon;
-use crate::queue::{self, BackupError};
+use crate::queue::{self, BackupError, Replaced};
 
 fn failed(e: &BackupError) -> u8 {
     eprintln!("error: {e}");
@@ -39,7 +39,7 @@ pub fn backup(config: &Config, path: &Path, force: bool) -> u8 {
 
 /// `refund-agent restore PATH`: needs the seal key (the copy's seals are checked) and the
 /// connectors' capabilities (which destinations deduplicate on the refund id).
-pub fn restore(config: &Config, path: &Path) -> u8 {
+pub fn restore(config: &Config, path: &Path, discard_current: bool) -> u8 {
     let setup = daemon::sealer(config).and_then(|s| daemon::connectors(config).map(|c| (s, c)));
     let (sealer, connectors) = match setup {
         Ok(v) => v,
@@ -50,7 +50,7 @@ pub fn restore(config: &Config, path: &Path) -> u8 {
     };
     // A destination the configuration no longer names is treated as not deduplicating.
     let dedup = |name: &str| connectors.get(name).is_some_and(|c| c.capability().dedup);
-    match queue::restore(&config.state_dir, path, &sealer, &dedup) {
+    match queue::restore(&config.state_dir, path, &sealer, &dedup, discard_current) {
         Ok(r) => {
             let done = &r.restored;
             println!(
@@ -60,6 +60,22 @@ pub fn restore(config: &Config, path: &Path) -> u8 {
                 done.queue_id,
                 done.generation
             );
+            match &done.replaced {
+                Replaced::Current => println!(
+                    "The queue it replaced was intact and current: it is kept, nothing it knew is forgotten, \
+                     and {} refund(s) only the copy knew were carried into it.",
+                    done.carried
+                ),
+                Replaced::Absent => {}
+                Replaced::Stale(why) => println!(
+                    "The queue it replaced was not used, as it knew no more than a copy ({why}): refunds \
+                     made after the copy was taken are not known to the restored queue, nor their idempotency keys."
+                ),
+                Replaced::Damaged(why) => println!(
+                    "The queue it replaced was not used, as it is damaged ({why}): refunds made after the copy \
+                     was taken are not known to the restored queue, nor their idempotency keys."
+                ),
+            }
             if let Some(previous) = &r.previous {
                 println!("The queue it replaced is kept as {}.", previous.display());
             }

@@ -84,8 +84,15 @@ pub enum Command {
     /// Put a backup back in place of the queue (stop the agent first). Deliveries that were not
     /// final in the copy become `unknown` where the destination does not deduplicate (resolve
     /// them by hand) and `pending` where it does; the replaced queue is kept as
-    /// queue.db.pre-restore.
-    Restore { path: PathBuf },
+    /// queue.db.pre-restore. When the queue it replaces is intact and current, that queue is
+    /// kept and only what the copy alone knew is carried into it.
+    Restore {
+        path: PathBuf,
+        /// Restore even though the queue it replaces is damaged: refunds only that queue knew,
+        /// and their idempotency keys, are forgotten.
+        #[arg(long)]
+        discard_current: bool,
+    },
     /// Managers and their PINs.
     #[command(subcommand)]
     Manager(ManagerCmd),

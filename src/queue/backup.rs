@@ -22,10 +22,11 @@ use std::time::Duration;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::carry;
 use super::error::QueueError;
 use super::files;
 use super::generation;
-use super::restore::{self, Restored};
+use super::restore::{self, Replaced, Restored};
 use super::schema::{self, DB_FILE};
 use super::seal::Sealer;
 
@@ -150,6 +151,22 @@ fn copy_all(src: &Connection, dst: &mut Connection) -> rusqlite::Result<()> {
     ))
 }
 
+/// A temporary file in the state directory, removed unless it is put in place.
+fn working_file(state_dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile, BackupError> {
+    tempfile::Builder::new().prefix(prefix).tempfile_in(state_dir).map_err(io(state_dir))
+}
+
+/// Copies the queue file at `from` (read-only, its WAL included) into `to`, open on `to`.
+fn open_copy_of(from: &Path, to: &Path) -> rusqlite::Result<Connection> {
+    let src = Connection::open_with_flags(
+        from,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut conn = Connection::open(to)?;
+    copy_all(&src, &mut conn)?;
+    Ok(conn)
+}
+
 /// A rollback journal instead of WAL, so that the copy is one file with nothing beside it.
 fn make_self_contained(conn: &Connection) -> rusqlite::Result<()> {
     let _: String = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
@@ -199,11 +216,18 @@ pub struct RestoreReport {
 
 /// Puts the backup at `source` in place of the queue in `state_dir` (agent stopped). `dedup`
 /// says whether a destination deduplicates on the refund id (its connector's capability).
+///
+/// When the queue it replaces is intact and current, the result is that queue with what only
+/// the copy knew carried into it (`carry.rs`): nothing it knew is forgotten. When it is older
+/// than the one the agent last ran on, or absent, the result is the prepared copy. When it is
+/// damaged, the restore is refused unless `discard_current`: its refunds unknown to the copy
+/// (and their idempotency keys) would be forgotten.
 pub fn restore(
     state_dir: &Path,
     source: &Path,
     sealer: &Sealer,
     dedup: &dyn Fn(&str) -> bool,
+    discard_current: bool,
 ) -> Result<RestoreReport, BackupError> {
     let _lock =
         files::try_lock(state_dir)?.ok_or_else(|| BackupError::AgentRunning(state_dir.to_path_buf()))?;
@@ -212,27 +236,54 @@ pub fn restore(
     }
     let refused = |reason: String| BackupError::Refused { path: source.to_path_buf(), reason };
     let marker = state_dir.join(generation::MARKER_FILE);
+    let db = state_dir.join(DB_FILE);
     // The generation to beat: the marker's or the replaced file's, whichever is higher, so that
     // the replaced file cannot be put back by hand afterwards. Either may be unreadable (that
     // may be why this restore happens); the copy then still gets one above its own.
-    let replaced = current_generation(&state_dir.join(DB_FILE));
-    let last_run = generation::read_marker(&marker).unwrap_or(None).max(replaced);
-    let work = tempfile::Builder::new()
-        .prefix(".queue.db.restore-")
-        .tempfile_in(state_dir)
-        .map_err(io(state_dir))?;
-    let restored = {
-        let src = Connection::open_with_flags(
-            source,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| refused(format!("it cannot be opened as a queue: {e}")))?;
-        let mut conn = Connection::open(work.path()).map_err(copy_error(work.path()))?;
-        copy_all(&src, &mut conn).map_err(|e| refused(format!("it cannot be read as a queue: {e}")))?;
+    let marker_value = generation::read_marker(&marker).unwrap_or(None);
+    let last_run = marker_value.max(current_generation(&db));
+    let origin = source.display().to_string();
+    let now = crate::clock::now_ms();
+    let work = working_file(state_dir, ".queue.db.restore-")?;
+    let copy_conn = {
+        let conn = open_copy_of(source, work.path())
+            .map_err(|e| refused(format!("it cannot be read as a queue: {e}")))?;
         make_self_contained(&conn).map_err(copy_error(work.path()))?;
-        let origin = source.display().to_string();
-        restore::prepare(&conn, sealer, dedup, last_run, &origin, crate::clock::now_ms()).map_err(refused)?
+        conn
     };
+    let mut restored =
+        restore::prepare(&copy_conn, sealer, dedup, last_run, &origin, now).map_err(refused)?;
+
+    // The queue being replaced, judged on a working copy of its own.
+    let mut current = None;
+    if db.is_file() {
+        let base = working_file(state_dir, ".queue.db.current-")?;
+        let opened = open_copy_of(&db, base.path()).map_err(|e| e.to_string());
+        let judged = match &opened {
+            Ok(conn) => restore::judge_replaced(conn, sealer, marker_value),
+            Err(e) => Replaced::Damaged(format!("it cannot be read: {e}")),
+        };
+        match judged {
+            Replaced::Current => {
+                let conn = opened.map_err(|e| io(&db)(std::io::Error::other(e)))?;
+                make_self_contained(&conn).map_err(copy_error(base.path()))?;
+                carry::carry(&conn, &copy_conn, sealer, &mut restored, &origin, now).map_err(refused)?;
+                current = Some(base);
+            }
+            Replaced::Damaged(reason) if !discard_current => {
+                return Err(refused(format!(
+                "the queue it would replace, {}, is damaged ({reason}): the refunds it holds and the copy \
+                     does not, with their idempotency keys, would be forgotten, and a kiosk repeating one of \
+                     those requests would get a second refund. Look at it with `refund-agent doctor`; to \
+                     restore anyway, pass --discard-current (it is still kept as {PREVIOUS_FILE})",
+                db.display()
+            )))
+            }
+            judged => restored.replaced = judged,
+        }
+    }
+    drop(copy_conn);
+    let work = current.unwrap_or(work);
     fs::set_permissions(work.path(), fs::Permissions::from_mode(files::FILE_MODE))
         .map_err(io(work.path()))?;
     work.as_file().sync_all().map_err(io(work.path()))?;
@@ -254,7 +305,6 @@ pub fn restore(
         Err(e) => return Err(io(&id_file)(e)),
     }
 
-    let db = state_dir.join(DB_FILE);
     let previous = keep_previous(state_dir, &db)?;
     work.persist(&db).map_err(|e| io(&db)(e.error))?;
     files::sync_dir(&db)?;

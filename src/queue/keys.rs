@@ -90,6 +90,22 @@ fn load(conn: &Connection, key: &str) -> Result<Option<KeyRow>, QueueError> {
         .optional()?)
 }
 
+/// Whether a key names the refund `refund_id` (it outlives a purged refund).
+pub(super) fn names_refund(conn: &Connection, refund_id: &str) -> Result<bool, QueueError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM idempotency_keys WHERE refund_id = ?1 LIMIT 1")?
+        .query_row([refund_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Every key stored (a restore carries the ones the current queue lacks).
+pub(super) fn all(conn: &Connection) -> Result<Vec<String>, QueueError> {
+    let mut stmt = conn.prepare("SELECT key FROM idempotency_keys ORDER BY key")?;
+    let keys = stmt.query_map([], |r| r.get(0))?;
+    Ok(keys.collect::<Result<_, _>>()?)
+}
+
 /// Schema version 4 on an older queue: seals the keys present (trusting them, as the upgrade
 /// to version 2 trusts the refunds present).
 pub(super) fn adopt(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {

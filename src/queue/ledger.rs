@@ -181,6 +181,13 @@ fn load_raw(conn: &Connection, column: SaleKey, value: &str) -> Result<Option<Ra
         .optional()?)
 }
 
+/// Every receipt id in the ledger (a restore carries the sales the current queue lacks).
+pub(super) fn receipts(conn: &Connection) -> Result<Vec<String>, QueueError> {
+    let mut stmt = conn.prepare("SELECT receipt_id FROM sales ORDER BY receipt_id")?;
+    let ids = stmt.query_map([], |r| r.get(0))?;
+    Ok(ids.collect::<Result<_, _>>()?)
+}
+
 /// Finds a sale by receipt id or transaction id, verifying its seal.
 pub fn find_sale(
     conn: &Connection,

@@ -87,6 +87,7 @@
 
 mod audit;
 mod backup;
+mod carry;
 mod counts;
 mod db;
 mod delivery;
@@ -129,7 +130,7 @@ pub use manual::Resolution;
 #[cfg(feature = "fault-injection")]
 pub use owner::start_on_vfs;
 pub use owner::{start, QueueOwner};
-pub use restore::Restored;
+pub use restore::{Replaced, Restored};
 pub use seal::Sealer;
 pub use view::{
     ApprovalView, AuditStatus, AuditView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState,

@@ -37,6 +37,12 @@ pub struct Restored {
     pub pending: u64,
     /// The refunds a person must check at their destination, oldest first.
     pub to_check: Vec<String>,
+    /// What the replaced queue could tell; when `Current`, the restored queue is that queue
+    /// with the refunds only the copy knew carried over (`carry.rs`), and the counts above are
+    /// about those.
+    pub replaced: Replaced,
+    /// Refunds only the copy knew, carried over into the current queue.
+    pub carried: u64,
 }
 
 /// The refunds a restore changes: verified, not quarantined, with a delivery not final.
@@ -52,19 +58,8 @@ pub fn prepare(
     origin: &str,
     now: i64,
 ) -> Result<Restored, String> {
-    let text = |e: QueueError| e.to_string();
-    check_file(conn, sealer)?;
-    migrate::migrate(conn, sealer).map_err(text)?;
-    let findings = sequence::check(conn, sealer)
-        .map_err(text)?
-        .map_err(|reason| format!("its refund numbering cannot be trusted: {reason}"))?;
-    if findings.refuses() {
-        return Err(findings.describe());
-    }
-    counts::check_all(conn, sealer).map_err(text)??;
-    let copied_generation = generation::load(conn, sealer).map_err(text)??;
-    let open = open_refunds(conn, sealer).map_err(text)??;
-    let queue_id = sequence::queue_id(conn).map_err(text)?;
+    let (copied_generation, open) = verify(conn, sealer)?;
+    let queue_id = sequence::queue_id(conn).map_err(|e| e.to_string())?;
     let mut restored = Restored {
         queue_id,
         copied_generation,
@@ -72,6 +67,8 @@ pub fn prepare(
         unknown: 0,
         pending: 0,
         to_check: Vec::new(),
+        replaced: Replaced::Absent,
+        carried: 0,
     };
     conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
     let marked = mark(conn, sealer, dedup, open, &mut restored, origin, now);
@@ -83,6 +80,56 @@ pub fn prepare(
         }
     }
     Ok(restored)
+}
+
+/// What the agent checks at start, and every refund and delivery seal: the queue's generation
+/// and its refunds with a delivery not final. `Err` says why the file cannot be trusted.
+fn verify(conn: &Connection, sealer: &Sealer) -> Result<(i64, Open), String> {
+    let text = |e: QueueError| e.to_string();
+    check_file(conn, sealer)?;
+    migrate::migrate(conn, sealer).map_err(text)?;
+    let findings = sequence::check(conn, sealer)
+        .map_err(text)?
+        .map_err(|reason| format!("its refund numbering cannot be trusted: {reason}"))?;
+    if findings.refuses() {
+        return Err(findings.describe());
+    }
+    counts::check_all(conn, sealer).map_err(text)??;
+    let generation = generation::load(conn, sealer).map_err(text)??;
+    let open = open_refunds(conn, sealer).map_err(text)??;
+    Ok((generation, open))
+}
+
+/// What the queue a restore replaces can still tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaced {
+    /// There was none (a new disk, a new till).
+    Absent,
+    /// Intact, and not older than the queue the agent last ran on: it knows everything that
+    /// happened up to the restore, so the restored queue is built on it.
+    Current,
+    /// Intact but older than the queue the agent last ran on (itself put back by hand), or
+    /// its age cannot be told: it knows no more than a copy does.
+    Stale(String),
+    /// It cannot be read or does not verify.
+    Damaged(String),
+}
+
+/// Judges the queue about to be replaced, from a working copy of it open on `conn`.
+/// `marker`: the generation the agent last ran on, if its marker file could be read.
+pub fn judge_replaced(conn: &Connection, sealer: &Sealer, marker: Option<i64>) -> Replaced {
+    let generation = match verify(conn, sealer) {
+        Ok((generation, _)) => generation,
+        Err(reason) => return Replaced::Damaged(reason),
+    };
+    match marker {
+        // The marker lags the database, never leads it: a current queue is at or above it.
+        Some(last) if generation >= last => Replaced::Current,
+        Some(last) => Replaced::Stale(format!(
+            "its generation {generation} is below the {last} the agent last ran on: it was put back by hand"
+        )),
+        None => Replaced::Stale("the generation marker is missing, so its age cannot be told".into()),
+    }
 }
 
 /// The file-level checks the agent makes at start: integrity, schema version, seal key.
@@ -151,8 +198,11 @@ fn open_refunds(conn: &Connection, sealer: &Sealer) -> Result<Result<Open, Strin
     Ok(Ok(open))
 }
 
+/// How the error of every delivery a restore marks begins.
+pub const FROM_RESTORE: &str = "restored from a backup";
+
 /// Who a restore's audit rows name: the command, and the user that ran it.
-fn actor() -> String {
+pub(super) fn actor() -> String {
     format!("restore (uid {})", nix::unistd::getuid())
 }
 
@@ -179,13 +229,13 @@ fn mark(
                 d.state = DeliveryState::Pending.into();
                 d.next_attempt_at = now;
                 d.last_error = Some(format!(
-                    "restored from a backup in which it was {was}: sending again (the destination deduplicates on the refund id)"
+                    "{FROM_RESTORE} in which it was {was}: sending again (the destination deduplicates on the refund id)"
                 ));
                 restored.pending += 1;
             } else {
                 d.state = DeliveryState::Unknown.into();
                 d.last_error = Some(format!(
-                    "restored from a backup in which it was {was}: what happened after the copy was taken is not known \
+                    "{FROM_RESTORE} in which it was {was}: what happened after the copy was taken is not known \
                      (it may have been sent since) and the destination does not deduplicate: check there and resolve by hand"
                 ));
                 restored.unknown += 1;
@@ -223,17 +273,30 @@ fn mark(
         "restored from {origin} (queue {}, generation {} in the copy, {} from now on): {} deliveries unknown, {} pending again",
         restored.queue_id, restored.copied_generation, restored.generation, restored.unknown, restored.pending
     );
+    record_restore(conn, sealer, &actor, &summary, origin, restored.generation, now)
+}
+
+/// Notes the restore in `meta.last_restore` and in the audit log.
+pub(super) fn record_restore(
+    conn: &Connection,
+    sealer: &Sealer,
+    actor: &str,
+    summary: &str,
+    origin: &str,
+    generation: i64,
+    now: i64,
+) -> Result<(), QueueError> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('last_restore', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [serde_json::json!({ "at": now, "from": origin, "generation": restored.generation }).to_string()],
+        [serde_json::json!({ "at": now, "from": origin, "generation": generation }).to_string()],
     )?;
     let entry = audit::Entry {
         refund_id: None,
-        actor: &actor,
+        actor,
         action: "restore",
-        detail: &summary,
-        caller: Some(&agent),
+        detail: summary,
+        caller: Some(&AuditCaller::agent()),
         at: now,
     };
     audit::record(conn, sealer, &entry)?;
