@@ -332,3 +332,40 @@ async fn a_damaged_current_queue_is_replaced_only_when_asked() {
     agent.wait_state(&id, "delivered").await;
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
+
+/// A newer copy put back by hand (refused at start), then the wrong, older backup restored over
+/// it: the replaced file is older than the last run, so the copy goes in, but what only that
+/// file knew (a refund and its key) is carried into it, marked `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_only_an_older_replaced_queue_knew_is_carried_into_the_copy() {
+    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
+    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
+    gw.go_offline().await;
+    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let oldest = agent.dir.path().join("oldest.db");
+    assert!(backup(&agent, &oldest).await.status.success());
+    let key = ["--idempotency-key", "kiosk-req-11"];
+    let id = created_id(&cli_refund(&agent, "30.00", &key).await);
+    let newer = agent.dir.path().join("newer.db");
+    assert!(backup(&agent, &newer).await.status.success());
+    created_id(&cli_refund(&agent, "1.00", &[]).await);
+    assert_eq!(agent.terminate().await.code(), Some(0));
+
+    put_back_by_hand(&agent, &newer);
+    assert_eq!(run_refused(&agent).await.status.code(), Some(7));
+    let out = agent.cli(&["restore", path_str(&oldest)]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("knew no more than a copy") && said.contains("1 refund(s) only it knew"), "{said}");
+    assert!(said.contains(&id), "the carried refund is one to check: {said}");
+
+    gw.go_online().await.expect("gateway back");
+    agent.start().await;
+    agent.wait_state(&id, "unknown").await;
+    assert_eq!(created_id(&cli_refund(&agent, "30.00", &key).await), id, "its key answers");
+    assert!(!cli_refund(&agent, "70.01", &[]).await.status.success(), "it counts against the sale");
+    assert!(gw.seen().is_empty(), "nothing was sent: {:?}", gw.seen());
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}

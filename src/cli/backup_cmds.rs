@@ -68,8 +68,10 @@ pub fn restore(config: &Config, path: &Path, discard_current: bool) -> u8 {
                 ),
                 Replaced::Absent => {}
                 Replaced::Stale(why) => println!(
-                    "The queue it replaced was not used, as it knew no more than a copy ({why}): refunds \
-                     made after the copy was taken are not known to the restored queue, nor their idempotency keys."
+                    "The queue it replaced knew no more than a copy ({why}): {} refund(s) only it knew were \
+                     carried over; refunds made after both copies are not known to the restored queue, nor \
+                     their idempotency keys.",
+                    done.carried
                 ),
                 Replaced::Damaged(why) => println!(
                     "The queue it replaced was not used, as it is damaged ({why}): refunds made after the copy \

@@ -22,7 +22,7 @@ use std::time::Duration;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::carry;
+use super::carry::{self, Base};
 use super::error::QueueError;
 use super::files;
 use super::generation;
@@ -267,8 +267,19 @@ pub fn restore(
             Replaced::Current => {
                 let conn = opened.map_err(|e| io(&db)(std::io::Error::other(e)))?;
                 make_self_contained(&conn).map_err(copy_error(base.path()))?;
-                carry::carry(&conn, &copy_conn, sealer, &mut restored, &origin, now).map_err(refused)?;
+                carry::carry(&conn, &copy_conn, sealer, &mut restored, Base::Current, &origin, now)
+                    .map_err(refused)?;
                 current = Some(base);
+            }
+            Replaced::Stale(reason) => {
+                // It knows no more than a copy, but what it knows is sealed and true: prepared as
+                // a copy is, what only it holds is carried into the copy.
+                let conn = opened.map_err(|e| io(&db)(std::io::Error::other(e)))?;
+                let from = db.display().to_string();
+                restore::prepare(&conn, sealer, dedup, last_run, &from, now).map_err(refused)?;
+                carry::carry(&copy_conn, &conn, sealer, &mut restored, Base::Copy, &origin, now)
+                    .map_err(refused)?;
+                restored.replaced = Replaced::Stale(reason);
             }
             Replaced::Damaged(reason) if !discard_current => {
                 return Err(refused(format!(

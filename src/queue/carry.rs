@@ -7,6 +7,10 @@
 //! and no terminal request id, and a kiosk repeating a request after it still gets the refund
 //! it made, not a second one.
 //!
+//! The same carry runs the other way when the replaced queue is intact but older than the one
+//! the agent last ran on (itself put back by hand, or its marker gone): it is prepared as a copy
+//! is, and what only it knew is carried into the restored copy, marked the same way.
+//!
 //! "Never knew" is decided by id (a refund row, or a creation key that names it) and, for
 //! refunds the current queue purged, by sequence number: the copy's rows come from the same
 //! queue (same id, same seal key), so a number the current queue records as purged was that
@@ -24,27 +28,41 @@ use super::rows;
 use super::seal::Sealer;
 use super::{counts, generation, sequence};
 
-/// Carries what only the prepared `copy` knows into `work` (a working copy of the current
-/// queue, verified by `restore::judge_replaced`) and gives `work` the restored generation.
-/// `restored` comes from preparing the copy; its counts become those of the carried refunds.
+/// Which file the restored queue is built on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    /// The current queue (`work`), with what only the prepared copy (`from`) knew.
+    Current,
+    /// The prepared copy (`work`), with what only the older replaced queue (`from`, prepared
+    /// the same way) knew.
+    Copy,
+}
+
+/// Carries what only `from` knows into `work` (both verified and prepared as `restore.rs`
+/// does) and gives `work` the restored generation. `restored` comes from preparing the copy;
+/// on the current queue its counts become those of the carried refunds, on the copy the
+/// carried refunds' counts are added to them.
 pub fn carry(
     work: &Connection,
-    copy: &Connection,
+    from: &Connection,
     sealer: &Sealer,
     restored: &mut Restored,
+    base: Base,
     origin: &str,
     now: i64,
 ) -> Result<(), String> {
     let text = |e: QueueError| e.to_string();
-    let work_id = sequence::queue_id(work).map_err(text)?;
-    if work_id != restored.queue_id {
+    let (work_id, from_id) =
+        (sequence::queue_id(work).map_err(text)?, sequence::queue_id(from).map_err(text)?);
+    if work_id != from_id {
         return Err(format!(
-            "it is a backup of queue {}, but the queue it would replace is queue {work_id}",
-            restored.queue_id
+            "it is a backup of queue {}, but the queue it would replace is queue {}",
+            restored.queue_id,
+            if base == Base::Current { &work_id } else { &from_id }
         ));
     }
     work.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
-    match carry_in(work, copy, sealer, restored, origin, now) {
+    match carry_in(work, from, sealer, restored, base, origin, now) {
         Ok(()) => work.execute_batch("COMMIT").map_err(|e| e.to_string()),
         Err(e) => {
             let _ = work.execute_batch("ROLLBACK");
@@ -58,6 +76,7 @@ fn carry_in(
     copy: &Connection,
     sealer: &Sealer,
     restored: &mut Restored,
+    base: Base,
     origin: &str,
     now: i64,
 ) -> Result<(), QueueError> {
@@ -104,7 +123,10 @@ fn carry_in(
                 refund_id: Some(&row.id),
                 actor: &actor,
                 action: "restore",
-                detail: "carried over from the restored copy: the queue it replaced never knew this refund",
+                detail: match base {
+                    Base::Current => "carried over from the restored copy: the queue it replaced never knew this refund",
+                    Base::Copy => "carried over from the older queue the restore replaced: the copy never knew this refund",
+                },
                 caller: Some(&agent),
                 at: now,
             };
@@ -118,18 +140,31 @@ fn carry_in(
     // which already hold the refunds just carried (applying them above found no sale here).
     let sales_added = carry_sales(work, copy, sealer, now)?;
     generation::save(work, sealer, restored.generation)?;
+    let (onto, only) = match base {
+        Base::Current => ("onto the current queue", "the copy"),
+        Base::Copy => ("with the older queue it replaced", "that queue"),
+    };
     let summary = format!(
-        "restored from {origin} onto the current queue (generation {} from now on): {carried} refund(s), \
-         {keys_added} creation key(s) and {sales_added} sale(s) only the copy knew carried over, \
-         {unknown} deliveries unknown, {pending} pending again",
+        "restored from {origin} {onto} (generation {} from now on): {carried} refund(s), \
+         {keys_added} creation key(s) and {sales_added} sale(s) only {only} knew carried over, \
+         {unknown} of their deliveries unknown, {pending} pending again",
         restored.generation
     );
     restore::record_restore(work, sealer, &actor, &summary, origin, restored.generation, now)?;
-    restored.unknown = unknown;
-    restored.pending = pending;
-    restored.to_check = to_check;
     restored.carried = carried;
-    restored.replaced = Replaced::Current;
+    match base {
+        Base::Current => {
+            restored.unknown = unknown;
+            restored.pending = pending;
+            restored.to_check = to_check;
+            restored.replaced = Replaced::Current;
+        }
+        Base::Copy => {
+            restored.unknown += unknown;
+            restored.pending += pending;
+            restored.to_check.extend(to_check);
+        }
+    }
     Ok(())
 }
 
