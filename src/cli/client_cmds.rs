@@ -96,6 +96,7 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
         discount: args.discount,
         manager_approval,
         masked_pan: args.card,
+        lines: args.lines,
     };
     let body = match serde_json::to_vec(&draft) {
         Ok(b) => b,

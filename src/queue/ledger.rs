@@ -1,7 +1,8 @@
 //! The sales ledger's sealed rows and the only code that reads and writes them. Each sale row
 //! also carries what was refunded against it (schema version 3): the amount, tax and discount
-//! of every refund that still counts (not cancelled or declined), and a per-line quantity map
-//! (empty until itemized refunds exist). These are updated in the transaction that stores a
+//! of every refund that still counts (not cancelled or declined), and per line (1-based) the
+//! units, amount, tax and discount those refunds took (`{"2":{"quantity":1,"amount":"5.00",…}}`;
+//! `{}` for a sale refunded by amount only, as every row written before itemized refunds). These are updated in the transaction that stores a
 //! refund and reversed in the one that releases it, and retention never touches them, so a
 //! purge cannot make a sale refundable again.
 
@@ -13,6 +14,7 @@ use rust_decimal::Decimal;
 use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::seal::Sealer;
+use crate::refund::lines::Taken;
 use crate::refund::ValidRefund;
 use crate::sale::Sale;
 
@@ -22,17 +24,24 @@ pub struct Refunded {
     pub amount: Decimal,
     pub tax: Decimal,
     pub discount: Decimal,
-    /// Quantity refunded per line id; empty until refunds name lines.
-    pub lines: BTreeMap<String, Decimal>,
+    /// What those refunds took of each line, by 1-based line; only lines they named.
+    pub lines: BTreeMap<u32, Taken>,
 }
 
 impl Refunded {
     /// Adds (`sign` = 1) or takes away (`sign` = -1) one refund.
     pub fn apply(&mut self, refund: &ValidRefund, sign: i64) {
-        let sign = Decimal::from(sign);
-        self.amount += sign * refund.amount;
-        self.tax += sign * refund.tax.unwrap_or(Decimal::ZERO);
-        self.discount += sign * refund.discount.unwrap_or(Decimal::ZERO);
+        let by = Decimal::from(sign);
+        self.amount += by * refund.amount;
+        self.tax += by * refund.tax.unwrap_or(Decimal::ZERO);
+        self.discount += by * refund.discount.unwrap_or(Decimal::ZERO);
+        for l in &refund.lines {
+            let taken = self.lines.entry(l.priced.line).or_default();
+            taken.apply(&l.priced, sign);
+            if taken.is_empty() {
+                self.lines.remove(&l.priced.line);
+            }
+        }
     }
 
     fn lines_json(&self) -> Result<String, QueueError> {

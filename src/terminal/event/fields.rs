@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::super::pci;
 use super::{EventError, TerminalEvent};
 use crate::manager::{ApprovalRequest, Pin};
+use crate::refund::draft::LineRequest;
 use crate::sale::{ItemTaxInput, LineItemInput, SaleInput};
 
 /// Longest event type echoed in an `unknown_type` error, so a hostile terminal cannot make the
@@ -42,7 +43,9 @@ pub(super) fn event_from_object(map: &Map<String, Value>) -> Result<TerminalEven
         "refund" => Ok(TerminalEvent::Refund {
             receipt_id: f.optional("receipt_id")?,
             original_transaction_id: f.optional("original_transaction_id")?,
-            amount: f.amount("amount")?,
+            // Absent with `lines`; present, it must be a decimal string with more than spaces.
+            amount: f.get("amount").map(|_| f.amount("amount")).transpose()?,
+            lines: refund_lines(&f, "lines")?,
             reason: f.required("reason")?,
             operator: f.required("operator")?,
             currency: f.optional("currency")?,
@@ -129,6 +132,29 @@ fn taxes(f: &Fields<'_>) -> Result<Vec<ItemTaxInput>, EventError> {
                 amount: tax.amount("amount")?,
                 percentage: tax.optional_amount("percentage")?,
             })
+        })
+        .collect()
+}
+
+/// A list of `{line, quantity}` objects naming what an itemized refund returns.
+fn refund_lines(f: &Fields<'_>, field: &str) -> Result<Vec<LineRequest>, EventError> {
+    let list = match f.get(field) {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(f.invalid(field, "expected an array of {\"line\", \"quantity\"}")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let name = f.name(&format!("{field}[{index}]"));
+            let Value::Object(map) = value else {
+                return Err(EventError::InvalidField { field: name, reason: "expected an object" });
+            };
+            let entry = Fields { map, prefix: Some(name) };
+            if map.keys().any(|k| k != "line" && k != "quantity") {
+                return Err(entry.invalid("line", "only `line` and `quantity` are allowed"));
+            }
+            Ok(LineRequest { line: entry.quantity("line")?, quantity: entry.quantity("quantity")? })
         })
         .collect()
 }
