@@ -234,6 +234,13 @@ pub enum ReceiptCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A sale as the ledger holds it: each line with its sold, refunded, waiting and
+    /// refundable quantities, and the refundable balance.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--line 3:1`: the receipt's line and how many of its units are returned.
