@@ -274,7 +274,8 @@ mod tests {
         assert_eq!(done.iter().map(|p| p.amount).collect::<Vec<_>>(), [d("3.33"), d("3.33"), d("3.34")]);
         // Two then one, or one then two: the same 10.00.
         let two_first = price(&lines, &BTreeMap::new(), &[(1, 2)], 2).expect("two");
-        let then_one = price(&lines, &took(&[two_first.clone()]), &[(1, 1)], 2).expect("one").amount;
+        let then_one =
+            price(&lines, &took(std::slice::from_ref(&two_first)), &[(1, 1)], 2).expect("one").amount;
         assert_eq!((two_first.amount, then_one), (d("6.66"), d("3.34")));
     }
 
@@ -282,11 +283,11 @@ mod tests {
     fn a_cancelled_refund_gives_its_units_back_without_a_second_remainder() {
         let lines = attribute(&[sold(3, "10.00")], None, None, 2);
         let first = price(&lines, &BTreeMap::new(), &[(1, 1)], 2).expect("first");
-        let rest = price(&lines, &took(&[first.clone()]), &[(1, 2)], 2).expect("rest");
+        let rest = price(&lines, &took(std::slice::from_ref(&first)), &[(1, 2)], 2).expect("rest");
         assert_eq!((first.amount, rest.amount), (d("3.33"), d("6.67")));
         // The first is cancelled: its unit comes back at what is left of the line, 3.33, not
         // at a fixed last-unit price of 3.34 (which would pay the line 10.01).
-        let again = price(&lines, &took(&[rest.clone()]), &[(1, 1)], 2).expect("again");
+        let again = price(&lines, &took(std::slice::from_ref(&rest)), &[(1, 1)], 2).expect("again");
         assert_eq!(rest.amount + again.amount, d("10.00"));
     }
 

@@ -158,7 +158,8 @@ pub(super) fn check_item_parts(
     discount: Option<Decimal>,
     items: &[LineItem],
 ) -> Result<(), SaleError> {
-    let parts: [(&str, Option<Decimal>, fn(&LineItem) -> Option<Decimal>); 2] =
+    type Own = fn(&LineItem) -> Option<Decimal>;
+    let parts: [(&str, Option<Decimal>, Own); 2] =
         [("tax", tax, |i| i.tax), ("discount", discount, |i| i.discount)];
     for (field, of_sale, own) in parts {
         let given: Vec<Decimal> = items.iter().filter_map(own).collect();

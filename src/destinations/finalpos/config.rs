@@ -1,6 +1,8 @@
 //! `kind = "finalpos"`: the `[destinations.NAME]` table as written, and the settings the
 //! connector is built from.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::config::{ConfigError, DestinationContext, Secret, SecretFile};
@@ -11,6 +13,10 @@ use crate::config::{ConfigError, DestinationContext, Secret, SecretFile};
 pub struct FinalPosConfig {
     base_url: String,
     api_key_file: String,
+    /// Final POS user ids by till operator id (`users = { emp_42 = "507f…" }`), for the fields
+    /// that hold a Final POS user (`refundedBy`, a transaction's `employee`).
+    #[serde(default)]
+    users: BTreeMap<String, String>,
 }
 
 /// A checked Final POS destination.
@@ -19,13 +25,25 @@ pub struct FinalPosSettings {
     pub base_url: reqwest::Url,
     /// The key sent as `x-api-key` on every request.
     pub api_key_file: SecretFile,
+    /// Final POS user ids by till operator id. An operator not listed is sent only as
+    /// `refundedByExternalId`: Final POS refuses a `refundedBy` that is not one of its users.
+    pub users: BTreeMap<String, String>,
 }
 
 impl FinalPosConfig {
     pub fn validate(self, at: &DestinationContext<'_>) -> Result<FinalPosSettings, ConfigError> {
+        for (operator, user) in &self.users {
+            if user.trim().is_empty() || crate::text::check("users", user).is_err() {
+                return Err(at.invalid(
+                    "users",
+                    format!("the Final POS user id of operator {operator:?} must be a plain, non-empty id"),
+                ));
+            }
+        }
         Ok(FinalPosSettings {
             base_url: at.base_url(&self.base_url)?,
             api_key_file: at.secret_file(&self.api_key_file),
+            users: self.users,
         })
     }
 }
