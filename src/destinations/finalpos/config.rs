@@ -71,6 +71,19 @@ mod tests {
     }
 
     #[test]
+    fn operators_map_to_final_pos_users_and_an_empty_id_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let table = format!("{TABLE}\nusers = {{ emp_42 = \"507f1f77bcf86cd799439099\" }}");
+        let Ok(DestinationKind::FinalPos(settings)) = parse_for_test(&table, dir.path()) else {
+            panic!("the table does not parse as finalpos");
+        };
+        assert_eq!(settings.users.get("emp_42").map(String::as_str), Some("507f1f77bcf86cd799439099"));
+        let empty = format!("{TABLE}\nusers = {{ emp_42 = \" \" }}");
+        let err = parse_for_test(&empty, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("destinations.finalpos.users") && err.contains("emp_42"), "{err}");
+    }
+
+    #[test]
     fn a_missing_key_file_is_named_when_the_key_is_read() {
         let dir = tempfile::tempdir().expect("temp dir");
         let Ok(DestinationKind::FinalPos(settings)) = parse_for_test(TABLE, dir.path()) else {
