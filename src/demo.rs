@@ -19,6 +19,8 @@ use crate::queue::RefundView;
 use crate::sandbox::{Fault, FinalPosSandbox, GatewaySandbox, OliveSandbox};
 
 const FINALPOS_KEY: &str = "demo-finalpos-key";
+/// The Final POS user the demo's cashier `emp_42` is.
+const DEMO_FP_USER: &str = "507f1f77bcf86cd799439042";
 const GATEWAY_TOKEN: &str = "demo-gateway-token";
 const OLIVE_KEY_ID: &str = "pos_key_demo";
 const OLIVE_SECRET: &str = "demo-olive-hmac-secret";
@@ -32,7 +34,11 @@ struct Clouds {
 impl Clouds {
     async fn start() -> Result<Clouds> {
         let clouds = Clouds {
-            finalpos: FinalPosSandbox::start(FINALPOS_KEY).await?,
+            finalpos: {
+                let finalpos = FinalPosSandbox::start(FINALPOS_KEY).await?;
+                finalpos.add_user(DEMO_FP_USER);
+                finalpos
+            },
             gateway: GatewaySandbox::start(GATEWAY_TOKEN).await?,
             olive: OliveSandbox::start(OLIVE_KEY_ID, OLIVE_SECRET.as_bytes()).await?,
         };
@@ -111,11 +117,17 @@ pub async fn run() -> Result<()> {
     detail("RCP-2025-001: 100.00 USD by card through the gateway  → refunds go to gateway, then Final POS");
     detail("RCP-2025-002:  40.00 USD through Olive                 → refunds go to Olive, then Final POS");
 
-    step(4, "While the network is down, the cashier refunds a Sweet Tea (5.00) and a 12.50 item:");
-    let tea = refund("RCP-2025-001", "5.00");
+    step(4, "While the network is down, the cashier refunds one of the two Sweet Teas and a 12.50 item:");
+    // An itemized refund: line 1 of the receipt, one unit; the agent prices it (5.00, of which
+    // 0.50 tax) from the sale.
+    let tea = json!({"receipt_id": "RCP-2025-001", "lines": [{"line": 1, "quantity": 1}],
+                     "reason": "One of the two Sweet Teas was spilt", "operator": "emp_42"});
     let first = post(&client, "/v1/refunds", tea.clone(), &[("idempotency-key", "kiosk-tap-1")], 201).await?;
     let first: RefundView = serde_json::from_slice(&first.body)?;
-    detail(&format!("refund {} queued — acknowledged only after it was committed to disk", first.id));
+    detail(&format!(
+        "refund {} of {} USD queued — acknowledged only after it was committed to disk",
+        first.id, first.amount
+    ));
     let again = post(&client, "/v1/refunds", tea, &[("idempotency-key", "kiosk-tap-1")], 200).await?;
     let again: RefundView = serde_json::from_slice(&again.body)?;
     detail(&format!(
@@ -219,6 +231,18 @@ pub async fn run() -> Result<()> {
     if clouds.gateway.refunds().len() != 2 || clouds.olive.refunds().len() != 1 || fp.len() != 3 {
         bail!("unexpected deliveries: something was lost or sent twice");
     }
+    let Some(tea) = fp.iter().find(|r| r["externalId"] == first.id.as_str()) else {
+        bail!("Final POS has no record of the Sweet Tea refund {}", first.id);
+    };
+    detail("the Sweet Tea's record at Final POS — exactly the refunded line, adding up to its total:");
+    for line in tea["lineItems"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        detail(&format!("  lineItems: {line}"));
+    }
+    detail(&format!("  summary:   {}", tea["summary"]));
+    detail(&format!(
+        "  refundedBy {} (a Final POS user, from destinations.finalpos.users), refundedByExternalId {}",
+        tea["refundedBy"], tea["refundedByExternalId"]
+    ));
 
     running.stop().await;
     step(10, "The agent stops cleanly (SIGTERM does the same).");
@@ -311,6 +335,7 @@ backoff_max = "1s"
 kind = "finalpos"
 base_url = "{finalpos}"
 api_key_file = "finalpos.key"
+users = {{ emp_42 = "{DEMO_FP_USER}" }}
 
 [destinations.gateway]
 kind = "gateway"

@@ -102,7 +102,7 @@ impl Shared {
 fn draft(n: u64) -> RefundDraft {
     RefundDraft {
         receipt_id: Some(format!("R-{n}")),
-        amount: format!("{}.{:02}", 1 + n % 50, n % 100),
+        amount: Some(format!("{}.{:02}", 1 + n % 50, n % 100)),
         reason: "returned".into(),
         operator: "emp_1".into(),
         ..RefundDraft::default()

@@ -461,3 +461,27 @@ async fn a_refund_event_carries_a_verified_manager_approval() {
     assert_eq!(shown.manager_approval.expect("approved").manager, MANAGER);
     assert!(!till.agent.logs().contains("wrong-Zq9x"), "no PIN in the logs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_event_returns_items_by_their_line() {
+    let till = Till::start("ndjson", "").await;
+    assert_eq!(till.ask(1, receipt("RCP-2025-001", "530957******2257")).await["type"], "ack");
+    let tea = |extra: Value| {
+        let mut event = json!({"type": "refund", "receipt_id": "RCP-2025-001", "lines": [{"line": 1, "quantity": 1}],
+                               "reason": "One of the two Sweet Teas was spilt", "operator": "emp_42"});
+        if let (Some(e), Value::Object(more)) = (event.as_object_mut(), extra) {
+            e.extend(more);
+        }
+        event
+    };
+    let ack = till.ask(2, tea(json!({}))).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let id = ack["refund_id"].as_str().expect("refund id");
+    assert_eq!(till.agent.refund(id).await.expect("stored").amount, "5.00");
+    assert_eq!(code(&till.ask(3, tea(json!({"amount": "4.00"}))).await), "amount_mismatch");
+    let two = tea(json!({"lines": [{"line": 1, "quantity": 2}]}));
+    let over = till.ask(4, two).await;
+    assert_eq!(code(&over), "over_refund");
+    assert!(over["message"].as_str().is_some_and(|m| m.contains("line 1")), "{over}");
+    assert_eq!(till.agent.list().await.len(), 1, "refusals store nothing");
+}

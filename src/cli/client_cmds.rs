@@ -96,6 +96,7 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
         discount: args.discount,
         manager_approval,
         masked_pan: args.card,
+        lines: args.lines,
     };
     let body = match serde_json::to_vec(&draft) {
         Ok(b) => b,
@@ -269,7 +270,15 @@ pub fn hash_pin(manager: &str) -> u8 {
 }
 
 pub async fn receipt(client: &ControlClient, cmd: ReceiptCmd) -> u8 {
-    let ReceiptCmd::Add { file, json } = cmd;
+    let (file, json) = match cmd {
+        ReceiptCmd::Add { file, json } => (file, json),
+        ReceiptCmd::Show { id, json } => {
+            return match get(client, &format!("/v1/receipts/{}", path_segment(&id))).await {
+                Ok(a) => show(&a, json, output::receipt),
+                Err(code) => code,
+            };
+        }
+    };
     let body = match read_input(&file) {
         Ok(b) => b,
         Err(e) => {
@@ -295,6 +304,17 @@ pub async fn receipt(client: &ControlClient, cmd: ReceiptCmd) -> u8 {
         println!("Receipt {id} {verb}.");
     }
     exit::OK
+}
+
+/// Percent-encodes `text` as one URL path segment: a receipt id is the cashier's text and may
+/// hold `/`, `?`, `#` or spaces.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {

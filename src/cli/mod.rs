@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::refund::draft::LineRequest;
+
 /// Exit codes, documented in README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -129,9 +131,14 @@ pub struct CreateArgs {
     /// The original sale's transaction id (instead of --receipt).
     #[arg(long)]
     pub transaction: Option<String>,
-    /// Amount as a decimal string, e.g. 5.00.
-    #[arg(long, allow_hyphen_values = true)]
-    pub amount: String,
+    /// Amount as a decimal string, e.g. 5.00. With --line it may be left out; given, it must
+    /// equal what the lines refund.
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "lines")]
+    pub amount: Option<String>,
+    /// An item returned, as LINE:QUANTITY (the receipt's 1-based line), e.g. --line 3:1;
+    /// repeat for more lines.
+    #[arg(long = "line", value_name = "LINE:QUANTITY", value_parser = parse_line)]
+    pub lines: Vec<LineRequest>,
     #[arg(long)]
     pub reason: String,
     /// The cashier's id.
@@ -234,6 +241,23 @@ pub enum ReceiptCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A sale as the ledger holds it: each line with its sold, refunded, waiting and
+    /// refundable quantities, and the refundable balance.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--line 3:1`: the receipt's line and how many of its units are returned.
+fn parse_line(text: &str) -> Result<LineRequest, String> {
+    let shape = || format!("{text:?} is not LINE:QUANTITY, e.g. 3:1");
+    let (line, quantity) = text.split_once(':').ok_or_else(shape)?;
+    Ok(LineRequest {
+        line: line.trim().parse().map_err(|_| shape())?,
+        quantity: quantity.trim().parse().map_err(|_| shape())?,
+    })
 }
 
 /// `--timeout`: a duration like "10s", more than zero (zero would refuse every answer).

@@ -145,3 +145,40 @@ pub fn status(s: &StatusBody) -> String {
     }
     out
 }
+
+/// A receipt from the ledger (`GET /v1/receipts/{id}`): its totals, then one row per line.
+pub fn receipt(r: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let currency = text(&r["currency"]);
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:<19} {v}\n"));
+    field(&mut out, "Receipt", text(&r["receipt_id"]));
+    field(&mut out, "Transaction", text(&r["transaction_id"]));
+    field(&mut out, "Total", format!("{} {currency}", text(&r["total"])));
+    field(&mut out, "Refunded", format!("{} {currency}", text(&r["refunded_amount"])));
+    field(&mut out, "  still waiting", format!("{} {currency}", text(&r["waiting_amount"])));
+    field(&mut out, "Refundable balance", format!("{} {currency}", text(&r["refundable_balance"])));
+    out.push_str(&format!(
+        "\n{:>4}  {:<24}  {:>4}  {:>8}  {:>7}  {:>10}  {:>12}\n",
+        "LINE", "ITEM", "SOLD", "REFUNDED", "WAITING", "REFUNDABLE", "AMOUNT LEFT"
+    ));
+    let items = r["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for item in items {
+        let n = |k: &str| item[k].as_u64().map_or("-".to_string(), |n| n.to_string());
+        let name: String = text(&item["name"]).chars().take(24).collect();
+        out.push_str(&format!(
+            "{:>4}  {:<24}  {:>4}  {:>8}  {:>7}  {:>10}  {:>12}\n",
+            n("line"),
+            name,
+            n("quantity"),
+            n("refunded_quantity"),
+            n("waiting_quantity"),
+            n("refundable_quantity"),
+            text(&item["refundable_amount"])
+        ));
+    }
+    if items.is_empty() {
+        out.push_str("(the receipt lists no items: refunds are by amount)\n");
+    }
+    out
+}

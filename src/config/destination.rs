@@ -82,6 +82,11 @@ impl DestinationContext<'_> {
         base_url_checked(&format!("destinations.{}.base_url", self.name), text)
     }
 
+    /// A refusal of the table's `key`, named `destinations.NAME.KEY`.
+    pub fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid { key: format!("destinations.{}.{key}", self.name), message }
+    }
+
     /// Locates a secret file named in the table; it is read when the connector is built.
     pub fn secret_file(&self, name: &str) -> SecretFile {
         SecretFile::resolve(name, self.base_dir)

@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/refunds/{id}/cancel", post(decisions::cancel_refund))
         .route("/v1/refunds/{id}/resolve", post(decisions::resolve_refund))
         .route("/v1/receipts", post(add_receipt))
+        .route("/v1/receipts/{id}", get(show_receipt))
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -272,6 +273,15 @@ async fn add_receipt(State(s): State<AppState>, body: Bytes) -> Result<Response,
     let added = s.queue.add_sale(input).await??;
     let status = if added.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(added.sale)).into_response())
+}
+
+async fn show_receipt(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, Failure> {
+    match s.queue.receipt(id.clone()).await? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => {
+            Err(failure(StatusCode::NOT_FOUND, "not_found", format!("no receipt {id} in the sales ledger")))
+        }
+    }
 }
 
 async fn status(State(s): State<AppState>) -> Result<Response, Failure> {

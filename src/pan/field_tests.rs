@@ -27,7 +27,7 @@ fn leaks(value: &Value, pan: &str) -> bool {
 fn draft() -> RefundDraft {
     RefundDraft {
         receipt_id: Some("RCP-1".into()),
-        amount: "5.00".into(),
+        amount: Some("5.00".into()),
         reason: "returned".into(),
         operator: "emp_42".into(),
         ..RefundDraft::default()
@@ -48,7 +48,7 @@ const DRAFT_FIELDS: [DraftField; 10] = [
         d.manager_approval = Some(ApprovalRequest { manager: v, pin: Pin::new("1234") })
     }),
     ("currency", |d, v| d.currency = Some(v)),
-    ("amount", |d, v| d.amount = v),
+    ("amount", |d, v| d.amount = Some(v)),
     ("tax", |d, v| d.tax = Some(v)),
     ("discount", |d, v| d.discount = Some(v)),
     ("masked_pan", |d, v| d.masked_pan = Some(v)),

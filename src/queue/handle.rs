@@ -12,6 +12,7 @@ use super::audit::{self, AuditCaller};
 use super::db::Db;
 use super::error::QueueError;
 use super::intake::{self, Created, SaleAdded};
+use super::ledger::ReceiptView;
 use super::lifecycle::{self, Claim, Recorded, Recovery};
 use super::lockouts;
 use super::manual::{self, Resolution};
@@ -94,6 +95,11 @@ impl QueueHandle {
 
     pub async fn add_sale(&self, input: SaleInput) -> Result<Result<SaleAdded, Rejection>, QueueError> {
         self.call(move |db| intake::add_sale(db, input, trusted_now_ms())).await
+    }
+
+    /// A receipt as the ledger holds it, with what is refunded, waiting and refundable per line.
+    pub async fn receipt(&self, receipt_id: String) -> Result<Option<ReceiptView>, QueueError> {
+        self.call(move |db| super::ledger::receipt_view(db.conn, db.sealer, &receipt_id)).await
     }
 
     pub async fn refund(&self, id: RefundId) -> Result<Option<RefundView>, QueueError> {

@@ -195,6 +195,7 @@ fn gather_facts(
         refunded_before: refunded.amount,
         tax_refunded_before: refunded.tax,
         discount_refunded_before: refunded.discount,
+        lines_before: refunded.lines,
         pending_in_currency: minor(pending),
         queue_len: queue_len as u64,
         approval: None,

@@ -1,7 +1,8 @@
 //! The sales ledger's sealed rows and the only code that reads and writes them. Each sale row
 //! also carries what was refunded against it (schema version 3): the amount, tax and discount
-//! of every refund that still counts (not cancelled or declined), and a per-line quantity map
-//! (empty until itemized refunds exist). These are updated in the transaction that stores a
+//! of every refund that still counts (not cancelled or declined), and per line (1-based) the
+//! units, amount, tax and discount those refunds took (`{"2":{"quantity":1,"amount":"5.00",…}}`;
+//! `{}` for a sale refunded by amount only, as every row written before itemized refunds). These are updated in the transaction that stores a
 //! refund and reversed in the one that releases it, and retention never touches them, so a
 //! purge cannot make a sale refundable again.
 
@@ -13,8 +14,10 @@ use rust_decimal::Decimal;
 use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::seal::Sealer;
+use crate::refund::lines::Taken;
 use crate::refund::ValidRefund;
-use crate::sale::Sale;
+use crate::sale::{LineItem, Sale};
+use serde::Serialize;
 
 /// What a sale's counting refunds add up to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,17 +25,24 @@ pub struct Refunded {
     pub amount: Decimal,
     pub tax: Decimal,
     pub discount: Decimal,
-    /// Quantity refunded per line id; empty until refunds name lines.
-    pub lines: BTreeMap<String, Decimal>,
+    /// What those refunds took of each line, by 1-based line; only lines they named.
+    pub lines: BTreeMap<u32, Taken>,
 }
 
 impl Refunded {
     /// Adds (`sign` = 1) or takes away (`sign` = -1) one refund.
     pub fn apply(&mut self, refund: &ValidRefund, sign: i64) {
-        let sign = Decimal::from(sign);
-        self.amount += sign * refund.amount;
-        self.tax += sign * refund.tax.unwrap_or(Decimal::ZERO);
-        self.discount += sign * refund.discount.unwrap_or(Decimal::ZERO);
+        let by = Decimal::from(sign);
+        self.amount += by * refund.amount;
+        self.tax += by * refund.tax.unwrap_or(Decimal::ZERO);
+        self.discount += by * refund.discount.unwrap_or(Decimal::ZERO);
+        for l in &refund.lines {
+            let taken = self.lines.entry(l.priced.line).or_default();
+            taken.apply(&l.priced, sign);
+            if taken.is_empty() {
+                self.lines.remove(&l.priced.line);
+            }
+        }
     }
 
     fn lines_json(&self) -> Result<String, QueueError> {
@@ -243,6 +253,113 @@ pub fn sum_present(conn: &Connection, receipt_id: &str) -> Result<Refunded, Queu
         total.apply(&refund, 1);
     }
     Ok(total)
+}
+
+/// A sale as `GET /v1/receipts/{id}` shows it: its fields, and per line what was sold,
+/// refunded (delivered), waiting (in refunds that count but are not delivered yet) and still
+/// refundable, with the sale's refundable balance. Amounts are formatted in the currency.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptView {
+    pub receipt_id: String,
+    pub transaction_id: String,
+    pub order_id: Option<String>,
+    pub session_id: Option<String>,
+    pub currency: String,
+    pub total: String,
+    pub subtotal: String,
+    pub tax: Option<String>,
+    pub discount: Option<String>,
+    pub payment_method: Option<String>,
+    pub processor: Option<String>,
+    pub processor_payment_id: Option<String>,
+    pub masked_pan: Option<String>,
+    pub captured_at: Option<String>,
+    pub items: Vec<ReceiptLine>,
+    /// What the refunds that count took, delivered or not.
+    pub refunded_amount: String,
+    /// The part of that in refunds not delivered yet.
+    pub waiting_amount: String,
+    pub refundable_balance: String,
+}
+
+/// One line of a [`ReceiptView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptLine {
+    /// 1-based, the number an itemized refund names.
+    pub line: u32,
+    #[serde(flatten)]
+    pub item: LineItem,
+    pub refunded_quantity: u32,
+    pub waiting_quantity: u32,
+    pub refundable_quantity: u32,
+    /// What the line's remaining units refund together.
+    pub refundable_amount: String,
+}
+
+/// The ledger's view of one receipt, or `None` when the ledger does not have it. The counting
+/// totals come from the sealed sale row; which of them are still waiting comes from the refunds
+/// present that count and are not delivered (a purged refund was delivered).
+pub fn receipt_view(
+    conn: &Connection,
+    sealer: &Sealer,
+    receipt_id: &str,
+) -> Result<Option<ReceiptView>, QueueError> {
+    let Some(SaleRecord { sale, refunded }) = find_record(conn, sealer, SaleKey::Receipt, receipt_id)? else {
+        return Ok(None);
+    };
+    let waiting_states: Vec<RefundState> = RefundState::ALL
+        .into_iter()
+        .filter(|s| s.counts_against_sale() && *s != RefundState::Delivered)
+        .collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT body FROM refunds WHERE receipt_id = ?1 AND state IN {}",
+        sql_list(&waiting_states)
+    ))?;
+    let mut waiting = Refunded::default();
+    for body in stmt.query_map([receipt_id], |r| r.get::<_, String>(0))? {
+        let refund: ValidRefund =
+            serde_json::from_str(&body?).map_err(|e| QueueError::Storage(e.to_string()))?;
+        waiting.apply(&refund, 1);
+    }
+    let c = sale.currency;
+    let items = sale
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let line = i as u32 + 1;
+            let taken = refunded.lines.get(&line).copied().unwrap_or_default();
+            let wait = waiting.lines.get(&line).map_or(0, |t| t.quantity).min(taken.quantity);
+            ReceiptLine {
+                line,
+                item: item.clone(),
+                refunded_quantity: taken.quantity - wait,
+                waiting_quantity: wait,
+                refundable_quantity: item.quantity.saturating_sub(taken.quantity),
+                refundable_amount: c.format((item.total - taken.amount).max(Decimal::ZERO)),
+            }
+        })
+        .collect();
+    Ok(Some(ReceiptView {
+        receipt_id: sale.receipt_id,
+        transaction_id: sale.transaction_id,
+        order_id: sale.order_id,
+        session_id: sale.session_id,
+        currency: c.code().to_string(),
+        total: c.format(sale.total),
+        subtotal: c.format(sale.subtotal),
+        tax: sale.tax.map(|t| c.format(t)),
+        discount: sale.discount.map(|d| c.format(d)),
+        payment_method: sale.payment_method,
+        processor: sale.processor,
+        processor_payment_id: sale.processor_payment_id,
+        masked_pan: sale.card.as_ref().map(|card| card.masked()),
+        captured_at: sale.captured_at,
+        items,
+        refunded_amount: c.format(refunded.amount),
+        waiting_amount: c.format(waiting.amount.min(refunded.amount)),
+        refundable_balance: c.format((sale.total - refunded.amount).max(Decimal::ZERO)),
+    }))
 }
 
 /// Schema version 3 on an older queue: each sale gets the totals of its refunds present and a

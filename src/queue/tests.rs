@@ -79,7 +79,7 @@ impl Fixture {
     fn create(&self, amount: &str) -> String {
         let draft = RefundDraft {
             receipt_id: Some("RCP-2025-001".into()),
-            amount: amount.into(),
+            amount: Some(amount.into()),
             reason: "r".into(),
             operator: "o".into(),
             ..RefundDraft::default()
@@ -375,7 +375,7 @@ fn deliver_all(f: &Fixture, now: i64) {
 fn draft(amount: &str, tax: &str) -> RefundDraft {
     RefundDraft {
         receipt_id: Some("RCP-2025-001".into()),
-        amount: amount.into(),
+        amount: Some(amount.into()),
         tax: Some(tax.into()),
         reason: "r".into(),
         operator: "o".into(),
@@ -521,7 +521,7 @@ proptest! {
                 Op::Create(cents) => {
                     let amount = format!("{}.{:02}", cents / 100, cents % 100);
                     let draft = RefundDraft {
-                        receipt_id: Some("RCP-2025-001".into()), amount, reason: "r".into(),
+                        receipt_id: Some("RCP-2025-001".into()), amount: Some(amount), reason: "r".into(),
                         operator: "o".into(), tax: Some("0".into()), ..RefundDraft::default()
                     };
                     // Over-refunds are rejected; that is fine here.
@@ -641,4 +641,35 @@ fn velocity_counts_the_operators_live_refunds_of_the_last_day() {
     // A day after the second refund (made at 2), only the third (at 5) is still in the window.
     assert!(create(&f, "emp_42", 2 + DAY_MS).is_ok());
     assert_eq!(create(&f, "emp_42", 2 + DAY_MS).unwrap_err().code, RejectCode::ManagerApprovalRequired);
+}
+
+/// Itemized refunds count in the sealed ledger from the moment they are queued, are refused
+/// once a line is used up, and give their units back when cancelled, at the price that keeps
+/// the line exact.
+#[test]
+fn itemized_refunds_count_per_line_in_the_ledger() {
+    let f = Fixture::new(&["a"]);
+    let one_tea = || RefundDraft {
+        receipt_id: Some("RCP-2025-001".into()),
+        lines: vec![crate::refund::LineRequest { line: 1, quantity: 1 }],
+        reason: "chipped".into(),
+        operator: "o".into(),
+        ..RefundDraft::default()
+    };
+    let first = f.db(|db| intake::create_refund(db, one_tea(), None, &ui(), 1).unwrap().unwrap()).refund.id;
+    f.db(|db| intake::create_refund(db, one_tea(), None, &ui(), 2).unwrap().unwrap());
+    let taken = f.ledger().lines[&1];
+    assert_eq!((taken.quantity, taken.amount.to_string()), (2, "10.00".into()));
+    let third = f.db(|db| intake::create_refund(db, one_tea(), None, &ui(), 3).unwrap());
+    assert_eq!(third.unwrap_err().code.as_str(), "over_refund");
+    f.db(|db| super::manual::cancel(db, &first, "o", &ui(), "r", 4).unwrap());
+    assert_eq!(f.ledger().lines[&1].quantity, 1);
+    let again = f.db(|db| intake::create_refund(db, one_tea(), None, &ui(), 5).unwrap().unwrap());
+    assert_eq!(again.refund.amount, "5.00");
+    // The stored body holds the priced line, which is what the destinations send.
+    let body: String =
+        f.conn.query_row("SELECT body FROM refunds WHERE id = ?1", [&again.refund.id], |r| r.get(0)).unwrap();
+    let stored: crate::refund::ValidRefund = serde_json::from_str(&body).unwrap();
+    assert_eq!(stored.lines[0].priced.amount.to_string(), "5.00");
+    assert_eq!(stored.tax.map(|t| t.to_string()).as_deref(), Some("0.50"));
 }

@@ -4,14 +4,18 @@
 //! ([`attribute`]); then `q` units of a line cost the line's figures × q / quantity, rounded
 //! down to the currency's minor unit, the unit that completes the line taking the remainder
 //! ([`unit_share`]). Units are counted, not named: whichever refund takes a line's last unit gets
-//! the remainder, so the units of a line refunded one by one in any order add up to exactly the
-//! line, and all lines refunded add up to exactly the sale's total, tax and discount.
+//! what the refunds that still count left of the line ([`Taken`]), so the units of a line
+//! refunded one by one in any order add up to exactly the line, and all lines refunded add up to
+//! exactly the sale's total, tax and discount. The remainder is what is left, not a fixed
+//! rounding difference, so a refund cancelled or declined in between (its units come back)
+//! cannot make the line pay out a remainder twice.
 //!
 //! (A line of 3 units with a total of 10.00 refunds 3.33, 3.33 and 3.34.)
 
 use std::collections::BTreeMap;
 
 use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
 
 /// One receipt line as sold: its figures are what the customer paid for it, tax included, after
 /// its discount. `tax` / `discount` are the item's own when the receipt gave them.
@@ -32,14 +36,18 @@ pub struct LineFigures {
     pub discount: Decimal,
 }
 
-/// What `quantity` units of one line refund.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `quantity` units of one line refund. Sealed in the refund body as it was priced, so a
+/// destination sends these figures and never prices again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PricedLine {
     /// 1-based position in the receipt's items.
     pub line: u32,
     pub quantity: u32,
+    #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
     pub tax: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
     pub discount: Decimal,
 }
 
@@ -50,6 +58,39 @@ pub struct Priced {
     pub amount: Decimal,
     pub tax: Decimal,
     pub discount: Decimal,
+}
+
+/// What the refunds of a sale that still count (not cancelled or declined) took of one line:
+/// the ledger keeps this per line, sealed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    pub quantity: u32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub discount: Decimal,
+}
+
+impl Taken {
+    /// Adds (`sign` = 1) or takes away (`sign` = -1) one refund's part of the line.
+    pub fn apply(&mut self, line: &PricedLine, sign: i64) {
+        if sign >= 0 {
+            self.quantity = self.quantity.saturating_add(line.quantity);
+        } else {
+            self.quantity = self.quantity.saturating_sub(line.quantity);
+        }
+        let sign = Decimal::from(sign);
+        self.amount += sign * line.amount;
+        self.tax += sign * line.tax;
+        self.discount += sign * line.discount;
+    }
+
+    /// Nothing taken: the ledger drops such an entry.
+    pub fn is_empty(&self) -> bool {
+        self.quantity == 0 && self.amount.is_zero() && self.tax.is_zero() && self.discount.is_zero()
+    }
 }
 
 /// Why a list of lines cannot be refunded.
@@ -135,12 +176,18 @@ pub fn unit_share(whole: Decimal, sold: u32, already: u32, quantity: u32, minor:
     share
 }
 
-/// Prices a refund of `asked` (line → quantity) on `lines`, given how many units of each line
-/// (1-based) earlier refunds that still count already took. Refuses a line not on the receipt,
-/// one named twice, a zero quantity and more units than are left.
+/// Splits one refunded line's tax over the line's named taxes in proportion to their amounts
+/// (the remainder to the last), so the named parts add up to exactly the line's tax share.
+pub fn split_named(tax: Decimal, named: &[Decimal], minor: u32) -> Vec<Decimal> {
+    split(tax, named, minor)
+}
+
+/// Prices a refund of `asked` (line → quantity) on `lines`, given what earlier refunds that
+/// still count took of each line (1-based). Refuses a line not on the receipt, one named twice,
+/// a zero quantity and more units than are left.
 pub fn price(
     lines: &[LineFigures],
-    refunded: &BTreeMap<u32, u32>,
+    refunded: &BTreeMap<u32, Taken>,
     asked: &[(u32, u32)],
     minor: u32,
 ) -> Result<Priced, LineError> {
@@ -160,18 +207,28 @@ pub fn price(
         if quantity == 0 {
             return Err(LineError::ZeroQuantity(line));
         }
-        let already = refunded.get(&line).copied().unwrap_or(0);
+        let taken = refunded.get(&line).copied().unwrap_or_default();
+        let already = taken.quantity;
         let left = figures.quantity.saturating_sub(already);
         if quantity > left {
             return Err(LineError::OverQuantity { line, asked: quantity, left, sold: figures.quantity });
         }
-        let share = |whole| unit_share(whole, figures.quantity, already, quantity, minor);
+        // The refund that completes the line takes what is left of it; any other takes whole
+        // units, rounded down.
+        let completes = already + quantity == figures.quantity;
+        let share = |whole: Decimal, took: Decimal| {
+            if completes {
+                (whole - took).max(Decimal::ZERO)
+            } else {
+                unit_share(whole, figures.quantity, already, quantity, minor)
+            }
+        };
         priced.push(PricedLine {
             line,
             quantity,
-            amount: share(figures.total),
-            tax: share(figures.tax),
-            discount: share(figures.discount),
+            amount: share(figures.total, taken.amount),
+            tax: share(figures.tax, taken.tax),
+            discount: share(figures.discount, taken.discount),
         });
     }
     Ok(Priced {
@@ -191,6 +248,17 @@ mod tests {
         text.parse().expect("decimal")
     }
 
+    /// What earlier refunds took, as the ledger would hold it: `units` per line at these prices.
+    fn took(priced: &[Priced]) -> BTreeMap<u32, Taken> {
+        let mut taken: BTreeMap<u32, Taken> = BTreeMap::new();
+        for p in priced {
+            for l in &p.lines {
+                taken.entry(l.line).or_default().apply(l, 1);
+            }
+        }
+        taken
+    }
+
     fn sold(quantity: u32, total: &str) -> SoldLine {
         SoldLine { quantity, total: d(total), tax: None, discount: None }
     }
@@ -198,18 +266,29 @@ mod tests {
     #[test]
     fn three_units_of_ten_refund_333_333_334_in_any_order_of_refunds() {
         let lines = attribute(&[sold(3, "10.00")], None, None, 2);
-        let mut refunded = BTreeMap::new();
-        let mut amounts = Vec::new();
+        let mut done = Vec::new();
         for _ in 0..3 {
-            let p = price(&lines, &refunded, &[(1, 1)], 2).expect("priced");
-            amounts.push(p.amount);
-            *refunded.entry(1).or_default() += 1;
+            let p = price(&lines, &took(&done), &[(1, 1)], 2).expect("priced");
+            done.push(p);
         }
-        assert_eq!(amounts, [d("3.33"), d("3.33"), d("3.34")]);
+        assert_eq!(done.iter().map(|p| p.amount).collect::<Vec<_>>(), [d("3.33"), d("3.33"), d("3.34")]);
         // Two then one, or one then two: the same 10.00.
-        let two_first = price(&lines, &BTreeMap::new(), &[(1, 2)], 2).expect("two").amount;
-        let then_one = price(&lines, &BTreeMap::from([(1, 2)]), &[(1, 1)], 2).expect("one").amount;
-        assert_eq!((two_first, then_one), (d("6.66"), d("3.34")));
+        let two_first = price(&lines, &BTreeMap::new(), &[(1, 2)], 2).expect("two");
+        let then_one =
+            price(&lines, &took(std::slice::from_ref(&two_first)), &[(1, 1)], 2).expect("one").amount;
+        assert_eq!((two_first.amount, then_one), (d("6.66"), d("3.34")));
+    }
+
+    #[test]
+    fn a_cancelled_refund_gives_its_units_back_without_a_second_remainder() {
+        let lines = attribute(&[sold(3, "10.00")], None, None, 2);
+        let first = price(&lines, &BTreeMap::new(), &[(1, 1)], 2).expect("first");
+        let rest = price(&lines, &took(std::slice::from_ref(&first)), &[(1, 2)], 2).expect("rest");
+        assert_eq!((first.amount, rest.amount), (d("3.33"), d("6.67")));
+        // The first is cancelled: its unit comes back at what is left of the line, 3.33, not
+        // at a fixed last-unit price of 3.34 (which would pay the line 10.01).
+        let again = price(&lines, &took(std::slice::from_ref(&rest)), &[(1, 1)], 2).expect("again");
+        assert_eq!(rest.amount + again.amount, d("10.00"));
     }
 
     #[test]
@@ -238,7 +317,7 @@ mod tests {
         assert_eq!(price(&lines, &none, &[(1, 0)], 2), Err(LineError::ZeroQuantity(1)));
         assert_eq!(price(&lines, &none, &[(1, 1), (1, 1)], 2), Err(LineError::Repeated(1)));
         assert_eq!(price(&lines, &none, &[], 2), Err(LineError::Empty));
-        let one_left = BTreeMap::from([(1, 1)]);
+        let one_left = took(&[price(&lines, &none, &[(1, 1)], 2).expect("one")]);
         assert_eq!(
             price(&lines, &one_left, &[(1, 2)], 2),
             Err(LineError::OverQuantity { line: 1, asked: 2, left: 1, sold: 2 })
@@ -281,45 +360,52 @@ mod tests {
             }
         }
 
-        /// Any sequence of partial refunds never takes more than a line, each is at least zero
-        /// and in whole minor units, and refunding everything yields exactly the sale's total,
-        /// tax and discount.
+        /// Any sequence of partial refunds, some of them cancelled again, never takes more than a
+        /// line; each is at least zero and in whole minor units; and refunding everything yields
+        /// exactly the sale's total, tax and discount.
         #[test]
         fn partial_refunds_never_exceed_and_everything_adds_up(
             (lines, tax, discount, minor) in sale(),
-            order in prop::collection::vec((0usize..6, 1u32..=3), 0..40),
+            steps in prop::collection::vec((0usize..6, 1u32..=3, prop::bool::weighted(0.2)), 0..40),
         ) {
             let figures = attribute(&lines, Some(tax), Some(discount), minor);
-            let mut refunded: BTreeMap<u32, u32> = BTreeMap::new();
-            let mut taken: BTreeMap<u32, (Decimal, Decimal, Decimal)> = BTreeMap::new();
-            let mut take = |line: u32, q: u32, refunded: &mut BTreeMap<u32, u32>| -> Result<(), TestCaseError> {
-                let p = price(&figures, refunded, &[(line, q)], minor).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let t = taken.entry(line).or_default();
-                t.0 += p.amount;
-                t.1 += p.tax;
-                t.2 += p.discount;
-                let f = figures[line as usize - 1];
-                prop_assert!(p.amount >= Decimal::ZERO && p.amount.scale() <= minor);
-                prop_assert!(t.0 <= f.total && t.1 <= f.tax && t.2 <= f.discount, "line {} over: {:?} of {:?}", line, t, f);
-                *refunded.entry(line).or_default() += q;
+            // The refunds that still count; a cancelled one is removed, as the ledger does.
+            let mut live: Vec<Priced> = Vec::new();
+            let check = |live: &[Priced]| -> Result<(), TestCaseError> {
+                for (line, t) in took(live) {
+                    let f = figures[line as usize - 1];
+                    prop_assert!(t.amount <= f.total && t.tax <= f.tax && t.discount <= f.discount, "line {} over: {:?} of {:?}", line, t, f);
+                }
                 Ok(())
             };
-            for (i, q) in order {
+            for (i, q, cancel) in steps {
+                if cancel && !live.is_empty() {
+                    live.remove(i % live.len());
+                    continue;
+                }
                 let line = (i % figures.len()) as u32 + 1;
-                let left = figures[line as usize - 1].quantity - refunded.get(&line).copied().unwrap_or(0);
+                let taken = took(&live);
+                let left = figures[line as usize - 1].quantity - taken.get(&line).map_or(0, |t| t.quantity);
                 if left > 0 {
-                    take(line, q.min(left), &mut refunded)?;
+                    let p = price(&figures, &taken, &[(line, q.min(left))], minor).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert!(p.amount >= Decimal::ZERO && p.amount.scale() <= minor);
+                    live.push(p);
+                    check(&live)?;
                 }
             }
-            // Then whatever is left, line by line.
-            for (i, f) in figures.iter().enumerate() {
-                let line = i as u32 + 1;
-                let left = f.quantity - refunded.get(&line).copied().unwrap_or(0);
-                if left > 0 {
-                    take(line, left, &mut refunded)?;
-                }
+            // Then whatever is left, in one refund.
+            let taken = took(&live);
+            let rest: Vec<(u32, u32)> = figures
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i as u32 + 1, f.quantity - taken.get(&(i as u32 + 1)).map_or(0, |t| t.quantity)))
+                .filter(|(_, left)| *left > 0)
+                .collect();
+            if !rest.is_empty() {
+                live.push(price(&figures, &taken, &rest, minor).map_err(|e| TestCaseError::fail(e.to_string()))?);
             }
-            let sums = taken.values().fold((Decimal::ZERO, Decimal::ZERO, Decimal::ZERO), |a, t| (a.0 + t.0, a.1 + t.1, a.2 + t.2));
+            check(&live)?;
+            let sums = live.iter().fold((Decimal::ZERO, Decimal::ZERO, Decimal::ZERO), |a, p| (a.0 + p.amount, a.1 + p.tax, a.2 + p.discount));
             let total: Decimal = lines.iter().map(|l| l.total).sum();
             prop_assert_eq!(sums, (total, tax, discount));
         }

@@ -5,6 +5,7 @@
 
 mod checks;
 pub mod draft;
+pub mod itemized;
 pub mod lines;
 pub mod rejection;
 pub mod validate;
@@ -21,7 +22,8 @@ use crate::manager::Approval;
 use crate::money::Currency;
 use crate::sale::Sale;
 
-pub use draft::{RefundDraft, SaleRef};
+pub use draft::{LineRequest, RefundDraft, SaleRef};
+pub use itemized::{RefundLine, TaxShare};
 pub use rejection::{RejectCode, Rejection};
 pub use validate::{validate, CurrencyLimits, Facts, Policy};
 pub use velocity::DayTotal;
@@ -89,6 +91,11 @@ pub struct ValidRefund {
     /// What remains refundable on the sale after this refund (and all earlier live ones).
     #[serde(with = "rust_decimal::serde::str_option")]
     pub balance_after: Option<Decimal>,
+    /// The lines this refund returns, priced when it was validated (SPEC section 5a); empty for
+    /// an amount-only refund. Omitted when empty, so bodies sealed before lines existed read
+    /// and verify as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<RefundLine>,
 }
 
 impl ValidRefund {

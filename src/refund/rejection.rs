@@ -23,6 +23,8 @@ pub enum RejectCode {
     /// An id or amount field holds a card number or track data; the message names the field,
     /// never the number.
     CardDataInField,
+    /// An itemized refund's `amount` (or tax, or discount) is not what its lines refund.
+    AmountMismatch,
 }
 
 impl RejectCode {
@@ -43,6 +45,7 @@ impl RejectCode {
             RejectCode::InconsistentReceipt => "inconsistent_receipt",
             RejectCode::NoLimitsForCurrency => "no_limits_for_currency",
             RejectCode::CardDataInField => "card_data_in_field",
+            RejectCode::AmountMismatch => "amount_mismatch",
         }
     }
 }

@@ -2,12 +2,14 @@
 //! write transaction that will store the refund (so no two refunds can both pass a limit that
 //! only one of them fits under).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rust_decimal::Decimal;
 
 use super::checks::{check_breakdown, check_breakdown_parts, check_card};
 use super::draft::RefundDraft;
+use super::itemized::{itemize, Itemized};
+use super::lines::Taken;
 use super::rejection::{RejectCode, Rejection};
 use super::velocity::{check_velocity, DayTotal};
 use super::{RefundId, ValidRefund};
@@ -52,6 +54,8 @@ pub struct Facts {
     /// The parts of those refunds given as tax and as discount.
     pub tax_refunded_before: Decimal,
     pub discount_refunded_before: Decimal,
+    /// What those refunds took of each of the sale's lines (1-based), for itemized refunds.
+    pub lines_before: BTreeMap<u32, Taken>,
     /// The undelivered total in the refund's currency (for the exposure cap).
     pub pending_in_currency: Decimal,
     /// Refunds not yet finished (for the queue length cap).
@@ -77,17 +81,36 @@ pub fn validate(
     let reject = |code: RejectCode, message: String| Rejection::new(code, message);
 
     let currency = currency_of(draft, facts.sale.as_ref(), policy.default_currency)?;
-    let amount = parse_amount(&draft.amount, currency)
-        .map_err(|e| reject(RejectCode::InvalidAmount, e.to_string()))?;
-    let breakdown = |field: &str, value: &Option<String>| {
-        value
-            .as_deref()
-            .map(|v| parse_non_negative(v, currency))
-            .transpose()
-            .map_err(|e| reject(RejectCode::InvalidAmount, format!("field `{field}`: {e}")))
+    let itemized = match &facts.sale {
+        Some(sale) => itemize(draft, sale, &facts.lines_before, sale.total - facts.refunded_before)?,
+        None if !draft.lines.is_empty() && policy.allow_unlinked => {
+            return Err(reject(
+                RejectCode::InvalidRequest,
+                "a refund that names lines needs its original sale in the ledger".to_string(),
+            ));
+        }
+        None => None,
     };
-    let tax = breakdown("tax", &draft.tax)?;
-    let discount = breakdown("discount", &draft.discount)?;
+    let (amount, tax, discount, lines) = match itemized {
+        Some(Itemized { lines, amount, tax, discount }) => (amount, Some(tax), Some(discount), lines),
+        None => {
+            let Some(text) = draft.amount.as_deref() else {
+                // Only a draft with lines has no amount, and only an unknown sale prices none.
+                let what = sale_name(&sale_ref);
+                return Err(reject(RejectCode::UnknownSale, format!("{what} is not in the sales ledger")));
+            };
+            let amount =
+                parse_amount(text, currency).map_err(|e| reject(RejectCode::InvalidAmount, e.to_string()))?;
+            let breakdown = |field: &str, value: &Option<String>| {
+                value
+                    .as_deref()
+                    .map(|v| parse_non_negative(v, currency))
+                    .transpose()
+                    .map_err(|e| reject(RejectCode::InvalidAmount, format!("field `{field}`: {e}")))
+            };
+            (amount, breakdown("tax", &draft.tax)?, breakdown("discount", &draft.discount)?, Vec::new())
+        }
+    };
     let limits = policy.limits.get(&currency).ok_or_else(|| {
         reject(
             RejectCode::NoLimitsForCurrency,
@@ -107,10 +130,7 @@ pub fn validate(
     let balance_after = match &facts.sale {
         None => {
             if !policy.allow_unlinked {
-                let what = match &sale_ref {
-                    super::SaleRef::Receipt(r) => format!("receipt {r}"),
-                    super::SaleRef::Transaction(t) => format!("transaction {t}"),
-                };
+                let what = sale_name(&sale_ref);
                 return Err(reject(RejectCode::UnknownSale, format!("{what} is not in the sales ledger")));
             }
             if facts.approval.is_none() {
@@ -195,7 +215,15 @@ pub fn validate(
         transaction_id,
         sale: facts.sale.clone(),
         balance_after,
+        lines,
     })
+}
+
+fn sale_name(sale_ref: &super::SaleRef) -> String {
+    match sale_ref {
+        super::SaleRef::Receipt(r) => format!("receipt {r}"),
+        super::SaleRef::Transaction(t) => format!("transaction {t}"),
+    }
 }
 
 fn currency_of(draft: &RefundDraft, sale: Option<&Sale>, default: Currency) -> Result<Currency, Rejection> {
@@ -247,7 +275,7 @@ pub(crate) mod tests {
     pub(crate) fn example_draft(amount: &str) -> RefundDraft {
         RefundDraft {
             receipt_id: Some("RCP-2025-001".into()),
-            amount: amount.into(),
+            amount: Some(amount.into()),
             reason: "Customer returned item".into(),
             operator: "emp_42".into(),
             ..RefundDraft::default()
@@ -277,7 +305,7 @@ pub(crate) mod tests {
     fn draft(amount: &str) -> RefundDraft {
         RefundDraft {
             receipt_id: Some("RCP-2025-001".into()),
-            amount: amount.into(),
+            amount: Some(amount.into()),
             reason: "returned".into(),
             operator: "emp_42".into(),
             ..RefundDraft::default()

@@ -1,6 +1,9 @@
 //! A Final POS sandbox (seeds 000, 001, 003): `POST/GET /v1/api/refunds`,
 //! `POST /v1/api/transactions`, `x-api-key` auth, `{statusCode, message, error}` errors,
 //! required `lineItems[].productId`/`variantId`, and `409 Conflict` on a known `externalId`.
+//! Like a back office that keeps its books straight, it refuses (400) a refund whose line
+//! totals do not add up to its `summary.total`, and a `refundedBy` (or a transaction's
+//! `employee`) that is not the id of one of its users ([`FinalPosSandbox::add_user`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +31,8 @@ pub struct Seen {
 
 #[derive(Debug, Default)]
 struct Store {
+    /// The Final POS user ids `refundedBy` and `employee` may hold.
+    users: Vec<String>,
     refunds: Vec<Value>,
     transactions: Vec<Value>,
     seen: Vec<Seen>,
@@ -59,6 +64,11 @@ impl FinalPosSandbox {
             .with_state(shared.clone());
         let core = Core::start(app, &shared.faults).await?;
         Ok(FinalPosSandbox { core, shared })
+    }
+
+    /// Makes `id` a Final POS user, so records may name it in `refundedBy` / `employee`.
+    pub fn add_user(&self, id: &str) {
+        lock(&self.shared.store).users.push(id.to_string());
     }
 
     /// The refund records created, in order.
@@ -112,6 +122,47 @@ fn is_amount(v: &Value) -> bool {
     })
 }
 
+fn decimal(v: &Value) -> Option<rust_decimal::Decimal> {
+    v.as_str().filter(|_| is_amount(v)).and_then(|s| s.parse().ok())
+}
+
+/// A field that holds a Final POS user id must hold one of the users' ids.
+fn check_user(store: &Store, body: &Value, field: &str) -> Result<(), String> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_str().is_some_and(|id| store.users.iter().any(|u| u == id)) => Ok(()),
+        Some(v) => {
+            Err(format!("Validation failed: Field `{field}` must be the id of a user; {v} is not one."))
+        }
+    }
+}
+
+/// The line totals add up to `summary.total` (a refund without lines records an amount only).
+fn check_lines_add_up(items: &[Value], body: &Value) -> Result<(), String> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut sum = rust_decimal::Decimal::ZERO;
+    for item in items {
+        for field in ["total", "subTotal", "price"] {
+            if item.get(field).and_then(decimal).is_none() {
+                return Err(format!(
+                    "Validation failed: Field `lineItems.{field}` must be a decimal string."
+                ));
+            }
+        }
+        sum += item.get("total").and_then(decimal).unwrap_or_default();
+    }
+    let total = body.get("summary").and_then(|s| s.get("total")).and_then(decimal);
+    if total != Some(sum) {
+        return Err(format!(
+            "Validation failed: the line items total {sum}, not the summary total {}.",
+            total.map_or("(none)".into(), |t| t.to_string())
+        ));
+    }
+    Ok(())
+}
+
 fn validate_refund(body: &Value) -> Result<(), String> {
     let items = body
         .get("lineItems")
@@ -136,7 +187,7 @@ fn validate_refund(body: &Value) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    check_lines_add_up(items, body)
 }
 
 /// A request both `POST` handlers admitted and no fault ended early.
@@ -180,7 +231,7 @@ async fn create_refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes)
     };
     let response = {
         let mut store = lock(&s.store);
-        if let Err(m) = validate_refund(&body) {
+        if let Err(m) = validate_refund(&body).and_then(|()| check_user(&store, &body, "refundedBy")) {
             store.seen.push(record(400));
             return error(StatusCode::BAD_REQUEST, &m);
         }
@@ -228,6 +279,10 @@ async fn create_transaction(State(s): State<Shared>, headers: HeaderMap, body: B
         {
             store.seen.push(record(400));
             return error(StatusCode::BAD_REQUEST, "Validation failed: Field `type` is invalid.");
+        }
+        if let Err(m) = check_user(&store, &body, "employee") {
+            store.seen.push(record(400));
+            return error(StatusCode::BAD_REQUEST, &m);
         }
         if !body.get("amount").is_some_and(is_amount) {
             store.seen.push(record(400));

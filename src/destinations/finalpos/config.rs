@@ -1,6 +1,8 @@
 //! `kind = "finalpos"`: the `[destinations.NAME]` table as written, and the settings the
 //! connector is built from.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::config::{ConfigError, DestinationContext, Secret, SecretFile};
@@ -11,6 +13,10 @@ use crate::config::{ConfigError, DestinationContext, Secret, SecretFile};
 pub struct FinalPosConfig {
     base_url: String,
     api_key_file: String,
+    /// Final POS user ids by till operator id (`users = { emp_42 = "507f…" }`), for the fields
+    /// that hold a Final POS user (`refundedBy`, a transaction's `employee`).
+    #[serde(default)]
+    users: BTreeMap<String, String>,
 }
 
 /// A checked Final POS destination.
@@ -19,13 +25,25 @@ pub struct FinalPosSettings {
     pub base_url: reqwest::Url,
     /// The key sent as `x-api-key` on every request.
     pub api_key_file: SecretFile,
+    /// Final POS user ids by till operator id. An operator not listed is sent only as
+    /// `refundedByExternalId`: Final POS refuses a `refundedBy` that is not one of its users.
+    pub users: BTreeMap<String, String>,
 }
 
 impl FinalPosConfig {
     pub fn validate(self, at: &DestinationContext<'_>) -> Result<FinalPosSettings, ConfigError> {
+        for (operator, user) in &self.users {
+            if user.trim().is_empty() || crate::text::check("users", user).is_err() {
+                return Err(at.invalid(
+                    "users",
+                    format!("the Final POS user id of operator {operator:?} must be a plain, non-empty id"),
+                ));
+            }
+        }
         Ok(FinalPosSettings {
             base_url: at.base_url(&self.base_url)?,
             api_key_file: at.secret_file(&self.api_key_file),
+            users: self.users,
         })
     }
 }
@@ -50,6 +68,19 @@ mod tests {
         let err = parse_for_test(&TABLE.replace("https:", "http:"), dir.path()).unwrap_err().to_string();
         assert!(err.contains("destinations.finalpos.base_url"), "{err}");
         assert!(err.contains("only allowed for loopback hosts"), "{err}");
+    }
+
+    #[test]
+    fn operators_map_to_final_pos_users_and_an_empty_id_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let table = format!("{TABLE}\nusers = {{ emp_42 = \"507f1f77bcf86cd799439099\" }}");
+        let Ok(DestinationKind::FinalPos(settings)) = parse_for_test(&table, dir.path()) else {
+            panic!("the table does not parse as finalpos");
+        };
+        assert_eq!(settings.users.get("emp_42").map(String::as_str), Some("507f1f77bcf86cd799439099"));
+        let empty = format!("{TABLE}\nusers = {{ emp_42 = \" \" }}");
+        let err = parse_for_test(&empty, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("destinations.finalpos.users") && err.contains("emp_42"), "{err}");
     }
 
     #[test]

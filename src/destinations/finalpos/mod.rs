@@ -26,6 +26,7 @@ pub struct FinalPos {
     api_key: Secret<String>,
     client: reqwest::Client,
     clock: ClockOffset,
+    users: request::Users,
 }
 
 impl fmt::Debug for FinalPos {
@@ -38,7 +39,13 @@ impl FinalPos {
     /// Builds the connector, reading its API key.
     pub fn new(settings: &FinalPosSettings, client: reqwest::Client) -> Result<FinalPos, ConfigError> {
         let api_key = settings.api_key()?;
-        Ok(FinalPos { base_url: settings.base_url.clone(), api_key, client, clock: ClockOffset::new() })
+        Ok(FinalPos {
+            base_url: settings.base_url.clone(),
+            api_key,
+            client,
+            clock: ClockOffset::new(),
+            users: settings.users.clone(),
+        })
     }
 
     /// The measured offset of Final POS's clock (from its `Date` headers), for status.
@@ -53,12 +60,12 @@ impl FinalPos {
     /// Makes the claimed delivery's next request.
     pub async fn attempt(&self, claim: &Claim) -> Attempt {
         let (request, path, body) = if claim.step == 0 {
-            (Request::Refund, "/v1/api/refunds", request::refund_body(&claim.refund))
+            (Request::Refund, "/v1/api/refunds", request::refund_body(&claim.refund, &self.users))
         } else {
             (
                 Request::Transaction,
                 "/v1/api/transactions",
-                request::transaction_body(&claim.refund, claim.remote_id.as_deref()),
+                request::transaction_body(&claim.refund, claim.remote_id.as_deref(), &self.users),
             )
         };
         let bytes = match serde_json::to_vec(&body) {

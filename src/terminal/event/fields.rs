@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use super::super::pci;
 use super::{EventError, TerminalEvent};
 use crate::manager::{ApprovalRequest, Pin};
-use crate::sale::{LineItemInput, SaleInput};
+use crate::refund::draft::LineRequest;
+use crate::sale::{ItemTaxInput, LineItemInput, SaleInput};
 
 /// Longest event type echoed in an `unknown_type` error, so a hostile terminal cannot make the
 /// daemon log or reply with kilobytes of its own text.
@@ -42,7 +43,9 @@ pub(super) fn event_from_object(map: &Map<String, Value>) -> Result<TerminalEven
         "refund" => Ok(TerminalEvent::Refund {
             receipt_id: f.optional("receipt_id")?,
             original_transaction_id: f.optional("original_transaction_id")?,
-            amount: f.amount("amount")?,
+            // Absent with `lines`; present, it must be a decimal string with more than spaces.
+            amount: f.get("amount").map(|_| f.amount("amount")).transpose()?,
+            lines: refund_lines(&f, "lines")?,
             reason: f.required("reason")?,
             operator: f.required("operator")?,
             currency: f.optional("currency")?,
@@ -93,6 +96,7 @@ fn items(f: &Fields<'_>) -> Result<Vec<LineItemInput>, EventError> {
             };
             let item = Fields { map, prefix: Some(name) };
             Ok(LineItemInput {
+                line: item.optional_quantity("line")?,
                 name: item.required("name")?,
                 quantity: item.quantity("quantity")?,
                 price: item.amount("price")?,
@@ -100,7 +104,57 @@ fn items(f: &Fields<'_>) -> Result<Vec<LineItemInput>, EventError> {
                 product_id: item.required("product_id")?,
                 variant_id: item.required("variant_id")?,
                 sku: item.optional("sku")?,
+                tax: item.optional_amount("tax")?,
+                discount: item.optional_amount("discount")?,
+                taxes: taxes(&item)?,
             })
+        })
+        .collect()
+}
+
+/// A line's `taxes`: `[{name, amount, percentage}]`, amounts as decimal strings.
+fn taxes(f: &Fields<'_>) -> Result<Vec<ItemTaxInput>, EventError> {
+    let list = match f.get("taxes") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(f.invalid("taxes", "expected an array")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let name = f.name(&format!("taxes[{index}]"));
+            let Value::Object(map) = value else {
+                return Err(EventError::InvalidField { field: name, reason: "expected an object" });
+            };
+            let tax = Fields { map, prefix: Some(name) };
+            Ok(ItemTaxInput {
+                name: tax.required("name")?,
+                amount: tax.amount("amount")?,
+                percentage: tax.optional_amount("percentage")?,
+            })
+        })
+        .collect()
+}
+
+/// A list of `{line, quantity}` objects naming what an itemized refund returns.
+fn refund_lines(f: &Fields<'_>, field: &str) -> Result<Vec<LineRequest>, EventError> {
+    let list = match f.get(field) {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(f.invalid(field, "expected an array of {\"line\", \"quantity\"}")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let name = f.name(&format!("{field}[{index}]"));
+            let Value::Object(map) = value else {
+                return Err(EventError::InvalidField { field: name, reason: "expected an object" });
+            };
+            let entry = Fields { map, prefix: Some(name) };
+            if map.keys().any(|k| k != "line" && k != "quantity") {
+                return Err(entry.invalid("line", "only `line` and `quantity` are allowed"));
+            }
+            Ok(LineRequest { line: entry.quantity("line")?, quantity: entry.quantity("quantity")? })
         })
         .collect()
 }
@@ -189,6 +243,10 @@ impl Fields<'_> {
             Some(Value::Number(_)) => Err(self.invalid(field, "expected a decimal string")),
             _ => self.required(field),
         }
+    }
+
+    fn optional_quantity(&self, field: &str) -> Result<Option<u32>, EventError> {
+        self.get(field).map(|_| self.quantity(field)).transpose()
     }
 
     fn quantity(&self, field: &str) -> Result<u32, EventError> {

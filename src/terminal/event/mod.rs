@@ -48,7 +48,12 @@ pub enum TerminalEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         original_transaction_id: Option<String>,
         /// A decimal string; the domain layer parses it with a decimal type, never a float.
-        amount: String,
+        /// Optional with `lines`, which then set it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount: Option<String>,
+        /// What is returned, for an itemized refund (`[{"line", "quantity"}]`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lines: Vec<crate::refund::draft::LineRequest>,
         reason: String,
         operator: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,7 +58,8 @@ fn each_event_type_with_seq_and_vendor_fields() {
     let expected = TerminalEvent::Refund {
         receipt_id: None,
         original_transaction_id: Some("txn_1".into()),
-        amount: "1.50".into(),
+        amount: Some("1.50".into()),
+        lines: Vec::new(),
         reason: "r".into(),
         operator: "op".into(),
         currency: Some("EUR".into()),
@@ -76,6 +77,18 @@ fn each_event_type_with_seq_and_vendor_fields() {
 }
 
 #[test]
+fn an_itemized_refund_names_its_lines() {
+    let payload = r#"{"type":"refund","receipt_id":"RCP-2025-001","lines":[{"line":1,"quantity":1}],"reason":"chipped","operator":"emp_42"}"#;
+    let TerminalEvent::Refund { amount, lines, .. } = parse(payload).event else {
+        panic!("expected a refund");
+    };
+    assert_eq!(amount, None);
+    assert_eq!(lines, vec![crate::refund::LineRequest { line: 1, quantity: 1 }]);
+    let via_serde: TerminalEvent = serde_json::from_str(payload).expect("serde parses");
+    assert_eq!(parse(payload).event, via_serde);
+}
+
+#[test]
 fn error_codes() {
     let cases = [
         ("{", "invalid_json", None),
@@ -88,6 +101,21 @@ fn error_codes() {
         (r#"{"type":"refund","amount":"1","reason":"r"}"#, "missing_field", Some("operator")),
         (r#"{"type":"refund","amount":5.0,"reason":"r","operator":"o"}"#, "invalid_field", Some("amount")),
         (r#"{"type":"refund","amount":" ","reason":"r","operator":"o"}"#, "invalid_field", Some("amount")),
+        (
+            r#"{"type":"refund","lines":{"line":1},"reason":"r","operator":"o"}"#,
+            "invalid_field",
+            Some("lines"),
+        ),
+        (
+            r#"{"type":"refund","lines":[{"line":"2","quantity":1}],"reason":"r","operator":"o"}"#,
+            "invalid_field",
+            Some("lines[0].line"),
+        ),
+        (
+            r#"{"type":"refund","lines":[{"line":2}],"reason":"r","operator":"o"}"#,
+            "missing_field",
+            Some("lines[0].quantity"),
+        ),
         (r#"{"type":"card"}"#, "missing_field", Some("masked_pan")),
         (r#"{"type":"card","masked_pan":"visa"}"#, "invalid_field", Some("masked_pan")),
         (r#"{"type":"receipt_scan","receipt_id":7}"#, "invalid_field", Some("receipt_id")),

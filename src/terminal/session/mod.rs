@@ -180,6 +180,7 @@ impl Session {
             receipt_id,
             original_transaction_id,
             amount,
+            lines,
             reason,
             operator,
             currency,
@@ -237,6 +238,7 @@ impl Session {
             operator,
             manager_approval,
             masked_pan: card,
+            lines,
             ..RefundDraft::default()
         };
         request(seq, draft, request_id, event, false)

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::money::{parse_non_negative, AmountError, Currency};
 use crate::text::{self, TextError};
 
+mod items;
+
+pub use items::{ItemTax, ItemTaxInput, LineItem, LineItemInput};
+
 /// A receipt as given, by the terminal's `receipt` event or `POST /v1/receipts`: amounts still
 /// strings. Absent options are omitted when it is written back out.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -39,20 +43,6 @@ pub struct SaleInput {
     pub items: Vec<LineItemInput>,
 }
 
-/// One line of a sale as it arrives from outside.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct LineItemInput {
-    pub name: String,
-    pub quantity: u32,
-    pub price: String,
-    pub total: String,
-    pub product_id: String,
-    pub variant_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sku: Option<String>,
-}
-
 /// A validated original sale. Card data is reduced to BIN and last 4 digits on the way in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Sale {
@@ -75,20 +65,6 @@ pub struct Sale {
     pub card: Option<CardRef>,
     pub captured_at: Option<String>,
     pub items: Vec<LineItem>,
-}
-
-/// A sale line, with the product and variant ids Final POS requires on refund lines.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LineItem {
-    pub name: String,
-    pub quantity: u32,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub price: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub total: Decimal,
-    pub product_id: String,
-    pub variant_id: String,
-    pub sku: Option<String>,
 }
 
 /// What the agent keeps of a card: at most the BIN (first 6) and the last 4 digits
@@ -169,23 +145,10 @@ impl Sale {
             None | Some("") => None,
             Some(text) => Some(CardRef::from_pan_text(text).ok_or(SaleError::BadCard)?),
         };
-        let mut items = Vec::with_capacity(input.items.len());
-        for item in input.items {
-            require("items.product_id", &item.product_id)?;
-            require("items.variant_id", &item.variant_id)?;
-            items.push(LineItem {
-                price: amount("items.price", &item.price)?,
-                total: amount("items.total", &item.total)?,
-                // A PAN typed into an item name is masked, keeping the rest of the name.
-                name: crate::pan::mask_text(&item.name).into_owned(),
-                quantity: item.quantity,
-                product_id: item.product_id,
-                variant_id: item.variant_id,
-                sku: item.sku,
-            });
-        }
+        let items = items::read_items(currency, input.items)?;
         let captured_at = non_empty(input.captured_at);
         check_sums(currency, total, subtotal, tax, &items)?;
+        items::check_item_parts(currency, tax, discount, &items)?;
         if let Some(at) = &captured_at {
             time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
                 |_| {
@@ -240,6 +203,9 @@ fn check_texts(input: &SaleInput) -> Result<(), TextError> {
         if let Some(sku) = &item.sku {
             text::check("items.sku", sku)?;
         }
+        for tax in &item.taxes {
+            text::check("items.taxes.name", &tax.name)?;
+        }
     }
     Ok(())
 }
@@ -271,7 +237,12 @@ fn check_card_data(input: &SaleInput) -> Result<(), SaleError> {
             ("items.product_id", Some(item.product_id.as_str())),
             ("items.variant_id", Some(item.variant_id.as_str())),
             ("items.sku", item.sku.as_deref()),
+            ("items.tax", item.tax.as_deref()),
+            ("items.discount", item.discount.as_deref()),
         ]);
+        for tax in &item.taxes {
+            fields.extend([("items.taxes.amount", Some(tax.amount.as_str()))]);
+        }
     }
     match fields.into_iter().find(|(_, value)| value.is_some_and(crate::pan::holds_card_data)) {
         Some((field, _)) => Err(SaleError::CardData(field)),
@@ -318,7 +289,7 @@ fn check_sums(
     Ok(())
 }
 
-fn require(field: &'static str, value: &str) -> Result<(), SaleError> {
+pub(super) fn require(field: &'static str, value: &str) -> Result<(), SaleError> {
     if value.trim().is_empty() {
         return Err(SaleError::Empty(field));
     }
