@@ -52,7 +52,7 @@ pub fn decode(apdu: &Apdu) -> Message {
     let data = apdu.data.as_slice();
     let mut prefix: Vec<(&'static str, Value)> = Vec::new();
     let mut at = 0;
-    let mut byte = |name: &'static str, at: &mut usize, prefix: &mut Vec<(&'static str, Value)>| {
+    let byte = |name: &'static str, at: &mut usize, prefix: &mut Vec<(&'static str, Value)>| {
         if let Some(b) = data.get(*at) {
             prefix.push((name, safe_hex(&[*b])));
             *at += 1;
