@@ -249,3 +249,26 @@ fn unreachable_outcome() -> Outcome {
         result: super::TerminalResult::default(),
     }
 }
+
+/// Connects to a terminal's ZVT TCP port (`zvt_address`, usually port 20007).
+pub fn connect_tcp(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<Link<TcpStream>> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    // Each APDU is one small write that the terminal waits for; batching would only delay it.
+    stream.set_nodelay(true)?;
+    Ok(Link::new(stream, Mode::Apdu))
+}
+
+/// Opens a terminal's serial port: 8 data bits, no parity, 2 stop bits, the RS-232 settings ZVT
+/// terminals use, at the given baud rate (9600 unless the terminal was set up otherwise).
+pub fn open_serial(
+    path: &std::path::Path,
+    baud: u32,
+) -> Result<Link<Box<dyn serialport::SerialPort>>, serialport::Error> {
+    let port = serialport::new(path.to_string_lossy(), baud)
+        .data_bits(serialport::DataBits::Eight)
+        .parity(serialport::Parity::None)
+        .stop_bits(serialport::StopBits::Two)
+        .flow_control(serialport::FlowControl::None)
+        .open()?;
+    Ok(Link::new(port, Mode::Serial))
+}

@@ -1,0 +1,99 @@
+//! The ECR against the simulated ZVT terminal, over a real TCP connection and a real pty:
+//! registration and a refund, and a link cut after `06 31` resolved by Repeat Receipt with one
+//! refund at the terminal.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use refund_agent::sandbox::zvt::{Endpoint, SimRefund, ZvtSimulator};
+use refund_agent::terminal::ecr::link::{connect_tcp, open_serial, Link, Wire};
+use refund_agent::terminal::ecr::{Lost, Outcome, Request, DEFAULT_COMPLETION_TIMEOUT};
+
+const PASSWORD: &str = "000000";
+
+fn registration() -> Request {
+    Request::Registration { password: PASSWORD.into(), currency: 978, service_byte: 0x00 }
+}
+
+fn refund(amount_minor: u64) -> Request {
+    Request::Refund { password: PASSWORD.into(), amount_minor, currency: 978 }
+}
+
+fn tcp_addr(sim: &ZvtSimulator) -> SocketAddr {
+    match sim.endpoint() {
+        Endpoint::Tcp(addr) => *addr,
+        Endpoint::Serial(_) => panic!("not a TCP simulator"),
+    }
+}
+
+fn run<W: Wire>(link: &mut Link<W>, request: &Request) -> Outcome {
+    link.run(request, DEFAULT_COMPLETION_TIMEOUT).expect("valid request")
+}
+
+/// Registration, read card (the card reduced to BIN + last 4) and a refund of 12.50.
+fn registration_card_and_refund<W: Wire>(link: &mut Link<W>) {
+    assert!(matches!(run(link, &registration()), Outcome::Completed(_)));
+    let Outcome::Completed(card) = run(link, &Request::ReadCard { timeout_s: 30 }) else {
+        panic!("read card failed")
+    };
+    assert_eq!(card.card.as_ref().map(|c| c.masked()).as_deref(), Some("411111******1111"));
+    let outcome = run(link, &refund(1250));
+    assert_eq!(outcome.money_moved(), Some(true), "{outcome:?}");
+    let Outcome::Completed(result) = outcome else { unreachable!() };
+    assert_eq!(result.result_code, Some(0));
+    assert_eq!(result.amount_minor, Some(1250));
+    assert_eq!(result.trace_number.as_deref(), Some("000001"));
+    assert_eq!(result.receipt_number.as_deref(), Some("0001"));
+    assert_eq!(result.terminal_id.as_deref(), Some("52001233"));
+    assert_eq!(result.card.as_ref().map(|c| c.last4.as_str()), Some("1111"));
+    assert_eq!(result.receipt, ["GUTSCHRIFT", "BETRAG EUR 12.50", "TRACE 000001"]);
+}
+
+#[test]
+fn registration_and_refund_over_tcp() {
+    let sim = ZvtSimulator::start_tcp().expect("simulator");
+    let mut link = connect_tcp(tcp_addr(&sim), Duration::from_secs(5)).expect("connect");
+    registration_card_and_refund(&mut link);
+    assert_eq!(sim.refunds(), [SimRefund { amount_minor: 1250, trace_number: 1, receipt_number: 1 }]);
+    assert_eq!(sim.commands(), [0x0600, 0x06C0, 0x0631]);
+}
+
+#[test]
+fn registration_and_refund_over_a_serial_pty() {
+    let sim = ZvtSimulator::start_serial().expect("simulator");
+    let Endpoint::Serial(path) = sim.endpoint().clone() else { panic!("not a serial simulator") };
+    let mut link = open_serial(&path, 9600).expect("open the pty as a serial port");
+    registration_card_and_refund(&mut link);
+    assert_eq!(sim.refunds().len(), 1);
+}
+
+#[test]
+fn link_cut_after_refund_is_unknown_and_resolved_by_repeat_receipt() {
+    let sim = ZvtSimulator::start_tcp().expect("simulator");
+    let addr = tcp_addr(&sim);
+    let mut link = connect_tcp(addr, Duration::from_secs(5)).expect("connect");
+    assert!(matches!(run(&mut link, &registration()), Outcome::Completed(_)));
+    sim.drop_after_next_refund();
+    let outcome = run(&mut link, &refund(700));
+    assert!(
+        matches!(outcome, Outcome::Lost { why: Lost::LinkDropped, acknowledged: true, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.money_moved(), None);
+
+    // After the reconnect the agent registers again and asks for the last transaction instead
+    // of sending 06 31 again.
+    let mut link = connect_tcp(addr, Duration::from_secs(5)).expect("reconnect");
+    assert!(matches!(run(&mut link, &registration()), Outcome::Completed(_)));
+    let Outcome::Completed(last) = run(&mut link, &Request::RepeatReceipt { password: PASSWORD.into() })
+    else {
+        panic!("repeat receipt failed")
+    };
+    assert_eq!(
+        (last.result_code, last.amount_minor, last.trace_number.as_deref()),
+        (Some(0), Some(700), Some("000001"))
+    );
+    assert_eq!(last.receipt.first().map(String::as_str), Some("GUTSCHRIFT"));
+    assert_eq!(sim.refunds().len(), 1, "the refund ran once at the terminal");
+    assert_eq!(sim.commands(), [0x0600, 0x0631, 0x0600, 0x0620]);
+}
