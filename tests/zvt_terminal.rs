@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use refund_agent::sandbox::zvt::{Endpoint, SimRefund, ZvtSimulator};
-use refund_agent::terminal::ecr::link::{connect_tcp, open_serial, Link, Wire};
+use refund_agent::terminal::ecr::link::{connect_tcp, open_serial, Link, LinkError, Wire};
+use refund_agent::terminal::ecr::payout::{pay_out, Payout, PayoutRequest};
 use refund_agent::terminal::ecr::{Lost, Outcome, Request, DEFAULT_COMPLETION_TIMEOUT};
 
 const PASSWORD: &str = "000000";
@@ -96,4 +97,45 @@ fn link_cut_after_refund_is_unknown_and_resolved_by_repeat_receipt() {
     assert_eq!(last.receipt.first().map(String::as_str), Some("GUTSCHRIFT"));
     assert_eq!(sim.refunds().len(), 1, "the refund ran once at the terminal");
     assert_eq!(sim.commands(), [0x0600, 0x0631, 0x0600, 0x0620]);
+}
+
+fn payout(amount_minor: u64, trace_before: Option<&str>) -> PayoutRequest {
+    PayoutRequest {
+        password: PASSWORD.into(),
+        amount_minor,
+        currency: 978,
+        service_byte: 0x00,
+        trace_before: trace_before.map(str::to_owned),
+        completion_timeout: DEFAULT_COMPLETION_TIMEOUT,
+        lookup_attempts: 3,
+    }
+}
+
+#[test]
+fn pay_out_settles_a_cut_link_by_lookup_and_never_refunds_twice() {
+    let sim = ZvtSimulator::start_tcp().expect("simulator");
+    let addr = tcp_addr(&sim);
+    let reconnect = || connect_tcp(addr, Duration::from_secs(5)).map_err(LinkError::Io);
+    let mut link = reconnect().expect("connect");
+    assert!(matches!(run(&mut link, &registration()), Outcome::Completed(_)));
+
+    // Paid at the terminal, the result lost on the way back: the lookup finds it.
+    sim.drop_after_next_refund();
+    let paid = pay_out(&mut link, &payout(700, None), reconnect).expect("valid");
+    let Payout::Paid { result, looked_up: true } = paid else { panic!("not paid by lookup: {paid:?}") };
+    assert_eq!((result.amount_minor, result.trace_number.as_deref()), (Some(700), Some("000001")));
+    assert_eq!(sim.refunds().len(), 1);
+
+    // Cut before the terminal moved money: its last transaction is still trace 1.
+    sim.drop_before_next_refund();
+    let unpaid = pay_out(&mut link, &payout(300, Some("000001")), reconnect).expect("valid");
+    assert!(matches!(unpaid, Payout::NotPaid { .. }), "{unpaid:?}");
+    assert_eq!(sim.refunds().len(), 1);
+
+    // An ordinary refund on the link the lookup left behind.
+    let ok = pay_out(&mut link, &payout(300, Some("000001")), reconnect).expect("valid");
+    assert!(matches!(ok, Payout::Paid { looked_up: false, .. }), "{ok:?}");
+    assert_eq!(sim.refunds().len(), 2);
+    let refunds: Vec<u16> = sim.commands().into_iter().filter(|c| *c == 0x0631).collect();
+    assert_eq!(refunds.len(), 3, "06 31 went out once per payout, never again for a lookup");
 }

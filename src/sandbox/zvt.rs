@@ -7,7 +7,8 @@
 //! information, print lines, completion) and waits for the ECR's `80 00 00` after each. It keeps
 //! the refunds it made, so a test can count them. [`ZvtSimulator::drop_after_next_refund`] makes
 //! it move the money for the next refund and then cut the connection before the ECR hears the
-//! result: the lost outcome the agent must resolve with Repeat Receipt, never by refunding again.
+//! result: the lost outcome the agent must resolve with Repeat Receipt, never by refunding again;
+//! [`ZvtSimulator::drop_before_next_refund`] cuts it before the money moves.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,6 +50,7 @@ struct State {
     receipts: u16,
     refunds: Vec<SimRefund>,
     drop_next_refund: bool,
+    drop_next_refund_unpaid: bool,
     commands: Vec<u16>,
 }
 
@@ -115,6 +117,10 @@ impl State {
                 status.extend_from_slice(&[0x0E, 0x25, 0x12]);
                 done(vec![Apdu::new(0x04, 0xFF, vec![0x0A]), Apdu::new(0x04, 0x0F, status)])
             }
+            (0x06, 0x31) if std::mem::take(&mut self.drop_next_refund_unpaid) => {
+                // Acknowledged, then the line dies before the terminal moved any money.
+                Script { messages: vec![ack()], cut_after: Some(1) }
+            }
             (0x06, 0x31) => {
                 let msg = crate::terminal::codec::zvt::decode(apdu);
                 let Some(amount_minor) = msg.amount() else {
@@ -169,6 +175,10 @@ fn serve<W: Wire>(link: &mut Link<W>, state: &Mutex<State>, stop: &AtomicBool) {
             {
                 return;
             }
+        }
+        // A cut after the last message (as after a bare acknowledgement) ends the connection too.
+        if script.cut_after == Some(script.messages.len()) {
+            return;
         }
     }
 }
@@ -275,6 +285,11 @@ impl ZvtSimulator {
     /// The next refund moves the money, then the connection is cut before its result is sent.
     pub fn drop_after_next_refund(&self) {
         lock(&self.state).drop_next_refund = true;
+    }
+
+    /// The next refund is acknowledged, then the connection is cut before any money moves.
+    pub fn drop_before_next_refund(&self) {
+        lock(&self.state).drop_next_refund_unpaid = true;
     }
 
     /// Every refund the terminal carried out.

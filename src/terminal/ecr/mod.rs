@@ -16,9 +16,11 @@
 //! outcome means for money is [`Outcome::money_moved`]: only a completion without an error result
 //! code says yes, only a refusal or an abort says no, and a lost exchange says *unknown* — the
 //! caller must then ask the terminal (Repeat Receipt / Status Enquiry), never send again.
-//! The I/O that carries these APDUs is in [`link`].
+//! The I/O that carries these APDUs is in [`link`]; a refund paid out by the terminal, with the
+//! lookup that settles a lost outcome, is [`payout`].
 
 pub mod link;
+pub mod payout;
 
 use std::time::{Duration, Instant};
 
