@@ -245,7 +245,8 @@ pub fn interpret(raw: RawField) -> Field {
             .and_then(|digits| digits.parse().ok())
             .map_or_else(|| card::safe_hex(&raw.bytes), Value::Amount),
         Text => card::safe_text(&latin1(&raw.bytes)),
-        Pan | Track => card::reduce(&raw.bytes).map_or(Value::Removed, Value::Card),
+        // Track 1 (`2D`) is text; the card number and tracks 2 and 3 are packed BCD.
+        Pan | Track => card::reduce(&raw.bytes, raw.tag != 0x2D).map_or(Value::Removed, Value::Card),
         Secret => Value::Removed,
         Container => match tlv::parse(&raw.bytes) {
             Ok(items) => Value::Tlv(card::safe_tlv(items)),

@@ -14,13 +14,17 @@ use crate::sale::CardRef;
 
 /// The card number in a PAN or track field, as BIN + last 4; `None` when none can be read.
 ///
-/// The bytes are read as packed BCD when they are not printable text (ZVT sends BMP `22` and
-/// `23` packed: `E` nibbles for digits the terminal masked, `D` as the track separator, `F` as
-/// padding), and as text otherwise (tracks 1 and 3, some terminals' track 2). The card number is
-/// what comes before the first field separator (`=`, `D`, `^`), without sentinels.
-pub fn reduce(bytes: &[u8]) -> Option<CardRef> {
+/// `packed` fields are read as BCD nibbles (ZVT's BMP `22`, `23` and `24`, EMV's `5A` and `57`:
+/// `E` for digits the terminal masked, `D` as the track separator, `F` as padding); the others
+/// as text (track 1), as are packed fields whose bytes are all printable text, which some
+/// terminals send for track 2 — except where the nibbles read as digits already, because the BCD
+/// of a PAN such as `5555…` is printable too. The card number is what comes before the first
+/// field separator (`=`, `D`, `^`), without sentinels.
+pub fn reduce(bytes: &[u8], packed: bool) -> Option<CardRef> {
     let printable = !bytes.is_empty() && bytes.iter().all(|b| (0x20..0x7F).contains(b));
-    let text: String = if printable {
+    let nibbles_are_digits = bytes.first().is_some_and(|b| b >> 4 <= 9 && b & 0x0F <= 9);
+    let as_text = !packed || (printable && !nibbles_are_digits);
+    let text: String = if as_text {
         latin1(bytes)
     } else {
         bytes
@@ -81,8 +85,10 @@ pub enum SafeTlvValue {
     Nested(Vec<SafeTlv>),
 }
 
-/// EMV tags that hold the card number or track 2 equivalent data: reduced to the card.
-const CARD_TAGS: [u32; 4] = [0x5A, 0x57, 0x56, 0x9F6B];
+/// EMV tags that hold the card number or track 2 equivalent data (packed): reduced to the card.
+const CARD_TAGS: [u32; 3] = [0x5A, 0x57, 0x9F6B];
+/// EMV track 1 equivalent data (text): reduced to the card.
+const TRACK_1_TAG: u32 = 0x56;
 /// EMV tags that hold the expiry date or the cardholder name: dropped.
 const SECRET_TAGS: [u32; 4] = [0x5F24, 0x5F20, 0x9F1F, 0x9F20];
 /// ZVT tag for one line of text (display and print texts).
@@ -103,8 +109,8 @@ pub fn safe_tlv(items: Vec<Tlv>) -> Vec<SafeTlv> {
 }
 
 fn safe_primitive(tag: u32, bytes: &[u8]) -> Value {
-    if CARD_TAGS.contains(&tag) {
-        return reduce(bytes).map_or(Value::Removed, Value::Card);
+    if CARD_TAGS.contains(&tag) || tag == TRACK_1_TAG {
+        return reduce(bytes, tag != TRACK_1_TAG).map_or(Value::Removed, Value::Card);
     }
     if SECRET_TAGS.contains(&tag) {
         return Value::Removed;

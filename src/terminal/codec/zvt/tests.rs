@@ -260,6 +260,15 @@ fn track_2_and_full_pans_are_reduced() {
     assert_eq!(cards, ["411111******1111", "411111******1111"]);
     assert_eq!(msg.field(0x3A), Some(&Value::Removed));
     assert_no_card_data(&msg.to_json());
+    // The BCD of 5555 5555 5555 4444 is printable ASCII ("UUUUUUDD"); it is still a PAN, and
+    // track 1 is text.
+    let printable = decode(&Apdu::new(0x04, 0x0F, bytes("22 F0 F8 55 55 55 55 55 55 44 44")));
+    assert_eq!(printable.card().map(crate::sale::CardRef::masked).as_deref(), Some("555555******4444"));
+    let mut track1 = vec![0x2D, 0xF3, 0xF3];
+    track1.extend_from_slice(b"%B4111111111111111^DOE/JOHN^2512?");
+    let track1 = decode(&Apdu::new(0x04, 0x0F, track1));
+    assert_eq!(track1.card().map(crate::sale::CardRef::masked).as_deref(), Some("411111******1111"));
+    assert_no_card_data(&track1.to_json());
 }
 
 #[test]
