@@ -139,3 +139,91 @@ fn pay_out_settles_a_cut_link_by_lookup_and_never_refunds_twice() {
     let refunds: Vec<u16> = sim.commands().into_iter().filter(|c| *c == 0x0631).collect();
     assert_eq!(refunds.len(), 3, "06 31 went out once per payout, never again for a lookup");
 }
+
+/// The terminal's side of a raw pty, played by hand: what the ECR writes, byte for byte.
+mod raw_pty {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    use nix::fcntl::OFlag;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+
+    pub struct Raw {
+        pub master: OwnedFd,
+        _slave: OwnedFd,
+        pub path: PathBuf,
+    }
+
+    pub fn open() -> Raw {
+        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let master = nix::pty::posix_openpt(flags).expect("posix_openpt");
+        nix::pty::grantpt(&master).expect("grantpt");
+        nix::pty::unlockpt(&master).expect("unlockpt");
+        let path = PathBuf::from(nix::pty::ptsname_r(&master).expect("ptsname"));
+        let slave = nix::fcntl::open(&path, flags, nix::sys::stat::Mode::empty()).expect("slave");
+        let mut termios = tcgetattr(&slave).expect("tcgetattr");
+        cfmakeraw(&mut termios);
+        tcsetattr(&slave, SetArg::TCSANOW, &termios).expect("tcsetattr");
+        Raw { master: OwnedFd::from(master), _slave: slave, path }
+    }
+
+    impl Raw {
+        pub fn write(&self, bytes: &[u8]) {
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let n = nix::unistd::write(self.master.as_fd(), rest).expect("write master");
+                rest = &rest[n..];
+            }
+        }
+
+        /// Reads until `len` bytes arrived, waiting at most 10 s in all.
+        pub fn read_exact(&self, len: usize) -> Vec<u8> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut out = Vec::new();
+            while out.len() < len {
+                assert!(Instant::now() < deadline, "only {out:02X?} arrived");
+                let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut buf = vec![0u8; len - out.len()];
+                if let Ok(n) = nix::unistd::read(self.master.as_fd(), &mut buf) {
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+            out
+        }
+    }
+}
+
+#[test]
+fn serial_link_repeats_a_naked_frame_and_naks_a_damaged_one() {
+    use refund_agent::terminal::codec::zvt::{encode_frame, Apdu};
+
+    let raw = raw_pty::open();
+    let mut link = open_serial(&raw.path, 9600).expect("open the pty as a serial port");
+    let apdu = Apdu::new(0x06, 0x1E, vec![0x10]);
+    let frame = encode_frame(&apdu.encode().expect("short"));
+    let sender = std::thread::spawn(move || {
+        link.send(&apdu).expect("delivered after one repetition");
+        let got = link.recv(std::time::Instant::now() + Duration::from_secs(10)).expect("link");
+        (link, got)
+    });
+    // The DLE in the data is doubled on the wire; a NAK brings the same frame again.
+    assert_eq!(raw.read_exact(frame.len()), frame);
+    raw.write(&[0x15]);
+    assert_eq!(raw.read_exact(frame.len()), frame);
+    raw.write(&[0x06]);
+    // A frame with a bad CRC gets a NAK and is not passed on; the intact repetition gets an ACK.
+    let mut damaged = encode_frame(&[0x80, 0x00, 0x00]);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xFF;
+    raw.write(&damaged);
+    assert_eq!(raw.read_exact(1), [0x15]);
+    raw.write(&encode_frame(&[0x80, 0x00, 0x00]));
+    assert_eq!(raw.read_exact(1), [0x06]);
+    let (_link, got) = sender.join().expect("sender thread");
+    assert_eq!(got, Some(Apdu::new(0x80, 0x00, Vec::new())));
+}
