@@ -16,6 +16,7 @@ use nix::sys::stat::Mode;
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use refund_agent::config::Config;
 use refund_agent::daemon;
+use refund_agent::terminal::codec::zvt::{self, Apdu, ApduDecoder, FrameDecoder, Unit};
 use refund_agent::terminal::codec::{lrc, Decoder, Framing, Item, ETX, STX};
 use refund_agent::terminal::event::{parse_event_detailed, scan_event};
 
@@ -31,6 +32,8 @@ fn main() {
     for framing in Framing::ALL {
         codec(framing, 100_000);
     }
+    zvt_codec(false, 100_000);
+    zvt_codec(true, 100_000);
 
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -80,6 +83,51 @@ fn codec(framing: Framing, n: usize) {
     assert_eq!(parsed, n);
     println!(
         "| {framing} | {n} | {:.0} | {:.1} | {:.0} |",
+        n as f64 / decode,
+        stream.len() as f64 / decode / 1e6,
+        n as f64 / (decode + parse)
+    );
+}
+
+/// A refund's Status-Information as a terminal sends it (amount, trace, time, date, masked PAN,
+/// terminal id, currency, receipt number, card name): 64 bytes of APDU.
+const ZVT_STATUS: [u8; 64] = [
+    0x04, 0x0F, 0x3D, 0x27, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x12, 0x50, 0x0B, 0x00, 0x00, 0x42, 0x0C,
+    0x22, 0x39, 0x53, 0x0D, 0x10, 0x06, 0x22, 0xF0, 0xF8, 0x41, 0x11, 0x11, 0xEE, 0xEE, 0xEE, 0x11, 0x11,
+    0x29, 0x52, 0x00, 0x12, 0x33, 0x49, 0x09, 0x78, 0x87, 0x00, 0x07, 0x8B, 0xF1, 0xF6, b'D', b'e', b'b',
+    b'i', b't', b' ', b'M', b'a', b's', b't', b'e', b'r', b'c', b'a', b'r', b'd',
+];
+
+/// ZVT frames/s: serial frames (`over_tcp = false`: DLE framing, CRC, link units) or APDUs back to
+/// back (`true`), then every APDU decoded into its fields with the card reduced.
+fn zvt_codec(over_tcp: bool, n: usize) {
+    let one = if over_tcp { ZVT_STATUS.to_vec() } else { zvt::encode_frame(&ZVT_STATUS) };
+    let stream: Vec<u8> = (0..n).flat_map(|_| one.iter().copied()).collect();
+    let mut apdus = Vec::with_capacity(n);
+    let start = Instant::now();
+    let (mut frames, mut tcp) = (FrameDecoder::new(), ApduDecoder::new());
+    for chunk in stream.chunks(4096) {
+        if over_tcp {
+            tcp.push(chunk);
+            apdus.extend(std::iter::from_fn(|| tcp.next_apdu()).filter_map(Result::ok));
+        } else {
+            frames.push(chunk);
+            while let Some(unit) = frames.next_unit() {
+                if let Unit::Frame(bytes) = unit {
+                    apdus.extend(Apdu::parse(&bytes).ok());
+                }
+            }
+        }
+    }
+    let decode = start.elapsed().as_secs_f64();
+    assert_eq!(apdus.len(), n);
+    let start = Instant::now();
+    let cards = apdus.iter().filter(|apdu| zvt::decode(apdu).card().is_some()).count();
+    let parse = start.elapsed().as_secs_f64();
+    assert_eq!(cards, n);
+    let name = if over_tcp { "zvt-apdu" } else { "zvt" };
+    println!(
+        "| {name} | {n} | {:.0} | {:.1} | {:.0} |",
         n as f64 / decode,
         stream.len() as f64 / decode / 1e6,
         n as f64 / (decode + parse)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use refund_agent::cli::{backup_cmds, client_cmds, exit, Cli, Command, ManagerCmd};
+use refund_agent::cli::{backup_cmds, client_cmds, decode_cmd, exit, Cli, Command, ManagerCmd, TerminalCmd};
 use refund_agent::config::Config;
 use refund_agent::control::client::ControlClient;
 use refund_agent::queue::QueueError;
@@ -135,6 +135,7 @@ async fn dispatch(cli: Cli) -> u8 {
             Ok(config) => backup_cmds::restore(&config, path, discard_current),
             Err(code) => code,
         },
+        Command::Terminal(TerminalCmd::Decode { framing, ref file }) => decode_cmd::decode(framing, file),
     }
 }
 

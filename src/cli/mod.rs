@@ -7,6 +7,7 @@
 
 pub mod backup_cmds;
 pub mod client_cmds;
+pub mod decode_cmd;
 pub mod output;
 
 use std::path::PathBuf;
@@ -98,6 +99,21 @@ pub enum Command {
     /// Managers and their PINs.
     #[command(subcommand)]
     Manager(ManagerCmd),
+    /// Tools for the terminal line.
+    #[command(subcommand)]
+    Terminal(TerminalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TerminalCmd {
+    /// Decode a captured byte stream (FILE, or `-` for stdin) into one JSON object per line: per
+    /// frame, APDU, link byte or dropped run. Card data is reduced to BIN + last 4 or masked.
+    Decode {
+        /// zvt (serial frames), zvt-apdu (APDUs as over TCP), ndjson, stx-etx or lines.
+        #[arg(long)]
+        framing: crate::terminal::capture::CaptureFraming,
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,12 +25,18 @@
 //! 6. **the glue** ([`task`]): an async task that feeds device bytes through stages 1–4, makes the
 //!    queue calls and writes the replies.
 //!
+//! Beside the pipeline, [`capture`] decodes recorded traffic for `refund-agent terminal decode`,
+//! ZVT included (its codecs are in [`codec::zvt`]). [`ecr`] is the agent as ZVT master: the
+//! conversation with a payment terminal as a pure state machine, and its serial and TCP link.
+//!
 //! Keeping stages 1–4 pure means every edge case of the wire protocol can be unit-, property- and
 //! fuzz-tested without hardware; only [`spawn`] touches a device.
 
 pub mod codec;
 pub mod event;
 pub mod pci;
+pub mod capture;
+pub mod ecr;
 pub mod session;
 pub mod device;
 pub mod task;

@@ -7,6 +7,8 @@
 //!   ACK/NAK link replies;
 //! * `lines` — a plain barcode scanner that types one receipt id per line and never reads.
 //!
+//! ZVT payment terminals speak a binary protocol of their own; its codecs are in [`zvt`].
+//!
 //! All decoders share the same guarantees, because the serial line is untrusted and noisy: they
 //! never panic, they look at every pushed byte exactly once, and they never buffer more than
 //! [`MAX_FRAME`] bytes of a partial frame. An oversized frame switches the decoder into a discard
@@ -16,6 +18,7 @@
 mod lines;
 mod ndjson;
 mod stx_etx;
+pub mod zvt;
 
 use std::collections::VecDeque;
 use std::fmt;
