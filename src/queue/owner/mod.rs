@@ -19,14 +19,14 @@
 //! (`queue.lock`) for as long as the database is open, so a restore never replaces the file
 //! under a running agent and two agents never share one queue.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::audit::ChainState;
+use super::background::{self, AuditWalk, FileIntegrity};
 use super::db::{Db, QueueSettings};
 use super::error::QueueError;
 use super::files::{self, StateLock};
@@ -40,8 +40,6 @@ use crate::clock::{now_ms, rfc3339};
 
 /// The most jobs committed together; bounds the latency one batch adds to its last job.
 pub const MAX_BATCH: usize = 256;
-/// How long the audit walk waits for a lock the owner holds (a checkpoint).
-const WALK_BUSY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
 /// A job runs against the open transaction and says whether it failed; when no transaction
@@ -51,9 +49,6 @@ pub(super) type Job = Box<dyn FnOnce(Result<&Db<'_>, &QueueError>) -> (Option<Qu
 /// How writes have fared, kept by the owner thread and read by the handles: with a full disk,
 /// reads and health checks still succeed, so status and metrics show it from here.
 pub(super) type Storage = Arc<Mutex<StorageStatus>>;
-
-/// What the walk of the audit chain made after start found; `None` until it has finished.
-pub(super) type AuditWalk = Arc<Mutex<Option<ChainState>>>;
 
 /// Joins the owner thread; [`QueueOwner::join`] waits until the database is closed.
 #[derive(Debug)]
@@ -98,8 +93,9 @@ fn start_on(
     let lock = files::try_lock(&state_dir)?.ok_or_else(|| QueueError::InUse { path: state_dir.clone() })?;
     let conn = opener.open(&sealer)?;
     let generation = Generation::start(&conn, &sealer, &state_dir, &state_dir.join(schema::DB_FILE))?;
-    let audit = AuditWalk::default();
-    spawn_audit_walk(state_dir.join(schema::DB_FILE), sealer.clone(), audit.clone());
+    // The whole-file checks run after start: the time to READY does not grow with the queue.
+    let (file, audit) = (FileIntegrity::default(), AuditWalk::default());
+    background::spawn(state_dir.join(schema::DB_FILE), sealer.clone(), file.clone(), audit.clone());
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let storage = Storage::default();
     let owner_storage = storage.clone();
@@ -107,30 +103,7 @@ fn start_on(
         .name("queue-owner".into())
         .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage, Held { generation, lock }))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
-    Ok((QueueHandle { jobs: tx, storage, audit }, QueueOwner { thread }))
-}
-
-/// Walks the whole audit chain once, on a read-only connection of its own, so that a start
-/// never waits for it however long the log has grown (it only reads: the owner keeps writing).
-fn spawn_audit_walk(path: PathBuf, sealer: Sealer, walk: AuditWalk) {
-    let spawned = thread::Builder::new().name("audit-walk".into()).spawn(move || {
-        let found = super::inspect::walk_audit(&path, &sealer, WALK_BUSY);
-        match &found {
-            Ok(ChainState::Broken { seq, problem }) => tracing::error!(
-                first_broken_seq = seq,
-                %problem,
-                "the audit log was altered outside the agent; refunds are still validated and sent"
-            ),
-            Ok(ChainState::Intact { rows }) => tracing::info!(rows, "audit log verified row by row"),
-            Err(e) => {
-                tracing::warn!(error = %e, "the audit log could not be walked; status shows it unverified")
-            }
-        }
-        *walk.lock().unwrap_or_else(|p| p.into_inner()) = found.ok();
-    });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the audit walk; status shows the log unverified");
-    }
+    Ok((QueueHandle { jobs: tx, storage, audit, file }, QueueOwner { thread }))
 }
 
 /// What the owner holds for as long as the queue is open: the generation it raises with every

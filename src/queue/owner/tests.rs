@@ -120,3 +120,66 @@ async fn a_transaction_sqlite_rolls_back_is_reported_to_each_job_and_the_rest_ru
     drop(queue);
     owner.join();
 }
+
+/// Waits, with a deadline, until the background integrity check has finished.
+async fn file_checked(queue: &QueueHandle) -> crate::queue::FileStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let file = queue.status().await.expect("status").file;
+        if file.checked {
+            return file;
+        }
+        assert!(Instant::now() < deadline, "the integrity check never finished: {file:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Start-up no longer reads every page, so a damaged page no start-up check touches is found
+/// by the integrity check after start: status and metrics raise the alarm, and nothing more is
+/// claimed for sending although a delivery is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
+    use crate::queue::AuditCaller;
+    use crate::refund::RefundDraft;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    assert!(!file_checked(&queue).await.damaged, "a fresh queue is intact");
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let draft = RefundDraft {
+        receipt_id: Some("RCP-2025-001".into()),
+        amount: "1.00".into(),
+        reason: "r".into(),
+        operator: "o".into(),
+        ..RefundDraft::default()
+    };
+    let caller = AuditCaller::unix(1000, Some(1));
+    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+    drop(queue);
+    owner.join();
+
+    // A page that no b-tree and no free list holds, as a lost free-list update leaves: the
+    // header's page count is raised by one and the page appended.
+    let path = dir.path().join(schema::DB_FILE);
+    let mut bytes = std::fs::read(&path).expect("read the file");
+    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        n => usize::from(n),
+    };
+    let pages = u32::from_be_bytes([bytes[28], bytes[29], bytes[30], bytes[31]]);
+    bytes[28..32].copy_from_slice(&(pages + 1).to_be_bytes());
+    bytes.resize(bytes.len() + page_size, 0);
+    std::fs::write(&path, bytes).expect("write the file");
+
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("the start does not read every page");
+    let file = file_checked(&queue).await;
+    assert!(file.damaged, "{file:?}");
+    assert!(file.problem.as_deref().is_some_and(|p| p.contains("never used")), "{file:?}");
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
+    let claims = queue.claim_due(8, Vec::new(), Duration::from_secs(3600)).await.expect("claim");
+    assert!(claims.is_empty(), "a due delivery was claimed from a damaged file");
+    assert_eq!(queue.next_due(Vec::new()).await.expect("next due"), None);
+    drop(queue);
+    owner.join();
+}
