@@ -116,6 +116,7 @@ mod rows;
 mod schema;
 mod seal;
 mod sequence;
+mod staged;
 mod view;
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use super::handle::QueueHandle;
 use super::opener::{is_io_error, reopen, Health, Opener};
 use super::schema;
 use super::seal::Sealer;
+use super::staged::HeadStage;
 use super::view::StorageStatus;
 use crate::clock::{now_ms, rfc3339};
 
@@ -148,7 +149,8 @@ fn run(
             }
             continue;
         };
-        let db = Db { conn: open, sealer: &sealer, settings: &settings };
+        let head = HeadStage::per_batch();
+        let db = Db { conn: open, sealer: &sealer, settings: &settings, head: &head };
         if run_batch(&db, batch, &storage, &mut generation) == Health::Suspect {
             // An I/O error (a failed fsync above all) leaves this connection's cache holding pages
             // that may never have reached the disk. Nothing more is written through it: it is
@@ -218,6 +220,9 @@ fn run_transaction(
         }
         return health;
     }
+    // The refund head is verified from the file once per transaction (`staged.rs`).
+    let stage = db.head;
+    stage.clear();
     let changes_before = db.conn.total_changes();
     let mut replies = Vec::with_capacity(jobs.len());
     let mut lost = None;
@@ -228,6 +233,7 @@ fn run_transaction(
             lost = Some((err, reply));
             break;
         }
+        let mark = stage.mark();
         let (failed, reply) = job(Ok(db));
         if db.conn.is_autocommit() {
             // SQLite rolled the whole transaction back under the job (it may on SQLITE_FULL or
@@ -244,6 +250,8 @@ fn run_transaction(
         let end = if failed.is_none() {
             exec_cached(db.conn, "RELEASE job")
         } else {
+            // The job's change to the staged head goes back with its rows.
+            stage.restore(mark);
             db.conn.execute_batch("ROLLBACK TO job; RELEASE job")
         };
         if let Err(e) = end {
@@ -258,6 +266,7 @@ fn run_transaction(
         replies.push((reply, read_committed));
     }
     if let Some((err, reply)) = lost {
+        stage.clear();
         tracing::error!(error = %err, jobs = replies.len() + 1, "transaction lost; nothing of it was stored");
         note_failure(storage, &err);
         if !db.conn.is_autocommit() {
@@ -271,9 +280,12 @@ fn run_transaction(
         // on an I/O error.
         return if matches!(err, QueueError::StorageFull) { Health::Sound } else { Health::Suspect };
     }
+    // The head and the generation are written in the batch's own transaction: no extra COMMIT,
+    // no extra fsync.
+    let flushed = stage.flush(db.conn, db.sealer);
     let wrote = db.conn.total_changes() != changes_before;
-    // The generation is written in the batch's own transaction: no extra COMMIT, no extra fsync.
-    let staged = if wrote { generation.stage(db.conn, db.sealer) } else { Ok(()) };
+    let staged = flushed.and_then(|()| if wrote { generation.stage(db.conn, db.sealer) } else { Ok(()) });
+    stage.clear();
     let (health, commit_error) = match staged {
         Ok(()) => {
             let commit = exec_cached(db.conn, "COMMIT");

@@ -183,3 +183,90 @@ async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
     drop(queue);
     owner.join();
 }
+
+/// The refund head is staged per batch: a refund rolled back in the middle of a batch gives
+/// its sequence number back, the batch's head is written once, and a restart's sequence check
+/// finds exactly `1..=head`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
+    use crate::queue::AuditCaller;
+    use crate::refund::RefundDraft;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let create = |fail: bool| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |db| {
+                    let draft = RefundDraft {
+                        receipt_id: Some("RCP-2025-001".into()),
+                        amount: "1.00".into(),
+                        reason: "r".into(),
+                        operator: "o".into(),
+                        ..RefundDraft::default()
+                    };
+                    let caller = AuditCaller::unix(1000, Some(1));
+                    let created = super::super::intake::create_refund(db, draft, None, &caller, 1)?
+                        .map_err(|r| QueueError::Storage(format!("rejected: {r:?}")))?;
+                    if fail {
+                        return Err(QueueError::Storage("this job fails after storing".into()));
+                    }
+                    Ok(created.refund.id)
+                })
+                .await
+        }
+    };
+    let (started, is_started) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let gate = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |_| {
+                    let _ = started.send(());
+                    Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_started.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the owner never ran the first job");
+        tokio::task::yield_now().await;
+    }
+    let queued = |n: usize| {
+        while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
+            assert!(Instant::now() < deadline, "a job was never queued");
+            std::thread::yield_now();
+        }
+    };
+    let first = tokio::spawn(create(false));
+    queued(1);
+    let failed = tokio::spawn(create(true));
+    queued(2);
+    let last = tokio::spawn(create(false));
+    queued(3);
+    go.send(()).expect("the first job waits");
+    assert!(gate.await.expect("join").expect("the gate ran"));
+    let first = first.await.expect("join").expect("stored");
+    assert!(failed.await.expect("join").is_err(), "the failing job was answered with its error");
+    let last = last.await.expect("join").expect("stored");
+    let (seqs, head): (Vec<(String, i64)>, i64) = queue
+        .call(|db| {
+            let mut stmt = db.conn.prepare("SELECT id, seq FROM refunds ORDER BY seq")?;
+            let seqs = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let head = db.conn.query_row("SELECT seq FROM refund_head", [], |r| r.get(0))?;
+            Ok((seqs, head))
+        })
+        .await
+        .expect("read");
+    assert_eq!(seqs, [(first, 1), (last, 2)], "the rolled-back refund's number went to the next one");
+    assert_eq!(head, 2);
+    drop(queue);
+    owner.join();
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("the sequence check passes");
+    drop(queue);
+    owner.join();
+}
