@@ -92,6 +92,7 @@
 mod audit;
 mod background;
 mod backup;
+mod checkpoint;
 mod counts;
 mod db;
 mod delivery;

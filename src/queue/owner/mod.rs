@@ -27,6 +27,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::background::{self, AuditWalk, FileIntegrity};
+use super::checkpoint::Checkpointer;
 use super::db::{Db, QueueSettings};
 use super::error::QueueError;
 use super::files::{self, StateLock};
@@ -124,6 +125,7 @@ fn run(
     held: Held,
 ) {
     let Held { mut generation, lock } = held;
+    let checkpointer = Checkpointer::spawn(opener.state_dir.join(schema::DB_FILE), opener.vfs.clone());
     let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
@@ -159,7 +161,9 @@ fn run(
             drop(conn.take());
             conn = reopen(opener, &sealer, &storage);
         }
+        checkpointer.nudge();
     }
+    checkpointer.stop();
     if let Some(conn) = &conn {
         if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");

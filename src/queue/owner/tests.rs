@@ -270,3 +270,41 @@ async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
     drop(queue);
     owner.join();
 }
+
+/// Checkpoints run off the commit path: the owner's connection never checkpoints by itself,
+/// and the WAL is still copied into the database file once it passes the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_by_its_own_thread_not_by_the_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let auto: i64 = queue
+        .call(|db| Ok(db.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
+        .await
+        .expect("read");
+    assert_eq!(auto, 0, "the commits do not checkpoint");
+    queue
+        .call(|db| Ok(db.conn.execute_batch("CREATE TABLE scratch (tag TEXT, pad BLOB)")?))
+        .await
+        .expect("scratch table");
+    let db_file = dir.path().join(schema::DB_FILE);
+    let before = std::fs::metadata(&db_file).expect("the file").len();
+    // About 1,200 pages of new rows, one batch each: past the threshold of 1,000.
+    for _ in 0..300 {
+        queue
+            .call(|db| {
+                Ok(db.conn.execute("INSERT INTO scratch (tag, pad) VALUES ('x', zeroblob(16000))", [])?)
+            })
+            .await
+            .expect("stored");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&db_file).expect("the file").len() < before + 1000 * 4096 {
+        assert!(Instant::now() < deadline, "the WAL was never copied into the database file");
+        // Every batch nudges the checkpoint thread; a read is a batch too.
+        queue.ping().await.expect("ping");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(queue);
+    owner.join();
+}
