@@ -103,31 +103,60 @@ async fn stop(agent: &mut Child) {
     let _ = agent.wait().await;
 }
 
-/// Adds refunds `from..to` (a receipt for every five), through the API as a till would.
+/// Adds refunds `from..to` (a receipt for every five), through the API as a till would. A
+/// request whose connection broke is sent again on a new one: receipts are idempotent and
+/// every refund carries an idempotency key, so nothing is made twice.
 async fn fill(client: &ControlClient, from: usize, to: usize) {
-    let mut conn = client.connect().await.expect("connect");
-    for r in (from / 5)..to.div_ceil(5) {
+    let workers = 32;
+    let receipts: Vec<usize> = ((from / 5)..to.div_ceil(5)).collect();
+    let client2 = client.clone();
+    send_all(&client2, receipts, |r| {
         let sale = json!({"receipt_id": format!("R{r}"), "transaction_id": format!("T{r}"), "currency": "USD",
             "total": "100.00", "subtotal": "100.00"});
-        conn.request("POST", "/v1/receipts", Some(sale.to_string().into_bytes()), &[])
-            .await
-            .expect("receipt");
-    }
-    let workers = 32;
+        ("/v1/receipts", sale.to_string(), format!("receipt-{r}"))
+    })
+    .await;
     let mut tasks = Vec::new();
     for w in 0..workers {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = client.connect().await.expect("connect");
-            for i in (from + w..to).step_by(workers) {
+            send_all(&client, (from + w..to).step_by(workers).collect(), |i| {
                 let body = json!({"receipt_id": format!("R{}", i / 5), "amount": "0.01", "reason": "bench", "operator": "b"});
-                let a = conn.request("POST", "/v1/refunds", Some(body.to_string().into_bytes()), &[]).await.expect("create");
-                assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
-            }
+                ("/v1/refunds", body.to_string(), format!("bench-{i}"))
+            })
+            .await;
         }));
     }
     for t in tasks {
         t.await.expect("fill task");
+    }
+}
+
+/// Sends one request per item on one keep-alive connection, again on a new connection when one
+/// breaks (at most three tries each).
+async fn send_all(
+    client: &ControlClient,
+    items: Vec<usize>,
+    make: impl Fn(usize) -> (&'static str, String, String),
+) {
+    let mut conn = client.connect().await.expect("connect");
+    for item in items {
+        let (path, body, key) = make(item);
+        let mut tries = 0;
+        loop {
+            let headers = [("idempotency-key", key.as_str())];
+            match conn.request("POST", path, Some(body.clone().into_bytes()), &headers).await {
+                Ok(a) => {
+                    assert!(a.status == 200 || a.status == 201, "{}", String::from_utf8_lossy(&a.body));
+                    break;
+                }
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 3, "{path}: {e:?}");
+                    conn = client.connect().await.expect("connect");
+                }
+            }
+        }
     }
 }
 

@@ -54,6 +54,8 @@ pub(super) fn integrity_lines(path: &Path, busy: Duration) -> rusqlite::Result<V
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy)?;
+    // Every page is read once: a large cache would only leave the agent's heap bigger after.
+    conn.execute_batch("PRAGMA cache_size = -256")?;
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
     let lines = stmt.query_map([], |r| r.get::<_, String>(0))?.collect();
     lines
