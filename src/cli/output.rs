@@ -104,6 +104,12 @@ pub fn status(s: &StatusBody) -> String {
             s.queue.audit.problem.as_deref().unwrap_or("no detail")
         ));
     }
+    if s.queue.file.damaged {
+        out.push_str(&format!(
+            "QUEUE FILE:   DAMAGED, nothing is sent until it is restored from a backup ({})\n",
+            s.queue.file.problem.as_deref().unwrap_or("no detail")
+        ));
+    }
     if s.queue.storage.failing {
         out.push_str(&format!(
             "STORAGE:      FAILING, new refunds are refused ({})\n",

@@ -127,6 +127,11 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
         "1 when a row of the audit log was deleted, edited, moved or added outside the agent.",
     );
     out.sample("refund_agent_audit_chain_broken", &[], if q.audit.broken { 1.0 } else { 0.0 });
+    out.header(
+        "refund_agent_queue_file_damaged",
+        "1 when the queue file failed its integrity check after start: nothing is sent until it is restored.",
+    );
+    out.sample("refund_agent_queue_file_damaged", &[], if q.file.damaged { 1.0 } else { 0.0 });
 
     out.header("refund_agent_uptime_seconds", "Seconds since the agent started.");
     out.sample("refund_agent_uptime_seconds", &[], status.uptime_s as f64);
@@ -260,6 +265,7 @@ mod tests {
             "refund_agent_storage_failing 0",
             "refund_agent_storage_write_failures 0",
             "refund_agent_audit_chain_broken 0",
+            "refund_agent_queue_file_damaged 0",
             "refund_agent_uptime_seconds 7",
             "refund_agent_start_time_seconds 1796000000",
             "refund_agent_build_info{version=\"0.1.0\"} 1",
@@ -292,6 +298,13 @@ mod tests {
         let mut s = status();
         s.queue.audit.broken = true;
         assert!(lines(&render(&s, None)).contains(&"refund_agent_audit_chain_broken 1"));
+    }
+
+    #[test]
+    fn a_damaged_queue_file_is_an_alarm() {
+        let mut s = status();
+        s.queue.file.damaged = true;
+        assert!(lines(&render(&s, None)).contains(&"refund_agent_queue_file_damaged 1"));
     }
 
     #[test]

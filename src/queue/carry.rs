@@ -98,7 +98,7 @@ fn carry_in(
             }
             let (refund, state) = row.open(sealer).map_err(QueueError::Storage)?;
             let deliveries = rows::load_deliveries(copy, &row.id)?;
-            row.seq = sequence::advance(work, sealer, deliveries.len() as i64)?;
+            row.seq = sequence::advance_unstaged(work, sealer, deliveries.len() as i64)?;
             rows::insert_refund(work, sealer, &mut row)?;
             let mut any_unknown = false;
             for mut d in deliveries {

@@ -4,6 +4,7 @@
 use rusqlite::Connection;
 
 use super::seal::Sealer;
+use super::staged::HeadStage;
 use crate::refund::Policy;
 use crate::routing::Router;
 
@@ -22,4 +23,6 @@ pub(super) struct Db<'a> {
     pub conn: &'a Connection,
     pub sealer: &'a Sealer,
     pub settings: &'a QueueSettings,
+    /// The refund head staged for the open transaction, written once per batch (`staged.rs`).
+    pub head: &'a HeadStage,
 }

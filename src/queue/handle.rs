@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditCaller};
+use super::background::{self, AuditWalk, FileIntegrity};
 use super::db::Db;
 use super::error::QueueError;
 use super::intake::{self, Created, SaleAdded};
@@ -16,10 +17,10 @@ use super::ledger::ReceiptView;
 use super::lifecycle::{self, Claim, Recorded, Recovery};
 use super::lockouts;
 use super::manual::{self, Resolution};
-use super::owner::{AuditWalk, Job, Reply, Storage};
+use super::owner::{Job, Reply, Storage};
 use super::reads;
 use super::retention;
-use super::view::{QueueStatus, RefundView, StorageStatus, ViewState};
+use super::view::{FileStatus, QueueStatus, RefundView, StorageStatus, ViewState};
 use crate::clock::trusted_now_ms;
 use crate::manager::Approval;
 use crate::refund::{RefundDraft, RefundId, Rejection};
@@ -32,6 +33,8 @@ pub struct QueueHandle {
     pub(super) jobs: mpsc::Sender<Job>,
     pub(super) storage: Storage,
     pub(super) audit: AuditWalk,
+    /// The integrity check made after start: a damaged file stops sending.
+    pub(super) file: FileIntegrity,
 }
 
 impl QueueHandle {
@@ -115,6 +118,7 @@ impl QueueHandle {
         status.storage = self.storage();
         let walk = self.audit.lock().unwrap_or_else(|p| p.into_inner()).clone();
         status.audit = audit::with_walk(status.audit, walk.as_ref());
+        status.file = self.file();
         Ok(status)
     }
 
@@ -123,7 +127,12 @@ impl QueueHandle {
         self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Claims due deliveries; first, those scheduled further ahead than `max_delay` (the
+    /// What the integrity check made after start found (`background.rs`).
+    pub fn file(&self) -> FileStatus {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Claims due deliveries; nothing while the integrity check found the file damaged. First, those scheduled further ahead than `max_delay` (the
     /// longest delay the agent sets) become due now, as scheduled before the clock went back.
     pub async fn claim_due(
         &self,
@@ -131,6 +140,9 @@ impl QueueHandle {
         skip: Vec<String>,
         max_delay: Duration,
     ) -> Result<Vec<Claim>, QueueError> {
+        if background::damaged(&self.file) {
+            return Ok(Vec::new());
+        }
         let max_delay_ms = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
         self.call(move |db| {
             let now = trusted_now_ms();
@@ -159,7 +171,12 @@ impl QueueHandle {
         self.call(move |db| lifecycle::recover(db, &dedup, trusted_now_ms())).await
     }
 
+    /// When the next delivery is due; never while the file is damaged (nothing is sent then, so
+    /// the worker sleeps instead of waking for work it may not claim).
     pub async fn next_due(&self, skip: Vec<String>) -> Result<Option<i64>, QueueError> {
+        if background::damaged(&self.file) {
+            return Ok(None);
+        }
         self.call(move |db| lifecycle::next_due(db, &skip)).await
     }
 

@@ -1,6 +1,6 @@
 //! A read-only look at a queue file, for `refund-agent doctor` running next to a live agent:
 //! the file is opened read-only (no write lock, no migration, nothing quarantined), and the
-//! checks are the ones the agent makes at its start.
+//! checks are the ones the agent makes at its start and in the background after it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -93,12 +93,7 @@ fn check_file(path: &Path, busy: Duration) -> FileCheck {
     if !path.exists() {
         return FileCheck::Missing;
     }
-    let lines = open_readonly(path, busy).and_then(|conn| {
-        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.collect::<Result<Vec<String>, _>>()
-    });
-    match lines {
+    match super::background::integrity_lines(path, busy) {
         Ok(lines) if lines.len() == 1 && lines[0] == "ok" => FileCheck::Intact,
         Ok(lines) => FileCheck::Damaged(lines),
         Err(e) => FileCheck::Unreadable(e.to_string()),

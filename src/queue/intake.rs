@@ -101,7 +101,7 @@ pub fn create_approved(
 
     let id = refund.id.to_string();
     let mut row = RefundRow {
-        seq: sequence::advance(db.conn, db.sealer, destinations.len() as i64)?,
+        seq: sequence::advance(db, destinations.len() as i64)?,
         id: id.clone(),
         receipt_id: refund.receipt_id.clone(),
         currency: refund.currency.code().to_string(),

@@ -64,8 +64,12 @@
 //!    `unknown` where it does not (a person decides; no blind second payment).
 //! 4. A multi-request delivery records each finished request (`step`) before the next, so a
 //!    retry resumes after the last finished request.
-//! 5. Start-up refuses a damaged file (`PRAGMA integrity_check`), a newer schema, another seal
-//!    key or a refund deleted behind its back, with a message naming the recovery path; it never starts empty in their place.
+//! 5. Start-up refuses a file SQLite cannot open as a database, a newer schema, another seal
+//!    key or a refund deleted behind its back, with a message naming the recovery path; it
+//!    never starts empty in their place. Every check made at start is flat in the size of the
+//!    queue; the whole-file `PRAGMA integrity_check` runs after READY in the background
+//!    (`background.rs`), and a damaged file stops sending and raises status, metrics and
+//!    `doctor` alarms.
 //!    `queue.id` next to the database holds the database's random id (also in `meta`): a queue
 //!    that vanished, was truncated to nothing or was swapped for another is refused rather than
 //!    mistaken for a fresh install.
@@ -86,8 +90,10 @@
 //! by the agent.
 
 mod audit;
+mod background;
 mod backup;
 mod carry;
+mod checkpoint;
 mod counts;
 mod db;
 mod delivery;
@@ -112,6 +118,7 @@ mod rows;
 mod schema;
 mod seal;
 mod sequence;
+mod staged;
 mod view;
 
 #[cfg(test)]
@@ -133,5 +140,6 @@ pub use owner::{start, QueueOwner};
 pub use restore::{Replaced, Restored};
 pub use seal::Sealer;
 pub use view::{
-    ApprovalView, AuditStatus, AuditView, DeliveryView, QueueStatus, RefundView, StorageStatus, ViewState,
+    ApprovalView, AuditStatus, AuditView, DeliveryView, FileStatus, QueueStatus, RefundView, StorageStatus,
+    ViewState,
 };

@@ -34,6 +34,8 @@ impl Opener {
         if busy != 0 {
             return Err(QueueError::Storage("the WAL could not be checkpointed after opening".into()));
         }
+        // Later checkpoints run off the commit path, on a thread of their own (`checkpoint.rs`).
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
         Ok(conn)
     }
 }

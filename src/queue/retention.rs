@@ -85,6 +85,6 @@ fn purge(db: &Db<'_>, before: i64, now: i64) -> Result<u64, QueueError> {
         seqs.push(row.seq);
         deliveries += rows_of.len() as i64;
     }
-    super::sequence::record_purge(db.conn, db.sealer, &seqs, deliveries)?;
+    super::sequence::record_purge(db, &seqs, deliveries)?;
     Ok(seqs.len() as u64)
 }

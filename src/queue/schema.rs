@@ -1,5 +1,6 @@
-//! Opening the queue database: pragmas, integrity check, the seal-key check and the start-up
-//! checks; the migrations are in `migrate.rs`.
+//! Opening the queue database: pragmas, the seal-key check and the start-up checks, all flat
+//! in the size of the queue (the whole-file integrity check runs after start,
+//! `background.rs`); the migrations are in `migrate.rs`.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,8 +18,8 @@ use super::sequence;
 /// The database file's name inside the state directory.
 pub const DB_FILE: &str = "queue.db";
 
-/// Opens (creating if needed) the queue in `state_dir`, refusing to start on a damaged file or
-/// on a database sealed with another key.
+/// Opens (creating if needed) the queue in `state_dir`, refusing to start on a file that is no
+/// database or on a database sealed with another key.
 #[cfg(test)]
 pub fn open(state_dir: &Path, sealer: &Sealer) -> Result<Connection, QueueError> {
     open_on(state_dir, sealer, None)
@@ -41,7 +42,9 @@ pub fn open_on(state_dir: &Path, sealer: &Sealer, vfs: Option<&str>) -> Result<C
     configure(&conn, &path)?;
     // SQLite gives its `-wal` and `-shm` the database's mode; this catches any it made before.
     files::fix_modes(state_dir)?;
-    integrity_check(&conn, &path)?;
+    // No `PRAGMA integrity_check` here: it reads every page, so the start would grow with the
+    // queue. It runs after start in the background (`background.rs`), and what decides a send
+    // is verified row by row before it is sent.
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let marker = state_dir.join(MARKER_FILE);
     if version == 0 && marker.exists() {
@@ -159,20 +162,6 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), QueueError> {
         "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA trusted_schema=OFF;",
     )
     .map_err(damaged)
-}
-
-fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let mut stmt = conn
-        .prepare("PRAGMA integrity_check")
-        .map_err(|e| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() })?;
-    let lines: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| QueueError::Damaged { path: path.to_path_buf(), message: e.to_string() })?;
-    if lines.len() == 1 && lines[0] == "ok" {
-        return Ok(());
-    }
-    Err(QueueError::Damaged { path: path.to_path_buf(), message: lines.join("; ") })
 }
 
 /// `open_totals` (undelivered amount and count per currency, kept by triggers so that a new

@@ -19,6 +19,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::db::Db;
 use super::error::QueueError;
 use super::seal::Sealer;
 
@@ -181,7 +182,7 @@ pub fn save(conn: &Connection, sealer: &Sealer, head: &Head) -> Result<(), Queue
 
 /// The head, verified, for a write: a head that fails is never rewritten (that would launder
 /// what was done to it); the write is refused until a restart has checked the queue.
-fn load_for_write(conn: &Connection, sealer: &Sealer) -> Result<Head, QueueError> {
+pub(super) fn load_for_write(conn: &Connection, sealer: &Sealer) -> Result<Head, QueueError> {
     load(conn, sealer)?.map_err(|reason| {
         tracing::error!(%reason, "the queue's sequence record cannot be trusted; refusing to write");
         QueueError::Storage(format!(
@@ -190,9 +191,28 @@ fn load_for_write(conn: &Connection, sealer: &Sealer) -> Result<Head, QueueError
     })
 }
 
+/// Changes the head in the open transaction, through its stage (`staged.rs`).
+fn update<T>(db: &Db<'_>, f: impl FnOnce(&mut Head) -> T) -> Result<T, QueueError> {
+    db.head.update(db.conn, db.sealer, f)
+}
+
 /// Gives out the next sequence number for a refund with `deliveries` delivery rows. Runs in
 /// the transaction that stores the refund.
-pub fn advance(conn: &Connection, sealer: &Sealer, deliveries: i64) -> Result<i64, QueueError> {
+pub fn advance(db: &Db<'_>, deliveries: i64) -> Result<i64, QueueError> {
+    update(db, |head| {
+        head.seq += 1;
+        head.deliveries += deliveries;
+        head.seq
+    })
+}
+
+/// [`advance`] outside the owner's batches (a restore working on a file of its own): the head
+/// read, verified and written at once.
+pub(super) fn advance_unstaged(
+    conn: &Connection,
+    sealer: &Sealer,
+    deliveries: i64,
+) -> Result<i64, QueueError> {
     let mut head = load_for_write(conn, sealer)?;
     head.seq += 1;
     head.deliveries += deliveries;
@@ -202,19 +222,14 @@ pub fn advance(conn: &Connection, sealer: &Sealer, deliveries: i64) -> Result<i6
 
 /// Records refunds the agent purged, with how many delivery rows went with them. Runs in the
 /// transaction that deletes them.
-pub fn record_purge(
-    conn: &Connection,
-    sealer: &Sealer,
-    seqs: &[i64],
-    deliveries: i64,
-) -> Result<(), QueueError> {
+pub fn record_purge(db: &Db<'_>, seqs: &[i64], deliveries: i64) -> Result<(), QueueError> {
     if seqs.is_empty() {
         return Ok(());
     }
-    let mut head = load_for_write(conn, sealer)?;
-    head.purged.extend(seqs.iter().copied());
-    head.deliveries -= deliveries;
-    save(conn, sealer, &head)
+    update(db, |head| {
+        head.purged.extend(seqs.iter().copied());
+        head.deliveries -= deliveries;
+    })
 }
 
 /// A refund whose delivery rows do not match the destinations its seal lists.

@@ -8,6 +8,7 @@ use tempfile::TempDir;
 use super::audit::AuditCaller;
 use super::db::{Db, QueueSettings};
 use super::lifecycle::{self, Recorded};
+use super::staged::HeadStage;
 use super::{intake, migrate, reads, retention, rows, schema, DeliveryState, QueueError, Sealer, ViewState};
 use crate::refund::{Policy, RefundDraft};
 use crate::routing::{Route, Router};
@@ -49,7 +50,12 @@ impl Fixture {
     }
 
     fn db<T>(&self, f: impl FnOnce(&Db<'_>) -> T) -> T {
-        f(&Db { conn: &self.conn, sealer: &self.sealer, settings: &self.settings })
+        f(&Db {
+            conn: &self.conn,
+            sealer: &self.sealer,
+            settings: &self.settings,
+            head: &HeadStage::write_through(),
+        })
     }
 
     /// Closes and opens the queue again, as a restart does (with its start-up checks).
@@ -61,7 +67,17 @@ impl Fixture {
     /// The retention sweep with a retention of zero: every finished refund is purged.
     fn purge_finished(&self, now: i64) -> u64 {
         let settings = QueueSettings { retention_ms: Some(0), ..self.settings.clone() };
-        retention::sweep(&Db { conn: &self.conn, sealer: &self.sealer, settings: &settings }, now).unwrap().1
+        retention::sweep(
+            &Db {
+                conn: &self.conn,
+                sealer: &self.sealer,
+                settings: &settings,
+                head: &HeadStage::write_through(),
+            },
+            now,
+        )
+        .unwrap()
+        .1
     }
 
     /// Deletes rows as someone with access to the file would.

@@ -195,6 +195,21 @@ pub struct QueueStatus {
     /// Whether the audit log's chain is whole.
     #[serde(default)]
     pub audit: AuditStatus,
+    /// Whether the file passed `PRAGMA integrity_check` (made in the background after start).
+    #[serde(default)]
+    pub file: FileStatus,
+}
+
+/// The integrity check of the whole queue file, made in the background after start so that
+/// starting does not grow with the queue. A damaged file is an alarm and stops sending.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FileStatus {
+    /// Whether the check has finished since the agent started.
+    pub checked: bool,
+    /// SQLite found damaged pages: nothing is sent until the file is restored from a backup.
+    pub damaged: bool,
+    /// What SQLite reported, or why the check could not run.
+    pub problem: Option<String>,
 }
 
 /// How writes to the queue have fared since start. A full disk does not stop reads, so a

@@ -19,14 +19,15 @@
 //! (`queue.lock`) for as long as the database is open, so a restore never replaces the file
 //! under a running agent and two agents never share one queue.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::audit::ChainState;
+use super::background::{self, AuditWalk, FileIntegrity};
+use super::checkpoint::Checkpointer;
 use super::db::{Db, QueueSettings};
 use super::error::QueueError;
 use super::files::{self, StateLock};
@@ -35,13 +36,12 @@ use super::handle::QueueHandle;
 use super::opener::{is_io_error, reopen, Health, Opener};
 use super::schema;
 use super::seal::Sealer;
+use super::staged::HeadStage;
 use super::view::StorageStatus;
 use crate::clock::{now_ms, rfc3339};
 
 /// The most jobs committed together; bounds the latency one batch adds to its last job.
 pub const MAX_BATCH: usize = 256;
-/// How long the audit walk waits for a lock the owner holds (a checkpoint).
-const WALK_BUSY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
 /// A job runs against the open transaction and says whether it failed; when no transaction
@@ -51,9 +51,6 @@ pub(super) type Job = Box<dyn FnOnce(Result<&Db<'_>, &QueueError>) -> (Option<Qu
 /// How writes have fared, kept by the owner thread and read by the handles: with a full disk,
 /// reads and health checks still succeed, so status and metrics show it from here.
 pub(super) type Storage = Arc<Mutex<StorageStatus>>;
-
-/// What the walk of the audit chain made after start found; `None` until it has finished.
-pub(super) type AuditWalk = Arc<Mutex<Option<ChainState>>>;
 
 /// Joins the owner thread; [`QueueOwner::join`] waits until the database is closed.
 #[derive(Debug)]
@@ -98,8 +95,9 @@ fn start_on(
     let lock = files::try_lock(&state_dir)?.ok_or_else(|| QueueError::InUse { path: state_dir.clone() })?;
     let conn = opener.open(&sealer)?;
     let generation = Generation::start(&conn, &sealer, &state_dir, &state_dir.join(schema::DB_FILE))?;
-    let audit = AuditWalk::default();
-    spawn_audit_walk(state_dir.join(schema::DB_FILE), sealer.clone(), audit.clone());
+    // The whole-file checks run after start: the time to READY does not grow with the queue.
+    let (file, audit) = (FileIntegrity::default(), AuditWalk::default());
+    background::spawn(state_dir.join(schema::DB_FILE), sealer.clone(), file.clone(), audit.clone());
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let storage = Storage::default();
     let owner_storage = storage.clone();
@@ -107,30 +105,7 @@ fn start_on(
         .name("queue-owner".into())
         .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage, Held { generation, lock }))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
-    Ok((QueueHandle { jobs: tx, storage, audit }, QueueOwner { thread }))
-}
-
-/// Walks the whole audit chain once, on a read-only connection of its own, so that a start
-/// never waits for it however long the log has grown (it only reads: the owner keeps writing).
-fn spawn_audit_walk(path: PathBuf, sealer: Sealer, walk: AuditWalk) {
-    let spawned = thread::Builder::new().name("audit-walk".into()).spawn(move || {
-        let found = super::inspect::walk_audit(&path, &sealer, WALK_BUSY);
-        match &found {
-            Ok(ChainState::Broken { seq, problem }) => tracing::error!(
-                first_broken_seq = seq,
-                %problem,
-                "the audit log was altered outside the agent; refunds are still validated and sent"
-            ),
-            Ok(ChainState::Intact { rows }) => tracing::info!(rows, "audit log verified row by row"),
-            Err(e) => {
-                tracing::warn!(error = %e, "the audit log could not be walked; status shows it unverified")
-            }
-        }
-        *walk.lock().unwrap_or_else(|p| p.into_inner()) = found.ok();
-    });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the audit walk; status shows the log unverified");
-    }
+    Ok((QueueHandle { jobs: tx, storage, audit, file }, QueueOwner { thread }))
 }
 
 /// What the owner holds for as long as the queue is open: the generation it raises with every
@@ -150,6 +125,7 @@ fn run(
     held: Held,
 ) {
     let Held { mut generation, lock } = held;
+    let checkpointer = Checkpointer::spawn(opener.state_dir.join(schema::DB_FILE), opener.vfs.clone());
     let mut conn = Some(conn);
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
@@ -175,7 +151,8 @@ fn run(
             }
             continue;
         };
-        let db = Db { conn: open, sealer: &sealer, settings: &settings };
+        let head = HeadStage::per_batch();
+        let db = Db { conn: open, sealer: &sealer, settings: &settings, head: &head };
         if run_batch(&db, batch, &storage, &mut generation) == Health::Suspect {
             // An I/O error (a failed fsync above all) leaves this connection's cache holding pages
             // that may never have reached the disk. Nothing more is written through it: it is
@@ -184,7 +161,9 @@ fn run(
             drop(conn.take());
             conn = reopen(opener, &sealer, &storage);
         }
+        checkpointer.nudge();
     }
+    checkpointer.stop();
     if let Some(conn) = &conn {
         if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays it");
@@ -245,6 +224,9 @@ fn run_transaction(
         }
         return health;
     }
+    // The refund head is verified from the file once per transaction (`staged.rs`).
+    let stage = db.head;
+    stage.clear();
     let changes_before = db.conn.total_changes();
     let mut replies = Vec::with_capacity(jobs.len());
     let mut lost = None;
@@ -255,6 +237,7 @@ fn run_transaction(
             lost = Some((err, reply));
             break;
         }
+        let mark = stage.mark();
         let (failed, reply) = job(Ok(db));
         if db.conn.is_autocommit() {
             // SQLite rolled the whole transaction back under the job (it may on SQLITE_FULL or
@@ -271,6 +254,8 @@ fn run_transaction(
         let end = if failed.is_none() {
             exec_cached(db.conn, "RELEASE job")
         } else {
+            // The job's change to the staged head goes back with its rows.
+            stage.restore(mark);
             db.conn.execute_batch("ROLLBACK TO job; RELEASE job")
         };
         if let Err(e) = end {
@@ -285,6 +270,7 @@ fn run_transaction(
         replies.push((reply, read_committed));
     }
     if let Some((err, reply)) = lost {
+        stage.clear();
         tracing::error!(error = %err, jobs = replies.len() + 1, "transaction lost; nothing of it was stored");
         note_failure(storage, &err);
         if !db.conn.is_autocommit() {
@@ -298,9 +284,12 @@ fn run_transaction(
         // on an I/O error.
         return if matches!(err, QueueError::StorageFull) { Health::Sound } else { Health::Suspect };
     }
+    // The head and the generation are written in the batch's own transaction: no extra COMMIT,
+    // no extra fsync.
+    let flushed = stage.flush(db.conn, db.sealer);
     let wrote = db.conn.total_changes() != changes_before;
-    // The generation is written in the batch's own transaction: no extra COMMIT, no extra fsync.
-    let staged = if wrote { generation.stage(db.conn, db.sealer) } else { Ok(()) };
+    let staged = flushed.and_then(|()| if wrote { generation.stage(db.conn, db.sealer) } else { Ok(()) });
+    stage.clear();
     let (health, commit_error) = match staged {
         Ok(()) => {
             let commit = exec_cached(db.conn, "COMMIT");

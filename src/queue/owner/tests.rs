@@ -120,3 +120,191 @@ async fn a_transaction_sqlite_rolls_back_is_reported_to_each_job_and_the_rest_ru
     drop(queue);
     owner.join();
 }
+
+/// Waits, with a deadline, until the background integrity check has finished.
+async fn file_checked(queue: &QueueHandle) -> crate::queue::FileStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let file = queue.status().await.expect("status").file;
+        if file.checked {
+            return file;
+        }
+        assert!(Instant::now() < deadline, "the integrity check never finished: {file:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Start-up no longer reads every page, so a damaged page no start-up check touches is found
+/// by the integrity check after start: status and metrics raise the alarm, and nothing more is
+/// claimed for sending although a delivery is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
+    use crate::queue::AuditCaller;
+    use crate::refund::RefundDraft;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    assert!(!file_checked(&queue).await.damaged, "a fresh queue is intact");
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let draft = RefundDraft {
+        receipt_id: Some("RCP-2025-001".into()),
+        amount: Some("1.00".into()),
+        reason: "r".into(),
+        operator: "o".into(),
+        ..RefundDraft::default()
+    };
+    let caller = AuditCaller::unix(1000, Some(1));
+    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+    drop(queue);
+    owner.join();
+
+    // A page that no b-tree and no free list holds, as a lost free-list update leaves: the
+    // header's page count is raised by one and the page appended.
+    let path = dir.path().join(schema::DB_FILE);
+    let mut bytes = std::fs::read(&path).expect("read the file");
+    let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        n => usize::from(n),
+    };
+    let pages = u32::from_be_bytes([bytes[28], bytes[29], bytes[30], bytes[31]]);
+    bytes[28..32].copy_from_slice(&(pages + 1).to_be_bytes());
+    bytes.resize(bytes.len() + page_size, 0);
+    std::fs::write(&path, bytes).expect("write the file");
+
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("the start does not read every page");
+    let file = file_checked(&queue).await;
+    assert!(file.damaged, "{file:?}");
+    assert!(file.problem.as_deref().is_some_and(|p| p.contains("never used")), "{file:?}");
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
+    let claims = queue.claim_due(8, Vec::new(), Duration::from_secs(3600)).await.expect("claim");
+    assert!(claims.is_empty(), "a due delivery was claimed from a damaged file");
+    assert_eq!(queue.next_due(Vec::new()).await.expect("next due"), None);
+    drop(queue);
+    owner.join();
+}
+
+/// The refund head is staged per batch: a refund rolled back in the middle of a batch gives
+/// its sequence number back, the batch's head is written once, and a restart's sequence check
+/// finds exactly `1..=head`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
+    use crate::queue::AuditCaller;
+    use crate::refund::RefundDraft;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let create = |fail: bool| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |db| {
+                    let draft = RefundDraft {
+                        receipt_id: Some("RCP-2025-001".into()),
+                        amount: Some("1.00".into()),
+                        reason: "r".into(),
+                        operator: "o".into(),
+                        ..RefundDraft::default()
+                    };
+                    let caller = AuditCaller::unix(1000, Some(1));
+                    let created = super::super::intake::create_refund(db, draft, None, &caller, 1)?
+                        .map_err(|r| QueueError::Storage(format!("rejected: {r:?}")))?;
+                    if fail {
+                        return Err(QueueError::Storage("this job fails after storing".into()));
+                    }
+                    Ok(created.refund.id)
+                })
+                .await
+        }
+    };
+    let (started, is_started) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let gate = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |_| {
+                    let _ = started.send(());
+                    Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_started.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the owner never ran the first job");
+        tokio::task::yield_now().await;
+    }
+    let queued = |n: usize| {
+        while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
+            assert!(Instant::now() < deadline, "a job was never queued");
+            std::thread::yield_now();
+        }
+    };
+    let first = tokio::spawn(create(false));
+    queued(1);
+    let failed = tokio::spawn(create(true));
+    queued(2);
+    let last = tokio::spawn(create(false));
+    queued(3);
+    go.send(()).expect("the first job waits");
+    assert!(gate.await.expect("join").expect("the gate ran"));
+    let first = first.await.expect("join").expect("stored");
+    assert!(failed.await.expect("join").is_err(), "the failing job was answered with its error");
+    let last = last.await.expect("join").expect("stored");
+    let (seqs, head): (Vec<(String, i64)>, i64) = queue
+        .call(|db| {
+            let mut stmt = db.conn.prepare("SELECT id, seq FROM refunds ORDER BY seq")?;
+            let seqs = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let head = db.conn.query_row("SELECT seq FROM refund_head", [], |r| r.get(0))?;
+            Ok((seqs, head))
+        })
+        .await
+        .expect("read");
+    assert_eq!(seqs, [(first, 1), (last, 2)], "the rolled-back refund's number went to the next one");
+    assert_eq!(head, 2);
+    drop(queue);
+    owner.join();
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("the sequence check passes");
+    drop(queue);
+    owner.join();
+}
+
+/// Checkpoints run off the commit path: the owner's connection never checkpoints by itself,
+/// and the WAL is still copied into the database file once it passes the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_by_its_own_thread_not_by_the_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let auto: i64 = queue
+        .call(|db| Ok(db.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
+        .await
+        .expect("read");
+    assert_eq!(auto, 0, "the commits do not checkpoint");
+    queue
+        .call(|db| Ok(db.conn.execute_batch("CREATE TABLE scratch (tag TEXT, pad BLOB)")?))
+        .await
+        .expect("scratch table");
+    let db_file = dir.path().join(schema::DB_FILE);
+    let before = std::fs::metadata(&db_file).expect("the file").len();
+    // About 1,200 pages of new rows, one batch each: past the threshold of 1,000.
+    for _ in 0..300 {
+        queue
+            .call(|db| {
+                Ok(db.conn.execute("INSERT INTO scratch (tag, pad) VALUES ('x', zeroblob(16000))", [])?)
+            })
+            .await
+            .expect("stored");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&db_file).expect("the file").len() < before + 1000 * 4096 {
+        assert!(Instant::now() < deadline, "the WAL was never copied into the database file");
+        // Every batch nudges the checkpoint thread; a read is a batch too.
+        queue.ping().await.expect("ping");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(queue);
+    owner.join();
+}
