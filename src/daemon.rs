@@ -178,17 +178,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             None => unix.await,
         }
     });
-    // `host_str` keeps the brackets of an IPv6 literal, so this is a valid connect target.
-    let probe_targets = config
-        .destinations
-        .iter()
-        .filter_map(|d| {
-            Some((
-                d.name.clone(),
-                format!("{}:{}", d.base_url().host_str()?, d.base_url().port_or_known_default()?),
-            ))
-        })
-        .collect();
+    let probe_targets =
+        config.destinations.iter().filter_map(|d| Some((d.name.clone(), d.kind.probe_target()?))).collect();
     let worker = Worker {
         queue: queue.clone(),
         connectors,

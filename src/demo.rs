@@ -1,6 +1,6 @@
 //! `refund-agent demo`: the whole flow on this machine, narrated. A temporary state directory,
-//! local sandboxes of the three cloud APIs on loopback ports, the real daemon in-process, and
-//! the control API as the kiosk UI would use it.
+//! local sandboxes of the three cloud APIs on loopback ports, a simulated ZVT payment terminal at
+//! the till, the real daemon in-process, and the control API as the kiosk UI would use it.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +16,7 @@ use crate::control::client::{Answer, ControlClient};
 use crate::control::ApiError;
 use crate::daemon;
 use crate::queue::RefundView;
+use crate::sandbox::zvt::{Endpoint, ZvtSimulator};
 use crate::sandbox::{Fault, FinalPosSandbox, GatewaySandbox, OliveSandbox};
 
 const FINALPOS_KEY: &str = "demo-finalpos-key";
@@ -29,6 +30,8 @@ struct Clouds {
     finalpos: FinalPosSandbox,
     gateway: GatewaySandbox,
     olive: OliveSandbox,
+    /// The payment terminal at the till: on the shop's network, so it stays up in the outage.
+    terminal: ZvtSimulator,
 }
 
 impl Clouds {
@@ -41,6 +44,7 @@ impl Clouds {
             },
             gateway: GatewaySandbox::start(GATEWAY_TOKEN).await?,
             olive: OliveSandbox::start(OLIVE_KEY_ID, OLIVE_SECRET.as_bytes()).await?,
+            terminal: ZvtSimulator::start_tcp()?,
         };
         clouds.gateway.add_payment("882", "100.00".parse()?, "90.00".parse()?);
         clouds.olive.add_transaction("txn_olive_9", "40.00".parse()?);
@@ -211,7 +215,31 @@ pub async fn run() -> Result<()> {
     ));
     detail(&format!("the decision is audit-logged and Final POS gets its record → {}", resolved.state));
 
-    step(9, "What the clouds received — each refund exactly once:");
+    step(
+        9,
+        "Card present: the ZVT terminal at the till pays 4.00 back to the card; the link drops after 06 31.",
+    );
+    let lamp = json!([item("Lamp", 1, "20.00", "20.00", "p4")]);
+    let card_sale =
+        sale(("RCP-2025-003", "txn_zvt_1"), ("20.00", "20.00", "0.00"), ("card-present", "zvt-1"), lamp);
+    post(&client, "/v1/receipts", card_sale, &[], 201).await?;
+    clouds.terminal.drop_after_next_refund();
+    let card = post(&client, "/v1/refunds", refund("RCP-2025-003", "4.00"), &[], 201).await?;
+    let card: RefundView = serde_json::from_slice(&card.body)?;
+    let card = wait_for(&client, &card.id, |r| r.state == "delivered").await?;
+    let record: Value = serde_json::from_str(card.deliveries[0].remote_id.as_deref().unwrap_or("{}"))?;
+    let field = |key: &str| record[key].as_str().unwrap_or("?").to_owned();
+    let (trace, bin, last4) = (field("trace"), field("card_bin"), field("card_last4"));
+    detail(&format!(
+        "the agent asked for the last transaction (Repeat Receipt): paid, trace {trace}, card {bin}…{last4}"
+    ));
+    let sent = clouds.terminal.commands().iter().filter(|c| **c == 0x0631).count();
+    detail(&format!(
+        "06 31 went out {sent} time(s); the terminal paid {} refund(s); Final POS recorded it after",
+        clouds.terminal.refunds().len()
+    ));
+
+    step(10, "What the clouds and the terminal received — each refund exactly once:");
     detail(&format!(
         "card gateway: {} refunds {:?}",
         clouds.gateway.refunds().len(),
@@ -228,7 +256,13 @@ pub async fn run() -> Result<()> {
         fp.len(),
         clouds.finalpos.transactions().len()
     ));
-    if clouds.gateway.refunds().len() != 2 || clouds.olive.refunds().len() != 1 || fp.len() != 3 {
+    detail(&format!("ZVT terminal: {} refund  (06 31 sent {sent} time(s))", clouds.terminal.refunds().len()));
+    if clouds.gateway.refunds().len() != 2
+        || clouds.olive.refunds().len() != 1
+        || clouds.terminal.refunds().len() != 1
+        || sent != 1
+        || fp.len() != 4
+    {
         bail!("unexpected deliveries: something was lost or sent twice");
     }
     let Some(tea) = fp.iter().find(|r| r["externalId"] == first.id.as_str()) else {
@@ -245,7 +279,7 @@ pub async fn run() -> Result<()> {
     ));
 
     running.stop().await;
-    step(10, "The agent stops cleanly (SIGTERM does the same).");
+    step(11, "The agent stops cleanly (SIGTERM does the same).");
     say("\nNext: `cargo test --all-features` runs the tests; README.md explains configuration and the CLI.");
     Ok(())
 }
@@ -308,6 +342,9 @@ fn write_config(dir: &Path, clouds: &Clouds) -> Result<Config> {
     secret("finalpos.key", FINALPOS_KEY.as_bytes())?;
     secret("gateway.token", GATEWAY_TOKEN.as_bytes())?;
     secret("olive.secret", OLIVE_SECRET.as_bytes())?;
+    let Endpoint::Tcp(terminal) = clouds.terminal.endpoint().clone() else {
+        bail!("the demo's terminal simulator listens on TCP");
+    };
     let pin_hash = crate::manager::hash_pin(&crate::manager::Pin::new(DEMO_PIN))?;
     secret("managers", format!("{DEMO_MANAGER} {pin_hash}\n").as_bytes())?;
     let text = format!(
@@ -348,6 +385,16 @@ kind = "olive"
 base_url = "{olive}"
 api_key_id = "{OLIVE_KEY_ID}"
 hmac_secret_file = "olive.secret"
+
+[destinations.terminal]
+kind = "zvt"
+zvt_address = "{terminal}"
+password = "000000"
+currency = "USD"
+
+[[routes]]
+processor = "card-present"
+destinations = ["terminal", "finalpos"]
 
 [[routes]]
 processor = "olive"

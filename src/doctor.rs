@@ -15,8 +15,9 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{read_secret, Config, SyncSettings, TerminalSettings};
+use crate::config::{read_secret, Config, DestinationKind, SyncSettings, TerminalSettings};
 use crate::destinations::http;
+use crate::destinations::zvt::ZvtEndpoint;
 use crate::queue::{self, AuditCheck, ChainState, FileCheck, RowsCheck, Sealer};
 
 /// Short, because a technician waits for the answer and a dead host must not hang the tool.
@@ -74,7 +75,9 @@ pub async fn run(path: &Path) -> Vec<Check> {
     let mut checks = vec![Check::new(Verdict::Pass, "config", format!("{} parses", path.display()))];
     checks.push(secret("seal key", &config.seal_key_file));
     for d in &config.destinations {
-        checks.push(secret(&format!("secret {}", d.name), d.kind.secret_file().path()));
+        if let Some(file) = d.kind.secret_file() {
+            checks.push(secret(&format!("secret {}", d.name), file.path()));
+        }
     }
     checks.push(state_dir(&config.state_dir));
     let db = config.state_dir.join("queue.db");
@@ -286,7 +289,10 @@ async fn destinations(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
     for d in &config.destinations {
         let reach = format!("reach {}", d.name);
-        let base_url = d.base_url();
+        let Some(base_url) = d.base_url() else {
+            checks.push(terminal_reach(&reach, &d.kind).await);
+            continue;
+        };
         match http::reach(&client, base_url).await {
             Ok(answer) => {
                 checks.push(Check::new(
@@ -300,6 +306,32 @@ async fn destinations(config: &Config) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// The reach check of a terminal destination: its TCP port accepts a connection, or its serial
+/// device exists. Nothing is sent to the terminal.
+async fn terminal_reach(reach: &str, kind: &DestinationKind) -> Check {
+    let target = kind.target();
+    let DestinationKind::Zvt(settings) = kind else {
+        return Check::new(Verdict::Fail, reach, format!("{target}: not a terminal destination"));
+    };
+    match &settings.endpoint {
+        ZvtEndpoint::Tcp(addr) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => Check::new(Verdict::Pass, reach, format!("{target} accepted a connection")),
+                Ok(Err(e)) => Check::new(Verdict::Fail, reach, format!("{target}: {e}")),
+                Err(_) => Check::new(
+                    Verdict::Fail,
+                    reach,
+                    format!("{target}: no answer within {CONNECT_TIMEOUT:?}"),
+                ),
+            }
+        }
+        ZvtEndpoint::Serial { device, .. } => match fs::metadata(device) {
+            Ok(_) => Check::new(Verdict::Pass, reach, format!("{target} is present")),
+            Err(e) => Check::new(Verdict::Fail, reach, format!("{target}: {e}")),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ fn check_config(path: &Path) -> u8 {
         println!("  limits:       {line}");
     }
     for d in &config.destinations {
-        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.base_url());
+        println!("  destination:  {} ({}, {})", d.name, d.kind.name(), d.kind.target());
     }
     for r in &config.routes {
         println!("  route:        processor {} -> {}", r.processor, r.destinations.join(", "));

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{base_url_checked, ConfigError, SecretFile};
-use crate::destinations::{finalpos, gateway, olive};
+use crate::destinations::{finalpos, gateway, olive, zvt};
 
 /// A `[destinations.NAME]` table as written, by `kind`. Each kind refuses unknown keys itself.
 #[derive(Debug, Deserialize)]
@@ -17,6 +17,7 @@ pub(super) enum RawDestination {
     FinalPos(finalpos::FinalPosConfig),
     Olive(olive::OliveConfig),
     Gateway(gateway::GatewayConfig),
+    Zvt(zvt::ZvtConfig),
 }
 
 /// One checked `[destinations.NAME]` table.
@@ -32,6 +33,7 @@ pub enum DestinationKind {
     FinalPos(finalpos::FinalPosSettings),
     Olive(olive::OliveSettings),
     Gateway(gateway::GatewaySettings),
+    Zvt(zvt::ZvtSettings),
 }
 
 impl DestinationKind {
@@ -41,29 +43,61 @@ impl DestinationKind {
             DestinationKind::FinalPos(_) => "finalpos",
             DestinationKind::Olive(_) => "olive",
             DestinationKind::Gateway(_) => "gateway",
+            DestinationKind::Zvt(_) => "zvt",
         }
     }
 
-    pub fn base_url(&self) -> &reqwest::Url {
+    /// The base URL of an HTTP destination; `None` for a terminal at the till.
+    pub fn base_url(&self) -> Option<&reqwest::Url> {
         match self {
-            DestinationKind::FinalPos(s) => &s.base_url,
-            DestinationKind::Olive(s) => &s.base_url,
-            DestinationKind::Gateway(s) => &s.base_url,
+            DestinationKind::FinalPos(s) => Some(&s.base_url),
+            DestinationKind::Olive(s) => Some(&s.base_url),
+            DestinationKind::Gateway(s) => Some(&s.base_url),
+            DestinationKind::Zvt(_) => None,
         }
     }
 
-    /// The file that holds the destination's credential (API key, HMAC secret or token).
-    pub fn secret_file(&self) -> &SecretFile {
+    /// The file that holds the destination's credential (API key, HMAC secret or token); `None`
+    /// for a terminal, whose password is a setting, not a secret.
+    pub fn secret_file(&self) -> Option<&SecretFile> {
         match self {
-            DestinationKind::FinalPos(s) => &s.api_key_file,
-            DestinationKind::Olive(s) => &s.hmac_secret_file,
-            DestinationKind::Gateway(s) => &s.token_file,
+            DestinationKind::FinalPos(s) => Some(&s.api_key_file),
+            DestinationKind::Olive(s) => Some(&s.hmac_secret_file),
+            DestinationKind::Gateway(s) => Some(&s.token_file),
+            DestinationKind::Zvt(_) => None,
+        }
+    }
+
+    /// Where the destination is, for people: its base URL, or the terminal's address or device.
+    pub fn target(&self) -> String {
+        match self {
+            DestinationKind::Zvt(s) => match &s.endpoint {
+                zvt::ZvtEndpoint::Tcp(addr) => format!("zvt://{addr}"),
+                zvt::ZvtEndpoint::Serial { device, baud } => format!("{} at {baud} baud", device.display()),
+            },
+            other => other.base_url().map(|u| u.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// The `host:port` a connect probe tries while the destination is unreachable; `None` for a
+    /// serial terminal.
+    pub fn probe_target(&self) -> Option<String> {
+        match self {
+            DestinationKind::Zvt(s) => match &s.endpoint {
+                zvt::ZvtEndpoint::Tcp(addr) => Some(addr.to_string()),
+                zvt::ZvtEndpoint::Serial { .. } => None,
+            },
+            // `host_str` keeps the brackets of an IPv6 literal, so this is a valid connect target.
+            other => {
+                let url = other.base_url()?;
+                Some(format!("{}:{}", url.host_str()?, url.port_or_known_default()?))
+            }
         }
     }
 }
 
 impl Destination {
-    pub fn base_url(&self) -> &reqwest::Url {
+    pub fn base_url(&self) -> Option<&reqwest::Url> {
         self.kind.base_url()
     }
 }
@@ -103,6 +137,7 @@ pub(super) fn validate(
         RawDestination::FinalPos(c) => DestinationKind::FinalPos(c.validate(&at)?),
         RawDestination::Olive(c) => DestinationKind::Olive(c.validate(&at)?),
         RawDestination::Gateway(c) => DestinationKind::Gateway(c.validate(&at)?),
+        RawDestination::Zvt(c) => DestinationKind::Zvt(c.validate(&at)?),
     };
     Ok(Destination { name, kind })
 }

@@ -1,4 +1,5 @@
-//! The cloud APIs. Only this module speaks HTTP to the outside. Each connector builds its
+//! The destinations: the cloud APIs and a ZVT payment terminal at the till. Only this module
+//! speaks HTTP to the outside. Each connector builds its
 //! requests from a sealed refund, classifies the answers into an [`Attempt`] (data, not control
 //! flow), and declares its [`Capability`]: whether the server deduplicates on our refund id and
 //! whether it moves money.
@@ -8,6 +9,7 @@ pub mod finalpos;
 pub mod gateway;
 pub mod http;
 pub mod olive;
+pub mod zvt;
 
 use std::time::Duration;
 
@@ -52,6 +54,7 @@ pub enum Connector {
     FinalPos(finalpos::FinalPos),
     Olive(olive::Olive),
     Gateway(gateway::Gateway),
+    Zvt(zvt::Zvt),
 }
 
 impl Connector {
@@ -65,6 +68,7 @@ impl Connector {
             DestinationKind::FinalPos(s) => Connector::FinalPos(finalpos::FinalPos::new(s, client)?),
             DestinationKind::Olive(s) => Connector::Olive(olive::Olive::new(s, client)?),
             DestinationKind::Gateway(s) => Connector::Gateway(gateway::Gateway::new(s, client)?),
+            DestinationKind::Zvt(s) => Connector::Zvt(zvt::Zvt::new(s)?),
         })
     }
 
@@ -73,6 +77,7 @@ impl Connector {
             Connector::FinalPos(_) => finalpos::CAPABILITY,
             Connector::Olive(_) => olive::CAPABILITY,
             Connector::Gateway(_) => gateway::CAPABILITY,
+            Connector::Zvt(_) => zvt::CAPABILITY,
         }
     }
 
@@ -82,6 +87,7 @@ impl Connector {
             Connector::FinalPos(c) => c.clock(),
             Connector::Olive(c) => c.clock(),
             Connector::Gateway(c) => c.clock(),
+            Connector::Zvt(c) => c.clock(),
         }
     }
 
@@ -91,6 +97,7 @@ impl Connector {
             Connector::FinalPos(c) => c.attempt(claim).await,
             Connector::Olive(c) => c.attempt(claim).await,
             Connector::Gateway(c) => c.attempt(claim).await,
+            Connector::Zvt(c) => c.attempt(claim).await,
         }
     }
 }

@@ -1,0 +1,230 @@
+//! A payment terminal at the till as a destination (`kind = "zvt"`): the terminal moves the money
+//! back to the presented card with Refund (`06 31`). It speaks ZVT, not HTTP, over TCP or a serial
+//! port, through the blocking link in `terminal::ecr`; one attempt runs on a blocking thread.
+//!
+//! One attempt: connect, register (`06 00`), ask for the terminal's last transaction (Repeat
+//! Receipt `06 20`) to learn the trace number before this refund, then `terminal::ecr::payout`
+//! sends `06 31` once. Nothing before `06 31` moves money, so a failure there is safe to retry.
+//! When the refund's outcome is lost, the payout reconnects and looks it up within the same
+//! attempt; whatever the lookup cannot settle is `Ambiguous`, and since the terminal does not
+//! deduplicate, the worker records it `unknown`: `06 31` is never sent again for it.
+//!
+//! A paid refund's terminal record (trace number, receipt number, result code, amount, card BIN
+//! and last 4, terminal id, receipt text) is stored as a JSON object in the delivery's sealed
+//! `remote_id`. Card data there is what the codec already reduced to BIN + last 4.
+
+mod config;
+
+use std::time::Duration;
+
+use rust_decimal::prelude::ToPrimitive;
+use serde::Serialize;
+
+use crate::config::ConfigError;
+use crate::destinations::clock::ClockOffset;
+use crate::destinations::{Attempt, Capability};
+use crate::queue::Claim;
+use crate::terminal::ecr::link::{connect_tcp, open_serial, Link, LinkError, Wire};
+use crate::terminal::ecr::payout::{pay_out, Payout, PayoutRequest};
+use crate::terminal::ecr::{Outcome, Request, TerminalResult, DEFAULT_COMPLETION_TIMEOUT};
+pub use config::{ZvtConfig, ZvtEndpoint, ZvtSettings};
+
+/// The terminal moves money and knows nothing of our refund id.
+pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true };
+
+/// How long connecting to the terminal's TCP port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a lost outcome is looked up over a fresh connection before it stays unknown.
+const LOOKUP_ATTEMPTS: u32 = 3;
+
+/// The ZVT terminal connector.
+#[derive(Debug)]
+pub struct Zvt {
+    settings: ZvtSettings,
+    /// A terminal sends no `Date`; the offset stays unmeasured, as status reports it.
+    clock: ClockOffset,
+}
+
+/// The terminal's record of a paid refund, as stored sealed in the delivery's `remote_id`.
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    trace: Option<&'a str>,
+    receipt_number: Option<&'a str>,
+    result_code: Option<u8>,
+    amount_minor: Option<u64>,
+    card_bin: Option<&'a str>,
+    card_last4: Option<&'a str>,
+    terminal_id: Option<&'a str>,
+    /// True when the result came from the lookup after the refund's own answer was lost.
+    looked_up: bool,
+    receipt: &'a [String],
+}
+
+/// The JSON kept as `remote_id` for a refund the terminal paid.
+fn record(result: &TerminalResult, looked_up: bool) -> String {
+    let card = result.card.as_ref();
+    let record = Record {
+        trace: result.trace_number.as_deref(),
+        receipt_number: result.receipt_number.as_deref(),
+        result_code: result.result_code,
+        amount_minor: result.amount_minor,
+        card_bin: card.and_then(|c| c.bin.as_deref()),
+        card_last4: card.map(|c| c.last4.as_str()),
+        terminal_id: result.terminal_id.as_deref(),
+        looked_up,
+        receipt: &result.receipt,
+    };
+    serde_json::to_string(&record).unwrap_or_else(|_| format!("{{\"trace\":{:?}}}", result.trace_number))
+}
+
+/// What a finished payout means for the delivery. Pure.
+pub fn classify(payout: Payout) -> Attempt {
+    match payout {
+        Payout::Paid { result, looked_up } => {
+            Attempt::Delivered { remote_id: Some(record(&result, looked_up)) }
+        }
+        Payout::NotPaid { reason } => {
+            Attempt::Declined(format!("the terminal did not pay the refund: {reason}"))
+        }
+        Payout::Unknown { reason } => {
+            Attempt::Ambiguous(format!("the terminal's outcome is unknown: {reason}"))
+        }
+    }
+}
+
+impl Zvt {
+    pub fn new(settings: &ZvtSettings) -> Result<Zvt, ConfigError> {
+        Ok(Zvt { settings: settings.clone(), clock: ClockOffset::new() })
+    }
+
+    pub fn clock(&self) -> &ClockOffset {
+        &self.clock
+    }
+
+    /// Pays the claimed refund out at the terminal, on a blocking thread.
+    pub async fn attempt(&self, claim: &Claim) -> Attempt {
+        let refund = &claim.refund;
+        if refund.currency.code() != self.settings.currency {
+            return Attempt::Failed(format!(
+                "the terminal pays {} refunds, this one is in {}",
+                self.settings.currency,
+                refund.currency.code()
+            ));
+        }
+        let scale = rust_decimal::Decimal::from(10u64.pow(refund.currency.minor_units()));
+        let Some(amount_minor) = (refund.amount * scale).to_u64().filter(|m| *m > 0) else {
+            return Attempt::Failed(format!("the amount {} cannot be paid at a terminal", refund.amount));
+        };
+        let settings = self.settings.clone();
+        let job = tokio::task::spawn_blocking(move || match &settings.endpoint {
+            ZvtEndpoint::Tcp(addr) => {
+                let addr = *addr;
+                attempt_on(&settings, amount_minor, || {
+                    connect_tcp(addr, CONNECT_TIMEOUT).map_err(LinkError::Io)
+                })
+            }
+            ZvtEndpoint::Serial { device, baud } => {
+                let (device, baud) = (device.clone(), *baud);
+                attempt_on(&settings, amount_minor, || {
+                    open_serial(&device, baud).map_err(|e| LinkError::Io(e.into()))
+                })
+            }
+        });
+        match job.await {
+            Ok(attempt) => attempt,
+            // The thread died somewhere inside; whether `06 31` had left cannot be known.
+            Err(e) => Attempt::Ambiguous(format!("the terminal exchange crashed: {e}")),
+        }
+    }
+}
+
+/// One attempt over links from `connect`. Every return before `pay_out` is a point where no
+/// refund command has left, so it is safe to try again.
+fn attempt_on<W: Wire>(
+    settings: &ZvtSettings,
+    amount_minor: u64,
+    mut connect: impl FnMut() -> Result<Link<W>, LinkError>,
+) -> Attempt {
+    let timeout = DEFAULT_COMPLETION_TIMEOUT;
+    let mut link = match connect() {
+        Ok(link) => link,
+        Err(e) => return Attempt::Unreachable(format!("cannot reach the terminal: {e}")),
+    };
+    let registration = Request::Registration {
+        password: settings.password.clone(),
+        currency: settings.currency_number,
+        service_byte: settings.service_byte,
+    };
+    match link.run(&registration, timeout) {
+        Ok(Outcome::Completed(_)) => {}
+        Ok(other) => {
+            return Attempt::Transient {
+                retry_after: None,
+                error: format!("the terminal refused registration: {other:?}"),
+            }
+        }
+        Err(e) => return Attempt::Failed(e.to_string()),
+    }
+    let trace_before =
+        match link.run(&Request::RepeatReceipt { password: settings.password.clone() }, timeout) {
+            Ok(Outcome::Completed(last)) => last.trace_number,
+            // A terminal with no transaction yet aborts the repeat: there is no trace number before.
+            Ok(Outcome::Aborted { .. } | Outcome::Refused { .. }) => None,
+            Ok(lost) => {
+                return Attempt::Transient {
+                    retry_after: None,
+                    error: format!("the terminal's last transaction was not read: {lost:?}"),
+                }
+            }
+            Err(e) => return Attempt::Failed(e.to_string()),
+        };
+    let request = PayoutRequest {
+        password: settings.password.clone(),
+        amount_minor,
+        currency: settings.currency_number,
+        service_byte: settings.service_byte,
+        trace_before,
+        completion_timeout: timeout,
+        lookup_attempts: LOOKUP_ATTEMPTS,
+    };
+    match pay_out(&mut link, &request, connect) {
+        Ok(payout) => classify(payout),
+        Err(e) => Attempt::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sale::CardRef;
+
+    #[test]
+    fn capability_never_resends_money() {
+        assert_eq!(CAPABILITY, Capability { dedup: false, moves_money: true });
+    }
+
+    #[test]
+    fn payouts_classify_and_a_paid_one_keeps_the_terminal_record() {
+        let result = TerminalResult {
+            result_code: Some(0),
+            trace_number: Some("000007".into()),
+            receipt_number: Some("0003".into()),
+            amount_minor: Some(700),
+            card: Some(CardRef { bin: Some("411111".into()), last4: "1111".into() }),
+            receipt: vec!["GUTSCHRIFT".into()],
+            ..TerminalResult::default()
+        };
+        let Attempt::Delivered { remote_id: Some(id) } = classify(Payout::Paid { result, looked_up: true })
+        else {
+            panic!("a paid refund is delivered");
+        };
+        let json: serde_json::Value = serde_json::from_str(&id).expect("json");
+        assert_eq!(json["trace"], "000007");
+        assert_eq!(json["card_bin"], "411111");
+        assert_eq!(json["card_last4"], "1111");
+        assert_eq!(json["looked_up"], true);
+        assert_eq!(json["receipt"][0], "GUTSCHRIFT");
+        assert!(matches!(classify(Payout::NotPaid { reason: "aborted".into() }), Attempt::Declined(_)));
+        assert!(matches!(classify(Payout::Unknown { reason: "lost".into() }), Attempt::Ambiguous(_)));
+    }
+}

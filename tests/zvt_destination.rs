@@ -1,0 +1,100 @@
+//! End-to-end with a payment terminal as the destination that moves the money: the real binary,
+//! a real SQLite file, the ZVT terminal simulator on a loopback TCP port, and the Final POS
+//! sandbox as the back office that records the refund after the terminal paid it.
+
+mod common;
+
+use common::*;
+use refund_agent::queue::RefundView;
+use refund_agent::sandbox::zvt::{Endpoint, ZvtSimulator};
+use refund_agent::sandbox::FinalPosSandbox;
+
+/// Starts the simulator, the back office, and an agent that routes the example sale (processor
+/// `gateway`, card present) to the terminal first and Final POS second.
+async fn setup() -> (ZvtSimulator, FinalPosSandbox, Agent) {
+    let sim = ZvtSimulator::start_tcp().expect("start the terminal simulator");
+    let Endpoint::Tcp(addr) = sim.endpoint().clone() else { panic!("a TCP simulator has a TCP endpoint") };
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("start the Final POS sandbox");
+    let extra = format!(
+        r#"
+[destinations.terminal]
+kind = "zvt"
+zvt_address = "{addr}"
+password = "000000"
+currency = "USD"
+
+[[routes]]
+processor = "gateway"
+destinations = ["terminal", "finalpos"]
+"#
+    );
+    let mut agent = Agent::new(&fp.url(), &extra);
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    (sim, fp, agent)
+}
+
+/// How many `06 31` the terminal received.
+fn refund_commands(sim: &ZvtSimulator) -> usize {
+    sim.commands().into_iter().filter(|c| *c == 0x0631).count()
+}
+
+/// The terminal's record the agent stored for a delivered refund.
+fn terminal_record(view: &RefundView) -> serde_json::Value {
+    assert_eq!(view.deliveries[0].destination, "terminal", "{view:?}");
+    let id = view.deliveries[0].remote_id.as_deref().expect("a paid refund keeps the terminal's record");
+    serde_json::from_str(id).expect("the record is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_pays_once_and_the_back_office_records_it_after() {
+    let (sim, fp, agent) = setup().await;
+    let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
+    let done = agent.wait_state(&id, "delivered").await;
+    let record = terminal_record(&done);
+    assert_eq!(record["trace"], "000001");
+    assert_eq!(record["amount_minor"], 500);
+    assert_eq!(record["card_last4"], "1111");
+    assert_eq!(record["looked_up"], false);
+    assert!(
+        record["receipt"].as_array().is_some_and(|lines| lines.iter().any(|l| l == "GUTSCHRIFT")),
+        "{record}"
+    );
+    assert_eq!(sim.refunds().len(), 1);
+    assert_eq!(sim.refunds()[0].amount_minor, 500);
+    assert_eq!(refund_commands(&sim), 1, "exactly one 06 31 left the agent");
+    assert_eq!(fp.refunds().len(), 1, "the back office recorded it once");
+    // No full card number ever reaches the logs.
+    assert!(!agent.logs().contains("4111111111111111"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_outcome_is_looked_up_at_the_terminal_never_paid_twice() {
+    let (sim, fp, agent) = setup().await;
+
+    // The terminal pays, then the link dies before the result comes back.
+    sim.drop_after_next_refund();
+    let id = created_id(&cli_refund(&agent, "7.00", &[]).await);
+    let done = agent.wait_state(&id, "delivered").await;
+    let record = terminal_record(&done);
+    assert_eq!((record["trace"].as_str(), record["looked_up"].as_bool()), (Some("000001"), Some(true)));
+    assert_eq!(sim.refunds().len(), 1, "one refund at the terminal");
+    assert_eq!(refund_commands(&sim), 1, "the lookup did not send 06 31 again");
+    assert_eq!(
+        sim.commands().iter().filter(|c| **c == 0x0620).count(),
+        2,
+        "one repeat before, one lookup after"
+    );
+    assert_eq!(fp.refunds().len(), 1);
+
+    // The link dies before the terminal moved money: the lookup shows the last transaction is
+    // still the one before, so the refund is declined, not paid and not sent again.
+    sim.drop_before_next_refund();
+    let id = created_id(&cli_refund(&agent, "3.00", &[]).await);
+    let declined = agent.wait_state(&id, "declined").await;
+    let error = declined.deliveries[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("did not pay"), "{error}");
+    assert_eq!(sim.refunds().len(), 1);
+    assert_eq!(refund_commands(&sim), 2, "one 06 31 per refund");
+    assert_eq!(fp.refunds().len(), 1, "the back office never hears of an unpaid refund");
+}
