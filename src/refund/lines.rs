@@ -108,6 +108,13 @@ pub enum LineError {
     Empty,
 }
 
+/// `x` written with exactly `minor` decimals (a computed zero has none): figures go on the wire
+/// as the currency writes them. Exact for the multiples of a minor unit the arithmetic makes.
+fn at_scale(mut x: Decimal, minor: u32) -> Decimal {
+    x.rescale(minor);
+    x
+}
+
 /// Rounds toward zero to `minor` decimals.
 fn down(x: Decimal, minor: u32) -> Decimal {
     x.round_dp_with_strategy(minor, RoundingStrategy::ToZero)
@@ -226,15 +233,16 @@ pub fn price(
         priced.push(PricedLine {
             line,
             quantity,
-            amount: share(figures.total, taken.amount),
-            tax: share(figures.tax, taken.tax),
-            discount: share(figures.discount, taken.discount),
+            amount: at_scale(share(figures.total, taken.amount), minor),
+            tax: at_scale(share(figures.tax, taken.tax), minor),
+            discount: at_scale(share(figures.discount, taken.discount), minor),
         });
     }
+    let sum = |f: fn(&PricedLine) -> Decimal| at_scale(priced.iter().map(f).sum(), minor);
     Ok(Priced {
-        amount: priced.iter().map(|p| p.amount).sum(),
-        tax: priced.iter().map(|p| p.tax).sum(),
-        discount: priced.iter().map(|p| p.discount).sum(),
+        amount: sum(|p| p.amount),
+        tax: sum(|p| p.tax),
+        discount: sum(|p| p.discount),
         lines: priced,
     })
 }
@@ -243,6 +251,20 @@ pub fn price(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A line with no tax or discount of its own, on a sale with none: its shares are zeros
+    /// written as the currency writes them ("0.00", not "0"), as they go on the wire.
+    #[test]
+    fn computed_zeros_keep_the_currency_scale() {
+        let sold = [SoldLine { quantity: 2, total: "10.00".parse().unwrap(), tax: None, discount: None }];
+        let lines = attribute(&sold, None, None, 2);
+        let priced = price(&lines, &BTreeMap::new(), &[(1, 1)], 2).expect("priced");
+        let shown = |d: Decimal| d.to_string();
+        assert_eq!(shown(priced.tax), "0.00");
+        assert_eq!(shown(priced.discount), "0.00");
+        assert_eq!(shown(priced.lines[0].tax), "0.00");
+        assert_eq!(shown(priced.amount), "5.00");
+    }
 
     fn d(text: &str) -> Decimal {
         text.parse().expect("decimal")
