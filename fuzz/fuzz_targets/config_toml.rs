@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use refund_agent::config::{Config, ConfigError};
+use refund_agent::config::{Config, ConfigError, DestinationKind};
+use refund_agent::money::Currency;
 
 fuzz_target!(|data: &[u8]| {
     let (text, env) = match data.iter().position(|&b| b == 0) {
@@ -47,14 +48,43 @@ fn check_accepted(c: &Config) {
     if let Some(addr) = c.tcp {
         assert!(addr.ip().is_loopback(), "control.tcp on a non-loopback address: {addr}");
     }
-    let cur = c.default_currency;
-    for amount in [c.max_refund, c.max_pending_total].into_iter().flatten() {
-        assert!(amount > rust_decimal::Decimal::ZERO, "a non-positive limit was accepted");
-        assert_eq!(amount.scale(), cur.minor_units(), "a limit kept a scale other than the currency's");
-        assert_eq!(cur.parse_amount(&cur.format(amount)), Ok(amount), "a limit does not round-trip");
+    // Limits are per currency: the default currency always has its (top-level) table, and each
+    // currency's amounts are checked at that currency's own scale.
+    assert!(c.limits.contains_key(&c.default_currency), "no limits entry for the default currency");
+    for (&cur, l) in &c.limits {
+        assert_ne!(l.max_refunds_per_operator_per_day, Some(0), "a daily count limit of 0 was accepted");
+        let amounts = [
+            l.max_refund,
+            l.max_pending_total,
+            l.max_amount_per_operator_per_day,
+            l.max_amount_per_till_per_day,
+        ];
+        for amount in amounts.into_iter().flatten() {
+            assert!(amount > rust_decimal::Decimal::ZERO, "a non-positive limit was accepted");
+            assert_eq!(amount.scale(), cur.minor_units(), "a limit kept a scale other than the currency's");
+            assert_eq!(cur.parse_amount(&cur.format(amount)), Ok(amount), "a limit does not round-trip");
+        }
+    }
+    // Velocity limits count refunds still in the queue, so a shorter retention is refused.
+    if c.limits.values().any(|l| l.has_velocity()) {
+        if let Some(r) = c.retention {
+            assert!(r >= Duration::from_secs(24 * 60 * 60), "retention under a day with velocity limits");
+        }
     }
     for d in &c.destinations {
-        let url = d.base_url();
+        // A ZVT terminal at the till has neither a base URL nor a secret file; every HTTP
+        // destination has both.
+        if let DestinationKind::Zvt(z) = &d.kind {
+            assert!(
+                d.base_url().is_none() && d.kind.secret_file().is_none(),
+                "a terminal with HTTP settings"
+            );
+            let p = z.password.as_bytes();
+            assert!(p.len() == 6 && p.iter().all(u8::is_ascii_digit), "a bad terminal password accepted");
+            assert!(z.currency.parse::<Currency>().is_ok(), "a terminal currency the agent does not know");
+            continue;
+        }
+        let url = d.base_url().expect("an HTTP destination has a base URL");
         assert!(url.host_str().is_some(), "destination without a host");
         match url.scheme() {
             "https" => {}
@@ -69,7 +99,7 @@ fn check_accepted(c: &Config) {
             }
             other => panic!("scheme {other} accepted"),
         }
-        let secret = d.kind.secret_file().path();
+        let secret = d.kind.secret_file().expect("an HTTP destination has a secret file").path();
         assert!(secret.is_absolute(), "secret path not resolved: {}", secret.display());
     }
     for route in &c.routes {
