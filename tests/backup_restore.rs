@@ -40,18 +40,25 @@ fn put_back_by_hand(agent: &Agent, copy: &Path) {
     }
 }
 
+/// The card gateway sandbox, offline, holding the example sale's payment, and an agent started
+/// on it with the example receipt registered.
+async fn offline_gateway_agent() -> (GatewaySandbox, Agent) {
+    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
+    gw.add_payment("882", "100.00".parse().expect("an amount"), "90.00".parse().expect("an amount"));
+    gw.go_offline().await;
+    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    (gw, agent)
+}
+
 async fn backup(agent: &Agent, path: &Path) -> Output {
     agent.cli(&["backup", path_str(path)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_copy_is_refused_by_hand_and_restored_as_unknown_without_paying_twice() {
-    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
-    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
-    gw.go_offline().await;
-    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
-    agent.start().await;
-    agent.add_receipt(RECEIPT).await;
+    let (gw, mut agent) = offline_gateway_agent().await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
     eventually("the gateway to have been tried", DEADLINE, || async {
         agent
@@ -216,12 +223,7 @@ async fn a_backup_taken_while_refunds_arrive_is_consistent_and_restores() {
 /// refunded once. (Built on the copy alone, the key was forgotten and the repeat paid again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restoring_over_the_current_queue_forgets_no_refund_and_no_key() {
-    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
-    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
-    gw.go_offline().await;
-    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
-    agent.start().await;
-    agent.add_receipt(RECEIPT).await;
+    let (gw, mut agent) = offline_gateway_agent().await;
     let early = created_id(&cli_refund(&agent, "5.00", &[]).await);
     let copy = agent.dir.path().join("backup.db");
     assert!(backup(&agent, &copy).await.status.success());
@@ -262,12 +264,7 @@ async fn restoring_over_the_current_queue_forgets_no_refund_and_no_key() {
 /// share of the sale's balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_only_the_copy_knew_is_carried_over_with_its_key() {
-    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
-    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
-    gw.go_offline().await;
-    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
-    agent.start().await;
-    agent.add_receipt(RECEIPT).await;
+    let (gw, mut agent) = offline_gateway_agent().await;
     let older = agent.dir.path().join("older.db");
     assert!(backup(&agent, &older).await.status.success());
     let key = ["--idempotency-key", "kiosk-req-9"];
@@ -338,12 +335,7 @@ async fn a_damaged_current_queue_is_replaced_only_when_asked() {
 /// file knew (a refund and its key) is carried into it, marked `unknown`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_only_an_older_replaced_queue_knew_is_carried_into_the_copy() {
-    let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
-    gw.add_payment("882", "100.00".parse().unwrap(), "90.00".parse().unwrap());
-    gw.go_offline().await;
-    let mut agent = gateway_agent(&gw.url(), TOKEN, "");
-    agent.start().await;
-    agent.add_receipt(RECEIPT).await;
+    let (gw, mut agent) = offline_gateway_agent().await;
     let oldest = agent.dir.path().join("oldest.db");
     assert!(backup(&agent, &oldest).await.status.success());
     let key = ["--idempotency-key", "kiosk-req-11"];
