@@ -106,11 +106,20 @@ pub fn pay_out<W: Wire>(
             last_reason = "the terminal could not be reached for the lookup".into();
             continue;
         };
-        if !matches!(fresh.run(&registration, request.completion_timeout)?, Outcome::Completed(_)) {
-            last_reason = "the terminal refused the registration before the lookup".into();
-            continue;
+        // From here on `06 31` has left: no error may end the payout as anything but unknown
+        // (an error would read as a failure, which a person may send again).
+        match fresh.run(&registration, request.completion_timeout) {
+            Ok(Outcome::Completed(_)) => {}
+            Ok(_) => {
+                last_reason = "the terminal refused the registration before the lookup".into();
+                continue;
+            }
+            Err(e) => return Ok(Payout::Unknown { reason: format!("the lookup could not be asked: {e}") }),
         }
-        let lookup = fresh.run(&repeat, request.completion_timeout)?;
+        let lookup = match fresh.run(&repeat, request.completion_timeout) {
+            Ok(lookup) => lookup,
+            Err(e) => return Ok(Payout::Unknown { reason: format!("the lookup could not be asked: {e}") }),
+        };
         if matches!(lookup, Outcome::Lost { .. }) {
             last_reason = "the lookup itself was lost".into();
             continue;
