@@ -10,6 +10,7 @@ use refund_agent::config::Config;
 use refund_agent::control::client::ControlClient;
 use refund_agent::queue::QueueError;
 use refund_agent::{daemon, demo};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,9 +38,8 @@ fn init_logging(quiet: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let default = if quiet { "off" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let default = if quiet { LevelFilter::OFF } else { LevelFilter::INFO };
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default);
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some() && Path::new(JOURNALD_SOCKET).exists();
     // A journald that refuses the connection falls back to stderr rather than losing the logs.
     let journald = if under_systemd { tracing_journald::layer().ok() } else { None };
@@ -50,6 +50,17 @@ fn init_logging(quiet: bool) {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
             .init(),
     }
+}
+
+/// The log filter from `RUST_LOG`: a level (`debug`) or `target=level` pairs separated by commas
+/// (`refund_agent=debug,hyper=warn`). `Targets` reads that syntax without a regular-expression
+/// engine, which keeps the binary smaller than `EnvFilter` would; span and field filters are not
+/// supported. A value that does not parse falls back to the default level.
+fn log_filter(rust_log: Option<&str>, default: LevelFilter) -> Targets {
+    rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default))
 }
 
 fn load_config(path: &Path) -> Result<Config, u8> {
@@ -189,4 +200,23 @@ fn check_config(path: &Path) -> u8 {
         ),
     }
     exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_falls_back_on_nonsense() {
+        let filter = log_filter(Some("refund_agent=debug,hyper=warn"), LevelFilter::INFO);
+        assert!(filter.would_enable("refund_agent::sync", &tracing::Level::DEBUG));
+        assert!(!filter.would_enable("hyper::client", &tracing::Level::INFO));
+        let level = log_filter(Some("debug"), LevelFilter::INFO);
+        assert!(level.would_enable("anything", &tracing::Level::DEBUG));
+        let fallback = log_filter(Some("=[{"), LevelFilter::INFO);
+        assert!(fallback.would_enable("refund_agent", &tracing::Level::INFO));
+        assert!(!fallback.would_enable("refund_agent", &tracing::Level::DEBUG));
+        let quiet = log_filter(None, LevelFilter::OFF);
+        assert!(!quiet.would_enable("refund_agent", &tracing::Level::ERROR));
+    }
 }
