@@ -88,16 +88,22 @@ async fn over_tcp_the_card_is_read_checked_and_the_link_comes_back_registered() 
     assert_eq!(registrations(&sim), 1, "registered at start");
 
     // The sale's card is presented: read, checked, queued.
-    let (code, refund) = agent.post_json("/v1/refunds", &refund_body("RCP-CARD-1111", json!({})), &[]).await;
+    let key = [("idempotency-key", "kiosk-tap-1")];
+    let (code, refund) = agent.post_json("/v1/refunds", &refund_body("RCP-CARD-1111", json!({})), &key).await;
     assert_eq!(code, 201, "{refund}");
     assert_eq!(read_cards(&sim), 1);
     assert!(agent.refund(refund["id"].as_str().expect("an id")).await.is_some(), "it is in the queue");
+    // The kiosk repeats the request with its key: the card is read again, the same card finds
+    // the refund first made, and nothing new is queued.
+    let (code, again) = agent.post_json("/v1/refunds", &refund_body("RCP-CARD-1111", json!({})), &key).await;
+    assert_eq!((code, &again["id"]), (200, &refund["id"]), "{again}");
+    assert_eq!(read_cards(&sim), 2);
 
     // Another card than the sale's: refused by the card-present check, nothing queued.
     let out = cli_refund(&agent, "5.00", &["--read-card"]).await;
     assert_eq!(out.status.code(), Some(3), "refused: {}", stderr(&out));
     assert!(stderr(&out).contains("refused (card_mismatch)"), "{}", stderr(&out));
-    assert_eq!(read_cards(&sim), 2, "the CLI asked the terminal once");
+    assert_eq!(read_cards(&sim), 3, "the CLI asked the terminal once");
 
     // No card presented: its own code, nothing queued.
     sim.no_card_next_read();
@@ -108,7 +114,7 @@ async fn over_tcp_the_card_is_read_checked_and_the_link_comes_back_registered() 
     let both = refund_body("RCP-CARD-1111", json!({"masked_pan": "************1111"}));
     let (code, answer) = agent.post_json("/v1/refunds", &both, &[]).await;
     assert_eq!((code, answer["code"].as_str()), (400, Some("invalid_request")), "{answer}");
-    assert_eq!(read_cards(&sim), 3, "the ambiguous request never reached the terminal");
+    assert_eq!(read_cards(&sim), 4, "the ambiguous request never reached the terminal");
     assert_eq!(agent.list().await.len(), 1, "only the first refund was queued");
 
     // The link drops; the agent reconnects and registers again, and reads cards on the new link.
