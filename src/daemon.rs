@@ -49,6 +49,8 @@ pub struct Running {
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
     terminal: Option<crate::terminal::Terminal>,
+    /// The owner of the ZVT terminal's link, when `[terminal]` is a ZVT terminal.
+    zvt_terminal: Option<crate::terminal::ecr::owner::EcrOwner>,
     /// Only under systemd with `WatchdogSec=`; it holds a queue handle, so `stop` awaits it
     /// before waiting for the owner thread.
     watchdog: Option<JoinHandle<()>>,
@@ -147,6 +149,21 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         )?),
         None => None,
     };
+    let zvt_status = crate::terminal::device::SharedStatus::default();
+    let (zvt_terminal, card_reader) = match &config.zvt_terminal {
+        Some(z) => {
+            let (owner, handle) =
+                crate::terminal::ecr::owner::spawn(z.clone(), zvt_status.clone(), shutdown_rx.clone())
+                    .map_err(crate::terminal::TerminalError::Thread)?;
+            (Some(owner), Some(handle))
+        }
+        None => (None, None),
+    };
+    let terminal_status = match (&terminal, &zvt_terminal) {
+        (Some(t), _) => Some(t.status()),
+        (None, Some(_)) => Some(zvt_status),
+        (None, None) => None,
+    };
     let app = server::router(AppState {
         queue: queue.clone(),
         wake: wake.clone(),
@@ -155,7 +172,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         started: Instant::now(),
         terminal_id: config.terminal_id.clone(),
         approver,
-        terminal: terminal.as_ref().map(crate::terminal::Terminal::status),
+        terminal: terminal_status,
+        card_reader,
     });
     let stop_rx = shutdown_rx.clone();
     let tcp = match config.tcp {
@@ -193,7 +211,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");
     // Last, so systemd starts units ordered after us only once the socket answers.
     crate::watchdog::ready();
-    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, terminal, watchdog, owner })
+    Ok(Running {
+        socket: config.socket.clone(),
+        queue,
+        shutdown,
+        server,
+        worker,
+        terminal,
+        zvt_terminal,
+        watchdog,
+        owner,
+    })
 }
 
 impl Running {
@@ -209,6 +237,9 @@ impl Running {
         let _ = self.worker.await;
         if let Some(terminal) = self.terminal {
             terminal.stop().await;
+        }
+        if let Some(zvt_terminal) = self.zvt_terminal {
+            zvt_terminal.stop().await;
         }
         drop(self.queue);
         let owner = self.owner;

@@ -93,6 +93,11 @@ pub async fn run(path: &Path) -> Vec<Check> {
             vec![Check::new(Verdict::Fail, "terminal", format!("the check itself crashed: {e}"))]
         }));
     }
+    if let Some(zvt) = &config.zvt_terminal {
+        let target =
+            format!("ZVT terminal {}", crate::terminal::ecr::owner::endpoint_name(&zvt.link.endpoint));
+        checks.push(zvt_reach("terminal", &target, &zvt.link.endpoint).await);
+    }
     checks.extend(destinations(&config).await);
     checks
 }
@@ -315,7 +320,12 @@ async fn terminal_reach(reach: &str, kind: &DestinationKind) -> Check {
     let DestinationKind::Zvt(settings) = kind else {
         return Check::new(Verdict::Fail, reach, format!("{target}: not a terminal destination"));
     };
-    match &settings.endpoint {
+    zvt_reach(reach, &target, &settings.endpoint).await
+}
+
+/// Whether a ZVT terminal's TCP port accepts a connection, or its serial device exists.
+async fn zvt_reach(reach: &str, target: &str, endpoint: &ZvtEndpoint) -> Check {
+    match endpoint {
         ZvtEndpoint::Tcp(addr) => {
             match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => Check::new(Verdict::Pass, reach, format!("{target} accepted a connection")),

@@ -112,4 +112,10 @@ fn check_accepted(c: &Config) {
         assert!(["ndjson", "stx-etx", "lines"].contains(&t.framing.as_str()));
         // The parity is a `serialport::Parity` by now: validation refused every other name.
     }
+    if let Some(z) = &c.zvt_terminal {
+        assert!(c.terminal.is_none(), "[terminal] both a JSON line and a ZVT terminal");
+        let p = z.link.password.as_bytes();
+        assert!(p.len() == 6 && p.iter().all(u8::is_ascii_digit), "a bad ZVT terminal password accepted");
+        assert!(!z.keepalive.is_zero(), "a zero keepalive accepted");
+    }
 }

@@ -78,6 +78,11 @@ pub async fn status(client: &ControlClient, json: bool) -> u8 {
     }
 }
 
+/// The least `refund create --read-card` waits for the agent's answer: the terminal's card
+/// timeout with a margin for its answer.
+const READ_CARD_WAIT: Duration =
+    Duration::from_secs(crate::terminal::ecr::owner::READ_CARD_TIMEOUT_S as u64 + 15);
+
 /// `refund create`: sends the refund with an idempotency key, and resends with the same key
 /// when the answer is lost, so a retry can never make a second refund.
 pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
@@ -97,6 +102,7 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
         manager_approval,
         masked_pan: args.card,
         lines: args.lines,
+        read_card: args.read_card,
     };
     let body = match serde_json::to_vec(&draft) {
         Ok(b) => b,
@@ -106,6 +112,15 @@ pub async fn create(client: &ControlClient, args: CreateArgs) -> u8 {
         }
     };
     let key = args.idempotency_key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // The agent answers a card read only once the customer presented the card (or the terminal
+    // gave up); a shorter wait would resend the request and ask for the card again.
+    let longer;
+    let client = if args.read_card && client.timeout() < READ_CARD_WAIT {
+        longer = client.clone().with_timeout(READ_CARD_WAIT);
+        &longer
+    } else {
+        client
+    };
     let mut wait = Duration::from_millis(200);
     let mut tries = 0;
     let answer = loop {

@@ -174,6 +174,10 @@ pub struct CreateArgs {
     /// The presented card, masked (e.g. ************2257), for the card-present check.
     #[arg(long)]
     pub card: Option<String>,
+    /// Have the agent read the presented card at its ZVT terminal instead of `--card`; the
+    /// answer is waited for at least 45 s, as the customer has 30 s to present the card.
+    #[arg(long, conflicts_with = "card")]
+    pub read_card: bool,
     /// Reuse a key to make a retry safe; a fresh one is generated otherwise.
     #[arg(long)]
     pub idempotency_key: Option<String>,

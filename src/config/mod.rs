@@ -22,6 +22,7 @@ mod env;
 pub mod limits;
 mod raw;
 mod secret;
+mod terminal;
 mod validate;
 
 #[cfg(test)]
@@ -40,6 +41,7 @@ use crate::terminal::codec::Framing;
 
 pub use destination::{Destination, DestinationContext, DestinationKind};
 pub use secret::{read_secret, Secret, SecretFile};
+pub use terminal::{ZvtTerminalSettings, ZVT_KEEPALIVE};
 pub use validate::{base_url_checked, duration};
 
 #[cfg(test)]
@@ -81,7 +83,11 @@ pub struct Config {
     pub tcp_token_file: Option<PathBuf>,
     /// The `Origin`s a browser page may call the TCP listener from.
     pub allowed_origins: Vec<String>,
+    /// `[terminal]` as a serial line speaking JSON or barcodes.
     pub terminal: Option<TerminalSettings>,
+    /// `[terminal]` as a ZVT payment terminal (`framing = "zvt"` or `zvt_address`); never set
+    /// together with `terminal`.
+    pub zvt_terminal: Option<ZvtTerminalSettings>,
     /// Amount limits per currency; refunds in a currency missing here are refused.
     pub limits: HashMap<Currency, CurrencyLimits>,
     pub max_queue_len: Option<u64>,

@@ -82,29 +82,33 @@ fn default_socket() -> PathBuf {
     PathBuf::from("/run/refund-agent/control.sock")
 }
 
-/// `[terminal]`: the serial device, with its settings still as the names written in the file.
+/// `[terminal]`: the serial device or the ZVT terminal's address, with its settings still as
+/// the names written in the file. Defaults that depend on the framing (the baud rate) are
+/// applied by [`super::terminal`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTerminal {
-    pub device: PathBuf,
-    #[serde(default = "default_baud")]
-    pub baud: u32,
-    #[serde(default = "default_framing")]
-    pub framing: String,
-    #[serde(default = "default_parity")]
-    pub parity: String,
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    #[serde(default)]
+    pub baud: Option<u32>,
+    #[serde(default)]
+    pub framing: Option<String>,
+    #[serde(default)]
+    pub parity: Option<String>,
     #[serde(default)]
     pub session_timeout: Option<String>,
-}
-
-fn default_baud() -> u32 {
-    115_200
-}
-fn default_framing() -> String {
-    "ndjson".into()
-}
-fn default_parity() -> String {
-    "none".into()
+    /// ZVT over TCP: the terminal's `host:port` (usually port 20007).
+    #[serde(default)]
+    pub zvt_address: Option<String>,
+    #[serde(default)]
+    pub zvt_password: Option<String>,
+    #[serde(default)]
+    pub zvt_currency: Option<String>,
+    #[serde(default)]
+    pub zvt_service_byte: Option<u8>,
+    #[serde(default)]
+    pub zvt_keepalive: Option<String>,
 }
 
 /// `[limits]`. Its amount limits are the default currency's; `[limits.EUR]` and the like hold

@@ -5,12 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawTerminal};
+use super::raw::RawConfig;
 use super::secret::secret_path;
-use super::{destination, invalid, Config, ConfigError, SyncSettings, TerminalSettings};
+use super::terminal::TerminalKind;
+use super::{destination, invalid, Config, ConfigError, SyncSettings};
 use crate::money::Currency;
-use crate::terminal::codec::Framing;
-use crate::terminal::{device, session};
 
 pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
     let a = raw.agent;
@@ -73,7 +72,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
             }
         }
     }
-    let terminal = raw.terminal.map(terminal).transpose()?;
+    let (terminal, zvt_terminal) = match raw.terminal.map(|t| super::terminal::terminal(t, &destinations)) {
+        None => (None, None),
+        Some(Ok(TerminalKind::Serial(t))) => (Some(t), None),
+        Some(Ok(TerminalKind::Zvt(t))) => (None, Some(t)),
+        Some(Err(e)) => return Err(e),
+    };
     let limits = super::limits::currency_limits(&raw.limits, default_currency)?;
     let retention = Some(duration("agent.retention", &a.retention)?).filter(|d| !d.is_zero());
     super::limits::check_retention(&limits, retention)?;
@@ -90,6 +94,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
         tcp_token_file,
         allowed_origins: raw.control.allowed_origins,
         terminal,
+        zvt_terminal,
         limits,
         max_queue_len: raw.limits.max_queue_len,
         max_pending_age: raw
@@ -104,21 +109,6 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base_dir: &Path) -> Result<C
         destinations,
         routes: raw.routes,
     })
-}
-
-/// `[terminal]`: the names in the file become the framing, parity and timeout the terminal
-/// uses; no other module reads them again.
-fn terminal(t: RawTerminal) -> Result<TerminalSettings, ConfigError> {
-    let framing: Framing = t.framing.parse().map_err(|_| {
-        invalid("terminal.framing", format!("{:?} is not one of ndjson, stx-etx, lines", t.framing))
-    })?;
-    let parity = device::parity(&t.parity)
-        .ok_or_else(|| invalid("terminal.parity", format!("{:?} is not one of none, even, odd", t.parity)))?;
-    let session_timeout = match &t.session_timeout {
-        Some(d) => duration("terminal.session_timeout", d)?,
-        None => session::DEFAULT_TIMEOUT,
-    };
-    Ok(TerminalSettings { device: t.device, baud: t.baud, framing, parity, session_timeout })
 }
 
 /// Parses `"10s"`, `"5m"`, `"72h"`, `"30d"`.

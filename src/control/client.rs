@@ -63,6 +63,11 @@ impl ControlClient {
         ControlClient { socket: socket.to_path_buf(), timeout: DEFAULT_TIMEOUT }
     }
 
+    /// The most one request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The same client, with `timeout` for each request (and for connecting).
     pub fn with_timeout(self, timeout: Duration) -> ControlClient {
         ControlClient { timeout, ..self }

@@ -106,7 +106,10 @@ pub fn render(status: &StatusBody, retries: Option<u64>) -> String {
     }
 
     if let Some(terminal) = &status.terminal {
-        out.header("refund_agent_terminal_connected", "1 when the serial terminal's port is open.");
+        out.header(
+            "refund_agent_terminal_connected",
+            "1 when the terminal's link is up: the serial port open, or the ZVT terminal registered.",
+        );
         let up = if terminal.connected { 1.0 } else { 0.0 };
         out.sample("refund_agent_terminal_connected", &[("device", &terminal.device)], up);
     }

@@ -48,8 +48,11 @@ pub struct AppState {
     pub terminal_id: String,
     /// Checks manager approvals (PINs, lock-outs).
     pub approver: Approver,
-    /// The serial terminal's link status, when `[terminal]` is configured.
+    /// The terminal's link status, when `[terminal]` is configured (a serial line or a ZVT
+    /// terminal).
     pub terminal: Option<crate::terminal::device::SharedStatus>,
+    /// The ZVT terminal that reads the card of a refund asking `read_card`.
+    pub card_reader: Option<crate::terminal::ecr::owner::EcrHandle>,
 }
 
 /// The API's routes.
@@ -198,7 +201,9 @@ async fn create_refund(
             Some(format!("api:{k}"))
         }
     };
-    let draft: RefundDraft = parse_approved(&body)?;
+    let mut draft: RefundDraft = parse_approved(&body)?;
+    // Before the approval: a PIN is not spent on a refund whose card is not read.
+    super::card::read_card(&s, &mut draft).await?;
     let approval = approve(&s, draft.manager_approval.as_ref()).await?;
     let created = s.queue.create_approved(draft, key, approval, peer.audit()).await??;
     if created.replayed {

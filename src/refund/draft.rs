@@ -49,6 +49,11 @@ pub struct RefundDraft {
     /// draft when empty, so the fingerprints of keys stored before lines existed still match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<LineRequest>,
+    /// Through the control API: the agent reads the presented card at its ZVT terminal (Read
+    /// Card) and takes it as `masked_pan`, so the cashier types no card digits. Left out of the
+    /// serialized draft when false, so the fingerprints of keys stored before it still match.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_card: bool,
 }
 
 /// One returned line of an itemized refund: the 1-based line of the receipt and how many units.

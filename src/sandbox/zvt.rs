@@ -8,7 +8,8 @@
 //! the refunds it made, so a test can count them. [`ZvtSimulator::drop_after_next_refund`] makes
 //! it move the money for the next refund and then cut the connection before the ECR hears the
 //! result: the lost outcome the agent must resolve with Repeat Receipt, never by refunding again;
-//! [`ZvtSimulator::drop_before_next_refund`] cuts it before the money moves.
+//! [`ZvtSimulator::drop_before_next_refund`] cuts it before the money moves. It serves one ECR
+//! connection at a time, as real terminals do; [`ZvtSimulator::cut_link`] ends the current one.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
@@ -51,6 +52,10 @@ struct State {
     refunds: Vec<SimRefund>,
     drop_next_refund: bool,
     drop_next_refund_unpaid: bool,
+    /// Cut the connection at the next idle moment (a cable pulled, a terminal restarted).
+    cut_now: bool,
+    /// End the next Read Card without a card, as a terminal does when nobody presents one.
+    no_card_next: bool,
     commands: Vec<u16>,
 }
 
@@ -108,6 +113,9 @@ impl State {
         };
         match (apdu.class, apdu.instr) {
             (0x06, 0x00) | (0x05, 0x01) => done(Vec::new()),
+            (0x06, 0xC0) if std::mem::take(&mut self.no_card_next) => {
+                Script { messages: vec![ack(), Apdu::new(0x06, 0x1E, vec![0x6C])], cut_after: None }
+            }
             (0x06, 0xC0) => {
                 let mut status = vec![0x27, 0x00, 0x22, 0xF0, 0xF8];
                 status.extend_from_slice(&TEST_PAN_BCD);
@@ -155,6 +163,9 @@ impl State {
 /// Serves one connection until the peer goes, a script cuts it, or `stop` is set.
 fn serve<W: Wire>(link: &mut Link<W>, state: &Mutex<State>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
+        if std::mem::take(&mut lock(state).cut_now) {
+            return;
+        }
         let apdu = match link.recv(Instant::now() + IDLE_POLL) {
             Ok(Some(apdu)) => apdu,
             Ok(None) => continue,
@@ -290,6 +301,17 @@ impl ZvtSimulator {
     /// The next refund is acknowledged, then the connection is cut before any money moves.
     pub fn drop_before_next_refund(&self) {
         lock(&self.state).drop_next_refund_unpaid = true;
+    }
+
+    /// Cuts the connection the ECR holds now, between commands (over TCP the ECR sees it
+    /// closed; a pty has no connection to cut, so there it only restarts the serving loop).
+    pub fn cut_link(&self) {
+        lock(&self.state).cut_now = true;
+    }
+
+    /// The next Read Card ends with an abort (`06 1E`, result code `6C`) and no card.
+    pub fn no_card_next_read(&self) {
+        lock(&self.state).no_card_next = true;
     }
 
     /// Every refund the terminal carried out.

@@ -27,7 +27,8 @@
 //!
 //! Beside the pipeline, [`capture`] decodes recorded traffic for `refund-agent terminal decode`,
 //! ZVT included (its codecs are in [`codec::zvt`]). [`ecr`] is the agent as ZVT master: the
-//! conversation with a payment terminal as a pure state machine, and its serial and TCP link.
+//! conversation with a payment terminal as a pure state machine, its serial and TCP link, and
+//! the owner of a ZVT terminal configured as `[terminal]` (registration, keepalive, Read Card).
 //!
 //! Keeping stages 1–4 pure means every edge case of the wire protocol can be unit-, property- and
 //! fuzz-tested without hardware; only [`spawn`] touches a device.

@@ -24,6 +24,18 @@ const NUMERIC_CURRENCIES: &[(&str, u16)] = &[
     ("HUF", 348),
 ];
 
+/// Whether `text` is a ZVT terminal password: exactly 6 digits. `[terminal]` checks its
+/// `zvt_password` with it too.
+pub fn is_password(text: &str) -> bool {
+    text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A currency's three letters as the agent writes them and its ISO 4217 number, for the
+/// currencies a ZVT terminal is known to take (any letter case in the file).
+pub fn numeric_currency(text: &str) -> Option<(&'static str, u16)> {
+    NUMERIC_CURRENCIES.iter().find(|(code, _)| code.eq_ignore_ascii_case(text)).copied()
+}
+
 /// A ZVT destination table as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,19 +80,15 @@ impl ZvtConfig {
                 return Err(at.invalid("zvt_address", "give exactly one of zvt_address or device".into()));
             }
         };
-        if self.password.len() != 6 || !self.password.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_password(&self.password) {
             return Err(at.invalid("password", "the terminal password is 6 digits".into()));
         }
-        let (currency, currency_number) = NUMERIC_CURRENCIES
-            .iter()
-            .find(|(code, _)| code.eq_ignore_ascii_case(&self.currency))
-            .copied()
-            .ok_or_else(|| {
-                at.invalid(
-                    "currency",
-                    format!("{:?} is not a currency a ZVT terminal is known to take", self.currency),
-                )
-            })?;
+        let (currency, currency_number) = numeric_currency(&self.currency).ok_or_else(|| {
+            at.invalid(
+                "currency",
+                format!("{:?} is not a currency a ZVT terminal is known to take", self.currency),
+            )
+        })?;
         Ok(ZvtSettings {
             endpoint,
             password: self.password,

@@ -27,7 +27,7 @@ use crate::queue::Claim;
 use crate::terminal::ecr::link::{connect_tcp, open_serial, Link, LinkError, Wire};
 use crate::terminal::ecr::payout::{pay_out, Payout, PayoutRequest};
 use crate::terminal::ecr::{Outcome, Request, TerminalResult, DEFAULT_COMPLETION_TIMEOUT};
-pub use config::{ZvtConfig, ZvtEndpoint, ZvtSettings};
+pub use config::{is_password, numeric_currency, ZvtConfig, ZvtEndpoint, ZvtSettings};
 
 /// The terminal moves money and knows nothing of our refund id.
 pub const CAPABILITY: Capability = Capability { dedup: false, moves_money: true };

@@ -20,6 +20,7 @@
 //! lookup that settles a lost outcome, is [`payout`].
 
 pub mod link;
+pub mod owner;
 pub mod payout;
 
 use std::time::{Duration, Instant};
