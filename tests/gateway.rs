@@ -6,15 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use refund_agent::queue::RefundView;
 use refund_agent::sandbox::{Fault, GatewaySandbox};
-use rust_decimal::Decimal;
 
 const TOKEN: &str = "gw-test-token";
-
-fn dec(s: &str) -> Decimal {
-    s.parse().expect("decimal")
-}
 
 /// Starts a gateway sandbox that knows payment 882 (the example sale's) when `payment` gives
 /// its captured amount and subtotal, and an agent for it that has the example receipt.
@@ -27,21 +21,6 @@ async fn setup(payment: Option<(&str, &str)>) -> (GatewaySandbox, Agent) {
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     (gw, agent)
-}
-
-/// `refunds show ID --json`, as a technician would read it.
-async fn show(agent: &Agent, id: &str) -> RefundView {
-    let out = agent.cli(&["refunds", "show", id, "--json"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).expect("refund JSON")
-}
-
-/// Waits for `state`, then returns the delivery's `last_error` as `refunds show` prints it.
-async fn ends(agent: &Agent, id: &str, state: &str) -> String {
-    agent.wait_state(id, state).await;
-    let shown = show(agent, id).await;
-    assert_eq!(shown.deliveries[0].state, state, "{shown:?}");
-    shown.deliveries[0].last_error.clone().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +61,7 @@ async fn above_the_captured_amount_is_declined_with_the_gateways_reason() {
     // The gateway captured less than the receipt says (a partial capture).
     let (gw, agent) = setup(Some(("3.00", "3.00"))).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "declined").await;
+    let error = agent.ends(&id, "declined").await;
     assert!(
         error.contains("declined by the card gateway") && error.contains("exceeds the captured amount"),
         "{error}"
@@ -95,7 +74,7 @@ async fn above_the_captured_amount_is_declined_with_the_gateways_reason() {
 async fn above_the_gateways_subtotal_without_a_breakdown_is_declined() {
     let (gw, agent) = setup(Some(("100.00", "4.00"))).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "declined").await;
+    let error = agent.ends(&id, "declined").await;
     assert!(error.contains("exceeds the order subtotal"), "{error}");
     assert!(gw.refunds().is_empty());
 }
@@ -104,7 +83,7 @@ async fn above_the_gateways_subtotal_without_a_breakdown_is_declined() {
 async fn an_unknown_payment_is_declined_as_not_found() {
     let (gw, agent) = setup(None).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "declined").await;
+    let error = agent.ends(&id, "declined").await;
     assert!(error.contains("HTTP 404: Payment 882 not found"), "{error}");
     assert_eq!(gw.seen().len(), 1);
 }
@@ -117,7 +96,7 @@ async fn a_wrong_token_fails_without_retrying() {
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "failed").await;
+    let error = agent.ends(&id, "failed").await;
     assert!(error.contains("HTTP 401: Invalid or missing bearer token"), "{error}");
     assert_eq!(gw.seen().len(), 1);
     assert!(gw.refunds().is_empty());
@@ -129,7 +108,7 @@ async fn other_documented_errors_end_in_the_right_state() {
     for (status, state) in [(400, "declined"), (422, "declined"), (403, "failed")] {
         gw.inject(Fault::Status(status, None), 1);
         let id = created_id(&cli_refund(&agent, "1.00", &[]).await);
-        let error = ends(&agent, &id, state).await;
+        let error = agent.ends(&id, state).await;
         assert!(error.contains(&format!("HTTP {status}: Injected failure")), "{status}: {error}");
     }
     assert_eq!(gw.seen().len(), 3, "none of them is retried: {:?}", gw.seen());
@@ -172,7 +151,7 @@ async fn no_answer_after_commit_ends_unknown_and_is_never_resent() {
     let (gw, agent) = setup(Some(("100.00", "90.00"))).await;
     gw.inject(Fault::CommitThenDrop, 1);
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "unknown").await;
+    let error = agent.ends(&id, "unknown").await;
     assert!(error.contains("resolve by hand"), "{error}");
     assert_eq!(
         gw.seen().len(),
@@ -190,7 +169,7 @@ async fn a_refund_without_the_original_payment_id_fails_without_a_request() {
     agent.start().await;
     let out = cli_unlinked_refund(&agent).await;
     let id = created_id(&out);
-    let error = ends(&agent, &id, "failed").await;
+    let error = agent.ends(&id, "failed").await;
     assert!(error.contains("processor_payment_id"), "{error}");
     assert!(gw.seen().is_empty(), "nothing was sent: {:?}", gw.seen());
 }

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use refund_agent::sandbox::core::{FAR_DATE_SECS, HUGE_BODY};
 use refund_agent::sandbox::{Fault, FaultMix, GatewaySandbox, OliveSandbox, RedirectTarget};
-use rust_decimal::Decimal;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -32,10 +31,6 @@ const NO_FAULTS: FaultMix = FaultMix {
     drip: 0,
     far_date: 0,
 };
-
-fn dec(s: &str) -> Decimal {
-    s.parse().expect("decimal")
-}
 
 /// An agent whose every refund goes to `destination` (a `[destinations.NAME]` table body).
 async fn agent_for(name: &str, url: &str, table: &str, secret: (&str, &str)) -> Agent {
@@ -74,13 +69,6 @@ async fn gateway() -> (GatewaySandbox, Agent) {
     (gw, agent)
 }
 
-/// The refund's only delivery once it is `state`: its `last_error`.
-async fn ends(agent: &Agent, id: &str, state: &str) -> String {
-    let view = agent.wait_state(id, state).await;
-    assert_eq!(view.deliveries[0].state, state, "{view:?}");
-    view.deliveries[0].last_error.clone().unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_after_commit_at_olive_is_unknown_after_exactly_one_request() {
     let (olive, agent) = olive().await;
@@ -88,7 +76,7 @@ async fn a_5xx_after_commit_at_olive_is_unknown_after_exactly_one_request() {
     olive.inject_randomly(7, Some(EVERY_ANSWER_5XX_AFTER_COMMIT));
     for n in 0..3 {
         let id = created_id(&cli_refund(&agent, "1.00", &[]).await);
-        let error = ends(&agent, &id, "unknown").await;
+        let error = agent.ends(&id, "unknown").await;
         assert!(error.contains("HTTP 50") && error.contains("resolve by hand"), "{error}");
         assert_eq!(olive.seen().len(), n + 1, "one request per refund: {:?}", olive.seen());
         assert_eq!(olive.refunds().len(), n + 1, "the money moved once per refund");
@@ -102,7 +90,7 @@ async fn a_5xx_after_commit_at_the_gateway_is_unknown_after_exactly_one_request(
     gw.inject_randomly(7, Some(EVERY_ANSWER_5XX_AFTER_COMMIT));
     for n in 0..3 {
         let id = created_id(&cli_refund(&agent, "1.00", &[]).await);
-        let error = ends(&agent, &id, "unknown").await;
+        let error = agent.ends(&id, "unknown").await;
         assert!(error.contains("HTTP 50") && error.contains("resolve by hand"), "{error}");
         assert_eq!(gw.seen().len(), n + 1, "one request per refund: {:?}", gw.seen());
         assert_eq!(gw.refunds().len(), n + 1, "the card was refunded once per refund");
@@ -115,7 +103,7 @@ async fn a_redirect_is_never_followed_and_fails_the_delivery() {
     let elsewhere = RedirectTarget::start().await.expect("redirect target");
     olive.inject(Fault::Redirect(elsewhere.addr()), 100);
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "failed").await;
+    let error = agent.ends(&id, "failed").await;
     assert!(error.contains("HTTP 307") && error.contains("redirects are refused"), "{error}");
     assert!(elsewhere.arrived().is_empty(), "nothing reached the other host: {:?}", elsewhere.arrived());
     assert_eq!(olive.seen().len(), 1, "a redirect is not retried: {:?}", olive.seen());

@@ -6,16 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use refund_agent::queue::RefundView;
 use refund_agent::sandbox::{Fault, OliveSandbox};
-use rust_decimal::Decimal;
 
 const KEY_ID: &str = "pos_key_test";
 const SECRET: &str = "olive-test-secret";
-
-fn dec(s: &str) -> Decimal {
-    s.parse().expect("decimal")
-}
 
 /// An agent whose every refund goes to Olive at `url`, signing with `secret`. `limits` is an
 /// optional `[limits]` body.
@@ -54,21 +48,6 @@ async fn setup(captured: Option<&str>) -> (OliveSandbox, Agent) {
     (olive, agent)
 }
 
-/// `refunds show ID --json`, as a technician would read it.
-async fn show(agent: &Agent, id: &str) -> RefundView {
-    let out = agent.cli(&["refunds", "show", id, "--json"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).expect("refund JSON")
-}
-
-/// Waits for `state`, then returns the delivery's `last_error` as `refunds show` prints it.
-async fn ends(agent: &Agent, id: &str, state: &str) -> String {
-    agent.wait_state(id, state).await;
-    let shown = show(agent, id).await;
-    assert_eq!(shown.deliveries[0].state, state, "{shown:?}");
-    shown.deliveries[0].last_error.clone().unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_is_signed_and_delivered_once() {
     let (olive, agent) = setup(Some("100.00")).await;
@@ -97,7 +76,7 @@ async fn an_amount_olive_refuses_is_declined_with_its_message() {
     // Olive's record of the sale allows less than the agent's ledger does.
     let (olive, agent) = setup(Some("3.00")).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "declined").await;
+    let error = agent.ends(&id, "declined").await;
     assert!(error.contains("INVALID_AMOUNT") && error.contains("exceeds the refundable balance"), "{error}");
     assert!(olive.refunds().is_empty());
     assert_eq!(olive.seen().len(), 1, "a refusal is not retried");
@@ -109,7 +88,7 @@ async fn a_second_refund_of_a_fully_refunded_sale_is_declined_as_already_refunde
     let first = created_id(&cli_refund(&agent, "5.00", &[]).await);
     agent.wait_state(&first, "delivered").await;
     let second = created_id(&cli_refund(&agent, "1.00", &[]).await);
-    let error = ends(&agent, &second, "declined").await;
+    let error = agent.ends(&second, "declined").await;
     assert!(error.starts_with("already refunded"), "{error}");
     assert!(error.contains("ALREADY_REFUNDED") && error.contains("txn_123"), "{error}");
     assert_eq!(olive.refunds().len(), 1);
@@ -119,7 +98,7 @@ async fn a_second_refund_of_a_fully_refunded_sale_is_declined_as_already_refunde
 async fn an_unknown_transaction_is_declined_as_not_found() {
     let (olive, agent) = setup(None).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "declined").await;
+    let error = agent.ends(&id, "declined").await;
     assert!(
         error.contains("HTTP 404 TXN_NOT_FOUND") && error.contains("Transaction txn_123 not found"),
         "{error}"
@@ -132,7 +111,7 @@ async fn a_key_without_refund_permission_fails() {
     let (olive, agent) = setup(Some("100.00")).await;
     olive.forbid_refunds(true);
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "failed").await;
+    let error = agent.ends(&id, "failed").await;
     assert!(
         error.contains("HTTP 403 FORBIDDEN") && error.contains("not permitted to issue refunds"),
         "{error}"
@@ -148,7 +127,7 @@ async fn a_wrong_secret_with_a_right_clock_fails_as_refused_credentials() {
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "failed").await;
+    let error = agent.ends(&id, "failed").await;
     assert!(error.starts_with("credentials refused") && error.contains("INVALID_SIGNATURE"), "{error}");
     assert_eq!(olive.seen().len(), 1, "refused credentials are not retried");
     assert!(olive.refunds().is_empty());
@@ -226,7 +205,7 @@ async fn no_answer_after_commit_ends_unknown_and_is_never_resent() {
     let (olive, agent) = setup(Some("100.00")).await;
     olive.inject(Fault::CommitThenDrop, 1);
     let id = created_id(&cli_refund(&agent, "5.00", &[]).await);
-    let error = ends(&agent, &id, "unknown").await;
+    let error = agent.ends(&id, "unknown").await;
     assert!(error.contains("resolve by hand"), "{error}");
     assert_eq!(
         olive.seen().len(),
@@ -244,7 +223,7 @@ async fn a_refund_without_a_transaction_id_fails_without_a_request() {
     agent.start().await;
     let out = cli_unlinked_refund(&agent).await;
     let id = created_id(&out);
-    let error = ends(&agent, &id, "failed").await;
+    let error = agent.ends(&id, "failed").await;
     assert!(error.contains("no original transaction id"), "{error}");
     assert!(olive.seen().is_empty(), "nothing was sent: {:?}", olive.seen());
 }

@@ -303,9 +303,30 @@ api_key_file = "finalpos.key"
         .await
     }
 
+    /// `refunds show ID --json`, as a technician would read it.
+    pub async fn show(&self, id: &str) -> RefundView {
+        let out = self.cli(&["refunds", "show", id, "--json"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("refund JSON")
+    }
+
+    /// Waits for `state`, then returns the only delivery's `last_error` as `refunds show` prints
+    /// it.
+    pub async fn ends(&self, id: &str, state: &str) -> String {
+        self.wait_state(id, state).await;
+        let shown = self.show(id).await;
+        assert_eq!(shown.deliveries[0].state, state, "{shown:?}");
+        shown.deliveries[0].last_error.clone().unwrap_or_default()
+    }
+
     pub fn logs(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
+}
+
+/// A decimal from a literal in a test.
+pub fn dec(s: &str) -> rust_decimal::Decimal {
+    s.parse().expect("decimal")
 }
 
 /// `refund create` through the CLI; returns the output.
