@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
@@ -54,6 +54,18 @@ async fn offline_gateway_agent() -> (GatewaySandbox, Agent) {
 
 async fn backup(agent: &Agent, path: &Path) -> Output {
     agent.cli(&["backup", path_str(path)]).await
+}
+
+/// A Final POS sandbox and an agent on it with the example receipt, backed up to `backup.db` in
+/// its state directory; the agent still runs.
+async fn backed_up_final_pos_agent() -> (FinalPosSandbox, Agent, PathBuf) {
+    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
+    let mut agent = Agent::new(&fp.url(), "");
+    agent.start().await;
+    agent.add_receipt(RECEIPT).await;
+    let copy = agent.dir.path().join("backup.db");
+    assert!(backup(&agent, &copy).await.status.success());
+    (fp, agent, copy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,12 +126,7 @@ async fn an_older_copy_is_refused_by_hand_and_restored_as_unknown_without_paying
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_is_refused_while_the_agent_runs() {
-    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
-    let mut agent = Agent::new(&fp.url(), "");
-    agent.start().await;
-    agent.add_receipt(RECEIPT).await;
-    let copy = agent.dir.path().join("backup.db");
-    assert!(backup(&agent, &copy).await.status.success());
+    let (_fp, mut agent, copy) = backed_up_final_pos_agent().await;
     let out = agent.cli(&["restore", path_str(&copy)]).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("the agent is running"), "{}", stderr(&out));
@@ -130,12 +137,7 @@ async fn restore_is_refused_while_the_agent_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_sealed_under_another_key_is_refused_and_nothing_changes() {
-    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
-    let mut first = Agent::new(&fp.url(), "");
-    first.start().await;
-    first.add_receipt(RECEIPT).await;
-    let copy = first.dir.path().join("backup.db");
-    assert!(backup(&first, &copy).await.status.success());
+    let (fp, mut first, copy) = backed_up_final_pos_agent().await;
     assert_eq!(first.terminate().await.code(), Some(0));
 
     let mut other = Agent::new(&fp.url(), "");
@@ -301,12 +303,7 @@ async fn a_refund_only_the_copy_knew_is_carried_over_with_its_key() {
 /// `--discard-current` the copy goes in, and the output says what the restored queue lacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_current_queue_is_replaced_only_when_asked() {
-    let fp = FinalPosSandbox::start(API_KEY).await.expect("sandbox");
-    let mut agent = Agent::new(&fp.url(), "");
-    agent.start().await;
-    agent.add_receipt(RECEIPT).await;
-    let copy = agent.dir.path().join("backup.db");
-    assert!(backup(&agent, &copy).await.status.success());
+    let (_fp, mut agent, copy) = backed_up_final_pos_agent().await;
     assert_eq!(agent.terminate().await.code(), Some(0));
     let db = agent.db_path();
     let mut bytes = fs::read(&db).expect("queue");
