@@ -19,7 +19,7 @@ use crate::queue::{self, QueueError, QueueHandle, QueueOwner, QueueSettings, Sea
 use crate::refund::Policy;
 use crate::routing::Router;
 use crate::shutdown::{Shutdown, Trigger};
-use crate::sync::Worker;
+use crate::sync::{Lookups, Worker};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub struct Running {
     shutdown: Trigger,
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
+    /// The resolver of unknown terminal payouts (`sync::lookup`), when a ZVT destination is set
+    /// up; it holds a queue handle, so `stop` awaits it before waiting for the owner thread.
+    lookups: Option<JoinHandle<()>>,
     terminal: Option<crate::terminal::Terminal>,
     /// Only under systemd with `WatchdogSec=`; it holds a queue handle, so `stop` awaits it
     /// before waiting for the owner thread.
@@ -180,6 +183,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     });
     let probe_targets =
         config.destinations.iter().filter_map(|d| Some((d.name.clone(), d.kind.probe_target()?))).collect();
+    let lookups = Lookups { queue: queue.clone(), connectors: connectors.clone(), wake: wake.clone() };
+    let lookups = lookups.any().then(|| tokio::spawn(lookups.run(shutdown_rx.clone())));
     let worker = Worker {
         queue: queue.clone(),
         connectors,
@@ -193,7 +198,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), "refund-agent ready");
     // Last, so systemd starts units ordered after us only once the socket answers.
     crate::watchdog::ready();
-    Ok(Running { socket: config.socket.clone(), queue, shutdown, server, worker, terminal, watchdog, owner })
+    Ok(Running {
+        socket: config.socket.clone(),
+        queue,
+        shutdown,
+        server,
+        worker,
+        lookups,
+        terminal,
+        watchdog,
+        owner,
+    })
 }
 
 impl Running {
@@ -207,6 +222,9 @@ impl Running {
         }
         let _ = self.server.await;
         let _ = self.worker.await;
+        if let Some(lookups) = self.lookups {
+            let _ = lookups.await;
+        }
         if let Some(terminal) = self.terminal {
             terminal.stop().await;
         }

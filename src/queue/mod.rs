@@ -106,6 +106,7 @@ mod keys;
 mod ledger;
 mod lifecycle;
 mod lockouts;
+mod lookup;
 mod inspect;
 mod manual;
 mod migrate;
@@ -133,6 +134,7 @@ pub use handle::QueueHandle;
 pub use inspect::{check_readonly, FileCheck, Report, RowsCheck};
 pub use intake::{Created, SaleAdded};
 pub use lifecycle::{Claim, Recorded, Recovery};
+pub use lookup::{LookupCandidate, LookupSettlement};
 pub use manual::Resolution;
 #[cfg(feature = "fault-injection")]
 pub use owner::start_on_vfs;
