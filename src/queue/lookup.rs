@@ -49,7 +49,7 @@ type Check = dyn Fn(&str) -> bool + Send;
 /// Stores `note` as the `remote_id` of the in-flight delivery, and retires (`supersede`) every
 /// other note on an in-flight or unknown delivery to the same destination: once this request
 /// leaves, no older one can be read at the destination any more.
-fn note(
+pub(super) fn note(
     db: &Db<'_>,
     refund_id: &str,
     position: i64,
@@ -88,7 +88,7 @@ fn note(
 
 /// The `unknown` deliveries to `destination` whose `remote_id` is a live note. A refund whose
 /// rows do not verify is quarantined by `manual::load` and left out.
-fn candidates(
+pub(super) fn candidates(
     db: &Db<'_>,
     destination: &str,
     lookupable: &Check,
@@ -109,7 +109,7 @@ fn candidates(
 
 /// Settles a candidate, if it is still `unknown` with the same note (a person may have resolved
 /// it meanwhile, or a newer payout retired it): whether it was settled.
-fn settle(
+pub(super) fn settle(
     db: &Db<'_>,
     refund_id: &str,
     position: i64,
