@@ -7,8 +7,14 @@
 //! retires an older one (`supersede`). Settling goes through the same code as a person's
 //! resolution (`manual::settle`): the delivery, its refund's state, a decline's cancelled later
 //! destinations and the audit row, in one transaction.
+//!
+//! Every note is audit-logged (`note`) in its transaction. A note older than the newest
+//! `restore` audit row is never offered to a lookup: it came from a copy, and what the
+//! destination did after the copy was taken (a payout the replaced queue knew of) is not known.
 
-use super::audit::AuditCaller;
+use rusqlite::OptionalExtension;
+
+use super::audit::{self, AuditCaller};
 use super::db::Db;
 use super::delivery::DeliveryState;
 use super::error::QueueError;
@@ -20,6 +26,9 @@ use crate::refund::{RefundId, ValidRefund};
 
 /// Who settles a delivery by a lookup, in the audit log.
 const ACTOR: &str = "agent";
+/// The audit action of a note, and the one a restore records.
+const NOTE: &str = "note";
+const RESTORE: &str = "restore";
 
 /// An `unknown` delivery with a live note, verified (refund, delivery list and seals).
 #[derive(Debug, Clone)]
@@ -83,7 +92,25 @@ pub(super) fn note(
     }
     own.remote_id = Some(note.to_string());
     own.updated_at = now;
-    rows::save_delivery(db.conn, db.sealer, &mut own, false)
+    rows::save_delivery(db.conn, db.sealer, &mut own, false)?;
+    let detail = format!("{}: noted what the destination held before the request", own.destination);
+    audit::by(db, Some(refund_id), ACTOR, &AuditCaller::agent(), NOTE, &detail, now)
+}
+
+/// The newest audit row of `action` (for one refund, or any): its sequence number.
+fn newest(db: &Db<'_>, refund_id: Option<&str>, action: &str) -> Result<Option<i64>, QueueError> {
+    let seq: Option<i64> = match refund_id {
+        Some(id) => db
+            .conn
+            .prepare_cached("SELECT max(seq) FROM audit WHERE refund_id = ?1 AND action = ?2")?
+            .query_row(rusqlite::params![id, action], |r| r.get(0))?,
+        None => db
+            .conn
+            .prepare_cached("SELECT seq FROM audit WHERE action = ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([action], |r| r.get(0))
+            .optional()?,
+    };
+    Ok(seq)
 }
 
 /// The `unknown` deliveries to `destination` whose `remote_id` is a live note. A refund whose
@@ -95,11 +122,22 @@ pub(super) fn candidates(
     now: i64,
 ) -> Result<Vec<LookupCandidate>, QueueError> {
     let mut out = Vec::new();
+    let mut restored: Option<Option<i64>> = None;
     for d in rows::deliveries_in_state(db.conn, DeliveryState::Unknown)? {
         let Some(remote_id) = d.remote_id.clone().filter(|r| d.destination == destination && lookupable(r))
         else {
             continue;
         };
+        // Read only when a live note is there: audit rows are not indexed by action.
+        let restore = match restored {
+            Some(seq) => seq,
+            None => *restored.insert(newest(db, None, RESTORE)?),
+        };
+        let noted = newest(db, Some(&d.refund_id), NOTE)?;
+        if noted.is_none_or(|n| restore.is_some_and(|r| n < r)) {
+            tracing::info!(refund_id = %d.refund_id, destination, "an unknown outcome noted before a restore (or without the note's audit row) is left to a person");
+            continue;
+        }
         let Ok((row, _, _)) = manual::load(db, &d.refund_id, now) else { continue };
         let Ok((refund, _)) = row.open(db.sealer) else { continue };
         out.push(LookupCandidate { refund, position: d.position, remote_id });

@@ -739,3 +739,19 @@ fn a_newer_note_retires_older_ones_and_a_lookup_settles_through_the_manual_path(
     assert_eq!((claims.len(), claims[0].destination.as_str()), (1, "b"));
     f.assert_totals_consistent();
 }
+
+#[test]
+fn a_note_from_before_a_restore_is_not_looked_up() {
+    use super::lookup;
+    let f = Fixture::new(&["t"]);
+    let retire = |r: &str| (r == "live").then(|| "retired".to_string());
+    let live = |r: &str| r == "live";
+    let a = f.create("1.00");
+    f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
+    f.db(|db| lookup::note(db, &a, 0, "live", &retire, 11).unwrap());
+    f.db(|db| lifecycle::record(db, &a, 0, Recorded::Unknown { error: "lost".into() }, 12).unwrap());
+    assert_eq!(f.db(|db| lookup::candidates(db, "t", &live, 13).unwrap()).len(), 1);
+    // The copy put back may not know a payout made after it was taken.
+    f.db(|db| super::audit::by(db, None, "agent", &AuditCaller::agent(), "restore", "restored", 14).unwrap());
+    assert!(f.db(|db| lookup::candidates(db, "t", &live, 15).unwrap()).is_empty());
+}
