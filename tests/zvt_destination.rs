@@ -200,3 +200,25 @@ async fn a_lost_06_31_that_never_ran_is_declined_by_the_later_lookup_never_sent_
     assert_eq!(refund_commands(&sim), 3);
     assert_eq!(agent.refund(&id).await.expect("the declined refund").state, "declined");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_right_after_the_terminal_returns_leaves_the_unknown_one_settled_and_pays_once() {
+    let (sim, fp, agent) = setup().await;
+    warm_up(&sim, &agent).await;
+    sim.drop_after_next_refund();
+    sim.go_away_after_next_cut();
+    let lost = created_id(&cli_refund(&agent, "7.00", &[]).await);
+    wait_unknown(&agent, &lost).await;
+
+    // Whichever reads the terminal first (the resolver, or the next payout's own Repeat Receipt
+    // before its 06 31), the lost payout is settled as the terminal's last transaction then.
+    sim.come_back();
+    let next = created_id(&cli_refund(&agent, "2.00", &[]).await);
+    let settled = agent.wait_state(&lost, "delivered").await;
+    let paid = agent.wait_state(&next, "delivered").await;
+    assert_eq!(terminal_record(&settled)["trace"], "000002");
+    assert_eq!(terminal_record(&paid)["trace"], "000003");
+    assert_eq!(refund_commands(&sim), 3, "one 06 31 per refund");
+    assert_eq!(sim.refunds().len(), 3);
+    assert_eq!(fp.refunds().len(), 3);
+}

@@ -310,6 +310,62 @@ mod tests {
     use super::*;
     use crate::sale::CardRef;
 
+    fn settings(addr: std::net::SocketAddr) -> ZvtSettings {
+        ZvtSettings {
+            endpoint: ZvtEndpoint::Tcp(addr),
+            password: "000000".into(),
+            currency: "EUR",
+            currency_number: 978,
+            service_byte: 0,
+        }
+    }
+
+    /// Runs one attempt of 5.00 at a fresh simulator, with `before_send` as the note's write.
+    fn attempt_at(
+        sim: &crate::sandbox::ZvtSimulator,
+        before_send: impl FnOnce(&Outcome) -> Result<(), String>,
+    ) -> Attempt {
+        let crate::sandbox::zvt::Endpoint::Tcp(addr) = sim.endpoint().clone() else {
+            panic!("a TCP simulator has a TCP endpoint");
+        };
+        attempt_on(&settings(addr), 500, before_send, || {
+            connect_tcp(addr, CONNECT_TIMEOUT).map_err(LinkError::Io)
+        })
+    }
+
+    #[test]
+    fn the_note_is_written_after_the_trace_read_and_before_06_31() {
+        let sim = crate::sandbox::ZvtSimulator::start_tcp().expect("simulator");
+        assert!(matches!(attempt_at(&sim, |_| Ok(())), Attempt::Delivered { .. }));
+        let mut seen = None;
+        let attempt = attempt_at(&sim, |last| {
+            seen = Some((last.clone(), sim.commands()));
+            Ok(())
+        });
+        assert!(matches!(attempt, Attempt::Delivered { .. }), "{attempt:?}");
+        let (last, before) = seen.expect("the note was written");
+        let Outcome::Completed(last) = last else { panic!("the last transaction was read: {last:?}") };
+        assert_eq!(last.trace_number.as_deref(), Some("000001"));
+        assert_eq!(
+            before.iter().filter(|c| **c == 0x0631).count(),
+            1,
+            "only the first refund's 06 31 had left"
+        );
+        assert_eq!(before.last(), Some(&0x0620), "the trace read came just before");
+    }
+
+    #[test]
+    fn a_note_that_cannot_be_stored_sends_no_06_31() {
+        let sim = crate::sandbox::ZvtSimulator::start_tcp().expect("simulator");
+        let attempt = attempt_at(&sim, |_| Err("disk full".into()));
+        assert!(
+            matches!(&attempt, Attempt::Transient { error, .. } if error.contains("nothing was sent")),
+            "{attempt:?}"
+        );
+        assert!(!sim.commands().contains(&0x0631), "{:?}", sim.commands());
+        assert!(sim.refunds().is_empty());
+    }
+
     #[test]
     fn capability_never_resends_money() {
         assert_eq!(CAPABILITY, Capability { dedup: false, moves_money: true });
