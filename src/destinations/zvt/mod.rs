@@ -65,7 +65,9 @@ pub struct Zvt {
 
 /// Proof that the caller holds the one conversation with the terminal ([`Zvt::exclusive`]).
 #[derive(Debug)]
-pub struct Exclusive<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
+pub struct Exclusive<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
 
 /// The terminal's record of a paid refund, as stored sealed in the delivery's `remote_id`.
 #[derive(Debug, Serialize)]
@@ -125,7 +127,7 @@ impl Zvt {
 
     /// Waits until no other conversation with the terminal runs.
     pub async fn exclusive(&self) -> Exclusive<'_> {
-        Exclusive(self.conversation.lock().await)
+        Exclusive { _guard: self.conversation.lock().await }
     }
 
     /// The terminal's last transaction, read with Repeat Receipt over a fresh connection, on a
