@@ -19,7 +19,7 @@ use crate::queue::{self, QueueError, QueueHandle, QueueOwner, QueueSettings, Sea
 use crate::refund::Policy;
 use crate::routing::Router;
 use crate::shutdown::{Shutdown, Trigger};
-use crate::sync::Worker;
+use crate::sync::{Lookups, Worker};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub struct Running {
     shutdown: Trigger,
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
+    /// The resolver of unknown terminal payouts (`sync::lookup`), when a ZVT destination is set
+    /// up; it holds a queue handle, so `stop` awaits it before waiting for the owner thread.
+    lookups: Option<JoinHandle<()>>,
     terminal: Option<crate::terminal::Terminal>,
     /// The owner of the ZVT terminal's link, when `[terminal]` is a ZVT terminal.
     zvt_terminal: Option<crate::terminal::ecr::owner::EcrOwner>,
@@ -198,6 +201,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     });
     let probe_targets =
         config.destinations.iter().filter_map(|d| Some((d.name.clone(), d.kind.probe_target()?))).collect();
+    let lookups = Lookups { queue: queue.clone(), connectors: connectors.clone(), wake: wake.clone() };
+    let lookups = lookups.any().then(|| tokio::spawn(lookups.run(shutdown_rx.clone())));
     let worker = Worker {
         queue: queue.clone(),
         connectors,
@@ -217,6 +222,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown,
         server,
         worker,
+        lookups,
         terminal,
         zvt_terminal,
         watchdog,
@@ -235,6 +241,9 @@ impl Running {
         }
         let _ = self.server.await;
         let _ = self.worker.await;
+        if let Some(lookups) = self.lookups {
+            let _ = lookups.await;
+        }
         if let Some(terminal) = self.terminal {
             terminal.stop().await;
         }

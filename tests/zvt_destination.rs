@@ -98,3 +98,127 @@ async fn a_lost_outcome_is_looked_up_at_the_terminal_never_paid_twice() {
     assert_eq!(refund_commands(&sim), 2, "one 06 31 per refund");
     assert_eq!(fp.refunds().len(), 1, "the back office never hears of an unpaid refund");
 }
+
+/// A first refund paid in full, so that the terminal has a last transaction (trace 1) for the
+/// next refund to note before its `06 31`.
+async fn warm_up(sim: &ZvtSimulator, agent: &Agent) {
+    let id = created_id(&cli_refund(agent, "1.00", &[]).await);
+    agent.wait_state(&id, "delivered").await;
+    assert_eq!(sim.refunds().len(), 1);
+}
+
+/// Waits until the refund's terminal delivery is `unknown`, and checks its note is on it.
+async fn wait_unknown(agent: &Agent, id: &str) -> RefundView {
+    let view = agent.wait_state(id, "unknown").await;
+    let note = view.deliveries[0].remote_id.as_deref().expect("the trace number before is noted");
+    let note: serde_json::Value = serde_json::from_str(note).expect("the note is JSON");
+    assert_eq!(note["zvt_before"]["trace"], "000001", "{note}");
+    view
+}
+
+/// The refund's audit rows show the agent's lookup and what it found.
+fn assert_lookup_audited(view: &RefundView, detail: &str) {
+    let rows = view.audit.as_deref().unwrap_or_default();
+    assert!(
+        rows.iter().any(|a| a.action == "lookup" && a.actor == "agent" && a.detail.starts_with(detail)),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_away_for_the_whole_attempt_is_looked_up_when_it_returns() {
+    let (sim, fp, agent) = setup().await;
+    warm_up(&sim, &agent).await;
+
+    // The terminal pays, the line dies, and every lookup within the attempt finds it gone.
+    sim.drop_after_next_refund();
+    sim.go_away_after_next_cut();
+    let id = created_id(&cli_refund(&agent, "7.00", &[]).await);
+    let unknown = wait_unknown(&agent, &id).await;
+    assert_eq!(unknown.deliveries[1].state, "pending", "the back office waits for the terminal");
+    assert_eq!(fp.refunds().len(), 1, "only the warm-up reached the back office");
+
+    sim.come_back();
+    let done = agent.wait_state(&id, "delivered").await;
+    let record = terminal_record(&done);
+    assert_eq!((record["trace"].as_str(), record["looked_up"].as_bool()), (Some("000002"), Some(true)));
+    assert_eq!(record["amount_minor"], 700);
+    assert_eq!(sim.refunds().len(), 2, "one payout per refund at the terminal");
+    assert_eq!(refund_commands(&sim), 2, "the lookup never sent 06 31 again");
+    assert_eq!(fp.refunds().len(), 2, "the back office recorded it after the lookup");
+    assert_lookup_audited(&done, "terminal: paid: trace 000002");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_06_31_left_looks_the_payout_up_after_the_restart() {
+    let (sim, fp, mut agent) = setup().await;
+    warm_up(&sim, &agent).await;
+
+    // The terminal pays and falls silent; the agent dies before it hears anything.
+    sim.stall_after_next_refund();
+    let id = created_id(&cli_refund(&agent, "6.00", &[]).await);
+    eventually("the terminal to pay", DEADLINE, || async { (sim.refunds().len() == 2).then_some(()) }).await;
+    agent.kill9().await;
+
+    agent.start().await;
+    let done = agent.wait_state(&id, "delivered").await;
+    let record = terminal_record(&done);
+    assert_eq!((record["trace"].as_str(), record["looked_up"].as_bool()), (Some("000002"), Some(true)));
+    assert_eq!(refund_commands(&sim), 2, "one 06 31 per refund, none after the restart");
+    assert_eq!(fp.refunds().len(), 2);
+    assert!(
+        agent.logs().contains("recovered deliveries interrupted by the last stop"),
+        "start-up made it unknown first"
+    );
+    assert_lookup_audited(&done, "terminal: paid: trace 000002");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_06_31_that_never_ran_is_declined_by_the_later_lookup_never_sent_again() {
+    let (sim, fp, agent) = setup().await;
+    warm_up(&sim, &agent).await;
+
+    // The line dies before the terminal moved money, and the terminal stays away meanwhile.
+    sim.drop_before_next_refund();
+    sim.go_away_after_next_cut();
+    let id = created_id(&cli_refund(&agent, "3.00", &[]).await);
+    wait_unknown(&agent, &id).await;
+
+    sim.come_back();
+    let declined = agent.wait_state(&id, "declined").await;
+    let error = declined.deliveries[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("did not pay"), "{error}");
+    assert_eq!(declined.deliveries[1].state, "cancelled", "the back office never hears of it");
+    assert_lookup_audited(&declined, "terminal: not paid");
+    assert_eq!(sim.refunds().len(), 1, "only the warm-up was paid");
+    assert_eq!(refund_commands(&sim), 2, "one 06 31 per refund");
+    assert_eq!(fp.refunds().len(), 1);
+
+    // A later refund runs as usual, and the declined one is still never sent.
+    let next = created_id(&cli_refund(&agent, "2.00", &[]).await);
+    agent.wait_state(&next, "delivered").await;
+    assert_eq!(refund_commands(&sim), 3);
+    assert_eq!(agent.refund(&id).await.expect("the declined refund").state, "declined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_right_after_the_terminal_returns_leaves_the_unknown_one_settled_and_pays_once() {
+    let (sim, fp, agent) = setup().await;
+    warm_up(&sim, &agent).await;
+    sim.drop_after_next_refund();
+    sim.go_away_after_next_cut();
+    let lost = created_id(&cli_refund(&agent, "7.00", &[]).await);
+    wait_unknown(&agent, &lost).await;
+
+    // Whichever reads the terminal first (the resolver, or the next payout's own Repeat Receipt
+    // before its 06 31), the lost payout is settled as the terminal's last transaction then.
+    sim.come_back();
+    let next = created_id(&cli_refund(&agent, "2.00", &[]).await);
+    let settled = agent.wait_state(&lost, "delivered").await;
+    let paid = agent.wait_state(&next, "delivered").await;
+    assert_eq!(terminal_record(&settled)["trace"], "000002");
+    assert_eq!(terminal_record(&paid)["trace"], "000003");
+    assert_eq!(refund_commands(&sim), 3, "one 06 31 per refund");
+    assert_eq!(sim.refunds().len(), 3);
+    assert_eq!(fp.refunds().len(), 3);
+}

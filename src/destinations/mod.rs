@@ -14,7 +14,7 @@ pub mod zvt;
 use std::time::Duration;
 
 use crate::config::{self, ConfigError, DestinationKind};
-use crate::queue::Claim;
+use crate::queue::{Claim, QueueHandle};
 
 /// What a destination guarantees, which decides what happens to a request whose outcome is
 /// unknown.
@@ -91,13 +91,15 @@ impl Connector {
         }
     }
 
-    /// Makes the next request of a claimed delivery.
-    pub async fn attempt(&self, claim: &Claim) -> Attempt {
+    /// Makes the next request of a claimed delivery. `queue` is for a connector that must note
+    /// something durably on the delivery before its request leaves (the ZVT terminal's trace
+    /// number, for a later lookup).
+    pub async fn attempt(&self, claim: &Claim, queue: &QueueHandle) -> Attempt {
         match self {
             Connector::FinalPos(c) => c.attempt(claim).await,
             Connector::Olive(c) => c.attempt(claim).await,
             Connector::Gateway(c) => c.attempt(claim).await,
-            Connector::Zvt(c) => c.attempt(claim).await,
+            Connector::Zvt(c) => c.attempt(claim, queue).await,
         }
     }
 }

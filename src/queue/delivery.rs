@@ -8,6 +8,7 @@
 //!     ▲                  │ ├── 400/422 (refused)  ─────────▶ declined
 //!     │ transient error  │ ├── other 4xx ─────────────────▶ failed
 //!     └──────────────────┘ └── outcome unknown, no dedup ──▶ unknown ──(a person)──▶ delivered | failed
+//!                                                        unknown ──(a ZVT lookup, `lookup.rs`)──▶ delivered | declined
 //!  pending ──(cancel before money moved / an earlier money-moving destination declined)──▶ cancelled
 //! ```
 

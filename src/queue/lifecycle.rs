@@ -177,17 +177,27 @@ pub fn record(
     }
     rows::save_delivery(db.conn, db.sealer, d, false)?;
     if next == DeliveryState::Declined {
-        let who = d.destination.clone();
-        for later in
-            all.iter_mut().filter(|l| l.position > position && l.state() == Ok(DeliveryState::Pending))
-        {
-            later.state = DeliveryState::Cancelled.into();
-            later.last_error = Some(format!("not sent: {who} declined the refund"));
-            later.updated_at = now;
-            rows::save_delivery(db.conn, db.sealer, later, false)?;
-        }
+        cancel_after_decline(db, &mut all, position, now)?;
     }
     update_refund_state(db, refund_id, &all, now)
+}
+
+/// Cancels the pending deliveries after the one at `position`, which declined the refund: a
+/// later destination is never called once one that moves money refused.
+pub(super) fn cancel_after_decline(
+    db: &Db<'_>,
+    all: &mut [DeliveryRow],
+    position: i64,
+    now: i64,
+) -> Result<(), QueueError> {
+    let who = all.iter().find(|d| d.position == position).map(|d| d.destination.clone()).unwrap_or_default();
+    for later in all.iter_mut().filter(|l| l.position > position && l.state() == Ok(DeliveryState::Pending)) {
+        later.state = DeliveryState::Cancelled.into();
+        later.last_error = Some(format!("not sent: {who} declined the refund"));
+        later.updated_at = now;
+        rows::save_delivery(db.conn, db.sealer, later, false)?;
+    }
+    Ok(())
 }
 
 fn update_refund_state(

@@ -26,7 +26,7 @@ fn invalid(message: String) -> QueueError {
 }
 
 /// Loads and verifies a refund and its deliveries; a failed seal quarantines and refuses.
-fn load(
+pub(super) fn load(
     db: &Db<'_>,
     id: &str,
     now: i64,
@@ -177,20 +177,72 @@ pub fn resolve(
             )))
         }
     };
-    let d = &mut deliveries[i];
     let (state, what) = match resolution {
         Resolution::Delivered => (DeliveryState::Delivered, "delivered"),
         Resolution::NotDelivered => (DeliveryState::Pending, "not delivered; sending again"),
     };
-    d.state = state.into();
+    let change = Settle {
+        state,
+        remote_id: None,
+        error: format!("resolved by {operator}: {what}"),
+        action: "resolve",
+        detail: what.to_string(),
+    };
+    settle(db, row, &mut deliveries, i, change, operator, caller, now)?;
+    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+}
+
+/// How an `unknown` delivery is settled, by a person or by a lookup at the destination.
+#[derive(Debug, Clone)]
+pub(super) struct Settle {
+    /// Its next state: delivered, pending (sent again), declined, or still unknown.
+    pub state: DeliveryState,
+    /// A new `remote_id` (the destination's record, found by a lookup); `None` keeps it.
+    pub remote_id: Option<String>,
+    /// Kept as the delivery's `last_error`: who settled it and how.
+    pub error: String,
+    /// The audit row's action and detail (the destination's name is put before the detail).
+    pub action: &'static str,
+    pub detail: String,
+}
+
+/// Settles the `unknown` delivery `deliveries[i]` of the refund `row` (both verified by
+/// [`load`]), with its refund's state and the audit row, in the caller's transaction. A decline
+/// cancels the route's later destinations, as a decline by the destination itself does.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn settle(
+    db: &Db<'_>,
+    row: rows::RefundRow,
+    deliveries: &mut [DeliveryRow],
+    i: usize,
+    change: Settle,
+    actor: &str,
+    caller: &AuditCaller,
+    now: i64,
+) -> Result<(), QueueError> {
+    let d = &mut deliveries[i];
+    if d.state() != Ok(DeliveryState::Unknown) {
+        return Err(invalid(format!(
+            "the delivery of refund {} to {} is {}, not unknown",
+            d.refund_id,
+            d.destination,
+            d.state.as_str()
+        )));
+    }
+    d.state = change.state.into();
     d.next_attempt_at = now;
     d.updated_at = now;
-    d.last_error = Some(format!("resolved by {operator}: {what}"));
-    let dest = d.destination.clone();
+    d.last_error = Some(change.error);
+    if let Some(remote_id) = change.remote_id {
+        d.remote_id = Some(remote_id);
+    }
+    let (dest, position, id) = (d.destination.clone(), d.position, d.refund_id.clone());
     rows::save_delivery(db.conn, db.sealer, d, false)?;
-    save_state(db, row, &deliveries, None, now)?;
-    audit::by(db, Some(id), operator, caller, "resolve", &format!("{dest}: {what}"), now)?;
-    super::reads::view(db, id, now)?.ok_or_else(|| QueueError::NotFound(format!("refund {id}")))
+    if change.state == DeliveryState::Declined {
+        super::lifecycle::cancel_after_decline(db, deliveries, position, now)?;
+    }
+    save_state(db, row, deliveries, None, now)?;
+    audit::by(db, Some(&id), actor, caller, change.action, &format!("{dest}: {}", change.detail), now)
 }
 
 fn for_dest(destination: Option<&str>) -> String {

@@ -13,7 +13,7 @@
 //! | `sales` | original sale (the ledger) | `body` = JSON of `sale::Sale`; `refunded`, `tax_refunded`, `discount_refunded` = totals of its refunds that still count, `lines` = JSON map line → quantity refunded (empty for now); all sealed together (`ledger.rs`, schema version 3) |
 //! | `refunds` | refund | `seq` = sequence number 1, 2, 3…; `id` = UUIDv7; `body` = JSON of `refund::ValidRefund`; `state`; `destinations` = JSON list of its delivery rows' destinations; sealed |
 //! | `refund_head` | (one row) | highest `seq` given out, delivery rows expected, `purged` ranges of `seq`; sealed with the queue id (`sequence.rs`) |
-//! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id`, `last_error`; sealed |
+//! | `deliveries` | refund × destination | `state`, `attempts`, `next_attempt_at`, `step`, `remote_id` (the destination's record; on an in-flight or unknown ZVT payout the note of the terminal's last transaction before it, `queue::lookup`), `last_error`; sealed |
 //! | `idempotency_keys` | creation key (API `Idempotency-Key`, `terminal:{request_id}`) | fingerprint of the request, refund id, amount, currency; sealed; kept when its refund is purged (`keys.rs`, schema version 4) |
 //! | `row_counts` | counted table | sealed count of `sales`, `idempotency_keys` and `manager_lockouts` rows the agent wrote, with the queue id (`counts.rs`, schema version 5) |
 //! | `manager_lockouts` | manager who typed a wrong PIN | wrong PINs in a row, end of the lock-out; updated in place; sealed with the queue id; counted in `row_counts` (`lockouts.rs`, schema version 6) |
@@ -106,6 +106,7 @@ mod keys;
 mod ledger;
 mod lifecycle;
 mod lockouts;
+mod lookup;
 mod inspect;
 mod manual;
 mod migrate;
@@ -133,6 +134,7 @@ pub use handle::QueueHandle;
 pub use inspect::{check_readonly, FileCheck, Report, RowsCheck};
 pub use intake::{Created, SaleAdded};
 pub use lifecycle::{Claim, Recorded, Recovery};
+pub use lookup::{LookupCandidate, LookupSettlement};
 pub use manual::Resolution;
 #[cfg(feature = "fault-injection")]
 pub use owner::start_on_vfs;

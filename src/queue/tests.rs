@@ -689,3 +689,69 @@ fn itemized_refunds_count_per_line_in_the_ledger() {
     assert_eq!(stored.lines[0].priced.amount.to_string(), "5.00");
     assert_eq!(stored.tax.map(|t| t.to_string()).as_deref(), Some("0.50"));
 }
+
+#[test]
+fn a_newer_note_retires_older_ones_and_a_lookup_settles_through_the_manual_path() {
+    use super::lookup::{self, LookupSettlement};
+    let f = Fixture::new(&["t", "b"]);
+    let retire = |r: &str| (r == "live").then(|| "retired".to_string());
+    let live = |r: &str| r == "live";
+    let a = f.create("1.00");
+    f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
+    f.db(|db| lookup::note(db, &a, 0, "live", &retire, 11).unwrap());
+    f.db(|db| lifecycle::record(db, &a, 0, Recorded::Unknown { error: "lost".into() }, 12).unwrap());
+    let waiting = f.db(|db| lookup::candidates(db, "t", &live, 13).unwrap());
+    assert_eq!(waiting.len(), 1, "the unknown outcome keeps its note");
+    assert!(f.db(|db| lookup::candidates(db, "b", &live, 13).unwrap()).is_empty());
+    assert!(
+        f.db(|db| lookup::note(db, &a, 0, "live", &retire, 13)).is_err(),
+        "only an in-flight delivery takes a note"
+    );
+
+    // The next payout at the same terminal retires the older note as it writes its own.
+    let b = f.create("2.00");
+    f.db(|db| lifecycle::claim_due(db, 14, 10, &[]).unwrap());
+    f.db(|db| lookup::note(db, &b, 0, "live", &retire, 15).unwrap());
+    assert!(f.db(|db| lookup::candidates(db, "t", &live, 16).unwrap()).is_empty());
+    let stale = LookupSettlement::Declined { detail: "same trace".into() };
+    assert!(
+        !f.db(|db| lookup::settle(db, &a, 0, "live", stale, 17).unwrap()),
+        "a retired note is not settled"
+    );
+    assert_eq!(f.state(&a), "unknown");
+
+    // Not paid: declined, the later destination cancelled, the decision audited as the agent's.
+    f.db(|db| lifecycle::record(db, &b, 0, Recorded::Unknown { error: "lost".into() }, 18).unwrap());
+    let declined = LookupSettlement::Declined { detail: "same trace".into() };
+    assert!(f.db(|db| lookup::settle(db, &b, 0, "live", declined, 19).unwrap()));
+    assert_eq!(f.deliveries(&b), ["declined", "cancelled"]);
+    assert_eq!(f.state(&b), "declined");
+    let audit = f.db(|db| reads::view(db, &b, 20).unwrap().unwrap().audit.unwrap_or_default());
+    assert!(audit
+        .iter()
+        .any(|r| r.action == "lookup" && r.actor == "agent" && r.detail == "t: not paid: same trace"));
+
+    // Paid: delivered with the terminal's record, and the next destination is due.
+    let paid = LookupSettlement::Delivered { remote_id: "record".into(), detail: "trace 000005".into() };
+    assert!(f.db(|db| lookup::settle(db, &a, 0, "retired", paid, 21).unwrap()));
+    assert_eq!(f.deliveries(&a), ["delivered", "pending"]);
+    let claims = f.db(|db| lifecycle::claim_due(db, 22, 10, &[]).unwrap());
+    assert_eq!((claims.len(), claims[0].destination.as_str()), (1, "b"));
+    f.assert_totals_consistent();
+}
+
+#[test]
+fn a_note_from_before_a_restore_is_not_looked_up() {
+    use super::lookup;
+    let f = Fixture::new(&["t"]);
+    let retire = |r: &str| (r == "live").then(|| "retired".to_string());
+    let live = |r: &str| r == "live";
+    let a = f.create("1.00");
+    f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
+    f.db(|db| lookup::note(db, &a, 0, "live", &retire, 11).unwrap());
+    f.db(|db| lifecycle::record(db, &a, 0, Recorded::Unknown { error: "lost".into() }, 12).unwrap());
+    assert_eq!(f.db(|db| lookup::candidates(db, "t", &live, 13).unwrap()).len(), 1);
+    // The copy put back may not know a payout made after it was taken.
+    f.db(|db| super::audit::by(db, None, "agent", &AuditCaller::agent(), "restore", "restored", 14).unwrap());
+    assert!(f.db(|db| lookup::candidates(db, "t", &live, 15).unwrap()).is_empty());
+}

@@ -8,7 +8,11 @@
 //! the refunds it made, so a test can count them. [`ZvtSimulator::drop_after_next_refund`] makes
 //! it move the money for the next refund and then cut the connection before the ECR hears the
 //! result: the lost outcome the agent must resolve with Repeat Receipt, never by refunding again;
-//! [`ZvtSimulator::drop_before_next_refund`] cuts it before the money moves. It serves one ECR
+//! [`ZvtSimulator::drop_before_next_refund`] cuts it before the money moves;
+//! [`ZvtSimulator::stall_after_next_refund`] moves it and then falls silent until the ECR goes
+//! (an agent killed mid-payout); [`ZvtSimulator::go_away_after_next_cut`] and
+//! [`ZvtSimulator::come_back`] make the TCP terminal unreachable and back (connections are
+//! accepted and closed at once, as a terminal rebooting behind its switch). It serves one ECR
 //! connection at a time, as real terminals do; [`ZvtSimulator::cut_link`] ends the current one.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -56,6 +60,9 @@ struct State {
     cut_now: bool,
     /// End the next Read Card without a card, as a terminal does when nobody presents one.
     no_card_next: bool,
+    stall_next_refund: bool,
+    away_after_cut: bool,
+    away: bool,
     commands: Vec<u16>,
 }
 
@@ -63,6 +70,8 @@ struct State {
 struct Script {
     messages: Vec<Apdu>,
     cut_after: Option<usize>,
+    /// At the cut, fall silent and keep the line until the ECR closes it, instead of closing it.
+    stall: bool,
 }
 
 fn ack() -> Apdu {
@@ -109,13 +118,15 @@ impl State {
         let done = |mut messages: Vec<Apdu>| {
             messages.insert(0, ack());
             messages.push(completion());
-            Script { messages, cut_after: None }
+            Script { messages, cut_after: None, stall: false }
         };
         match (apdu.class, apdu.instr) {
             (0x06, 0x00) | (0x05, 0x01) => done(Vec::new()),
-            (0x06, 0xC0) if std::mem::take(&mut self.no_card_next) => {
-                Script { messages: vec![ack(), Apdu::new(0x06, 0x1E, vec![0x6C])], cut_after: None }
-            }
+            (0x06, 0xC0) if std::mem::take(&mut self.no_card_next) => Script {
+                messages: vec![ack(), Apdu::new(0x06, 0x1E, vec![0x6C])],
+                cut_after: None,
+                stall: false,
+            },
             (0x06, 0xC0) => {
                 let mut status = vec![0x27, 0x00, 0x22, 0xF0, 0xF8];
                 status.extend_from_slice(&TEST_PAN_BCD);
@@ -127,12 +138,17 @@ impl State {
             }
             (0x06, 0x31) if std::mem::take(&mut self.drop_next_refund_unpaid) => {
                 // Acknowledged, then the line dies before the terminal moved any money.
-                Script { messages: vec![ack()], cut_after: Some(1) }
+                self.away |= std::mem::take(&mut self.away_after_cut);
+                Script { messages: vec![ack()], cut_after: Some(1), stall: false }
             }
             (0x06, 0x31) => {
                 let msg = crate::terminal::codec::zvt::decode(apdu);
                 let Some(amount_minor) = msg.amount() else {
-                    return Script { messages: vec![Apdu::new(0x84, 0x83, Vec::new())], cut_after: None };
+                    return Script {
+                        messages: vec![Apdu::new(0x84, 0x83, Vec::new())],
+                        cut_after: None,
+                        stall: false,
+                    };
                 };
                 self.trace += 1;
                 self.receipts += 1;
@@ -143,19 +159,26 @@ impl State {
                 let mut messages = vec![Apdu::new(0x04, 0xFF, vec![0x0A])];
                 messages.extend(refund_messages(&refund));
                 let cut = std::mem::take(&mut self.drop_next_refund);
+                let stall = std::mem::take(&mut self.stall_next_refund);
                 let mut script = done(messages);
-                if cut {
+                if cut || stall {
                     // The acknowledgement and the "insert card" status go out, then the line dies.
                     script.cut_after = Some(2);
+                    script.stall = stall;
+                    self.away |= cut && std::mem::take(&mut self.away_after_cut);
                 }
                 script
             }
             (0x06, 0x20) => match self.refunds.last() {
                 Some(last) => done(refund_messages(last)),
-                None => Script { messages: vec![ack(), Apdu::new(0x06, 0x1E, vec![0x6C])], cut_after: None },
+                None => Script {
+                    messages: vec![ack(), Apdu::new(0x06, 0x1E, vec![0x6C])],
+                    cut_after: None,
+                    stall: false,
+                },
             },
-            (0x06, 0xB0) => Script { messages: vec![ack()], cut_after: None },
-            _ => Script { messages: vec![Apdu::new(0x84, 0x83, Vec::new())], cut_after: None },
+            (0x06, 0xB0) => Script { messages: vec![ack()], cut_after: None, stall: false },
+            _ => Script { messages: vec![Apdu::new(0x84, 0x83, Vec::new())], cut_after: None, stall: false },
         }
     }
 }
@@ -174,6 +197,10 @@ fn serve<W: Wire>(link: &mut Link<W>, state: &Mutex<State>, stop: &AtomicBool) {
         let script = lock(state).handle(&apdu);
         for (sent, message) in script.messages.iter().enumerate() {
             if script.cut_after == Some(sent) {
+                while script.stall
+                    && !stop.load(Ordering::Relaxed)
+                    && link.recv(Instant::now() + IDLE_POLL).is_ok()
+                {}
                 return;
             }
             if link.send(message).is_err() {
@@ -253,6 +280,8 @@ impl ZvtSimulator {
             std::thread::Builder::new().name("zvt-sim-tcp".into()).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
+                        // Away: the connection is closed before a word is said.
+                        Ok((stream, _)) if lock(&state).away => drop(stream),
                         Ok((stream, _)) => serve_stream(stream, &state, &stop),
                         // Accepting without blocking lets the thread see the stop flag.
                         Err(_) => std::thread::park_timeout(IDLE_POLL),
@@ -312,6 +341,24 @@ impl ZvtSimulator {
     /// The next Read Card ends with an abort (`06 1E`, result code `6C`) and no card.
     pub fn no_card_next_read(&self) {
         lock(&self.state).no_card_next = true;
+    }
+
+    /// The next refund moves the money, then the terminal falls silent (it never sends the
+    /// result) and keeps the line until the ECR closes it.
+    pub fn stall_after_next_refund(&self) {
+        lock(&self.state).stall_next_refund = true;
+    }
+
+    /// When the next refund's line is cut (`drop_after_next_refund`, `drop_before_next_refund`),
+    /// the TCP terminal goes away with it: every connection is closed at once until
+    /// [`ZvtSimulator::come_back`].
+    pub fn go_away_after_next_cut(&self) {
+        lock(&self.state).away_after_cut = true;
+    }
+
+    /// The terminal answers connections again.
+    pub fn come_back(&self) {
+        lock(&self.state).away = false;
     }
 
     /// Every refund the terminal carried out.

@@ -1,9 +1,11 @@
-//! Delivery of queued refunds: retry decisions (pure, `decide.rs`) and the worker that applies
-//! them (`worker.rs`).
+//! Delivery of queued refunds: retry decisions (pure, `decide.rs`), the worker that applies
+//! them (`worker.rs`), and the resolver that looks unknown terminal payouts up (`lookup.rs`).
 
 pub mod connectivity;
 pub mod decide;
+pub mod lookup;
 pub mod worker;
 
 pub use connectivity::Connectivity;
+pub use lookup::Lookups;
 pub use worker::{DestinationHealth, Health, Worker};

@@ -241,7 +241,7 @@ impl Worker {
         let moves_money =
             route_moves_money(&claim.route, |d| self.connectors.get(d).map(Connector::capability));
         loop {
-            let attempt = connector.attempt(&claim).await;
+            let attempt = connector.attempt(&claim, &self.queue).await;
             let settings = &self.settings;
             let unit: f64 = rand::rng().random();
             let recorded = decide(attempt.clone(), capability, moves_money, trusted_now_ms(), |after| {
