@@ -236,18 +236,23 @@ async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
         assert!(Instant::now() < deadline, "the owner never ran the first job");
         tokio::task::yield_now().await;
     }
+    // Waits by yielding to the runtime, never by blocking its thread: a task just spawned may
+    // only be able to run on this very worker.
     let queued = |n: usize| {
-        while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
-            assert!(Instant::now() < deadline, "a job was never queued");
-            std::thread::yield_now();
+        let queue = queue.clone();
+        async move {
+            while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
+                assert!(Instant::now() < deadline, "a job was never queued");
+                tokio::task::yield_now().await;
+            }
         }
     };
     let first = tokio::spawn(create(false));
-    queued(1);
+    queued(1).await;
     let failed = tokio::spawn(create(true));
-    queued(2);
+    queued(2).await;
     let last = tokio::spawn(create(false));
-    queued(3);
+    queued(3).await;
     go.send(()).expect("the first job waits");
     assert!(gate.await.expect("join").expect("the gate ran"));
     let first = first.await.expect("join").expect("stored");
