@@ -124,8 +124,11 @@ fn next_trace(trace: &str) -> Option<String> {
 
 /// Reads a Repeat Receipt answer for a refund of `amount_minor` against its note. Where in
 /// doubt the answer is [`Verdict::Unknown`]: a wrong "not paid" pays a refund twice once a
-/// person sends it again.
-pub fn verdict(note: &Note, amount_minor: u64, lookup: &Outcome) -> Verdict {
+/// person sends it again, and a wrong "paid" leaves a customer without the money.
+/// `sale_card_last4` is the last 4 of the card the refunded sale was paid with, when known: a
+/// last transaction made with another card is not this refund (a sale of the same amount by
+/// the next customer looks the same otherwise).
+pub fn verdict(note: &Note, amount_minor: u64, sale_card_last4: Option<&str>, lookup: &Outcome) -> Verdict {
     let Some(before) = note.zvt_before.as_ref().filter(|_| !note.superseded) else {
         return Verdict::Unknown(
             "no trace number of the terminal's last transaction was noted before".into(),
@@ -149,6 +152,14 @@ pub fn verdict(note: &Note, amount_minor: u64, lookup: &Outcome) -> Verdict {
             }
             if before.terminal_id.is_some() && result.terminal_id != before.terminal_id {
                 return Verdict::Unknown("the terminal reports another terminal id than before".into());
+            }
+            let card = result.card.as_ref().map(|c| c.last4.as_str());
+            if let (Some(want), Some(card)) = (sale_card_last4, card) {
+                if want != card {
+                    return Verdict::Unknown(format!(
+                        "the terminal's last transaction was made with a card ending in {card}, the sale was paid with one ending in {want}"
+                    ));
+                }
             }
             Verdict::Paid(result)
         }
@@ -188,19 +199,33 @@ mod tests {
     #[test]
     fn the_next_trace_with_this_amount_is_paid() {
         let n = note("000004", "0004", 500);
-        assert!(matches!(verdict(&n, 700, &done(result("000005", "0005", 700, 0))), Verdict::Paid(_)));
+        assert!(matches!(verdict(&n, 700, None, &done(result("000005", "0005", 700, 0))), Verdict::Paid(_)));
+    }
+
+    #[test]
+    fn the_next_trace_made_with_another_card_than_the_sale_s_stays_unknown() {
+        use crate::sale::CardRef;
+        let n = note("000004", "0004", 500);
+        let mut next = result("000005", "0005", 700, 0);
+        next.card = Some(CardRef { bin: Some("411111".into()), last4: "1111".into() });
+        assert!(matches!(verdict(&n, 700, Some("1111"), &done(next.clone())), Verdict::Paid(_)));
+        // The next customer's sale of the same amount, after a refund that never ran.
+        let v = verdict(&n, 700, Some("2257"), &done(next.clone()));
+        assert!(matches!(&v, Verdict::Unknown(why) if why.contains("ending in 1111")), "{v:?}");
+        next.card = None;
+        assert!(matches!(verdict(&n, 700, Some("2257"), &done(next)), Verdict::Paid(_)));
     }
 
     #[test]
     fn the_noted_transaction_still_last_is_not_paid() {
         let n = note("000004", "0004", 500);
-        assert_eq!(verdict(&n, 700, &done(result("000004", "0004", 500, 0))), Verdict::NotPaid);
+        assert_eq!(verdict(&n, 700, None, &done(result("000004", "0004", 500, 0))), Verdict::NotPaid);
     }
 
     #[test]
     fn a_reset_counter_on_the_same_trace_is_not_a_proof_of_not_paid() {
         let n = note("000004", "0004", 500);
-        let v = verdict(&n, 700, &done(result("000004", "0001", 700, 0)));
+        let v = verdict(&n, 700, None, &done(result("000004", "0001", 700, 0)));
         assert!(matches!(v, Verdict::Unknown(_)), "{v:?}");
     }
 
@@ -211,7 +236,7 @@ mod tests {
         for (trace, amount, code) in
             [("000006", 700, 0), ("000001", 700, 0), ("000005", 900, 0), ("000005", 700, 0x6C)]
         {
-            let v = verdict(&n, 700, &done(result(trace, "0005", amount, code)));
+            let v = verdict(&n, 700, None, &done(result(trace, "0005", amount, code)));
             assert!(matches!(v, Verdict::Unknown(_)), "{trace} {amount} {code}: {v:?}");
         }
     }
@@ -219,22 +244,25 @@ mod tests {
     #[test]
     fn a_wrapping_counter_another_terminal_or_no_answer_stay_unknown() {
         let n = note("999999", "0004", 500);
-        assert!(matches!(verdict(&n, 700, &done(result("000000", "0005", 700, 0))), Verdict::Unknown(_)));
+        assert!(matches!(
+            verdict(&n, 700, None, &done(result("000000", "0005", 700, 0))),
+            Verdict::Unknown(_)
+        ));
         let n = note("000004", "0004", 500);
         let mut other = result("000005", "0005", 700, 0);
         other.terminal_id = Some("99999999".into());
-        assert!(matches!(verdict(&n, 700, &done(other)), Verdict::Unknown(_)));
+        assert!(matches!(verdict(&n, 700, None, &done(other)), Verdict::Unknown(_)));
         let aborted = Outcome::Aborted { code: Some(0x6C), result: TerminalResult::default() };
-        assert!(matches!(verdict(&n, 700, &aborted), Verdict::Unknown(_)));
+        assert!(matches!(verdict(&n, 700, None, &aborted), Verdict::Unknown(_)));
     }
 
     #[test]
     fn a_note_without_a_trace_or_superseded_is_never_read() {
         let paid = done(result("000001", "0001", 700, 0));
-        assert!(matches!(verdict(&Note::new(None), 700, &paid), Verdict::Unknown(_)));
+        assert!(matches!(verdict(&Note::new(None), 700, None, &paid), Verdict::Unknown(_)));
         let mut n = note("000000", "0000", 500);
         n.superseded = true;
-        assert!(matches!(verdict(&n, 700, &paid), Verdict::Unknown(_)));
+        assert!(matches!(verdict(&n, 700, None, &paid), Verdict::Unknown(_)));
     }
 
     #[test]

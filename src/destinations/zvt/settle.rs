@@ -28,7 +28,10 @@ pub async fn settle_unknown(
             _ if several => Verdict::Unknown(
                 "several unknown payouts at this terminal; only one can be its last transaction".into(),
             ),
-            Some(amount) => lookup::verdict(&note, amount, last),
+            Some(amount) => {
+                let card = c.refund.sale.as_ref().and_then(|s| s.card.as_ref()).map(|c| c.last4.as_str());
+                lookup::verdict(&note, amount, card, last)
+            }
             None => Verdict::Unknown("the refund's amount cannot be read in minor units".into()),
         };
         let retired = lookup::supersede(&c.remote_id).unwrap_or_else(|| c.remote_id.clone());
