@@ -33,6 +33,10 @@ enum Script {
     HonourAbort,
     /// Registration refused with `84 9A` on every connection.
     RefuseRegistration,
+    /// Every connection accepted and closed at once.
+    CloseAtOnce,
+    /// Every connection accepted, nothing ever answered.
+    Silent,
 }
 
 #[derive(Default)]
@@ -67,7 +71,10 @@ impl FakeTerminal {
                     seen.connections - 1
                 };
                 let script = scripts[n.min(scripts.len() - 1)];
-                *i.lock().expect("inject") = stream.try_clone().ok();
+                // A connection closed at once must not live on in a clone kept for injection.
+                if script != Script::CloseAtOnce {
+                    *i.lock().expect("inject") = stream.try_clone().ok();
+                }
                 let s = s.clone();
                 thread::spawn(move || serve(stream, script, &s));
             }
@@ -131,6 +138,9 @@ fn card_answer() -> Vec<u8> {
 const ACK: [u8; 3] = [0x80, 0x00, 0x00];
 
 fn serve(mut stream: TcpStream, script: Script, seen: &Mutex<Seen>) {
+    if script == Script::CloseAtOnce {
+        return;
+    }
     let mut decoder = ApduDecoder::new();
     let mut buf = [0u8; 4096];
     let mut reading = false;
@@ -156,6 +166,7 @@ fn serve(mut stream: TcpStream, script: Script, seen: &Mutex<Seen>) {
             seen.lock().expect("seen").commands.push(a.command());
             let answer = match (a.class, a.instr, script) {
                 (0x06, 0x00, Script::RefuseRegistration) => vec![0x84, 0x9A, 0x00],
+                (_, _, Script::Silent) => Vec::new(),
                 (0x06, 0x00, _) | (0x05, 0x01, _) => {
                     [ACK.to_vec(), apdu(0x06, 0x0F, vec![0x27, 0x00])].concat()
                 }
@@ -286,21 +297,40 @@ async fn unsolicited_traffic_is_answered_and_the_full_card_number_goes_nowhere()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_registration_is_retried_with_backoff_and_shown() {
-    let fake = FakeTerminal::start(vec![Script::RefuseRegistration]);
-    let agent = started(&fake).await;
-    wait_for("four refused registrations", || fake.connections() >= 4).await;
-    let t = status(&agent).await["terminal"].clone();
-    assert_eq!(t["connected"], false, "{t}");
-    let error = t["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains("registration not completed") && error.contains("refused"), "{t}");
-    // The backoff doubles from its first delay: four connections span at least three delays.
-    // This is a lower bound the agent's own waits guarantee, not a race.
-    let first = fake.seen.lock().expect("seen").first_connection.expect("a connection");
-    assert!(first.elapsed() >= Duration::from_millis(100 + 200 + 400), "a tight reconnect loop");
-    let (code, answer) = agent.post_json("/v1/refunds", &refund_body(), &[]).await;
-    assert_eq!((code, answer["code"].as_str()), (503, Some("card_reader_unavailable")), "{answer}");
-    assert_eq!(fake.count(0x06C0), 0);
+async fn a_terminal_that_never_registers_is_retried_with_backoff_and_shown() {
+    // What each does, how many connections to watch, and the reason status must give.
+    let cases = [
+        (Script::RefuseRegistration, 4, "refused with code 0x9a"),
+        (Script::CloseAtOnce, 4, "lost (LinkDropped)"),
+        (Script::Silent, 2, "lost (NoAck)"),
+    ];
+    for (script, connections, reason) in cases {
+        let fake = FakeTerminal::start(vec![script]);
+        let agent = started(&fake).await;
+        wait_for("the connections", || fake.connections() >= connections).await;
+        let t = eventually(&format!("the reason {reason:?} in status"), DEADLINE, || async {
+            let t = status(&agent).await["terminal"].clone();
+            t["last_error"].as_str().is_some_and(|e| e.contains(reason)).then_some(t)
+        })
+        .await;
+        assert_eq!(t["connected"], false, "{t}");
+        assert!(t["last_error"].as_str().unwrap_or_default().contains("registration not completed"), "{t}");
+        if connections == 4 {
+            // The backoff doubles from its first delay: four connections span at least three
+            // delays. A lower bound the agent's own waits guarantee, not a race.
+            let first = fake.seen.lock().expect("seen").first_connection.expect("a connection");
+            assert!(first.elapsed() >= Duration::from_millis(100 + 200 + 400), "a tight reconnect loop");
+        }
+        let (code, answer) = agent.post_json("/v1/refunds", &refund_body(), &[]).await;
+        assert_eq!((code, answer["code"].as_str()), (503, Some("card_reader_unavailable")), "{answer}");
+        assert_eq!(fake.count(0x06C0), 0);
+        let doctor = agent.cli(&["doctor"]).await;
+        let said = String::from_utf8_lossy(&doctor.stdout);
+        assert!(
+            said.contains("the agent is not registered at ZVT terminal") && said.contains(reason),
+            "{said}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
