@@ -11,7 +11,13 @@
 //! 3. serve: a [`Job`] is run on the link; while idle the link is watched (a TCP peer that
 //!    closes is seen at once) and every `keepalive` a Status Enquiry (`05 01`) checks that the
 //!    terminal still answers; a command that loses the link, or a keepalive without a
-//!    completion, ends the connection and the thread goes back to 1.
+//!    completion, ends the connection and the thread goes back to 1. What the terminal sends
+//!    while idle is answered as the protocol asks and dropped.
+//!
+//! No command that moves no money holds the link without end: Read Card, registration and
+//! Status Enquiry have a total bound however often the terminal speaks, and a Read Card is also
+//! aborted (`06 B0`) when its asker is gone or the agent stops; a terminal that does not end an
+//! aborted command loses its link. Payouts never run here.
 //!
 //! Status goes to the same [`TerminalStatus`] the serial terminal reports, so `/v1/status`,
 //! metrics and the CLI show it alike: `connected` only while the link is registered.
