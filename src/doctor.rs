@@ -97,6 +97,7 @@ pub async fn run(path: &Path) -> Vec<Check> {
         let target =
             format!("ZVT terminal {}", crate::terminal::ecr::owner::endpoint_name(&zvt.link.endpoint));
         checks.push(zvt_reach("terminal", &target, &zvt.link.endpoint).await);
+        checks.extend(zvt_link(&config.socket, &target).await);
     }
     checks.extend(destinations(&config).await);
     checks
@@ -321,6 +322,23 @@ async fn terminal_reach(reach: &str, kind: &DestinationKind) -> Check {
         return Check::new(Verdict::Fail, reach, format!("{target}: not a terminal destination"));
     };
     zvt_reach(reach, &target, &settings.endpoint).await
+}
+
+/// Whether the running agent is registered at its ZVT terminal, from its own status: a port
+/// that accepts connections can still refuse the registration, close at once or never answer,
+/// and only the agent's link owner may talk ZVT to it. Nothing when no agent answers.
+async fn zvt_link(socket: &Path, target: &str) -> Option<Check> {
+    let client = crate::control::client::ControlClient::new(socket).with_timeout(Duration::from_secs(2));
+    let answer = client.request("GET", "/v1/status", None, &[]).await.ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    let terminal = status.get("terminal")?;
+    let check = if terminal["connected"] == true {
+        Check::new(Verdict::Pass, "terminal link", format!("the agent is registered at {target}"))
+    } else {
+        let why = terminal["last_error"].as_str().unwrap_or("no attempt finished yet");
+        Check::new(Verdict::Fail, "terminal link", format!("the agent is not registered at {target}: {why}"))
+    };
+    Some(check)
 }
 
 /// Whether a ZVT terminal's TCP port accepts a connection, or its serial device exists.

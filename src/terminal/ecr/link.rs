@@ -19,6 +19,9 @@ use crate::terminal::codec::zvt::{Apdu, ApduDecoder, FrameDecoder, Unit};
 /// How long a serial frame waits for the peer's ACK byte before it is sent again.
 pub const LINK_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long one write to a TCP terminal may block before the link counts as broken.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A byte stream with a read timeout: a TCP connection, a serial port, a pty.
 pub trait Wire: Send {
     /// Reads what is there within `timeout`: `Ok(None)` when nothing came, `Ok(Some(0))` when
@@ -213,12 +216,38 @@ impl<W: Wire> Link<W> {
     /// Runs one command to its end. A broken link or a silent terminal is an outcome
     /// ([`Outcome::Lost`]), not an error: the caller must learn that the result is unknown.
     pub fn run(&mut self, request: &Request, completion_timeout: Duration) -> Result<Outcome, RequestError> {
+        self.run_abortable(request, completion_timeout, || false)
+    }
+
+    /// Runs one command like [`Self::run`], asking `give_up` at least every [`GIVE_UP_POLL`].
+    /// Once it says yes, the command is aborted on the terminal (`06 B0`) and the terminal has
+    /// [`ACK_TIMEOUT`](super::ACK_TIMEOUT) to end it (`06 1E`, or its completion if it was
+    /// faster); a terminal that goes on talking instead is abandoned ([`super::Lost::Abandoned`]),
+    /// and the caller closes the link. Only commands that move no money are ever given up on.
+    pub fn run_abortable(
+        &mut self,
+        request: &Request,
+        completion_timeout: Duration,
+        mut give_up: impl FnMut() -> bool,
+    ) -> Result<Outcome, RequestError> {
         let (mut exchange, command) = Exchange::start(request, Instant::now(), completion_timeout)?;
         if self.send(&command).is_err() {
             return Ok(exchange.on_link_lost().unwrap_or_else(unreachable_outcome));
         }
+        let mut abandon_at: Option<Instant> = None;
         loop {
-            let outcome = match self.recv(exchange.deadline()) {
+            let now = Instant::now();
+            if abandon_at.is_none() && give_up() {
+                abandon_at = Some(now + super::ACK_TIMEOUT);
+                if self.send(&Request::Abort.apdu()?).is_err() {
+                    return Ok(exchange.on_link_lost().unwrap_or_else(unreachable_outcome));
+                }
+            }
+            if abandon_at.is_some_and(|at| now >= at) {
+                return Ok(exchange.abandon().unwrap_or_else(unreachable_outcome));
+            }
+            let slice = abandon_at.unwrap_or(now + GIVE_UP_POLL).min(now + GIVE_UP_POLL);
+            let outcome = match self.recv(exchange.deadline().min(slice)) {
                 Ok(Some(apdu)) => {
                     let (reply, outcome) = exchange.on_apdu(&apdu, Instant::now());
                     if let Some(reply) = reply {
@@ -238,7 +267,23 @@ impl<W: Wire> Link<W> {
             }
         }
     }
+
+    /// Answers one APDU the terminal sent while no command runs, as the protocol asks of the
+    /// ECR: what a terminal may send on its own (status, print lines, a late completion or
+    /// abort) is acknowledged and dropped, an acknowledgement needs no answer, and anything
+    /// else is "function not possible". Nothing of its content is kept or logged.
+    pub fn answer_unsolicited(&mut self, apdu: &Apdu) -> Result<(), LinkError> {
+        let reply = match (apdu.class, apdu.instr) {
+            (0x80, 0x00) | (0x84, _) => return Ok(()),
+            (0x04, 0xFF | 0x0F) | (0x06, 0xD1 | 0xD3 | 0x0F | 0x1E) => Apdu::new(0x80, 0x00, Vec::new()),
+            _ => Apdu::new(super::NOT_POSSIBLE[0], super::NOT_POSSIBLE[1], Vec::new()),
+        };
+        self.send(&reply)
+    }
 }
+
+/// How often a running command asks whether to give up (its asker left, the agent stops).
+pub const GIVE_UP_POLL: Duration = Duration::from_millis(50);
 
 /// An exchange that is still running always yields an outcome when its link is lost; this is the
 /// value for the branch the type system cannot rule out.
@@ -255,6 +300,9 @@ pub fn connect_tcp(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
     // Each APDU is one small write that the terminal waits for; batching would only delay it.
     stream.set_nodelay(true)?;
+    // A terminal that stops reading (or floods the agent without reading its answers) must not
+    // block the link's owner in a write forever.
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     Ok(Link::new(stream, Mode::Apdu))
 }
 

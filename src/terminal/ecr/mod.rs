@@ -150,6 +150,9 @@ pub enum Lost {
     Silent,
     /// The connection or the serial link broke.
     LinkDropped,
+    /// The agent gave up on a command that moves no money (it ran past its total bound, its
+    /// asker left, the agent stops) and the terminal did not end it when asked to abort.
+    Abandoned,
 }
 
 /// How an exchange ended.
@@ -293,6 +296,14 @@ impl Exchange {
             _ if now < self.deadline => None,
             Phase::AwaitAck => self.lost(Lost::NoAck),
             Phase::Working => self.lost(Lost::Silent),
+        }
+    }
+
+    /// The agent gives up on the exchange: it is lost.
+    pub fn abandon(&mut self) -> Option<Outcome> {
+        match self.phase {
+            Phase::Finished => None,
+            _ => self.lost(Lost::Abandoned),
         }
     }
 

@@ -135,3 +135,20 @@ fn unknown_commands_are_refused_and_a_missing_ack_is_tolerated() {
     let (reply, outcome) = ex.on_apdu(&apdu(0x06, 0x85, &[]), t0);
     assert_eq!((reply, outcome), (Some(apdu(0x84, 0x83, &[])), None));
 }
+
+#[test]
+fn an_abandoned_exchange_is_lost_once() {
+    let t0 = Instant::now();
+    let (mut ex, _) =
+        Exchange::start(&Request::ReadCard { timeout_s: 30 }, t0, DEFAULT_COMPLETION_TIMEOUT).expect("valid");
+    ex.on_apdu(&ack_apdu(), t0);
+    let outcome = ex.abandon().expect("lost");
+    assert!(matches!(outcome, Outcome::Lost { why: Lost::Abandoned, acknowledged: true, .. }));
+    assert_eq!((ex.abandon(), ex.on_link_lost()), (None, None), "one outcome only");
+    // An exchange that already ended is not abandoned after the fact.
+    let (mut ex, _) = Exchange::start(&Request::Abort, t0, DEFAULT_COMPLETION_TIMEOUT).expect("valid");
+    ex.on_apdu(&ack_apdu(), t0);
+    let (_, done) = ex.on_apdu(&apdu(0x06, 0x0F, &[]), t0);
+    assert!(matches!(done, Some(Outcome::Completed(_))));
+    assert_eq!(ex.abandon(), None);
+}

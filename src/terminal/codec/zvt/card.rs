@@ -9,7 +9,7 @@
 
 use super::bmp::{bcd_digits, hex, latin1, Value};
 use super::tlv::{Tlv, TlvValue};
-use crate::pan::{contains_pan, looks_like_track_data, mask_text};
+use crate::pan::{contains_pan, looks_like_track_data, mask_pan, mask_text};
 use crate::sale::CardRef;
 
 /// The card number in a PAN or track field, as BIN + last 4; `None` when none can be read.
@@ -48,12 +48,43 @@ pub fn reduce(bytes: &[u8], packed: bool) -> Option<CardRef> {
 }
 
 /// Binary bytes in hex, masked or dropped where they read as card data.
+///
+/// A hostile or broken terminal can put a card number where no parser expects one (a TLV
+/// container with a wrong length, text after a malformed field), so the hex is also dropped when
+/// the bytes read as text holding a card number, and every run of 13 or more digits in the hex is
+/// masked like a PAN even when it is longer than one or fails Luhn as a whole: the BCD of a card
+/// number inside a longer run of digits must not show.
 pub fn safe_hex(bytes: &[u8]) -> Value {
     let text = hex(bytes);
-    if looks_like_track_data(&text) {
+    let as_text = latin1(bytes);
+    if looks_like_track_data(&text) || looks_like_track_data(&as_text) || contains_pan(&as_text) {
         return Value::Removed;
     }
-    Value::Hex(mask_text(&text).into_owned())
+    Value::Hex(mask_digit_runs(&mask_text(&text)))
+}
+
+/// Masks every run of 13 or more ASCII digits as [`mask_pan`] does (first 6 and last 4 kept).
+fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 13 {
+            out.push_str(&mask_pan(run));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// BCD digits, masked where they form a card number.

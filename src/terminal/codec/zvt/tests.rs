@@ -387,3 +387,16 @@ proptest! {
         assert_no_card_data(&decode(&Apdu::new(0x04, 0x0F, junk)).to_json());
     }
 }
+
+#[test]
+fn unparsable_bytes_never_show_a_card_number() {
+    use super::card::safe_hex;
+    // The BCD of a card number inside a longer run of digits, which fails Luhn as a whole.
+    let bcd = [0x08, 0x41, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x57, 0x0C];
+    let Value::Hex(shown) = safe_hex(&bcd) else { panic!("hex expected") };
+    assert!(!shown.contains("41111111") && shown.ends_with("0C"), "{shown}");
+    // The same card number as text, which hex would spell out byte by byte.
+    assert_eq!(safe_hex(b"CARD 4111111111111111 OK"), Value::Removed);
+    // Short runs and plain binary stay readable.
+    assert_eq!(safe_hex(&[0x12, 0x34, 0xAB]), Value::Hex("1234AB".into()));
+}

@@ -11,7 +11,13 @@
 //! 3. serve: a [`Job`] is run on the link; while idle the link is watched (a TCP peer that
 //!    closes is seen at once) and every `keepalive` a Status Enquiry (`05 01`) checks that the
 //!    terminal still answers; a command that loses the link, or a keepalive without a
-//!    completion, ends the connection and the thread goes back to 1.
+//!    completion, ends the connection and the thread goes back to 1. What the terminal sends
+//!    while idle is answered as the protocol asks and dropped.
+//!
+//! No command that moves no money holds the link without end: Read Card, registration and
+//! Status Enquiry have a total bound however often the terminal speaks, and a Read Card is also
+//! aborted (`06 B0`) when its asker is gone or the agent stops; a terminal that does not end an
+//! aborted command loses its link. Payouts never run here.
 //!
 //! Status goes to the same [`TerminalStatus`] the serial terminal reports, so `/v1/status`,
 //! metrics and the CLI show it alike: `connected` only while the link is registered.
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::link::{connect_tcp, open_serial, Link, Mode, Wire};
-use super::{Outcome, Request, RequestError, ACK_TIMEOUT};
+use super::{Lost, Outcome, Request, RequestError, ACK_TIMEOUT};
 use crate::config::ZvtTerminalSettings;
 use crate::destinations::zvt::ZvtEndpoint;
 use crate::lock::lock;
@@ -50,7 +56,15 @@ const STABLE: Duration = Duration::from_secs(2);
 pub enum Job {
     /// One command and everything the terminal sends until it is finished. A refund paid out
     /// over this link later is a job of its own (it needs the link for its lookup too).
-    Run { request: Request, completion_timeout: Duration, answer: oneshot::Sender<Result<Outcome, JobError>> },
+    /// `bound` caps the whole command however often the terminal speaks (each message restarts
+    /// `completion_timeout`); past it, or once the asker is gone or the agent stops, the command
+    /// is aborted on the terminal. `None` only for a command that may move money.
+    Run {
+        request: Request,
+        completion_timeout: Duration,
+        bound: Option<Duration>,
+        answer: oneshot::Sender<Result<Outcome, JobError>>,
+    },
     /// Shutdown: the thread ends after the job it is running.
     Stop,
 }
@@ -98,6 +112,9 @@ pub fn card_of(outcome: &Outcome) -> Result<CardRef, ReadCardError> {
             Err(ReadCardError::NotRead("the terminal ended the read (timeout or cancel)"))
         }
         Outcome::Refused { .. } => Err(ReadCardError::NotRead("the terminal refused to read a card")),
+        Outcome::Lost { why: Lost::Abandoned, .. } => {
+            Err(ReadCardError::NotRead("the terminal did not finish the read in time"))
+        }
         Outcome::Lost { .. } => Err(ReadCardError::NotRead("the link to the terminal broke during the read")),
     }
 }
@@ -116,18 +133,31 @@ pub struct EcrHandle {
 
 impl EcrHandle {
     /// Runs one command on the terminal.
-    pub async fn run(&self, request: Request, completion_timeout: Duration) -> Result<Outcome, JobError> {
+    pub async fn run(
+        &self,
+        request: Request,
+        completion_timeout: Duration,
+        bound: Option<Duration>,
+    ) -> Result<Outcome, JobError> {
         let (answer, answered) = oneshot::channel();
-        self.jobs.send(Job::Run { request, completion_timeout, answer }).map_err(|_| JobError::Stopped)?;
+        let job = Job::Run { request, completion_timeout, bound, answer };
+        self.jobs.send(job).map_err(|_| JobError::Stopped)?;
         answered.await.map_err(|_| JobError::Stopped)?
     }
 
     /// Read Card (`06 C0`): the card the customer presents, as BIN + last 4.
     pub async fn read_card(&self) -> Result<CardRef, ReadCardError> {
-        let request = Request::ReadCard { timeout_s: READ_CARD_TIMEOUT_S };
-        // The terminal ends the read itself after its timeout; the margin covers its answer.
-        let limit = Duration::from_secs(u64::from(READ_CARD_TIMEOUT_S)) + ACK_TIMEOUT;
-        let outcome = self.run(request, limit).await.map_err(ReadCardError::Unavailable)?;
+        self.read_card_within(READ_CARD_TIMEOUT_S).await
+    }
+
+    /// Read Card with the terminal's timeout byte `timeout_s`. The terminal ends the read itself
+    /// after that time; the margin covers its answer, and the same total is the read's bound: a
+    /// terminal that keeps sending intermediate status (each one restarts the completion
+    /// timeout) does not hold the cashier, or the link, for longer.
+    pub async fn read_card_within(&self, timeout_s: u8) -> Result<CardRef, ReadCardError> {
+        let request = Request::ReadCard { timeout_s };
+        let limit = Duration::from_secs(u64::from(timeout_s)) + ACK_TIMEOUT;
+        let outcome = self.run(request, limit, Some(limit)).await.map_err(ReadCardError::Unavailable)?;
         card_of(&outcome)
     }
 }
@@ -160,9 +190,10 @@ pub fn spawn(
         s.device = endpoint_name(&settings.link.endpoint);
         s.framing = "zvt".into();
     }
-    let thread = thread::Builder::new()
-        .name("zvt-terminal".into())
-        .spawn(move || Owner { settings, status, inbox }.run())?;
+    let thread = thread::Builder::new().name("zvt-terminal".into()).spawn({
+        let shutdown = shutdown.clone();
+        move || Owner { settings, status, inbox, shutdown }.run()
+    })?;
     let stop = jobs.clone();
     let mut shutdown = shutdown;
     let watcher = tokio::spawn(async move {
@@ -203,6 +234,8 @@ struct Owner {
     settings: ZvtTerminalSettings,
     status: SharedStatus,
     inbox: std_mpsc::Receiver<Job>,
+    /// Seen between the messages of a running command, so a stop aborts a card read at once.
+    shutdown: Shutdown,
 }
 
 impl Owner {
@@ -273,7 +306,7 @@ impl Owner {
             currency: s.currency_number,
             service_byte: s.service_byte,
         };
-        match link.run(&registration, ADMIN_TIMEOUT) {
+        match link.run_abortable(&registration, ADMIN_TIMEOUT, self.give_up_after(ADMIN_TIMEOUT)) {
             Ok(Outcome::Completed(result)) if result.result_code.unwrap_or(0) == 0 => Ok(link),
             Ok(outcome) => Err(format!("registration not completed: {}", describe(&outcome))),
             Err(e) => Err(format!("registration not sent: {e}")),
@@ -286,14 +319,38 @@ impl Owner {
         loop {
             match self.inbox.try_recv() {
                 Ok(Job::Stop) | Err(TryRecvError::Disconnected) => return End::Stop,
-                Ok(Job::Run { request, completion_timeout, answer }) => {
-                    let outcome = link.run(&request, completion_timeout);
+                Ok(Job::Run { answer, .. }) if self.shutdown.is_shutdown() => {
+                    // A job still waiting at the stop is not started: it would only be aborted.
+                    let _ = answer.send(Err(JobError::Stopped));
+                    continue;
+                }
+                Ok(Job::Run { answer, .. }) if answer.is_closed() => {
+                    // Its asker left while it waited (the HTTP request was dropped): nobody would
+                    // see its outcome, so the terminal is not asked at all.
+                    continue;
+                }
+                Ok(Job::Run { request, completion_timeout, bound, answer }) => {
+                    let outcome = match bound {
+                        None => link.run(&request, completion_timeout),
+                        Some(bound) => {
+                            let since = Instant::now();
+                            link.run_abortable(&request, completion_timeout, || {
+                                since.elapsed() >= bound || answer.is_closed() || self.shutdown.is_shutdown()
+                            })
+                        }
+                    };
+                    let outcome = match outcome {
+                        // A command ended by the stop is answered as such, whatever the terminal
+                        // said last, so the waiting client learns why.
+                        Ok(_) if bound.is_some() && self.shutdown.is_shutdown() => Err(JobError::Stopped),
+                        other => other.map_err(JobError::from),
+                    };
                     let lost = match &outcome {
                         Ok(outcome) if !link_survives(outcome) => Some(describe(outcome)),
                         _ => None,
                     };
-                    // The asker may have gone (its request timed out); the outcome still counts.
-                    let _ = answer.send(outcome.map_err(JobError::from));
+                    // The asker may have gone (its request was dropped); nothing waits for it.
+                    let _ = answer.send(outcome);
                     if let Some(why) = lost {
                         return End::Lost(why);
                     }
@@ -304,25 +361,37 @@ impl Owner {
             }
             if last_heard.elapsed() >= self.settings.keepalive {
                 let enquiry = Request::StatusEnquiry { password: self.settings.link.password.clone() };
-                match link.run(&enquiry, ADMIN_TIMEOUT) {
+                match link.run_abortable(&enquiry, ADMIN_TIMEOUT, self.give_up_after(ADMIN_TIMEOUT)) {
                     Ok(Outcome::Completed(_)) => last_heard = Instant::now(),
                     Ok(outcome) => return End::Lost(format!("status enquiry: {}", describe(&outcome))),
                     Err(e) => return End::Lost(format!("status enquiry not sent: {e}")),
                 }
                 continue;
             }
-            // Idle: a terminal sends nothing unasked, so a read here only notices a closed link.
+            // Idle: a terminal rarely sends unasked, so a read here mostly notices a closed link.
+            // What it does send is answered as the protocol asks and otherwise dropped; a flood
+            // is read and answered at the pace it comes, with the decoder's bounded buffer.
             match link.recv(Instant::now() + IDLE_POLL) {
                 Ok(None) => {}
                 Ok(Some(apdu)) => {
                     tracing::debug!(
                         command = apdu.command(),
-                        "ZVT terminal sent a command while idle; ignored"
+                        "ZVT terminal sent a message while idle; answered and dropped"
                     );
+                    if let Err(e) = link.answer_unsolicited(&apdu) {
+                        return End::Lost(e.to_string());
+                    }
                 }
                 Err(e) => return End::Lost(e.to_string()),
             }
         }
+    }
+
+    /// When an administrative command (registration, status enquiry) is given up: after its
+    /// total bound, however often the terminal speaks, or at the stop.
+    fn give_up_after(&self, bound: Duration) -> impl FnMut() -> bool + '_ {
+        let since = Instant::now();
+        move || since.elapsed() >= bound || self.shutdown.is_shutdown()
     }
 
     /// Waits out a reconnect delay, answering jobs at once meanwhile. Returns true on stop.
