@@ -34,8 +34,13 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// After this a connection finishes the request in flight and closes (a stalled body cannot
 /// hold a slot for ever); a client simply opens a new one.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30);
-/// How long a connection being wound down (age or shutdown) may still take.
+/// How long a connection being wound down at shutdown may still take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a request in flight when its connection reaches [`MAX_CONNECTION_AGE`] may still
+/// take. The longest handler is a refund with `read_card`: the terminal's 30 s read, 5 s for its
+/// answer and 5 s for an abort, then validation and the commit. A shorter grace would cut the
+/// answer of a refund already queued, and the kiosk would not know it was made.
+const AGE_GRACE: Duration = Duration::from_secs(50);
 
 /// Who is on the other end of a connection, as handlers see it (an axum `Extension`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +186,7 @@ where
     let deadline = tokio::time::sleep(MAX_CONNECTION_AGE);
     tokio::pin!(deadline);
     let mut closing = false;
+    let mut grace = AGE_GRACE;
     loop {
         tokio::select! {
             done = conn.as_mut() => {
@@ -189,7 +195,9 @@ where
                 }
                 return;
             }
-            _ = shutdown.recv(), if !closing => {}
+            _ = shutdown.recv(), if !closing => {
+                grace = CLOSE_GRACE;
+            }
             _ = &mut deadline => {
                 if closing {
                     tracing::debug!("control API connection did not close in time; dropped");
@@ -200,7 +208,7 @@ where
         // Either shutdown or the connection's age: finish what is in flight, then close.
         conn.as_mut().graceful_shutdown();
         closing = true;
-        deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+        deadline.as_mut().reset(tokio::time::Instant::now() + grace);
     }
 }
 
