@@ -308,3 +308,72 @@ async fn the_wal_is_checkpointed_by_its_own_thread_not_by_the_commits() {
     drop(queue);
     owner.join();
 }
+
+/// A settle job records the outcomes of finished requests and claims the next deliveries into
+/// the slots they free, all in one transaction: once it is answered, the outcome and the claim
+/// are both on disk (read through a connection of its own), the queue's generation rose once,
+/// and an outcome that cannot be recorded is undone alone, freeing no slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_job_commits_its_outcomes_and_its_claims_together() {
+    use crate::queue::{Ask, AuditCaller, Outcome, Recorded};
+    use crate::refund::RefundDraft;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let draft = RefundDraft {
+            receipt_id: Some("RCP-2025-001".into()),
+            amount: Some("1.00".into()),
+            reason: "r".into(),
+            operator: "o".into(),
+            ..RefundDraft::default()
+        };
+        let created = queue.create_refund(draft, None, AuditCaller::unix(1000, Some(1))).await;
+        let id = created.expect("stored").expect("a valid refund").refund.id;
+        ids.push(id.parse::<crate::refund::RefundId>().expect("a refund id"));
+    }
+    let ask = |free: usize| Ask {
+        rooms: vec![("finalpos".to_string(), free)],
+        total: free,
+        max_delay: Duration::from_secs(3600),
+    };
+    let first = queue.settle(Vec::new(), Some(ask(2))).await.expect("claimed");
+    let claimed: Vec<_> = first.claims.iter().map(|c| c.refund.id).collect();
+    assert_eq!(claimed, ids[..2], "the two oldest are claimed in one job");
+
+    let file = rusqlite::Connection::open_with_flags(
+        dir.path().join(schema::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("a reader of its own");
+    let generation = || -> i64 {
+        file.query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0)).expect("generation")
+    };
+    let state = |id: &crate::refund::RefundId| -> String {
+        file.query_row("SELECT state FROM deliveries WHERE refund_id = ?1", [id.to_string()], |r| r.get(0))
+            .expect("a delivery")
+    };
+    let before = generation();
+    let outcome = |id: crate::refund::RefundId| Outcome {
+        refund_id: id,
+        position: 0,
+        destination: "finalpos".into(),
+        recorded: Recorded::Delivered { remote_id: Some("r".into()) },
+    };
+    // The first is in flight; the third was never claimed, so its outcome cannot be recorded.
+    // No slot is free before the job: only the stored outcome frees one, for the third.
+    let second = queue.settle(vec![outcome(ids[0]), outcome(ids[2])], Some(ask(0))).await.expect("settled");
+    assert!(second.recorded[0].is_ok(), "{:?}", second.recorded);
+    assert!(matches!(second.recorded[1], Err(QueueError::InvalidTransition(_))), "{:?}", second.recorded);
+    let claimed: Vec<_> = second.claims.iter().map(|c| c.refund.id).collect();
+    assert_eq!(claimed, [ids[2]], "the slot the stored outcome freed is claimed, and only that one");
+    assert_eq!(generation(), before + 1, "one transaction");
+    assert_eq!(state(&ids[0]), "delivered");
+    assert_eq!(state(&ids[1]), "in_flight");
+    assert_eq!(state(&ids[2]), "in_flight", "claimed, and on disk before the worker hears of it");
+    drop(file);
+    drop(queue);
+    owner.join();
+}
