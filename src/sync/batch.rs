@@ -10,8 +10,8 @@
 //! ([`MAX_IN_FLIGHT`]). A task gives its slot back when its last outcome is stored (it only
 //! has to end then), or when it ends, whichever comes first.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{self, JoinSet};
@@ -29,13 +29,23 @@ pub(super) struct Finished {
     pub stored: oneshot::Sender<Result<(), QueueError>>,
 }
 
+/// The longest an outcome waits for the outcomes of the other requests in flight before it is
+/// recorded without them. Against a destination that answers at once, the requests claimed
+/// together come back within a fraction of a COMMIT; recording them together takes one COMMIT
+/// instead of one for each, and keeps the slots in step (without it they split into groups
+/// that take turns, each COMMIT carrying only part of them). Small beside a request over a
+/// network, so a slow destination loses little to it.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Where delivery tasks send their outcomes.
 pub(super) type Outbox = mpsc::UnboundedSender<Finished>;
 
 /// The outcomes waiting for the next settle job, and the slots in use.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
-    pub waiting: Vec<Finished>,
+    waiting: Vec<Finished>,
+    /// When the oldest outcome waiting arrived.
+    since: Option<Instant>,
     /// The live delivery tasks whose delivery is not finished, with their destination.
     slots: HashMap<task::Id, String>,
 }
@@ -50,6 +60,28 @@ pub(super) struct Step {
 }
 
 impl Batch {
+    /// An outcome to record with the next settle job.
+    pub fn push(&mut self, f: Finished) {
+        self.since.get_or_insert_with(Instant::now);
+        self.waiting.push(f);
+    }
+
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// How much longer the outcomes waiting should wait for the other requests in flight
+    /// ([`LINGER`]); `None` when they are to be recorded now: every live task has reported, or
+    /// the oldest has waited long enough.
+    pub fn linger(&self) -> Option<Duration> {
+        let since = self.since?;
+        let reported: HashSet<task::Id> = self.waiting.iter().filter_map(|f| f.task).collect();
+        if self.slots.keys().all(|id| reported.contains(id)) {
+            return None;
+        }
+        LINGER.checked_sub(since.elapsed()).filter(|left| !left.is_zero())
+    }
+
     fn in_flight(&self, destination: &str) -> usize {
         self.slots.values().filter(|d| *d == destination).count()
     }
@@ -92,8 +124,10 @@ impl Worker {
         outbox: &Outbox,
     ) -> Step {
         let waiting = std::mem::take(&mut batch.waiting);
+        batch.since = None;
         let outcomes = waiting.iter().map(|f| f.outcome.clone()).collect();
         let asked = ask.is_some();
+        let started = Instant::now();
         let settled = match self.queue.settle(outcomes, ask).await {
             Ok(settled) => settled,
             Err(e) => {
@@ -118,6 +152,12 @@ impl Worker {
             }
         }
         let step = Step { claimed: settled.claims.len(), claim_failed: settled.claim_error.is_some() };
+        tracing::debug!(
+            recorded = waiting.len(),
+            claimed = step.claimed,
+            took_us = started.elapsed().as_micros() as u64,
+            "outcomes and claims committed"
+        );
         for claim in settled.claims {
             let destination = claim.destination.clone();
             let this = self.clone();

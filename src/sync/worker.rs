@@ -125,7 +125,7 @@ impl Worker {
             // Outcomes first: a task notes its destination's health before it hands the
             // outcome over, so a destination that just failed is on hold for this claim.
             while let Ok(f) = finished.try_recv() {
-                batch.waiting.push(f);
+                batch.push(f);
             }
             // Ended tasks are reaped at once: while the queue drains the loop goes round
             // without waiting in `select!`, and each ended task not joined keeps its whole
@@ -140,8 +140,15 @@ impl Worker {
             let paused_until = claim_pause.map(|(until, _)| until).filter(|u| *u > Instant::now());
             let mut names: Vec<&String> = self.connectors.keys().filter(|n| !held.contains(n)).collect();
             names.sort();
-            let ask = if all_held || paused_until.is_some() { None } else { batch.ask(&names, max_delay) };
-            if ask.is_some() || !batch.waiting.is_empty() {
+            // While outcomes wait for the rest of their group, nothing is claimed either: the
+            // slots they free go to the claims of their settle job.
+            let linger = batch.linger();
+            let ask = if all_held || paused_until.is_some() || linger.is_some() {
+                None
+            } else {
+                batch.ask(&names, max_delay)
+            };
+            if linger.is_none() && (ask.is_some() || batch.has_waiting()) {
                 let asked = ask.is_some();
                 let step = self.settle(&mut batch, ask, &mut tasks, &outbox).await;
                 if step.claim_failed {
@@ -158,7 +165,7 @@ impl Worker {
             let paused_until = claim_pause.map(|(until, _)| until).filter(|u| *u > Instant::now());
             // With every slot taken, only a finishing request can let more work start; while
             // claiming is paused, due work waits for the pause to end.
-            let next_due = if all_held || !batch.has_room() || paused_until.is_some() {
+            let next_due = if all_held || !batch.has_room() || paused_until.is_some() || linger.is_some() {
                 Ok(None)
             } else {
                 self.queue.next_due(held).await
@@ -170,9 +177,10 @@ impl Worker {
             if let Some(at) = wake_at.into_iter().chain(paused_until).min() {
                 sleep_for = sleep_for.min(at.saturating_duration_since(Instant::now()));
             }
+            sleep_for = linger.map_or(sleep_for, |left| sleep_for.min(left));
             tokio::select! {
-                _ = tokio::time::sleep(sleep_for), if batch.has_room() => {}
-                Some(f) = finished.recv() => batch.waiting.push(f),
+                _ = tokio::time::sleep(sleep_for), if batch.has_room() || linger.is_some() => {}
+                Some(f) = finished.recv() => batch.push(f),
                 Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => batch.ended(task_id(&ended)),
                 Some(_) = probes.join_next(), if !probes.is_empty() => {}
                 _ = self.wake.notified() => {}
@@ -189,9 +197,9 @@ impl Worker {
             while !tasks.is_empty() {
                 tokio::select! {
                     Some(f) = finished.recv() => {
-                        batch.waiting.push(f);
+                        batch.push(f);
                         while let Ok(f) = finished.try_recv() {
-                            batch.waiting.push(f);
+                            batch.push(f);
                         }
                         self.settle(&mut batch, None, &mut tasks, &outbox).await;
                     }
