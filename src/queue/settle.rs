@@ -46,6 +46,8 @@ pub struct Ask {
     pub rooms: Vec<(String, usize)>,
     /// Free slots over all destinations before the outcomes of this job, raised the same way.
     pub total: usize,
+    /// The destinations on hold: nothing of theirs is claimed.
+    pub held: Vec<String>,
     /// The longest delay the agent sets (`clock::is_due`).
     pub max_delay: Duration,
 }
@@ -105,7 +107,8 @@ pub(super) fn settle(
         settled.claim_error = Some(e);
         return Ok(settled);
     }
-    let names: Vec<&String> = ask.rooms.iter().map(|(d, _)| d).collect();
+    // Each claim skips every other destination, those on hold included.
+    let names: Vec<&String> = ask.rooms.iter().map(|(d, _)| d).chain(&ask.held).collect();
     for (destination, room) in plan {
         let others: Vec<String> =
             names.iter().filter(|n| ***n != destination).map(|n| n.to_string()).collect();

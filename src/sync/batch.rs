@@ -93,7 +93,7 @@ impl Batch {
 
     /// What the next settle job may claim: the free slots of every destination in `names`
     /// (those not on hold), and `None` when no slot is free or about to be.
-    pub fn ask(&self, names: &[&String], max_delay: Duration) -> Option<Ask> {
+    pub fn ask(&self, names: &[&String], held: &[String], max_delay: Duration) -> Option<Ask> {
         let ending = |d: Option<&str>| {
             let ends = self.waiting.iter().filter(|f| f.outcome.ends_delivery());
             ends.filter(|f| d.is_none_or(|d| d == f.outcome.destination)).count()
@@ -104,7 +104,7 @@ impl Batch {
             .map(|d| (d.to_string(), MAX_IN_FLIGHT_PER_DESTINATION.saturating_sub(self.in_flight(d))))
             .collect();
         let possible = total + ending(None) > 0 && rooms.iter().any(|(d, free)| free + ending(Some(d)) > 0);
-        possible.then_some(Ask { rooms, total, max_delay })
+        possible.then(|| Ask { rooms, total, held: held.to_vec(), max_delay })
     }
 
     /// A delivery task ended (or was aborted, or panicked): its slot is free in any case.

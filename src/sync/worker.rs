@@ -146,7 +146,7 @@ impl Worker {
             let ask = if all_held || paused_until.is_some() || linger.is_some() {
                 None
             } else {
-                batch.ask(&names, max_delay)
+                batch.ask(&names, &held, max_delay)
             };
             if linger.is_none() && (ask.is_some() || batch.has_waiting()) {
                 let asked = ask.is_some();

@@ -337,6 +337,7 @@ async fn a_settle_job_commits_its_outcomes_and_its_claims_together() {
     let ask = |free: usize| Ask {
         rooms: vec![("finalpos".to_string(), free)],
         total: free,
+        held: Vec::new(),
         max_delay: Duration::from_secs(3600),
     };
     let first = queue.settle(Vec::new(), Some(ask(2))).await.expect("claimed");
