@@ -1,5 +1,6 @@
 //! The sync worker: claims due deliveries from the queue, makes their requests through the
-//! connectors with a bounded number in flight, and records each outcome. It sleeps until the
+//! connectors with a bounded number in flight, and records the outcomes, together with the
+//! next claims, in group commits (`batch.rs`). It sleeps until the
 //! next delivery is due or a new refund arrives; on shutdown it stops claiming, lets requests
 //! in flight finish within a grace period, and abandons the rest (they stay `in_flight` in the
 //! queue and start-up recovery resolves them).
