@@ -20,7 +20,6 @@ use super::manual::{self, Resolution};
 use super::owner::{Job, Reply, Storage};
 use super::reads;
 use super::retention;
-use super::settle::{self, Ask, Outcome, Settled};
 use super::view::{FileStatus, QueueStatus, RefundView, StorageStatus, ViewState};
 use crate::clock::trusted_now_ms;
 use crate::manager::Approval;
@@ -163,15 +162,6 @@ impl QueueHandle {
             lifecycle::record(db, &refund_id.to_string(), position, outcome, trusted_now_ms())
         })
         .await
-    }
-
-    /// Records `outcomes` and claims the next due deliveries into the slots of `ask`, in one
-    /// transaction (`settle.rs`); answered after its COMMIT. Nothing is claimed while the
-    /// integrity check found the file damaged.
-    pub async fn settle(&self, outcomes: Vec<Outcome>, ask: Option<Ask>) -> Result<Settled, QueueError> {
-        let ask = ask.filter(|_| !background::damaged(&self.file));
-        let storage = self.storage.clone();
-        self.call(move |db| settle::settle(db, &storage, &outcomes, ask.as_ref(), trusted_now_ms())).await
     }
 
     pub async fn recover(

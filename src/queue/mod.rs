@@ -118,7 +118,6 @@ mod rows;
 mod schema;
 mod seal;
 mod sequence;
-mod settle;
 mod staged;
 mod view;
 
@@ -140,7 +139,6 @@ pub use owner::start_on_vfs;
 pub use owner::{start, QueueOwner};
 pub use restore::{Replaced, Restored};
 pub use seal::Sealer;
-pub use settle::{Ask, Outcome, Settled};
 pub use view::{
     ApprovalView, AuditStatus, AuditView, DeliveryView, FileStatus, QueueStatus, RefundView, StorageStatus,
     ViewState,

@@ -1,6 +1,5 @@
 //! The sync worker: claims due deliveries from the queue, makes their requests through the
-//! connectors with a bounded number in flight, and records the outcomes, together with the
-//! next claims, in group commits (`batch.rs`). It sleeps until the
+//! connectors with a bounded number in flight, and records each outcome. It sleeps until the
 //! next delivery is due or a new refund arrives; on shutdown it stops claiming, lets requests
 //! in flight finish within a grace period, and abandons the rest (they stay `in_flight` in the
 //! queue and start-up recovery resolves them).
@@ -16,17 +15,16 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
-use tokio::task::{JoinError, JoinSet};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 
-use super::batch::{retried, store, Batch, Outbox};
 use super::connectivity::Connectivity;
 use super::decide::{backoff, decide, longest_delay, route_moves_money, spread};
 use crate::clock::{is_due, now_ms, rfc3339, trusted_now_ms};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
 use crate::lock::lock;
-use crate::queue::{Claim, Outcome, QueueHandle, Recorded};
+use crate::queue::{Claim, QueueError, QueueHandle, Recorded};
 use crate::shutdown::Shutdown;
 
 /// The most requests in flight at once, over all destinations.
@@ -34,6 +32,9 @@ pub const MAX_IN_FLIGHT: usize = 16;
 /// The most requests in flight to one destination: enough to drain a queue quickly, few enough
 /// not to look like an attack to a cloud API's rate limiter.
 pub const MAX_IN_FLIGHT_PER_DESTINATION: usize = 8;
+
+/// Requests in flight per destination.
+type Busy = Arc<Mutex<HashMap<String, usize>>>;
 
 /// The longest the worker sleeps without looking at the queue (expiry sweeps run then too).
 const IDLE_CHECK: Duration = Duration::from_secs(30);
@@ -98,8 +99,8 @@ impl Worker {
                 });
             }
         }
-        let (outbox, mut finished) = mpsc::unbounded_channel();
-        let mut batch = Batch::default();
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let busy: Busy = Arc::default();
         let mut tasks = JoinSet::new();
         let mut probes: JoinSet<()> = JoinSet::new();
         // When the last sweep ran, by the wall clock and the monotonic one: a sweep is due when
@@ -108,7 +109,6 @@ impl Worker {
         // Set while claiming is paused after the queue could not store a claim: when, and how
         // long the last pause was.
         let mut claim_pause: Option<(Instant, Duration)> = None;
-        let max_delay = longest_delay(self.settings.backoff_max);
         while !shutdown.is_shutdown() {
             let idle_ms = IDLE_CHECK.as_millis() as i64;
             if last_sweep
@@ -123,66 +123,68 @@ impl Worker {
                     Err(e) => tracing::error!(error = %e, "queue sweep failed"),
                 }
             }
-            // Outcomes first: a task notes its destination's health before it hands the
-            // outcome over, so a destination that just failed is on hold for this claim.
-            while let Ok(f) = finished.try_recv() {
-                batch.push(f);
-            }
-            // Ended tasks are reaped at once: while the queue drains the loop goes round
-            // without waiting in `select!`, and each ended task not joined keeps its whole
-            // future's memory (a few KiB) until it is, tens of MiB over a long drain.
-            while let Some(ended) = tasks.try_join_next_with_id() {
-                batch.ended(task_id(&ended));
-            }
+            // Reaped at once: an ended task not joined keeps its future's memory (drains: MiBs).
+            while tasks.try_join_next().is_some() {}
             let (held, wake_at) = self.holds(&mut probes);
+            let free = permits.available_permits();
             // With every destination on hold there is nothing to claim: skip the queue entirely,
             // so that refunds queued while offline cost the worker no database work.
             let all_held = held.len() >= self.connectors.len();
             let paused_until = claim_pause.map(|(until, _)| until).filter(|u| *u > Instant::now());
-            let mut names: Vec<&String> = self.connectors.keys().filter(|n| !held.contains(n)).collect();
-            names.sort();
-            // While outcomes wait for the rest of their group, nothing is claimed either: the
-            // slots they free go to the claims of their settle job.
-            let linger = batch.linger();
-            let ask = if all_held || paused_until.is_some() || linger.is_some() {
-                None
+            let claims = if free == 0 || all_held || paused_until.is_some() {
+                Vec::new()
             } else {
-                batch.ask(&names, &held, max_delay)
+                match self.claim(free, &held, &busy).await {
+                    Ok(claims) => {
+                        claim_pause = None;
+                        claims
+                    }
+                    Err(claims) => {
+                        let pause = claim_pause
+                            .map_or(STORAGE_RETRY_INITIAL, |(_, last)| (last * 2).min(STORAGE_RETRY_MAX));
+                        claim_pause = Some((Instant::now() + pause, pause));
+                        claims
+                    }
+                }
             };
-            if linger.is_none() && (ask.is_some() || batch.has_waiting()) {
-                let asked = ask.is_some();
-                let step = self.settle(&mut batch, ask, &mut tasks, &outbox).await;
-                if step.claim_failed {
-                    let pause = claim_pause
-                        .map_or(STORAGE_RETRY_INITIAL, |(_, last)| (last * 2).min(STORAGE_RETRY_MAX));
-                    claim_pause = Some((Instant::now() + pause, pause));
-                } else if asked {
-                    claim_pause = None;
-                }
-                if step.claimed > 0 {
-                    continue;
-                }
-            }
             let paused_until = claim_pause.map(|(until, _)| until).filter(|u| *u > Instant::now());
-            // With every slot taken, only a finishing request can let more work start; while
+            let claimed = !claims.is_empty();
+            for claim in claims {
+                // Claims never exceed the free permits (only this loop takes them), so this
+                // cannot fail; a claim is never dropped, since it is already `in_flight` on disk.
+                let permit = permits.clone().try_acquire_owned().ok();
+                let this = self.clone();
+                let busy = busy.clone();
+                *lock(&busy).entry(claim.destination.clone()).or_default() += 1;
+                tasks.spawn(async move {
+                    let destination = claim.destination.clone();
+                    this.deliver(claim).await;
+                    if let Some(n) = lock(&busy).get_mut(&destination) {
+                        *n = n.saturating_sub(1);
+                    }
+                    drop(permit);
+                });
+            }
+            if claimed {
+                continue;
+            }
+            // With every permit taken, only a finishing request can let more work start; while
             // claiming is paused, due work waits for the pause to end.
-            let next_due = if all_held || !batch.has_room() || paused_until.is_some() || linger.is_some() {
+            let next_due = if all_held || free == 0 || paused_until.is_some() {
                 Ok(None)
             } else {
                 self.queue.next_due(held).await
             };
             let mut sleep_for = match next_due {
-                Ok(Some(at)) => wait_until(at, trusted_now_ms(), max_delay),
+                Ok(Some(at)) => wait_until(at, trusted_now_ms(), longest_delay(self.settings.backoff_max)),
                 _ => IDLE_CHECK,
             };
             if let Some(at) = wake_at.into_iter().chain(paused_until).min() {
                 sleep_for = sleep_for.min(at.saturating_duration_since(Instant::now()));
             }
-            sleep_for = linger.map_or(sleep_for, |left| sleep_for.min(left));
             tokio::select! {
-                _ = tokio::time::sleep(sleep_for), if batch.has_room() || linger.is_some() => {}
-                Some(f) = finished.recv() => batch.push(f),
-                Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => batch.ended(task_id(&ended)),
+                _ = tokio::time::sleep(sleep_for), if permits.available_permits() > 0 => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 Some(_) = probes.join_next(), if !probes.is_empty() => {}
                 _ = self.wake.notified() => {}
                 () = shutdown.recv() => {}
@@ -193,33 +195,48 @@ impl Worker {
         if !tasks.is_empty() {
             tracing::info!(in_flight = tasks.len(), "waiting for requests in flight before stopping");
         }
-        // Nothing more is claimed; the outcomes of the requests in flight are still recorded.
-        let drained = tokio::time::timeout(grace, async {
-            while !tasks.is_empty() {
-                tokio::select! {
-                    Some(f) = finished.recv() => {
-                        batch.push(f);
-                        while let Ok(f) = finished.try_recv() {
-                            batch.push(f);
-                        }
-                        self.settle(&mut batch, None, &mut tasks, &outbox).await;
-                    }
-                    Some(ended) = tasks.join_next_with_id() => batch.ended(task_id(&ended)),
-                }
-            }
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!("abandoning requests still in flight; they will be resolved at the next start");
             tasks.abort_all();
         }
     }
 
+    /// Claims due deliveries, oldest first, for every destination not on hold, each up to its
+    /// free share of [`MAX_IN_FLIGHT_PER_DESTINATION`] and all within `free` permits. `Err`
+    /// holds the claims made when claiming for some destination failed.
+    async fn claim(&self, free: usize, held: &[String], busy: &Busy) -> Result<Vec<Claim>, Vec<Claim>> {
+        let mut names: Vec<&String> = self.connectors.keys().filter(|n| !held.contains(n)).collect();
+        names.sort();
+        let mut claims = Vec::new();
+        let mut failed = false;
+        for name in names {
+            let in_flight = lock(busy).get(name).copied().unwrap_or(0);
+            let room = MAX_IN_FLIGHT_PER_DESTINATION.saturating_sub(in_flight).min(free - claims.len());
+            if room == 0 {
+                continue;
+            }
+            let others: Vec<String> = self.connectors.keys().filter(|n| *n != name).cloned().collect();
+            match self.queue.claim_due(room as i64, others, longest_delay(self.settings.backoff_max)).await {
+                Ok(c) => claims.extend(c),
+                Err(e) => {
+                    tracing::error!(error = %e, destination = %name, "cannot claim deliveries");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            Err(claims)
+        } else {
+            Ok(claims)
+        }
+    }
+
     /// Makes every request of one claimed delivery, recording each step as it succeeds.
-    pub(super) async fn deliver(&self, mut claim: Claim, outbox: &Outbox) {
+    async fn deliver(&self, mut claim: Claim) {
         let Some(connector) = self.connectors.get(&claim.destination) else {
             let error = format!("destination {:?} is no longer configured", claim.destination);
-            self.record_until_stored(&claim, Recorded::Failed { error }, outbox).await;
+            self.record_until_stored(&claim, Recorded::Failed { error }).await;
             return;
         };
         let capability = connector.capability();
@@ -238,7 +255,7 @@ impl Worker {
                 Recorded::Progress { step, remote_id } => Some((*step, remote_id.clone())),
                 _ => None,
             };
-            if !self.record_until_stored(&claim, recorded, outbox).await {
+            if !self.record_until_stored(&claim, recorded).await {
                 return;
             }
             match next {
@@ -256,22 +273,20 @@ impl Worker {
     /// this task sends nothing: an outcome not yet recorded never leads to another request.
     /// Returns false when the outcome can never be recorded (the delivery changed, or the queue
     /// shut down); the delivery then stays `in_flight` for start-up recovery.
-    async fn record_until_stored(&self, claim: &Claim, recorded: Recorded, outbox: &Outbox) -> bool {
+    async fn record_until_stored(&self, claim: &Claim, recorded: Recorded) -> bool {
         let id = claim.refund.id;
         let dest = &claim.destination;
         let mut wait = STORAGE_RETRY_INITIAL;
         let mut failures = 0u32;
-        let outcome =
-            Outcome { refund_id: id, position: claim.position, destination: dest.clone(), recorded };
         loop {
-            match store(outbox, outcome.clone()).await {
+            match self.queue.record(id, claim.position, recorded.clone()).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(refund_id = %id, destination = %dest, failures, "delivery outcome recorded after storage errors");
                     }
                     return true;
                 }
-                Err(e) if retried(&e) => {
+                Err(e @ (QueueError::StorageFull | QueueError::Storage(_))) => {
                     failures += 1;
                     tracing::error!(refund_id = %id, destination = %dest, error = %e, failures, retry_in_ms = wait.as_millis() as u64, "cannot record a delivery outcome; keeping it and trying again, nothing is sent meanwhile");
                     tokio::time::sleep(wait).await;
@@ -356,14 +371,6 @@ impl Worker {
             }
         }
         (held, wake_at)
-    }
-}
-
-/// The task a join answer is about, whether the task returned, was aborted or panicked.
-fn task_id(ended: &Result<(tokio::task::Id, ()), JoinError>) -> tokio::task::Id {
-    match ended {
-        Ok((id, ())) => *id,
-        Err(e) => e.id(),
     }
 }
 

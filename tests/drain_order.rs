@@ -1,9 +1,9 @@
-//! The drain's group commit keeps each delivery's durability: the server below looks at the
-//! queue file (a read-only connection of its own, so it sees only what was committed) at every
-//! request that arrives. Every request's delivery must already be `in_flight` on disk, and no
-//! more deliveries may be `in_flight` on disk than the worker lets be in flight: a claim that
-//! took the slot of a finished delivery must have reached the disk together with, or after,
-//! that delivery's outcome, never before it.
+//! Draining a queue keeps each delivery's durability: the server below looks at the queue file
+//! (a read-only connection of its own, so it sees only what was committed) at every request
+//! that arrives. Every request's delivery must already be `in_flight` on disk, and no more
+//! deliveries may be `in_flight` on disk than the worker lets be in flight: a claim that took
+//! the slot of a finished delivery must have reached the disk after that delivery's outcome,
+//! never before it.
 
 mod common;
 
@@ -82,7 +82,7 @@ async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_
     let mut ids = Vec::new();
     for i in 0..n {
         let body = json!({"receipt_id": "R", "amount": "1.00", "reason": "r", "operator": "o"});
-        let key = format!("group-{i}");
+        let key = format!("drain-{i}");
         let (status, created) =
             agent.post_json("/v1/refunds", body.to_string().as_bytes(), &[("idempotency-key", &key)]).await;
         assert_eq!(status, 201, "{created}");
