@@ -1,0 +1,119 @@
+//! Draining a queue keeps each delivery's durability: the server below looks at the queue file
+//! (a read-only connection of its own, so it sees only what was committed) at every request
+//! that arrives. Every request's delivery must already be `in_flight` on disk, and no more
+//! deliveries may be `in_flight` on disk than the worker lets be in flight: a claim that took
+//! the slot of a finished delivery must have reached the disk after that delivery's outcome,
+//! never before it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use common::*;
+use refund_agent::sandbox::server::Switchable;
+use refund_agent::sync::worker::MAX_IN_FLIGHT_PER_DESTINATION;
+use serde_json::{json, Value};
+
+/// What the server saw at one request: the refund it was for and every delivery row on disk.
+struct Arrival {
+    refund_id: String,
+    on_disk: HashMap<String, (String, i64)>,
+}
+
+#[derive(Clone)]
+struct Seen {
+    db: PathBuf,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+}
+
+async fn approve(State(seen): State<Seen>, Json(body): Json<Value>) -> Json<Value> {
+    let refund_id = body["externalId"].as_str().unwrap_or_default().to_string();
+    let conn = rusqlite::Connection::open_with_flags(&seen.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open the queue file");
+    let on_disk = conn
+        .prepare("SELECT refund_id, state, attempts FROM deliveries")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?.collect::<Result<_, _>>()
+        })
+        .expect("read the deliveries");
+    seen.arrivals.lock().expect("lock").push(Arrival { refund_id, on_disk });
+    Json(json!({"id": 1, "amount": body["amount"], "status": {"status": "Approved", "reason": null}}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_disk() {
+    let n = 3 * MAX_IN_FLIGHT_PER_DESTINATION + 3;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    // The server needs the file's path, and the agent the server's address: a placeholder
+    // path is replaced once the agent exists.
+    let seen = Arc::new(Mutex::new(None::<Seen>));
+    let app = Router::new().route(
+        "/payment/{id}/refund",
+        post({
+            let seen = seen.clone();
+            move |body: Json<Value>| {
+                let state = seen.lock().expect("lock").clone().expect("set before going online");
+                approve(State(state), body)
+            }
+        }),
+    );
+    let server = Switchable::start(app, Arc::default()).await.expect("server");
+    server.go_offline().await;
+    let mut agent = gateway_agent(&server.url(), "t", "");
+    *seen.lock().expect("lock") = Some(Seen { db: agent.db_path(), arrivals: arrivals.clone() });
+    // Parked: after the first failure only the probe sends again, so every refund is due at
+    // once when the server returns.
+    agent
+        .start_with_env(&[
+            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
+            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
+            ("REFUND_AGENT__SYNC__RETURN_JITTER", "0s"),
+        ])
+        .await;
+    let receipt = json!({"receipt_id": "R", "transaction_id": "T", "currency": "USD", "total": "1000.00",
+        "subtotal": "1000.00", "processor": "gateway", "processor_payment_id": "882"});
+    let (status, _) = agent.post_json("/v1/receipts", receipt.to_string().as_bytes(), &[]).await;
+    assert!(status < 300, "receipt stored: {status}");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let body = json!({"receipt_id": "R", "amount": "1.00", "reason": "r", "operator": "o"});
+        let key = format!("drain-{i}");
+        let (status, created) =
+            agent.post_json("/v1/refunds", body.to_string().as_bytes(), &[("idempotency-key", &key)]).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().expect("refund id").to_string());
+    }
+    eventually("every delivery to wait, none in flight", DEADLINE, || async {
+        let list = agent.list().await;
+        list.iter().all(|r| r.deliveries.iter().all(|d| d.state == "pending")).then_some(())
+    })
+    .await;
+
+    server.go_online().await.expect("online");
+    for id in &ids {
+        agent.wait_state(id, "delivered").await;
+    }
+
+    let arrivals = arrivals.lock().expect("lock");
+    assert_eq!(arrivals.len(), n, "one request per refund");
+    let mut last_attempt: HashMap<&str, i64> = HashMap::new();
+    for (k, a) in arrivals.iter().enumerate() {
+        let Some((state, attempts)) = a.on_disk.get(&a.refund_id) else {
+            panic!("request {k} for {} whose delivery is not on disk", a.refund_id)
+        };
+        assert_eq!(state, "in_flight", "request {k} left before its claim was committed");
+        assert!(last_attempt.insert(&a.refund_id, *attempts).is_none(), "{} sent twice", a.refund_id);
+        let in_flight = a.on_disk.values().filter(|(s, _)| s == "in_flight").count();
+        assert!(
+            in_flight <= MAX_IN_FLIGHT_PER_DESTINATION,
+            "request {k}: {in_flight} deliveries in flight on disk; a claim took a slot whose outcome was not stored"
+        );
+    }
+    let first = arrivals[0].on_disk.values().filter(|(s, _)| s == "in_flight").count();
+    assert_eq!(first, MAX_IN_FLIGHT_PER_DESTINATION, "the first claims were committed together");
+}
