@@ -1,8 +1,10 @@
 //! Delivery of queued refunds: retry decisions (pure, `decide.rs`), the worker that applies
-//! them (`worker.rs`), and the resolver that looks unknown terminal payouts up (`lookup.rs`).
+//! them (`worker.rs`) and logs each outcome (`log.rs`), and the resolver that looks unknown
+//! terminal payouts up (`lookup.rs`).
 
 pub mod connectivity;
 pub mod decide;
+mod log;
 pub mod lookup;
 pub mod worker;
 

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use super::connectivity::Connectivity;
 use super::decide::{backoff, decide, longest_delay, route_moves_money, spread};
+use super::log::log_outcome;
 use crate::clock::{is_due, now_ms, rfc3339, trusted_now_ms};
 use crate::config::SyncSettings;
 use crate::destinations::{Attempt, Connector};
@@ -382,31 +383,6 @@ fn wait_until(at_ms: i64, now_ms: i64, max_delay: Duration) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_millis((at_ms - now_ms).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
-}
-
-fn log_outcome(claim: &Claim, recorded: &Recorded) {
-    let id = claim.refund.id;
-    let dest = &claim.destination;
-    match recorded {
-        Recorded::Delivered { remote_id } => {
-            tracing::info!(refund_id = %id, destination = %dest, remote_id = remote_id.as_deref().unwrap_or(""), "delivered")
-        }
-        Recorded::Progress { step, .. } => {
-            tracing::debug!(refund_id = %id, destination = %dest, step, "step done")
-        }
-        Recorded::Retry { at_ms, error } => {
-            tracing::warn!(refund_id = %id, destination = %dest, attempt = claim.attempts, retry_in_ms = at_ms - trusted_now_ms(), %error, "will retry")
-        }
-        Recorded::Declined { error } => {
-            tracing::warn!(refund_id = %id, destination = %dest, %error, "declined")
-        }
-        Recorded::Failed { error } => {
-            tracing::error!(refund_id = %id, destination = %dest, %error, "failed")
-        }
-        Recorded::Unknown { error } => {
-            tracing::error!(refund_id = %id, destination = %dest, %error, "outcome unknown")
-        }
-    }
 }
 
 /// A TCP connect to the destination. When it succeeds the hold is lifted and the destination's
