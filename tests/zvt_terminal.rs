@@ -1,9 +1,17 @@
 //! The ECR against the simulated ZVT terminal, over a real TCP connection and a real pty:
 //! registration and a refund, and a link cut after `06 31` resolved by Repeat Receipt with one
-//! refund at the terminal.
+//! refund at the terminal; the link owner keeping a serial link alive with status enquiries.
+//! Host only: qemu-user cannot set a pty up as a serial port (scripts/aarch64-test).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use refund_agent::config::ZvtTerminalSettings;
+use refund_agent::destinations::zvt::{ZvtEndpoint, ZvtSettings};
+use refund_agent::lock::lock;
+use refund_agent::shutdown::Shutdown;
+use refund_agent::terminal::device::SharedStatus;
+use refund_agent::terminal::ecr::owner;
 
 use refund_agent::sandbox::zvt::{Endpoint, SimRefund, ZvtSimulator};
 use refund_agent::terminal::ecr::link::{connect_tcp, open_serial, Link, LinkError, Wire};
@@ -226,4 +234,32 @@ fn serial_link_repeats_a_naked_frame_and_naks_a_damaged_one() {
     assert_eq!(raw.read_exact(1), [0x06]);
     let (_link, got) = sender.join().expect("sender thread");
     assert_eq!(got, Some(Apdu::new(0x80, 0x00, Vec::new())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_keeps_an_idle_serial_link_alive_with_status_enquiries() {
+    let sim = ZvtSimulator::start_serial().expect("simulator on a pty");
+    let Endpoint::Serial(device) = sim.endpoint().clone() else { panic!("not a serial simulator") };
+    let link = ZvtSettings {
+        endpoint: ZvtEndpoint::Serial { device, baud: 9600 },
+        password: PASSWORD.into(),
+        currency: "EUR",
+        currency_number: 978,
+        service_byte: 0,
+    };
+    let settings = ZvtTerminalSettings { link, keepalive: Duration::from_millis(100) };
+    let status = SharedStatus::default();
+    let (trigger, shutdown) = Shutdown::new();
+    let (owner, handle) = owner::spawn(settings, status.clone(), shutdown).expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let enquiries = || sim.commands().iter().filter(|c| **c == 0x0501).count();
+    while !(lock(&status).connected && enquiries() >= 2) {
+        assert!(Instant::now() < deadline, "no registration and two status enquiries: {:?}", sim.commands());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.commands()[0], 0x0600, "registered first");
+    let card = handle.read_card().await.expect("a card between keepalives");
+    assert_eq!(card.masked(), "411111******1111");
+    trigger.fire();
+    owner.stop().await;
 }
