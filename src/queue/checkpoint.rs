@@ -81,7 +81,9 @@ impl Checkpointer {
             }
         });
         match spawned {
-            Ok(thread) => Checkpointer { nudge: Arc::new(Mutex::new(Some(nudge))), thread: Some(thread), counts },
+            Ok(thread) => {
+                Checkpointer { nudge: Arc::new(Mutex::new(Some(nudge))), thread: Some(thread), counts }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the checkpoint thread; the WAL grows until the next start");
                 Checkpointer { nudge: Arc::default(), thread: None, counts }
@@ -166,7 +168,11 @@ mod tests {
         for _ in 0..100 {
             write(&conn, 10);
         }
-        assert_eq!(counts.asked.load(Ordering::Relaxed), asked, "small COMMITs on a large WAL file ask for nothing");
+        assert_eq!(
+            counts.asked.load(Ordering::Relaxed),
+            asked,
+            "small COMMITs on a large WAL file ask for nothing"
+        );
         checkpointer.stop();
         let after = counts.runs.load(Ordering::Relaxed);
         assert!(after <= runs + 1, "at most a nudge already waiting ran: {runs} then {after}");
