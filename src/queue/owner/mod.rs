@@ -126,7 +126,7 @@ fn run(
 ) {
     let Held { mut generation, lock } = held;
     let checkpointer = Checkpointer::spawn(opener.state_dir.join(schema::DB_FILE), opener.vfs.clone());
-    let mut conn = Some(conn);
+    let mut conn = watched(&checkpointer, Some(conn));
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
         wedge_if_asked();
@@ -138,7 +138,7 @@ fn run(
             }
         }
         if conn.is_none() {
-            conn = reopen(opener, &sealer, &storage);
+            conn = watched(&checkpointer, reopen(opener, &sealer, &storage));
         }
         let Some(open) = conn.as_ref() else {
             let err = QueueError::Storage(
@@ -159,9 +159,8 @@ fn run(
             // closed, and the next batch first reads the database again from the disk.
             tracing::error!("an I/O error on the queue database: closing it and reopening it from the disk");
             drop(conn.take());
-            conn = reopen(opener, &sealer, &storage);
+            conn = watched(&checkpointer, reopen(opener, &sealer, &storage));
         }
-        checkpointer.nudge();
     }
     checkpointer.stop();
     if let Some(conn) = &conn {
@@ -172,6 +171,17 @@ fn run(
     // The lock is released only once the database is closed.
     drop(conn);
     drop(lock);
+}
+
+/// The connection with the checkpoint thread's WAL hook on it. Without the hook (it could not be
+/// set, which only running out of memory causes) nothing is lost: the WAL grows until the
+/// checkpoint at the next open.
+fn watched(checkpointer: &Checkpointer, conn: Option<Connection>) -> Option<Connection> {
+    let mut conn = conn?;
+    if let Err(e) = checkpointer.watch(&mut conn) {
+        tracing::warn!(error = %e, "cannot watch the WAL for checkpoints; it grows until the next start");
+    }
+    Some(conn)
 }
 
 /// Test hook: once the file named by `REFUND_AGENT_FAULT_WEDGE_QUEUE` exists, the owner blocks
