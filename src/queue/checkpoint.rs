@@ -14,13 +14,12 @@
 //! interrupted checkpoint leaves the frames in the WAL, to be copied again. The checkpoint at
 //! every open (`opener.rs`) and at shutdown stays on the owner.
 
+use std::ffi::c_int;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-use std::ffi::c_int;
 
 use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags};
