@@ -2,7 +2,8 @@
 //! durability settings (WAL, `synchronous=FULL`, one COMMIT per row) on the same disk.
 //!
 //! Run: `cargo bench --bench enqueue` (env `BENCH_N` = refunds per run, default 2000;
-//! `BENCH_DIR` = where the databases go, default the system temp dir). Prints a Markdown table.
+//! `BENCH_DIR` = where the databases go, default the system temp dir; `BENCH_CLIENTS` = only the
+//! keep-alive row with this many clients, for profiling one row). Prints a Markdown table.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,7 +26,10 @@ fn main() {
     let raw_dir = tempfile::tempdir_in(&base).expect("temp dir");
     let (raw_rate, raw_lat) = raw_sqlite(raw_dir.path(), n);
     row("raw SQLite, 1 INSERT per COMMIT", 1, n, raw_rate, &raw_lat, raw_rate);
-    for (clients, keep_alive) in [(1usize, false), (1, true), (8, true), (32, true), (64, true)] {
+    let only: Option<usize> = std::env::var("BENCH_CLIENTS").ok().and_then(|v| v.parse().ok());
+    let rows = [(1usize, false), (1, true), (8, true), (32, true), (64, true)];
+    let rows = rows.into_iter().filter(|&(c, keep_alive)| only.is_none_or(|o| keep_alive && c == o));
+    for (clients, keep_alive) in rows {
         let dir = tempfile::tempdir_in(&base).expect("temp dir");
         let (rate, lat) = rt.block_on(through_api(dir.path(), n, clients, keep_alive));
         let what = if keep_alive {

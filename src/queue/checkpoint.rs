@@ -2,12 +2,20 @@
 //! that pushes the WAL past its threshold: that refund's caller waits while a thousand pages
 //! are copied into the database file and synced. The owner's connection has automatic
 //! checkpoints off instead, and a WAL hook on it nudges this thread after a COMMIT that leaves
-//! the WAL holding [`THRESHOLD_FRAMES`] frames or more; the thread copies the WAL into the
-//! database file on a connection of its own (`PASSIVE`: it never blocks the owner, and stops at
-//! a frame a reader still needs). The next write after a complete checkpoint starts the WAL
-//! over from its first frame, so the count falls again and commits go on without checkpoints.
-//! (The WAL file's size is no measure: it keeps its size when it starts over, and a checkpoint
-//! per COMMIT costs two more fsyncs each.)
+//! [`THRESHOLD_FRAMES`] frames or more in the WAL that no checkpoint has copied yet; the thread
+//! copies the WAL into the database file on a connection of its own (`PASSIVE`: it never blocks
+//! the owner, and stops at a frame a reader still needs).
+//!
+//! The next write after a checkpoint that copied every frame starts the WAL over from its first
+//! frame. While refunds keep coming, a checkpoint seldom copies every frame: the owner commits
+//! beside it. So the count that asks is of the frames not yet copied, not of the frames in the
+//! WAL (counting those asked again after every COMMIT, each time for a checkpoint with three
+//! fsyncs that copied a few pages), nor the WAL file's size (it keeps its size when the WAL
+//! starts over). A checkpoint that left frames behind runs again once the queue has been quiet
+//! for [`SETTLE`], so the WAL starts over at the next write. Should writes never pause, the
+//! owner itself runs a `RESTART` checkpoint between two batches once the WAL holds
+//! [`RESTART_FRAMES`] ([`Checkpointer::restart_if_due`]): it is the only writer, so nothing
+//! commits beside that one, and the WAL file stays bounded.
 //!
 //! Durability is SQLite's own: a checkpoint syncs the WAL before it writes the database file
 //! and marks frames as copied only after the database file is synced, so a failed or
@@ -27,10 +35,16 @@ use rusqlite::{Connection, OpenFlags};
 use super::error::QueueError;
 use crate::lock::lock;
 
-/// The frames in the WAL from which a checkpoint runs: SQLite's default threshold.
+/// The frames not yet copied from which a checkpoint runs: SQLite's default threshold.
 pub(super) const THRESHOLD_FRAMES: i32 = 1000;
+/// A WAL this long (about 40 MB) is checkpointed by the owner, between two batches.
+pub(super) const RESTART_FRAMES: i32 = 10 * THRESHOLD_FRAMES;
+/// How long the queue is quiet before a checkpoint that left frames behind runs again.
+const SETTLE: Duration = Duration::from_millis(500);
 /// How long a checkpoint waits for the owner's write lock (a restart of the WAL needs it).
 const BUSY: Duration = Duration::from_secs(1);
+/// The owner connection's own busy timeout (`schema.rs`), put back after a restart.
+const OWNER_BUSY: Duration = Duration::from_secs(5);
 
 /// The checkpoint thread; stopped and joined before the owner closes the database.
 #[derive(Debug)]
@@ -49,8 +63,25 @@ struct Counts {
     asked: AtomicU64,
     /// Checkpoints run.
     runs: AtomicU64,
+    /// `RESTART` checkpoints run by the owner.
+    restarts: AtomicU64,
     /// The frames in the WAL after the last COMMIT.
     frames: AtomicI32,
+    /// The frames of the WAL the last checkpoint had copied into the database file.
+    copied: AtomicI32,
+}
+
+impl Counts {
+    /// The frames in a WAL of `frames` that no checkpoint has copied. A count below the last
+    /// checkpoint's is a WAL that started over: all of it is new.
+    fn uncopied(&self, frames: i32) -> i32 {
+        let copied = self.copied.load(Ordering::Relaxed);
+        if frames >= copied {
+            frames - copied
+        } else {
+            frames
+        }
+    }
 }
 
 impl Checkpointer {
@@ -72,11 +103,29 @@ impl Checkpointer {
                     return;
                 }
             };
-            while nudged.recv().is_ok() {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; it is tried again after the next write");
+            // Whether the last checkpoint left frames behind: only then does a quiet queue
+            // wake the thread (an idle agent has no timer running).
+            let mut behind = false;
+            loop {
+                let uncopied = || ran.uncopied(ran.frames.load(Ordering::Relaxed));
+                let nudge = if behind {
+                    nudged.recv_timeout(SETTLE)
+                } else {
+                    nudged.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                };
+                match nudge {
+                    // A nudge sent while the last checkpoint ran may be one it answered already;
+                    // a WAL at its bound is the owner's to checkpoint (one checkpoint at a time).
+                    Ok(()) if uncopied() < THRESHOLD_FRAMES => continue,
+                    Ok(()) | Err(_) if ran.frames.load(Ordering::Relaxed) >= RESTART_FRAMES => {
+                        behind = false;
+                        continue;
+                    }
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                ran.runs.fetch_add(1, Ordering::Relaxed);
+                checkpoint(&conn, &ran);
+                behind = uncopied() > 0;
             }
         });
         match spawned {
@@ -91,13 +140,13 @@ impl Checkpointer {
     }
 
     /// Watches the owner's connection (again after every reopen): each COMMIT that leaves
-    /// [`THRESHOLD_FRAMES`] or more in the WAL nudges the thread. The hook never blocks: a nudge
-    /// already waiting covers this one.
+    /// [`THRESHOLD_FRAMES`] or more not yet copied in the WAL nudges the thread. The hook never
+    /// blocks: a nudge already waiting covers this one.
     pub fn watch(&self, conn: &mut Connection) -> Result<(), QueueError> {
         let (nudge, counts) = (self.nudge.clone(), self.counts.clone());
         conn.wal_hook(Some(move |_: &mut Wal, frames: c_int| {
             counts.frames.store(frames, Ordering::Relaxed);
-            if frames >= THRESHOLD_FRAMES {
+            if counts.uncopied(frames) >= THRESHOLD_FRAMES {
                 counts.asked.fetch_add(1, Ordering::Relaxed);
                 if let Some(nudge) = lock(&nudge).as_ref() {
                     let _ = nudge.try_send(());
@@ -108,6 +157,36 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// On the owner's connection, between two batches: once the WAL holds [`RESTART_FRAMES`],
+    /// a `RESTART` checkpoint copies what is left and lets the next write start the WAL over.
+    /// It does not wait for a reader (the check after start may hold an old snapshot for a
+    /// while): then it copies what it can and is tried again after the next batch.
+    pub fn restart_if_due(&self, conn: &Connection) {
+        if self.counts.frames.load(Ordering::Relaxed) < RESTART_FRAMES {
+            return;
+        }
+        let run = || -> rusqlite::Result<(i32, i32, i32)> {
+            conn.busy_timeout(Duration::ZERO)?;
+            let out = conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+            conn.busy_timeout(OWNER_BUSY)?;
+            out
+        };
+        match run() {
+            Ok((busy, _, copied)) => {
+                self.counts.copied.store(copied.max(0), Ordering::Relaxed);
+                if busy == 0 {
+                    // The next write starts the WAL over.
+                    self.counts.frames.store(0, Ordering::Relaxed);
+                }
+                self.counts.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL restart failed; it is tried again after the next batch")
+            }
+        }
+    }
+
     /// Ends the thread and closes its connection.
     pub fn stop(mut self) {
         drop(lock(&self.nudge).take());
@@ -115,6 +194,22 @@ impl Checkpointer {
             let _ = thread.join();
         }
     }
+}
+
+/// One `PASSIVE` checkpoint. Notes how many frames of the WAL it had copied when it ended.
+fn checkpoint(conn: &Connection, counts: &Counts) {
+    // (busy, frames in the WAL, frames copied); -1 for both counts when the WAL is not open.
+    match conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i32>(1)?, r.get::<_, i32>(2)?)))
+    {
+        Ok((_, copied)) => counts.copied.store(copied.max(0), Ordering::Relaxed),
+        Err(e) => {
+            // Asked again once as many frames more have come: not in a loop while it fails.
+            counts.copied.store(counts.frames.load(Ordering::Relaxed), Ordering::Relaxed);
+            tracing::warn!(error = %e, "WAL checkpoint failed; it is tried again after more writes");
+        }
+    }
+    counts.runs.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -155,12 +250,14 @@ mod tests {
             write(&conn, 16_000);
         }
         assert!(counts.asked.load(Ordering::Relaxed) > 0, "a COMMIT past the threshold asked");
-        until("a checkpoint", || counts.runs.load(Ordering::Relaxed) > 0);
-        // A write after the checkpoint copied everything starts the WAL over.
-        until("the WAL started over", || {
-            write(&conn, 10);
-            counts.frames.load(Ordering::Relaxed) < THRESHOLD_FRAMES
+        // The first checkpoint ran beside the writes; once they stop, one copies the rest.
+        until("a checkpoint that copied the whole WAL", || {
+            counts.runs.load(Ordering::Relaxed) > 0
+                && counts.copied.load(Ordering::Relaxed) >= counts.frames.load(Ordering::Relaxed)
         });
+        // A write after the checkpoint copied everything starts the WAL over.
+        write(&conn, 10);
+        assert!(counts.frames.load(Ordering::Relaxed) < THRESHOLD_FRAMES, "the WAL started over");
         let wal = std::fs::metadata(format!("{}-wal", db.display())).expect("the WAL").len();
         assert!(wal >= 1000 * 4096, "the WAL file kept its size: {wal} bytes");
         let (asked, runs) = (counts.asked.load(Ordering::Relaxed), counts.runs.load(Ordering::Relaxed));
@@ -175,5 +272,85 @@ mod tests {
         checkpointer.stop();
         let after = counts.runs.load(Ordering::Relaxed);
         assert!(after <= runs + 1, "at most a nudge already waiting ran: {runs} then {after}");
+    }
+
+    /// While COMMITs keep coming, a checkpoint runs beside them and leaves the frames they add
+    /// behind, so the WAL does not start over. Counting the frames in the WAL then asked for a
+    /// checkpoint (three fsyncs) after every COMMIT; counting the frames not yet copied asks
+    /// once per [`THRESHOLD_FRAMES`]. Once the writes pause, a checkpoint copies the rest.
+    #[test]
+    fn commits_that_keep_coming_ask_for_a_checkpoint_per_threshold_not_per_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("q.db");
+        let mut conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB);",
+        )
+        .expect("schema");
+        let checkpointer = Checkpointer::spawn(db.clone(), None);
+        checkpointer.watch(&mut conn).expect("watched");
+        let counts = checkpointer.counts.clone();
+        // Commits of two pages or more, back to back: over 4,000 frames, under the restart mark.
+        let mut commits = 0;
+        let mut peak = 0;
+        while commits < 2000 {
+            write(&conn, 5000);
+            commits += 1;
+            peak = peak.max(counts.frames.load(Ordering::Relaxed));
+            if counts.frames.load(Ordering::Relaxed) < peak {
+                break;
+            }
+        }
+        let runs = counts.runs.load(Ordering::Relaxed);
+        assert!(peak >= 4000 || commits < 2000, "the test wrote {peak} frames in {commits} COMMITs");
+        assert!(counts.asked.load(Ordering::Relaxed) >= 1, "the WAL passed the threshold and asked");
+        assert!(
+            runs <= (peak / THRESHOLD_FRAMES + 1) as u64,
+            "{runs} checkpoints ran over {peak} frames in {commits} COMMITs"
+        );
+        until("a checkpoint that copied the whole WAL", || {
+            counts.copied.load(Ordering::Relaxed) >= counts.frames.load(Ordering::Relaxed)
+        });
+        write(&conn, 10);
+        assert!(counts.frames.load(Ordering::Relaxed) < THRESHOLD_FRAMES, "the WAL started over");
+        checkpointer.stop();
+    }
+
+    /// Should the writes never pause, no PASSIVE checkpoint copies every frame and the WAL
+    /// never starts over: past [`RESTART_FRAMES`], a checkpoint waits for the writer, copies
+    /// everything and lets the next write start the WAL over, so the WAL file stays bounded.
+    #[test]
+    fn a_wal_that_never_starts_over_is_restarted_at_its_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("q.db");
+        let mut conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB);",
+        )
+        .expect("schema");
+        conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        let checkpointer = Checkpointer::spawn(db.clone(), None);
+        checkpointer.watch(&mut conn).expect("watched");
+        let counts = checkpointer.counts.clone();
+        let mut peak = 0;
+        let started_over = loop {
+            write(&conn, 16_000);
+            // The owner, between two batches.
+            checkpointer.restart_if_due(&conn);
+            let frames = counts.frames.load(Ordering::Relaxed);
+            if frames < peak {
+                break true;
+            }
+            peak = frames;
+            if peak > 3 * RESTART_FRAMES {
+                break false;
+            }
+        };
+        assert!(started_over, "the WAL grew to {peak} frames without starting over");
+        assert!(peak >= THRESHOLD_FRAMES, "checkpoints ran: {peak} frames");
+        assert!(peak < RESTART_FRAMES + 2 * THRESHOLD_FRAMES, "the WAL started over only at {peak} frames");
+        checkpointer.stop();
     }
 }

@@ -3,6 +3,7 @@
 
 use rusqlite::Connection;
 
+use super::counts::Counted;
 use super::seal::Sealer;
 use super::staged::HeadStage;
 use crate::refund::Policy;
@@ -25,4 +26,6 @@ pub(super) struct Db<'a> {
     pub settings: &'a QueueSettings,
     /// The refund head staged for the open transaction, written once per batch (`staged.rs`).
     pub head: &'a HeadStage,
+    /// The row counts this connection saw agree with their rows (`counts.rs`).
+    pub counted: &'a Counted,
 }

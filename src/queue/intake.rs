@@ -148,7 +148,7 @@ pub fn create_approved(
             currency: row.currency.clone(),
             seal: Vec::new(),
         };
-        super::counts::bump(db.conn, db.sealer, "idempotency_keys")?;
+        super::counts::bump_in(db, "idempotency_keys")?;
         keys::insert(db.conn, db.sealer, &mut k, now)?;
     }
     let detail = format!("{} {} to {}", row.amount, row.currency, destinations.join(", "));
@@ -276,7 +276,7 @@ pub fn add_sale(db: &Db<'_>, input: SaleInput, now: i64) -> Result<Result<SaleAd
     }
     // A sale deleted outside the agent must not come back with other numbers: the ledger's
     // sealed count is checked (and raised) before the new sale goes in.
-    super::counts::bump(db.conn, db.sealer, "sales")?;
+    super::counts::bump_in(db, "sales")?;
     // Refunds made against the receipt before the sale was known still count against it.
     let refunded = ledger::sum_present(db.conn, &sale.receipt_id)?;
     ledger::insert_sale(db.conn, db.sealer, &sale, &refunded, now)?;

@@ -55,7 +55,7 @@ fn load(conn: &Connection, sealer: &Sealer, manager: &str) -> Result<Option<Lock
 
 fn save(db: &Db<'_>, manager: &str, l: &Lockout, is_new: bool, now: i64) -> Result<(), QueueError> {
     if is_new {
-        counts::bump(db.conn, db.sealer, "manager_lockouts")?;
+        counts::bump_in(db, "manager_lockouts")?;
     }
     let seal = seal_of(db.sealer, &sequence::queue_id(db.conn)?, manager, l);
     db.conn

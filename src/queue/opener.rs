@@ -12,6 +12,9 @@ use super::owner::{note_failure, Storage};
 use super::schema;
 use super::seal::Sealer;
 
+/// Compiled statements kept by the owner's connection: more than the queue has.
+const STATEMENT_CACHE: usize = 256;
+
 /// Where the database is and how to open it: at start, and again after a failed write left
 /// the connection's cache suspect.
 #[derive(Debug)]
@@ -35,7 +38,12 @@ impl Opener {
             return Err(QueueError::Storage("the WAL could not be checkpointed after opening".into()));
         }
         // Later checkpoints run off the commit path, on a thread of their own (`checkpoint.rs`).
-        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+        // A job's savepoint journal stays in memory: on disk, SQLite would create, write and
+        // delete a temporary file for every job that touches more than 64 KiB of pages.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY")?;
+        // Every statement of the enqueue and delivery paths stays compiled; with fewer slots
+        // than statements, the cache evicts and compiles again on every job.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 }

@@ -127,8 +127,10 @@ fn seal_of(sealer: &Sealer, queue_id: &str, seq: i64, deliveries: i64, purged: &
 
 /// The queue's random id (`meta.queue_id`), created when absent.
 pub fn queue_id(conn: &Connection) -> Result<String, QueueError> {
-    let stored: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'queue_id'", [], |r| r.get(0)).optional()?;
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'queue_id'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
     if let Some(id) = stored {
         return Ok(id);
     }

@@ -6,6 +6,7 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 
 use super::audit::AuditCaller;
+use super::counts::Counted;
 use super::db::{Db, QueueSettings};
 use super::lifecycle::{self, Recorded};
 use super::staged::HeadStage;
@@ -55,6 +56,7 @@ impl Fixture {
             sealer: &self.sealer,
             settings: &self.settings,
             head: &HeadStage::write_through(),
+            counted: &Counted::default(),
         })
     }
 
@@ -73,6 +75,7 @@ impl Fixture {
                 sealer: &self.sealer,
                 settings: &settings,
                 head: &HeadStage::write_through(),
+                counted: &Counted::default(),
             },
             now,
         )

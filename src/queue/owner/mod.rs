@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use super::background::{self, AuditWalk, FileIntegrity};
 use super::checkpoint::Checkpointer;
+use super::counts::Counted;
 use super::db::{Db, QueueSettings};
 use super::error::QueueError;
 use super::files::{self, StateLock};
@@ -127,6 +128,8 @@ fn run(
     let Held { mut generation, lock } = held;
     let checkpointer = Checkpointer::spawn(opener.state_dir.join(schema::DB_FILE), opener.vfs.clone());
     let mut conn = watched(&checkpointer, Some(conn));
+    // What the open connection has seen of the row counts; a reopened connection starts over.
+    let mut counted = Counted::default();
     while let Some(first) = rx.blocking_recv() {
         #[cfg(feature = "fault-injection")]
         wedge_if_asked();
@@ -139,6 +142,7 @@ fn run(
         }
         if conn.is_none() {
             conn = watched(&checkpointer, reopen(opener, &sealer, &storage));
+            counted = Counted::default();
         }
         let Some(open) = conn.as_ref() else {
             let err = QueueError::Storage(
@@ -152,7 +156,7 @@ fn run(
             continue;
         };
         let head = HeadStage::per_batch();
-        let db = Db { conn: open, sealer: &sealer, settings: &settings, head: &head };
+        let db = Db { conn: open, sealer: &sealer, settings: &settings, head: &head, counted: &counted };
         if run_batch(&db, batch, &storage, &mut generation) == Health::Suspect {
             // An I/O error (a failed fsync above all) leaves this connection's cache holding pages
             // that may never have reached the disk. Nothing more is written through it: it is
@@ -160,6 +164,11 @@ fn run(
             tracing::error!("an I/O error on the queue database: closing it and reopening it from the disk");
             drop(conn.take());
             conn = watched(&checkpointer, reopen(opener, &sealer, &storage));
+            counted = Counted::default();
+        } else {
+            // Between two batches, where nothing else writes: a WAL that has grown to its bound
+            // while writes never paused is checkpointed here (`checkpoint.rs`).
+            checkpointer.restart_if_due(open);
         }
     }
     checkpointer.stop();

@@ -318,3 +318,41 @@ async fn the_wal_is_checkpointed_by_its_own_thread_not_by_the_commits() {
     drop(queue);
     owner.join();
 }
+
+/// The owner counts a counted table's rows only when its connection cannot vouch for them
+/// (`counts.rs`): a sale deleted by another connection while the agent runs changes the data
+/// version, so the next sale counts the table, finds one missing and is refused, as at a start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_deleted_by_another_connection_while_the_queue_runs_refuses_the_next_sale() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let add = |n: u32| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |db| {
+                    let mut input = crate::sale::tests::example_input();
+                    input.receipt_id = format!("R-{n}");
+                    input.transaction_id = format!("T-{n}");
+                    super::super::intake::add_sale(db, input, 0)
+                })
+                .await
+        }
+    };
+    // Sales added back to back: the owner remembers the count it saw agree with the rows.
+    for n in 0..3 {
+        add(n).await.expect("stored").expect("accepted");
+    }
+    let other = Connection::open(dir.path().join(schema::DB_FILE)).expect("another connection");
+    other.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    assert_eq!(other.execute("DELETE FROM sales WHERE receipt_id = 'R-1'", []).expect("deleted"), 1);
+    drop(other);
+    let refused = add(3).await;
+    assert!(
+        matches!(&refused, Err(QueueError::Conflict(m)) if m.contains("1 sale(s) missing from table sales")),
+        "{refused:?}"
+    );
+    drop(queue);
+    owner.join();
+}
