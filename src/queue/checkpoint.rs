@@ -294,6 +294,7 @@ mod tests {
         // Commits of two pages or more, back to back: over 4,000 frames, under the restart mark.
         let mut commits = 0;
         let mut peak = 0;
+        let started = Instant::now();
         while commits < 2000 {
             write(&conn, 5000);
             commits += 1;
@@ -303,11 +304,14 @@ mod tests {
             }
         }
         let runs = counts.runs.load(Ordering::Relaxed);
+        // Besides one per threshold, a checkpoint that left frames behind runs again after each
+        // quiet SETTLE (a slow machine, or qemu, writes 1,000 frames in more than that).
+        let settled = (started.elapsed().as_millis() / SETTLE.as_millis()) as u64;
         assert!(peak >= 4000 || commits < 2000, "the test wrote {peak} frames in {commits} COMMITs");
         assert!(counts.asked.load(Ordering::Relaxed) >= 1, "the WAL passed the threshold and asked");
         assert!(
-            runs <= (peak / THRESHOLD_FRAMES + 1) as u64,
-            "{runs} checkpoints ran over {peak} frames in {commits} COMMITs"
+            runs <= (peak / THRESHOLD_FRAMES + 1) as u64 + settled,
+            "{runs} checkpoints ran over {peak} frames in {commits} COMMITs ({settled} quiet periods)"
         );
         until("a checkpoint that copied the whole WAL", || {
             counts.copied.load(Ordering::Relaxed) >= counts.frames.load(Ordering::Relaxed)
