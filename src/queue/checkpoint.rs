@@ -226,14 +226,8 @@ mod tests {
         }
     }
 
-    fn write(conn: &Connection, pad: usize) {
-        conn.execute("INSERT INTO t (pad) VALUES (zeroblob(?1))", [pad as i64]).expect("insert");
-    }
-
-    /// The WAL file keeps its size when the WAL starts over, so the size cannot say whether a
-    /// checkpoint is due: that once ran a checkpoint, with its two fsyncs, after every COMMIT.
-    #[test]
-    fn only_a_wal_past_the_threshold_asks_for_a_checkpoint_not_a_large_wal_file() {
+    /// A WAL database with one table, watched by a checkpoint thread, as the owner's is.
+    fn watched_table() -> (tempfile::TempDir, Connection, Checkpointer) {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("q.db");
         let mut conn = Connection::open(&db).expect("open");
@@ -242,8 +236,21 @@ mod tests {
              CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB);",
         )
         .expect("schema");
-        let checkpointer = Checkpointer::spawn(db.clone(), None);
+        conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        let checkpointer = Checkpointer::spawn(db, None);
         checkpointer.watch(&mut conn).expect("watched");
+        (dir, conn, checkpointer)
+    }
+
+    fn write(conn: &Connection, pad: usize) {
+        conn.execute("INSERT INTO t (pad) VALUES (zeroblob(?1))", [pad as i64]).expect("insert");
+    }
+
+    /// The WAL file keeps its size when the WAL starts over, so the size cannot say whether a
+    /// checkpoint is due: that once ran a checkpoint, with its two fsyncs, after every COMMIT.
+    #[test]
+    fn only_a_wal_past_the_threshold_asks_for_a_checkpoint_not_a_large_wal_file() {
+        let (dir, conn, checkpointer) = watched_table();
         let counts = checkpointer.counts.clone();
         // About 1,200 frames of new rows, a COMMIT each: past the threshold.
         for _ in 0..300 {
@@ -258,7 +265,7 @@ mod tests {
         // A write after the checkpoint copied everything starts the WAL over.
         write(&conn, 10);
         assert!(counts.frames.load(Ordering::Relaxed) < THRESHOLD_FRAMES, "the WAL started over");
-        let wal = std::fs::metadata(format!("{}-wal", db.display())).expect("the WAL").len();
+        let wal = std::fs::metadata(dir.path().join("q.db-wal")).expect("the WAL").len();
         assert!(wal >= 1000 * 4096, "the WAL file kept its size: {wal} bytes");
         let (asked, runs) = (counts.asked.load(Ordering::Relaxed), counts.runs.load(Ordering::Relaxed));
         for _ in 0..100 {
@@ -280,16 +287,7 @@ mod tests {
     /// once per [`THRESHOLD_FRAMES`]. Once the writes pause, a checkpoint copies the rest.
     #[test]
     fn commits_that_keep_coming_ask_for_a_checkpoint_per_threshold_not_per_commit() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("q.db");
-        let mut conn = Connection::open(&db).expect("open");
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;
-             CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB);",
-        )
-        .expect("schema");
-        let checkpointer = Checkpointer::spawn(db.clone(), None);
-        checkpointer.watch(&mut conn).expect("watched");
+        let (_dir, conn, checkpointer) = watched_table();
         let counts = checkpointer.counts.clone();
         // Commits of two pages or more, back to back: over 4,000 frames, under the restart mark.
         let mut commits = 0;
@@ -326,17 +324,7 @@ mod tests {
     /// everything and lets the next write start the WAL over, so the WAL file stays bounded.
     #[test]
     fn a_wal_that_never_starts_over_is_restarted_at_its_bound() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("q.db");
-        let mut conn = Connection::open(&db).expect("open");
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;
-             CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB);",
-        )
-        .expect("schema");
-        conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
-        let checkpointer = Checkpointer::spawn(db.clone(), None);
-        checkpointer.watch(&mut conn).expect("watched");
+        let (_dir, conn, checkpointer) = watched_table();
         let counts = checkpointer.counts.clone();
         let mut peak = 0;
         let started_over = loop {
