@@ -13,7 +13,7 @@ use super::schema;
 use super::seal::Sealer;
 
 /// Compiled statements kept by the owner's connection: more than the queue has.
-const STATEMENT_CACHE: usize = 256;
+pub(super) const STATEMENT_CACHE: usize = 256;
 
 /// Where the database is and how to open it: at start, and again after a failed write left
 /// the connection's cache suspect.

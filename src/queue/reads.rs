@@ -1,18 +1,19 @@
 //! Reads: refunds and the queue as shown to people. A row whose seal fails is quarantined on
 //! the way.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use rusqlite::OptionalExtension;
 use rust_decimal::Decimal;
 
 use super::audit::ChainState;
 use super::db::Db;
-use super::delivery::{sql_list, sql_literal, DeliveryState, RefundState};
+use super::delivery::{sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow, RefundRow};
 use super::view::{ApprovalView, AuditStatus, DeliveryView, QueueStatus, RefundView, ViewState};
 use crate::clock::rfc3339;
+use crate::money::Currency;
 use crate::refund::ValidRefund;
 
 /// A refund as shown to people. A row whose seal fails is quarantined here too.
@@ -125,21 +126,29 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         s.refunds.insert(state, n as u64);
     }
     s.quarantined = db.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
-    let open = sql_list(&RefundState::OPEN);
-    let oldest: Option<i64> = db.conn.query_row(
-        &format!("SELECT MIN(created_at) FROM refunds WHERE state IN {open}"),
-        [],
-        |r| r.get(0),
-    )?;
-    s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
-    let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
+    // Status is polled by monitoring while the till works, and runs on the owner thread
+    // between batches, so it reads what is kept for it rather than every open refund: the
+    // oldest open refund of each state is the first of that state in queue order (an index
+    // seek on `refunds_by_state`), and the pending amounts are the `open_totals` kept by
+    // triggers (rebuilt from the refunds at every start).
+    let mut oldest: Option<i64> = None;
     let mut stmt =
-        db.conn.prepare_cached(&format!("SELECT currency, amount FROM refunds WHERE state IN {open}"))?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-        let (currency, amount) = row?;
-        *pending.entry(currency).or_default() += Decimal::from_str(&amount).unwrap_or_default();
+        db.conn.prepare_cached("SELECT created_at FROM refunds WHERE state = ?1 ORDER BY seq LIMIT 1")?;
+    for state in RefundState::OPEN {
+        let first: Option<i64> = stmt.query_row([state.as_str()], |r| r.get(0)).optional()?;
+        if let Some(t) = first {
+            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        }
     }
-    s.pending_amount = pending.into_iter().map(|(c, a)| (c, a.to_string())).collect();
+    s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
+    let mut stmt =
+        db.conn.prepare_cached("SELECT currency, amount_minor FROM open_totals WHERE count <> 0")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (code, minor) = row?;
+        let currency = Currency::from_str(&code)
+            .map_err(|e| QueueError::Storage(format!("open totals hold currency {code:?}: {e}")))?;
+        s.pending_amount.insert(code, currency.format(Decimal::new(minor, currency.minor_units())));
+    }
     let mut stmt = db
         .conn
         .prepare_cached("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")?;

@@ -346,10 +346,13 @@ pub fn save_delivery(
 }
 
 pub fn load_deliveries(conn: &Connection, refund_id: &str) -> Result<Vec<DeliveryRow>, QueueError> {
-    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position");
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&load_deliveries_sql())?;
     let rows = stmt.query_map([refund_id], DeliveryRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn load_deliveries_sql() -> String {
+    format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE refund_id = ?1 ORDER BY position")
 }
 
 /// Deliveries in a given state, oldest refund first.
@@ -373,7 +376,14 @@ pub fn due_deliveries(
     limit: i64,
     skip: &str,
 ) -> Result<Vec<DeliveryRow>, QueueError> {
-    let sql = format!(
+    let mut stmt = conn.prepare_cached(&due_deliveries_sql())?;
+    let rows = stmt.query_map(params![now, limit, skip], DeliveryRow::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The statement of [`due_deliveries`]: `?1` now, `?2` the limit, `?3` the destinations skipped.
+pub(super) fn due_deliveries_sql() -> String {
+    format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
          WHERE d.state = {pending} AND +d.next_attempt_at <= ?1 AND r.state = {queued}
            AND d.destination NOT IN (SELECT value FROM json_each(?3))
@@ -385,10 +395,7 @@ pub fn due_deliveries(
         pending = sql_literal(DeliveryState::Pending),
         queued = sql_literal(RefundState::Queued),
         delivered = sql_literal(DeliveryState::Delivered),
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![now, limit, skip], DeliveryRow::from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    )
 }
 
 pub fn quarantine(conn: &Connection, refund_id: &str, reason: &str, now: i64) -> Result<(), QueueError> {

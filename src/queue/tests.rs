@@ -173,6 +173,29 @@ fn deliveries_go_in_order_and_finish_the_refund() {
     f.assert_totals_consistent();
 }
 
+/// A cached statement must be compiled once, not at every use: SQLite marks a statement with
+/// `LIMIT ?` or `key = ?` to be compiled again when that value changes, and the statement
+/// cache clears the bindings of every statement given back, so without the planner stability
+/// setting (`schema::configure`) each claim was parsed and planned anew.
+#[test]
+fn the_claim_statements_are_compiled_once_however_often_they_run() {
+    use rusqlite::StatementStatus;
+    let f = Fixture::new(&["a"]);
+    // As on the owner's connection, so that no statement is evicted between the rounds.
+    f.conn.set_prepared_statement_cache_capacity(super::opener::STATEMENT_CACHE);
+    for round in 0..4 {
+        let id = f.create("1.00");
+        let now = 10 + round;
+        assert_eq!(f.db(|db| lifecycle::claim_due(db, now, 8, &[]).unwrap()).len(), 1);
+        f.db(|db| lifecycle::record(db, &id, 0, Recorded::Delivered { remote_id: None }, now).unwrap());
+    }
+    for sql in [rows::due_deliveries_sql(), rows::load_deliveries_sql()] {
+        let stmt = f.conn.prepare_cached(&sql).unwrap();
+        assert!(stmt.get_status(StatementStatus::Run) >= 4, "the claims ran this statement: {sql}");
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "compiled again: {sql}");
+    }
+}
+
 #[test]
 fn a_decline_cancels_later_destinations_and_frees_the_balance() {
     let f = Fixture::new(&["a", "b"]);
@@ -635,6 +658,33 @@ fn status_ages_do_not_jump_with_the_wall_clock() {
     assert!(!status.audit.broken, "{:?}", status.audit);
     let wall = f.db(|db| reads::status(db, 1 + 30 * 86_400_000).unwrap());
     assert_eq!(wall.oldest_pending_age_s, Some(30 * 86_400), "the raw wall clock would have aged it");
+}
+
+/// Status reads the pending amounts from `open_totals` and the oldest open refund by an index
+/// seek: the figures are those of the refunds themselves, and a currency whose refunds are all
+/// delivered is no longer listed.
+#[test]
+fn status_pending_amounts_and_age_follow_the_open_refunds() {
+    let f = Fixture::new(&["a"]);
+    let status = |now| f.db(|db| reads::status(db, now).unwrap());
+    assert!(status(5).pending_amount.is_empty());
+    assert_eq!(status(5).oldest_pending_age_s, None);
+    let first = f.create("1.00");
+    f.create("2.50");
+    let s = status(7_001);
+    assert_eq!(s.pending_amount.get("USD").map(String::as_str), Some("3.50"));
+    assert_eq!(s.oldest_pending_age_s, Some(7));
+    assert_eq!(f.db(|db| lifecycle::claim_due(db, 10, 1, &[]).unwrap()).len(), 1);
+    f.db(|db| lifecycle::record(db, &first, 0, Recorded::Delivered { remote_id: None }, 11).unwrap());
+    assert_eq!(status(12).pending_amount.get("USD").map(String::as_str), Some("2.50"));
+    for c in f.db(|db| lifecycle::claim_due(db, 20, 8, &[]).unwrap()) {
+        let id = c.refund.id.to_string();
+        f.db(|db| lifecycle::record(db, &id, 0, Recorded::Delivered { remote_id: None }, 21).unwrap());
+    }
+    let s = status(22);
+    assert!(s.pending_amount.is_empty(), "{:?}", s.pending_amount);
+    assert_eq!(s.oldest_pending_age_s, None);
+    f.assert_totals_consistent();
 }
 
 #[test]
