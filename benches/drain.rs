@@ -5,6 +5,7 @@
 //! Run: `cargo bench --bench drain` (env `BENCH_N`, default 10000). The agent is the real release
 //! binary in its own process; the server is a card-gateway stand-in in this process.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use refund_agent::control::client::ControlClient;
 use refund_agent::sandbox::server::Switchable;
 use refund_agent::sync::worker::MAX_IN_FLIGHT_PER_DESTINATION as IN_FLIGHT;
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 mod common;
 
@@ -33,15 +35,30 @@ fn main() {
     }
 }
 
-async fn approve(State(latency): State<Duration>, Json(body): Json<Value>) -> Json<Value> {
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+/// What the stand-in server shares with the bench: its answer delay, and how many refunds it
+/// has answered (so the bench asks the agent's status only once all of them were answered: a
+/// status poll runs on the queue owner's thread, and polling all along would slow the drain it
+/// measures).
+#[derive(Clone)]
+struct Server {
+    latency: Duration,
+    answered: Arc<(AtomicUsize, Notify)>,
+}
+
+async fn approve(State(server): State<Server>, Json(body): Json<Value>) -> Json<Value> {
+    if !server.latency.is_zero() {
+        tokio::time::sleep(server.latency).await;
     }
+    server.answered.0.fetch_add(1, Ordering::SeqCst);
+    server.answered.1.notify_waiters();
     Json(json!({"id": 1, "amount": body["amount"], "status": {"status": "Approved", "reason": null}}))
 }
 
 async fn run(n: usize, latency: Duration) {
-    let app = Router::new().route("/payment/{id}/refund", post(approve)).with_state(latency);
+    let answered: Arc<(AtomicUsize, Notify)> = Arc::default();
+    let app = Router::new()
+        .route("/payment/{id}/refund", post(approve))
+        .with_state(Server { latency, answered: answered.clone() });
     let server = Switchable::start(app, Arc::default()).await.expect("server");
     let raw = plain_client(&server.url(), n.min(5000)).await;
     server.go_offline().await;
@@ -58,8 +75,23 @@ async fn run(n: usize, latency: Duration) {
         .expect("receipt");
     enqueue(&client, n).await;
 
+    // The plain client's requests were answered by the same server: count from here.
+    let before = answered.0.load(Ordering::SeqCst);
     server.go_online().await.expect("online");
     let start = Instant::now();
+    // Every refund answered (a refund answered twice would end this wait early, and the status
+    // below would then not show all of them delivered yet)...
+    loop {
+        let notified = answered.1.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if answered.0.load(Ordering::SeqCst) - before >= n {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "drain stalled");
+        let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+    }
+    // ...and then every outcome recorded.
     loop {
         let a = client.request("GET", "/v1/status", None, &[]).await.expect("status");
         let s: Value = serde_json::from_slice(&a.body).expect("status JSON");
@@ -67,7 +99,7 @@ async fn run(n: usize, latency: Duration) {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(600), "drain stalled: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
