@@ -18,6 +18,7 @@ use super::lifecycle::{self, Claim, Recorded, Recovery};
 use super::lockouts;
 use super::manual::{self, Resolution};
 use super::owner::{Job, Reply, Storage};
+use super::reader::Reader;
 use super::reads;
 use super::retention;
 use super::view::{FileStatus, QueueStatus, RefundView, StorageStatus, ViewState};
@@ -35,6 +36,9 @@ pub struct QueueHandle {
     pub(super) audit: AuditWalk,
     /// The integrity check made after start: a damaged file stops sending.
     pub(super) file: FileIntegrity,
+    /// Reads status off the owner thread; `None` when the queue is opened through a test VFS,
+    /// whose file only the owner's connection sees as the test means it.
+    pub(super) reader: Option<Reader>,
 }
 
 impl QueueHandle {
@@ -114,7 +118,13 @@ impl QueueHandle {
     }
 
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
-        let mut status = self.call(|db| reads::status(db, trusted_now_ms())).await?;
+        let now = trusted_now_ms();
+        let mut status = match self.reader.clone() {
+            Some(reader) => tokio::task::spawn_blocking(move || reader.status(now))
+                .await
+                .map_err(|e| QueueError::Storage(format!("the status read stopped: {e}")))??,
+            None => self.call(move |db| reads::status(db, now)).await?,
+        };
         status.storage = self.storage();
         let walk = self.audit.lock().unwrap_or_else(|p| p.into_inner()).clone();
         status.audit = audit::with_walk(status.audit, walk.as_ref());

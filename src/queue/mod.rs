@@ -112,6 +112,7 @@ mod manual;
 mod migrate;
 mod opener;
 mod owner;
+mod reader;
 mod reads;
 mod restore;
 mod retention;

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use rusqlite::OptionalExtension;
+use rusqlite::{Connection, OptionalExtension};
 use rust_decimal::Decimal;
 
 use super::audit::ChainState;
@@ -11,6 +11,7 @@ use super::db::Db;
 use super::delivery::{sql_literal, DeliveryState, RefundState};
 use super::error::QueueError;
 use super::rows::{self, DeliveryRow, RefundRow};
+use super::seal::Sealer;
 use super::view::{ApprovalView, AuditStatus, DeliveryView, QueueStatus, RefundView, ViewState};
 use crate::clock::rfc3339;
 use crate::money::Currency;
@@ -116,16 +117,22 @@ pub(super) fn list(
 /// (`crate::clock`), so a wall clock set forward does not make every pending refund look old.
 /// The audit chain gets its cheap check (`audit::check`).
 pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
+    status_on(db.conn, db.sealer, now)
+}
+
+/// [`status`] on any connection: the handle runs it on a read-only connection of its own
+/// (`reader.rs`), off the owner thread.
+pub(super) fn status_on(conn: &Connection, sealer: &Sealer, now: i64) -> Result<QueueStatus, QueueError> {
     let mut s = QueueStatus::default();
     for state in RefundState::ALL {
         s.refunds.insert(state.as_str().to_string(), 0);
     }
-    let mut stmt = db.conn.prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM refunds GROUP BY state")?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (state, n) = row?;
         s.refunds.insert(state, n as u64);
     }
-    s.quarantined = db.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
+    s.quarantined = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
     // Status is polled by monitoring while the till works, and runs on the owner thread
     // between batches, so it reads what is kept for it rather than every open refund: the
     // oldest open refund of each state is the first of that state in queue order (an index
@@ -133,7 +140,7 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
     // triggers (rebuilt from the refunds at every start).
     let mut oldest: Option<i64> = None;
     let mut stmt =
-        db.conn.prepare_cached("SELECT created_at FROM refunds WHERE state = ?1 ORDER BY seq LIMIT 1")?;
+        conn.prepare_cached("SELECT created_at FROM refunds WHERE state = ?1 ORDER BY seq LIMIT 1")?;
     for state in RefundState::OPEN {
         let first: Option<i64> = stmt.query_row([state.as_str()], |r| r.get(0)).optional()?;
         if let Some(t) = first {
@@ -141,16 +148,14 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         }
     }
     s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
-    let mut stmt =
-        db.conn.prepare_cached("SELECT currency, amount_minor FROM open_totals WHERE count <> 0")?;
+    let mut stmt = conn.prepare_cached("SELECT currency, amount_minor FROM open_totals WHERE count <> 0")?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (code, minor) = row?;
         let currency = Currency::from_str(&code)
             .map_err(|e| QueueError::Storage(format!("open totals hold currency {code:?}: {e}")))?;
         s.pending_amount.insert(code, currency.format(Decimal::new(minor, currency.minor_units())));
     }
-    let mut stmt = db
-        .conn
+    let mut stmt = conn
         .prepare_cached("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state")?;
     for row in
         stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
@@ -158,7 +163,7 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         let (dest, state, n) = row?;
         s.deliveries.entry(dest).or_default().insert(state, n as u64);
     }
-    let last: Option<i64> = db.conn.query_row(
+    let last: Option<i64> = conn.query_row(
         &format!(
             "SELECT MAX(updated_at) FROM deliveries WHERE state = {}",
             sql_literal(DeliveryState::Delivered)
@@ -167,12 +172,11 @@ pub(super) fn status(db: &Db<'_>, now: i64) -> Result<QueueStatus, QueueError> {
         |r| r.get(0),
     )?;
     s.last_delivered_at = last.map(rfc3339);
-    let retries: i64 = db
-        .conn
+    let retries: i64 = conn
         .prepare_cached("SELECT COALESCE(SUM(attempts - 1), 0) FROM deliveries WHERE attempts > 1")?
         .query_row([], |r| r.get(0))?;
     s.delivery_retries = retries.max(0) as u64;
-    if let ChainState::Broken { seq, problem } = super::audit::check(db.conn, db.sealer)? {
+    if let ChainState::Broken { seq, problem } = super::audit::check(conn, sealer)? {
         s.audit = AuditStatus { broken: true, first_broken_seq: seq, problem: Some(problem), walked: false };
     }
     Ok(s)

@@ -35,6 +35,7 @@ use super::files::{self, StateLock};
 use super::generation::Generation;
 use super::handle::QueueHandle;
 use super::opener::{is_io_error, reopen, Health, Opener};
+use super::reader::Reader;
 use super::schema;
 use super::seal::Sealer;
 use super::staged::HeadStage;
@@ -99,6 +100,10 @@ fn start_on(
     // The whole-file checks run after start: the time to READY does not grow with the queue.
     let (file, audit) = (FileIntegrity::default(), AuditWalk::default());
     background::spawn(state_dir.join(schema::DB_FILE), sealer.clone(), file.clone(), audit.clone());
+    let reader = opener
+        .vfs
+        .is_none()
+        .then(|| Reader { path: state_dir.join(schema::DB_FILE), sealer: sealer.clone() });
     let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     let storage = Storage::default();
     let owner_storage = storage.clone();
@@ -106,7 +111,7 @@ fn start_on(
         .name("queue-owner".into())
         .spawn(move || run(&opener, conn, sealer, settings, rx, owner_storage, Held { generation, lock }))
         .map_err(|e| QueueError::Storage(format!("cannot start the queue thread: {e}")))?;
-    Ok((QueueHandle { jobs: tx, storage, audit, file }, QueueOwner { thread }))
+    Ok((QueueHandle { jobs: tx, storage, audit, file, reader }, QueueOwner { thread }))
 }
 
 /// What the owner holds for as long as the queue is open: the generation it raises with every

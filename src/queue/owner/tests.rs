@@ -356,3 +356,55 @@ async fn a_sale_deleted_by_another_connection_while_the_queue_runs_refuses_the_n
     drop(queue);
     owner.join();
 }
+
+/// Status is read on a connection of its own (`reader.rs`), not as a job: a status poll does
+/// not wait for the owner, nor hold up the refunds behind it. It answers while a job holds the
+/// owner thread, with what was committed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_while_the_owner_is_busy() {
+    use crate::queue::AuditCaller;
+    use crate::refund::RefundDraft;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let draft = RefundDraft {
+        receipt_id: Some("RCP-2025-001".into()),
+        amount: Some("1.25".into()),
+        reason: "r".into(),
+        operator: "o".into(),
+        ..RefundDraft::default()
+    };
+    let caller = AuditCaller::unix(1000, Some(1));
+    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+
+    let (started, is_started) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let gate = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |_| {
+                    let _ = started.send(());
+                    Ok(wait.recv_timeout(Duration::from_secs(60)).is_ok())
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_started.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the owner never ran the holding job");
+        tokio::task::yield_now().await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), queue.status())
+        .await
+        .expect("status waited for the owner thread")
+        .expect("status");
+    assert_eq!(status.refunds.get("queued"), Some(&1), "{status:?}");
+    assert_eq!(status.pending_amount.get("USD").map(String::as_str), Some("1.25"), "{status:?}");
+    assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
+    go.send(()).expect("release the owner");
+    assert!(gate.await.expect("job task").expect("job"), "the holding job was released");
+    drop(queue);
+    owner.join();
+}
