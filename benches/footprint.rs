@@ -39,6 +39,13 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(idle_secs)).await;
         let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_second() / t0.elapsed().as_secs_f64();
         println!("| idle RSS after {idle_secs} s | {:.1} MiB | ≤ 8 MiB |", status_kb(pid, "VmRSS:") / 1024.0);
+        // What the RSS is made of: memory the agent allocated (heap, stacks), and pages of its
+        // binary and libraries mapped from files (shared and reclaimable, counted once used).
+        println!(
+            "| of which anonymous (heap, stacks) / mapped from files (code) | {:.1} / {:.1} MiB | |",
+            status_kb(pid, "RssAnon:") / 1024.0,
+            (status_kb(pid, "RssFile:") + status_kb(pid, "RssShmem:")) / 1024.0
+        );
         println!("| idle CPU over {idle_secs} s | {:.3}% of one core | 0 |", 100.0 * cpu);
         stop(&mut agent).await;
 
