@@ -120,6 +120,7 @@ mod schema;
 mod seal;
 mod sequence;
 mod staged;
+mod totals;
 mod view;
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::files;
 use super::migrate;
@@ -66,7 +65,8 @@ pub fn open_on(state_dir: &Path, sealer: &Sealer, vfs: Option<&str>) -> Result<C
         .map_err(|detail| QueueError::Tampered { path: path.clone(), detail })?;
     // A broken audit chain is logged, not refused: see `audit/` for why.
     super::audit::log_start_check(&conn, sealer)?;
-    rebuild_totals(&conn)?;
+    // `open_totals` is derived data, compared with the refunds before its first use on this
+    // connection rather than here, where it would read every open refund (`totals.rs`).
     Ok(conn)
 }
 
@@ -162,25 +162,6 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), QueueError> {
         "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA trusted_schema=OFF;",
     )
     .map_err(damaged)
-}
-
-/// `open_totals` (undelivered amount and count per currency, kept by triggers so that a new
-/// refund's limits cost O(1)) is derived data: rebuilt from the refunds at every start, so that
-/// nothing done to the file outside the agent can make it lie for long.
-fn rebuild_totals(conn: &Connection) -> Result<(), QueueError> {
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         DELETE FROM open_totals;
-         INSERT INTO open_totals (currency, amount_minor, count)
-             SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
-             WHERE state IN {} GROUP BY currency;
-         COMMIT;",
-        sql_list(&RefundState::OPEN)
-    ))
-    .inspect_err(|_| {
-        let _ = conn.execute_batch("ROLLBACK");
-    })?;
-    Ok(())
 }
 
 pub(super) fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), QueueError> {
