@@ -1,6 +1,7 @@
-//! Opening the queue database: pragmas, the seal-key check and the start-up checks, all flat
-//! in the size of the queue (the whole-file integrity check runs after start,
-//! `background.rs`); the migrations are in `migrate.rs`.
+//! Opening the queue database: pragmas, the seal-key check and the start-up checks, which read
+//! single sealed records, ranges and bare `COUNT(*)`s and never a row of a queue-sized table
+//! (what has to read rows runs after start, `background.rs`, or before its first use,
+//! `totals.rs`); the migrations are in `migrate.rs`.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -63,8 +64,9 @@ pub fn open_on(state_dir: &Path, sealer: &Sealer, vfs: Option<&str>) -> Result<C
     check_sequence(&conn, sealer, &path)?;
     super::counts::check_all(&conn, sealer)?
         .map_err(|detail| QueueError::Tampered { path: path.clone(), detail })?;
-    // A broken audit chain is logged, not refused: see `audit/` for why.
-    super::audit::log_start_check(&conn, sealer)?;
+    // A broken audit chain is logged, not refused (see `audit/` for why); its start-up check
+    // counts every audit row, so it is made right after start, off the start-up path, by the
+    // background checks (`background.rs`).
     // `open_totals` is derived data, compared with the refunds before its first use on this
     // connection rather than here, where it would read every open refund (`totals.rs`).
     Ok(conn)
