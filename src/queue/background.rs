@@ -1,7 +1,12 @@
-//! The whole-file checks, made after start in a thread of their own so that the time to READY
-//! does not grow with the queue: `PRAGMA integrity_check` over every page, then the walk of
-//! every audit row. Both read through a read-only connection of their own, so the owner keeps
-//! writing meanwhile.
+//! The checks that read the whole file, or a whole table, made after start in a thread of their
+//! own so that the time to READY does not grow with the queue: the audit chain's cheap check
+//! (its head against the count of its rows, and the newest row; logged at once), `PRAGMA
+//! integrity_check` over every page, then the walk of every audit row. Each reads through a
+//! read-only connection of its own, so the owner keeps writing meanwhile.
+//!
+//! A broken audit chain is an alarm, never a stop (`audit/`): the cheap check only says so in
+//! the start log, as it did when it ran before READY; status and metrics make it again on
+//! every request, and the walk names the first broken row.
 //!
 //! What decides a send is verified before it is sent whatever this finds (every claimed row's
 //! seal, its refund's delivery list), and the start-up checks that stay are flat in the size of
@@ -39,6 +44,7 @@ pub(super) fn damaged(file: &FileIntegrity) -> bool {
 /// Starts the checks; each records what it found where the handles read it.
 pub(super) fn spawn(path: PathBuf, sealer: Sealer, file: FileIntegrity, walk: AuditWalk) {
     let spawned = thread::Builder::new().name("queue-checks".into()).spawn(move || {
+        log_audit_check(&path, &sealer);
         check_file(&path, &file);
         walk_audit(&path, &sealer, &walk);
     });
@@ -81,6 +87,13 @@ fn check_file(path: &Path, file: &FileIntegrity) {
         }
     };
     *file.lock().unwrap_or_else(|p| p.into_inner()) = found;
+}
+
+/// The audit chain's cheap check (`audit::log_start_check`), for the start log.
+fn log_audit_check(path: &Path, sealer: &Sealer) {
+    if let Err(e) = super::inspect::audit_start_check(path, sealer, CHECK_BUSY) {
+        tracing::warn!(error = %e, "the audit log's head could not be checked after start; status checks it again");
+    }
 }
 
 fn walk_audit(path: &Path, sealer: &Sealer, walk: &AuditWalk) {

@@ -14,7 +14,7 @@
 //! and the sealed count are the ones remembered, the rows are not counted again; anything else
 //! (a write from outside, a rolled-back job, a reopened connection) counts them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -43,6 +43,9 @@ fn present(conn: &Connection, table: &str) -> Result<i64, QueueError> {
 #[derive(Debug, Default)]
 pub(super) struct Counted {
     seen: RefCell<Vec<(String, i64, i64)>>,
+    /// Whether `open_totals` agreed with a recount of the refunds on this connection
+    /// (`totals.rs`).
+    totals: Cell<bool>,
 }
 
 impl Counted {
@@ -54,6 +57,14 @@ impl Counted {
         let mut seen = self.seen.borrow_mut();
         seen.retain(|(t, _, _)| t != table);
         seen.push((table.to_string(), version, count));
+    }
+
+    pub(super) fn totals_agreed(&self) -> bool {
+        self.totals.get()
+    }
+
+    pub(super) fn note_totals_agreed(&self) {
+        self.totals.set(true);
     }
 }
 

@@ -79,6 +79,15 @@ fn open_readonly(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The audit chain's cheap check, logged (`audit::log_start_check`), in one read transaction.
+pub(super) fn audit_start_check(path: &Path, sealer: &Sealer, busy: Duration) -> Result<(), QueueError> {
+    let conn = open_readonly(path, busy)?;
+    conn.execute_batch("BEGIN")?;
+    let logged = super::audit::log_start_check(&conn, sealer);
+    let _ = conn.execute_batch("COMMIT");
+    logged
+}
+
 /// Walks the whole audit chain (`audit::walk`) in one read transaction, so the rows and the
 /// head are of the same moment. Used by the agent after its start and by `doctor`.
 pub(super) fn walk_audit(path: &Path, sealer: &Sealer, busy: Duration) -> Result<ChainState, QueueError> {

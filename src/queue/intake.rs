@@ -174,7 +174,9 @@ fn gather_facts(
     let minor = |sum: i64| Decimal::new(sum, currency.minor_units());
     // What the sale refunded comes from its sealed ledger record (kept in the transactions that
     // store and release refunds, untouched by purges), and the open totals from `open_totals`
-    // (kept by triggers), so the cost of a new refund does not grow with the queue.
+    // (kept by triggers, compared with the refunds once per connection, `totals.rs`), so the
+    // cost of a new refund does not grow with the queue.
+    super::totals::ensure(db)?;
     let (pending, queue_len): (i64, i64) = db
         .conn
         .prepare_cached(

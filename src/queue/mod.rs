@@ -66,10 +66,11 @@
 //!    retry resumes after the last finished request.
 //! 5. Start-up refuses a file SQLite cannot open as a database, a newer schema, another seal
 //!    key or a refund deleted behind its back, with a message naming the recovery path; it
-//!    never starts empty in their place. Every check made at start is flat in the size of the
-//!    queue; the whole-file `PRAGMA integrity_check` runs after READY in the background
-//!    (`background.rs`), and a damaged file stops sending and raises status, metrics and
-//!    `doctor` alarms.
+//!    never starts empty in their place. No check made at start reads the rows of a queue-sized
+//!    table (single sealed records, ranges, and bare `COUNT(*)`s answered from an index's
+//!    cell counts); the whole-file `PRAGMA integrity_check` and the audit chain's checks run
+//!    after READY in the background (`background.rs`), and a damaged file stops sending and
+//!    raises status, metrics and `doctor` alarms.
 //!    `queue.id` next to the database holds the database's random id (also in `meta`): a queue
 //!    that vanished, was truncated to nothing or was swapped for another is refused rather than
 //!    mistaken for a fresh install.
@@ -121,6 +122,7 @@ mod schema;
 mod seal;
 mod sequence;
 mod staged;
+mod totals;
 mod view;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Opening the queue database: pragmas, the seal-key check and the start-up checks, all flat
-//! in the size of the queue (the whole-file integrity check runs after start,
-//! `background.rs`); the migrations are in `migrate.rs`.
+//! Opening the queue database: pragmas, the seal-key check and the start-up checks, which read
+//! single sealed records, ranges and bare `COUNT(*)`s and never a row of a queue-sized table
+//! (what has to read rows runs after start, `background.rs`, or before its first use,
+//! `totals.rs`); the migrations are in `migrate.rs`.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,7 +10,6 @@ use std::path::Path;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use super::delivery::{sql_list, RefundState};
 use super::error::QueueError;
 use super::files;
 use super::migrate;
@@ -65,9 +65,11 @@ pub fn open_on(state_dir: &Path, sealer: &Sealer, vfs: Option<&str>) -> Result<C
     check_sequence(&conn, sealer, &path)?;
     super::counts::check_all(&conn, sealer)?
         .map_err(|detail| QueueError::Tampered { path: path.clone(), detail })?;
-    // A broken audit chain is logged, not refused: see `audit/` for why.
-    super::audit::log_start_check(&conn, sealer)?;
-    rebuild_totals(&conn)?;
+    // A broken audit chain is logged, not refused (see `audit/` for why); its start-up check
+    // counts every audit row, so it is made right after start, off the start-up path, by the
+    // background checks (`background.rs`).
+    // `open_totals` is derived data, compared with the refunds before its first use on this
+    // connection rather than here, where it would read every open refund (`totals.rs`).
     Ok(conn)
 }
 
@@ -170,25 +172,6 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), QueueError> {
     // the owner's time while a queue drains). The plans here do not depend on the values: no
     // statistics are kept (no `ANALYZE`), and the statements say which index they use.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(damaged)?;
-    Ok(())
-}
-
-/// `open_totals` (undelivered amount and count per currency, kept by triggers so that a new
-/// refund's limits cost O(1)) is derived data: rebuilt from the refunds at every start, so that
-/// nothing done to the file outside the agent can make it lie for long.
-fn rebuild_totals(conn: &Connection) -> Result<(), QueueError> {
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         DELETE FROM open_totals;
-         INSERT INTO open_totals (currency, amount_minor, count)
-             SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds
-             WHERE state IN {} GROUP BY currency;
-         COMMIT;",
-        sql_list(&RefundState::OPEN)
-    ))
-    .inspect_err(|_| {
-        let _ = conn.execute_batch("ROLLBACK");
-    })?;
     Ok(())
 }
 

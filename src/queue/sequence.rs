@@ -290,7 +290,10 @@ pub fn check(conn: &Connection, sealer: &Sealer) -> Result<Result<Findings, Stri
         Err(reason) => return Ok(Err(reason)),
     };
     let mut findings = Findings { head: head.seq, ..Findings::default() };
-    let live: i64 = conn.query_row("SELECT COUNT(*) FROM refunds", [], |r| r.get(0))?;
+    // Counted on `refunds_by_state`, whose entries (a state and the number) fill less than half
+    // the pages of the index SQLite would pick by itself, the one on the 36-character ids.
+    let live: i64 =
+        conn.query_row("SELECT COUNT(*) FROM refunds INDEXED BY refunds_by_state", [], |r| r.get(0))?;
     let min: Option<i64> = conn.query_row("SELECT MIN(seq) FROM refunds", [], |r| r.get(0))?;
     let max: Option<i64> = conn.query_row("SELECT MAX(seq) FROM refunds", [], |r| r.get(0))?;
     let mut overlap = 0i64;

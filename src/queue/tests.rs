@@ -808,3 +808,42 @@ fn a_note_from_before_a_restore_is_not_looked_up() {
     f.db(|db| super::audit::by(db, None, "agent", &AuditCaller::agent(), "restore", "restored", 14).unwrap());
     assert!(f.db(|db| lookup::candidates(db, "t", &live, 15).unwrap()).is_empty());
 }
+
+#[test]
+fn open_totals_edited_while_stopped_are_put_right_before_a_refund_is_validated() {
+    let mut f = Fixture::new(&["a"]);
+    f.settings.policy.max_queue_len = Some(2);
+    f.create("1.00");
+    f.create("1.00");
+    // Someone empties the derived totals so that the queue looks empty to the limits.
+    f.conn.execute_batch("UPDATE open_totals SET amount_minor = 0, count = 0").unwrap();
+    f.reopen().expect("derived data is put right, not refused");
+    let third = f.db(|db| intake::create_refund(db, draft("1.00", "0"), None, &ui(), 3).unwrap());
+    assert_eq!(third.unwrap_err().code.as_str(), "queue_full");
+    f.assert_totals_consistent();
+}
+
+#[test]
+fn open_totals_rebuilt_in_a_rolled_back_transaction_are_compared_again() {
+    let f = Fixture::new(&["a"]);
+    f.create("1.00");
+    f.conn.execute_batch("DELETE FROM open_totals").unwrap();
+    // One connection's memory, as the owner keeps it across its batches.
+    let counted = Counted::default();
+    let db = Db {
+        conn: &f.conn,
+        sealer: &f.sealer,
+        settings: &f.settings,
+        head: &HeadStage::write_through(),
+        counted: &counted,
+    };
+    f.conn.execute_batch("BEGIN").unwrap();
+    super::totals::ensure(&db).unwrap();
+    f.assert_totals_consistent();
+    f.conn.execute_batch("ROLLBACK").unwrap();
+    // The rebuild went back with its transaction: the next use must not trust the table.
+    super::totals::ensure(&db).unwrap();
+    f.assert_totals_consistent();
+    super::totals::ensure(&db).unwrap();
+    assert!(counted.totals_agreed(), "a table that agreed is not counted again on this connection");
+}

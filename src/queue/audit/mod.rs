@@ -17,8 +17,10 @@
 //!
 //! # Checks, and what a broken chain does
 //!
-//! - At start ([`chain::check`]): the head's seal, `COUNT`, `MIN` and `MAX` of `seq` (indexed)
-//!   and the newest row's seal. Cheap whatever the size of the log; logged when it fails.
+//! - Right after start, by the background checks ([`chain::check`], `background.rs`): the
+//!   head's seal, `COUNT(*)` of the rows (the cell counts of an index's pages, no row decoded),
+//!   `MIN` and `MAX` of `seq` (one seek each) and the newest row's seal; logged when it fails.
+//!   Not before READY: the count still reads every page of an index.
 //! - After start, in the background, and by `doctor` ([`chain::walk`]): every row in order,
 //!   naming the first broken number.
 //! - In `GET /v1/status` and `/metrics`: the cheap check again, and the walk's result.
