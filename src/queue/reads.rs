@@ -133,11 +133,11 @@ pub(super) fn status_on(conn: &Connection, sealer: &Sealer, now: i64) -> Result<
         s.refunds.insert(state, n as u64);
     }
     s.quarantined = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))? as u64;
-    // Status is polled by monitoring while the till works, and runs on the owner thread
-    // between batches, so it reads what is kept for it rather than every open refund: the
-    // oldest open refund of each state is the first of that state in queue order (an index
-    // seek on `refunds_by_state`), and the pending amounts are the `open_totals` kept by
-    // triggers (rebuilt from the refunds at every start).
+    // Status reads what an index gives without reading every open refund: the oldest open
+    // refund of each state is the first of that state in queue order (a seek on
+    // `refunds_by_state`), and the pending amounts are summed from `refunds_open_totals` alone
+    // (`totals::recount`), not taken from the `open_totals` table, which is checked only when a
+    // refund is validated.
     let mut oldest: Option<i64> = None;
     let mut stmt =
         conn.prepare_cached("SELECT created_at FROM refunds WHERE state = ?1 ORDER BY seq LIMIT 1")?;
@@ -148,11 +148,9 @@ pub(super) fn status_on(conn: &Connection, sealer: &Sealer, now: i64) -> Result<
         }
     }
     s.oldest_pending_age_s = oldest.map(|t| (now - t).max(0) / 1000);
-    let mut stmt = conn.prepare_cached("SELECT currency, amount_minor FROM open_totals WHERE count <> 0")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (code, minor) = row?;
+    for (code, (minor, _)) in super::totals::recount(conn)? {
         let currency = Currency::from_str(&code)
-            .map_err(|e| QueueError::Storage(format!("open totals hold currency {code:?}: {e}")))?;
+            .map_err(|e| QueueError::Storage(format!("an open refund holds currency {code:?}: {e}")))?;
         s.pending_amount.insert(code, currency.format(Decimal::new(minor, currency.minor_units())));
     }
     let mut stmt = conn

@@ -687,6 +687,18 @@ fn status_pending_amounts_and_age_follow_the_open_refunds() {
     f.assert_totals_consistent();
 }
 
+/// The pending amounts in status are summed from the refunds, not read from `open_totals`,
+/// which a connection checks only when it validates a refund (`totals.rs`): a table edited
+/// while the agent was stopped does not show in status.
+#[test]
+fn status_pending_amounts_do_not_take_an_edited_open_totals() {
+    let f = Fixture::new(&["a"]);
+    f.create("4.00");
+    f.conn.execute("UPDATE open_totals SET amount_minor = 1, count = 9", []).unwrap();
+    let s = f.db(|db| reads::status(db, 2).unwrap());
+    assert_eq!(s.pending_amount.get("USD").map(String::as_str), Some("4.00"), "{:?}", s.pending_amount);
+}
+
 #[test]
 fn velocity_counts_the_operators_live_refunds_of_the_last_day() {
     use crate::refund::velocity::DAY_MS;

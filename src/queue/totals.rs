@@ -21,7 +21,7 @@ use super::delivery::RefundState;
 use super::error::QueueError;
 
 /// Amount in minor units and number of refunds, per currency.
-type Totals = BTreeMap<String, (i64, i64)>;
+pub(super) type Totals = BTreeMap<String, (i64, i64)>;
 
 /// Makes sure `open_totals` agrees with the refunds before the caller reads it (see the module
 /// text); free once it did on this connection.
@@ -42,8 +42,9 @@ pub(super) fn ensure(db: &Db<'_>) -> Result<(), QueueError> {
 
 /// The open refunds counted again. One statement per open state, so that SQLite reads
 /// `refunds_open_totals` in its order and groups as it goes; an `IN` over the states would sort
-/// every open refund first.
-fn recount(conn: &Connection) -> Result<Totals, QueueError> {
+/// every open refund first. Status reads its pending amounts this way too (`reads::status_on`):
+/// from the refunds, whatever the table says, and from the index alone.
+pub(super) fn recount(conn: &Connection) -> Result<Totals, QueueError> {
     let mut totals = Totals::new();
     let mut stmt = conn.prepare_cached(
         "SELECT currency, SUM(amount_minor), COUNT(*) FROM refunds WHERE state = ?1 GROUP BY currency",
