@@ -1,7 +1,8 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::refund::Policy;
+use crate::queue::AuditCaller;
+use crate::refund::{Policy, RefundDraft};
 use crate::routing::{Route, Router};
 
 fn settings() -> QueueSettings {
@@ -26,6 +27,46 @@ fn rows(db: &Db<'_>) -> Result<Vec<String>, QueueError> {
     Ok(tags)
 }
 
+/// Stores the example sale and one refund of `amount` against it, as a till would.
+async fn sale_and_refund(queue: &QueueHandle, amount: &str) {
+    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    let draft = RefundDraft {
+        receipt_id: Some("RCP-2025-001".into()),
+        amount: Some(amount.into()),
+        reason: "r".into(),
+        operator: "o".into(),
+        ..RefundDraft::default()
+    };
+    let caller = AuditCaller::unix(1000, Some(1));
+    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+}
+
+/// Sends a job that holds the owner thread until `go` (the sender returned) is used, or 30 s
+/// pass, and returns once the owner runs it; the job answers whether it was released.
+async fn hold_owner(
+    queue: &QueueHandle,
+) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<Result<bool, QueueError>>) {
+    let (started, is_started) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let gate = tokio::spawn({
+        let queue = queue.clone();
+        async move {
+            queue
+                .call(move |_| {
+                    let _ = started.send(());
+                    Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_started.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the owner never ran the holding job");
+        tokio::task::yield_now().await;
+    }
+    (go, gate)
+}
+
 /// SQLITE_FULL on a statement that has no statement journal makes SQLite roll back the whole
 /// transaction, savepoints and all. The jobs before it must hear that they were not stored,
 /// and the jobs after it must not run outside a transaction (each statement would then
@@ -42,24 +83,8 @@ async fn a_transaction_sqlite_rolls_back_is_reported_to_each_job_and_the_rest_ru
 
     // A first job holds the owner thread until the four others wait in the channel, so
     // that those four run as one batch.
-    let (started, is_started) = std::sync::mpsc::channel::<()>();
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let gate = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            queue
-                .call(move |_| {
-                    let _ = started.send(());
-                    Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
-                })
-                .await
-        }
-    });
+    let (go, gate) = hold_owner(&queue).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while is_started.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "the owner never ran the first job");
-        tokio::task::yield_now().await;
-    }
     let queued = |n: usize| {
         while queue.jobs.max_capacity() - queue.jobs.capacity() < n {
             assert!(Instant::now() < deadline, "a job was never queued");
@@ -139,22 +164,11 @@ async fn file_checked(queue: &QueueHandle) -> crate::queue::FileStatus {
 /// claimed for sending although a delivery is due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
-    use crate::queue::AuditCaller;
-    use crate::refund::RefundDraft;
     let dir = tempfile::tempdir().expect("temp dir");
     let sealer = Sealer::new(vec![7; 32]).expect("a key");
     let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
     assert!(!file_checked(&queue).await.damaged, "a fresh queue is intact");
-    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
-    let draft = RefundDraft {
-        receipt_id: Some("RCP-2025-001".into()),
-        amount: Some("1.00".into()),
-        reason: "r".into(),
-        operator: "o".into(),
-        ..RefundDraft::default()
-    };
-    let caller = AuditCaller::unix(1000, Some(1));
-    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+    sale_and_refund(&queue, "1.00").await;
     drop(queue);
     owner.join();
 
@@ -189,8 +203,6 @@ async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
 /// finds exactly `1..=head`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
-    use crate::queue::AuditCaller;
-    use crate::refund::RefundDraft;
     let dir = tempfile::tempdir().expect("temp dir");
     let sealer = Sealer::new(vec![7; 32]).expect("a key");
     let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
@@ -218,24 +230,8 @@ async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
                 .await
         }
     };
-    let (started, is_started) = std::sync::mpsc::channel::<()>();
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let gate = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            queue
-                .call(move |_| {
-                    let _ = started.send(());
-                    Ok(wait.recv_timeout(Duration::from_secs(30)).is_ok())
-                })
-                .await
-        }
-    });
+    let (go, gate) = hold_owner(&queue).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while is_started.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "the owner never ran the first job");
-        tokio::task::yield_now().await;
-    }
     // Waits by yielding to the runtime, never by blocking its thread: a task just spawned may
     // only be able to run on this very worker.
     let queued = |n: usize| {
@@ -362,40 +358,12 @@ async fn a_sale_deleted_by_another_connection_while_the_queue_runs_refuses_the_n
 /// owner thread, with what was committed before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_answers_while_the_owner_is_busy() {
-    use crate::queue::AuditCaller;
-    use crate::refund::RefundDraft;
     let dir = tempfile::tempdir().expect("temp dir");
     let sealer = Sealer::new(vec![7; 32]).expect("a key");
     let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
-    queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
-    let draft = RefundDraft {
-        receipt_id: Some("RCP-2025-001".into()),
-        amount: Some("1.25".into()),
-        reason: "r".into(),
-        operator: "o".into(),
-        ..RefundDraft::default()
-    };
-    let caller = AuditCaller::unix(1000, Some(1));
-    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+    sale_and_refund(&queue, "1.25").await;
 
-    let (started, is_started) = std::sync::mpsc::channel::<()>();
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let gate = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            queue
-                .call(move |_| {
-                    let _ = started.send(());
-                    Ok(wait.recv_timeout(Duration::from_secs(60)).is_ok())
-                })
-                .await
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_started.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "the owner never ran the holding job");
-        tokio::task::yield_now().await;
-    }
+    let (go, gate) = hold_owner(&queue).await;
     let status = tokio::time::timeout(Duration::from_secs(30), queue.status())
         .await
         .expect("status waited for the owner thread")
