@@ -96,14 +96,9 @@ impl Fixture {
     }
 
     fn create(&self, amount: &str) -> String {
-        let draft = RefundDraft {
-            receipt_id: Some("RCP-2025-001".into()),
-            amount: Some(amount.into()),
-            reason: "r".into(),
-            operator: "o".into(),
-            ..RefundDraft::default()
-        };
-        self.db(|db| intake::create_refund(db, draft, None, &ui(), 1).unwrap().unwrap().refund.id)
+        self.db(|db| {
+            intake::create_refund(db, example_draft(amount), None, &ui(), 1).unwrap().unwrap().refund.id
+        })
     }
 
     /// The sealed refunded totals of the fixture's sale.
@@ -414,15 +409,19 @@ fn deliver_all(f: &Fixture, now: i64) {
     }
 }
 
-fn draft(amount: &str, tax: &str) -> RefundDraft {
+/// A refund of `amount` against the example sale (`sale::tests::example_input`).
+pub(super) fn example_draft(amount: &str) -> RefundDraft {
     RefundDraft {
         receipt_id: Some("RCP-2025-001".into()),
         amount: Some(amount.into()),
-        tax: Some(tax.into()),
         reason: "r".into(),
         operator: "o".into(),
         ..RefundDraft::default()
     }
+}
+
+fn draft(amount: &str, tax: &str) -> RefundDraft {
+    RefundDraft { tax: Some(tax.into()), ..example_draft(amount) }
 }
 
 #[test]

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::queue::AuditCaller;
-use crate::refund::{Policy, RefundDraft};
+use crate::refund::Policy;
 use crate::routing::{Route, Router};
 
 fn settings() -> QueueSettings {
@@ -27,18 +27,24 @@ fn rows(db: &Db<'_>) -> Result<Vec<String>, QueueError> {
     Ok(tags)
 }
 
+/// A queue started in a new temporary directory with the tests' key; the key is given back
+/// for tests that open the queue again.
+fn started() -> (tempfile::TempDir, Sealer, QueueHandle, QueueOwner) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sealer = Sealer::new(vec![7; 32]).expect("a key");
+    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    (dir, sealer, queue, owner)
+}
+
 /// Stores the example sale and one refund of `amount` against it, as a till would.
 async fn sale_and_refund(queue: &QueueHandle, amount: &str) {
     queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
-    let draft = RefundDraft {
-        receipt_id: Some("RCP-2025-001".into()),
-        amount: Some(amount.into()),
-        reason: "r".into(),
-        operator: "o".into(),
-        ..RefundDraft::default()
-    };
     let caller = AuditCaller::unix(1000, Some(1));
-    queue.create_refund(draft, None, caller).await.expect("stored").expect("a valid refund");
+    queue
+        .create_refund(crate::queue::tests::example_draft(amount), None, caller)
+        .await
+        .expect("stored")
+        .expect("a valid refund");
 }
 
 /// Sends a job that holds the owner thread until `go` (the sender returned) is used, or 30 s
@@ -73,9 +79,7 @@ async fn hold_owner(
 /// commit on its own, and a failing job would leave half its writes behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_sqlite_rolls_back_is_reported_to_each_job_and_the_rest_run_anew() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sealer = Sealer::new(vec![7; 32]).expect("a key");
-    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let (_dir, _, queue, owner) = started();
     queue
         .call(|db| Ok(db.conn.execute_batch("CREATE TABLE scratch (tag TEXT, pad BLOB)")?))
         .await
@@ -164,9 +168,7 @@ async fn file_checked(queue: &QueueHandle) -> crate::queue::FileStatus {
 /// claimed for sending although a delivery is due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sealer = Sealer::new(vec![7; 32]).expect("a key");
-    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    let (dir, sealer, queue, owner) = started();
     assert!(!file_checked(&queue).await.damaged, "a fresh queue is intact");
     sale_and_refund(&queue, "1.00").await;
     drop(queue);
@@ -203,22 +205,14 @@ async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
 /// finds exactly `1..=head`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sealer = Sealer::new(vec![7; 32]).expect("a key");
-    let (queue, owner) = start(dir.path(), sealer.clone(), settings()).expect("queue opens");
+    let (dir, sealer, queue, owner) = started();
     queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
     let create = |fail: bool| {
         let queue = queue.clone();
         async move {
             queue
                 .call(move |db| {
-                    let draft = RefundDraft {
-                        receipt_id: Some("RCP-2025-001".into()),
-                        amount: Some("1.00".into()),
-                        reason: "r".into(),
-                        operator: "o".into(),
-                        ..RefundDraft::default()
-                    };
+                    let draft = crate::queue::tests::example_draft("1.00");
                     let caller = AuditCaller::unix(1000, Some(1));
                     let created = super::super::intake::create_refund(db, draft, None, &caller, 1)?
                         .map_err(|r| QueueError::Storage(format!("rejected: {r:?}")))?;
@@ -276,9 +270,7 @@ async fn a_refund_rolled_back_inside_a_batch_gives_its_sequence_number_back() {
 /// and the WAL is still copied into the database file once it passes the threshold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_is_checkpointed_by_its_own_thread_not_by_the_commits() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sealer = Sealer::new(vec![7; 32]).expect("a key");
-    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let (dir, _, queue, owner) = started();
     let auto: i64 = queue
         .call(|db| Ok(db.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
         .await
@@ -320,9 +312,7 @@ async fn the_wal_is_checkpointed_by_its_own_thread_not_by_the_commits() {
 /// version, so the next sale counts the table, finds one missing and is refused, as at a start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sale_deleted_by_another_connection_while_the_queue_runs_refuses_the_next_sale() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sealer = Sealer::new(vec![7; 32]).expect("a key");
-    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let (dir, _, queue, owner) = started();
     let add = |n: u32| {
         let queue = queue.clone();
         async move {
@@ -358,9 +348,7 @@ async fn a_sale_deleted_by_another_connection_while_the_queue_runs_refuses_the_n
 /// owner thread, with what was committed before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_answers_while_the_owner_is_busy() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sealer = Sealer::new(vec![7; 32]).expect("a key");
-    let (queue, owner) = start(dir.path(), sealer, settings()).expect("queue opens");
+    let (_dir, _, queue, owner) = started();
     sale_and_refund(&queue, "1.25").await;
 
     let (go, gate) = hold_owner(&queue).await;
