@@ -21,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
-
 use super::audit::ChainState;
 use super::seal::Sealer;
 use super::view::FileStatus;
@@ -55,11 +53,7 @@ pub(super) fn spawn(path: PathBuf, sealer: Sealer, file: FileIntegrity, walk: Au
 
 /// `PRAGMA integrity_check` over the whole file, in one read transaction.
 pub(super) fn integrity_lines(path: &Path, busy: Duration) -> rusqlite::Result<Vec<String>> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(busy)?;
+    let conn = super::inspect::open_readonly(path, busy)?;
     // Every page is read once: a large cache would only leave the agent's heap bigger after.
     conn.execute_batch("PRAGMA cache_size = -256")?;
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::audit::{AuditCheck, ChainState};
@@ -70,12 +71,16 @@ pub fn check_readonly(path: &Path, sealer: Option<&Sealer>, busy: Duration) -> R
     Report { file, rows, audit }
 }
 
-fn open_readonly(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
+/// A read-only connection to the queue file, waiting up to `busy` for a lock a writer holds:
+/// how `doctor`, the background checks and status read beside the owner. With one plan per
+/// statement, as on the owner's connection (`schema::configure`).
+pub(super) fn open_readonly(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 

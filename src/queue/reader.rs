@@ -8,10 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags};
-
 use super::error::QueueError;
+use super::inspect::open_readonly;
 use super::reads;
 use super::seal::Sealer;
 use super::view::QueueStatus;
@@ -29,12 +27,7 @@ pub(super) struct Reader {
 impl Reader {
     /// The queue's counts as of the last COMMIT.
     pub fn status(&self, now: i64) -> Result<QueueStatus, QueueError> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(READ_BUSY)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        let conn = open_readonly(&self.path, READ_BUSY)?;
         conn.execute_batch("BEGIN")?;
         let status = reads::status_on(&conn, &self.sealer, now);
         let _ = conn.execute_batch("COMMIT");
