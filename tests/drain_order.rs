@@ -2,8 +2,9 @@
 //! (a read-only connection of its own, so it sees only what was committed) at every request
 //! that arrives. Every request's delivery must already be `in_flight` on disk, and no more
 //! deliveries may be `in_flight` on disk than the worker lets be in flight: a claim that took
-//! the slot of a finished delivery must have reached the disk after that delivery's outcome,
-//! never before it.
+//! the slot of a finished delivery must have reached the disk with that delivery's outcome (the
+//! two are one transaction) or after it, never before it. A stop, and a destination that
+//! fails, end that taking up of slots.
 
 mod common;
 
@@ -66,8 +67,36 @@ async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_
     server.go_offline().await;
     let mut agent = gateway_agent(&server.url(), "t", "");
     *seen.lock().expect("lock") = Some(Seen { db: agent.db_path(), arrivals: arrivals.clone() });
-    // Parked: after the first failure only the probe sends again, so every refund is due at
-    // once when the server returns.
+    let ids = queue_while_offline(&mut agent, n).await;
+
+    server.go_online().await.expect("online");
+    for id in &ids {
+        agent.wait_state(id, "delivered").await;
+    }
+
+    let arrivals = arrivals.lock().expect("lock");
+    assert_eq!(arrivals.len(), n, "one request per refund");
+    let mut last_attempt: HashMap<&str, i64> = HashMap::new();
+    for (k, a) in arrivals.iter().enumerate() {
+        let Some((state, attempts)) = a.on_disk.get(&a.refund_id) else {
+            panic!("request {k} for {} whose delivery is not on disk", a.refund_id)
+        };
+        assert_eq!(state, "in_flight", "request {k} left before its claim was committed");
+        assert!(last_attempt.insert(&a.refund_id, *attempts).is_none(), "{} sent twice", a.refund_id);
+        let in_flight = a.on_disk.values().filter(|(s, _)| s == "in_flight").count();
+        assert!(
+            in_flight <= MAX_IN_FLIGHT_PER_DESTINATION,
+            "request {k}: {in_flight} deliveries in flight on disk; a claim took a slot whose outcome was not stored"
+        );
+    }
+    let first = arrivals[0].on_disk.values().filter(|(s, _)| s == "in_flight").count();
+    assert_eq!(first, MAX_IN_FLIGHT_PER_DESTINATION, "the first claims were committed together");
+}
+
+/// Starts `agent` parked (after the first failure only the probe sends again, so every refund
+/// is due at once when the server returns) and queues `n` refunds of 1.00 while its server is
+/// offline; returns their ids once every delivery waits, none in flight.
+async fn queue_while_offline(agent: &mut Agent, n: usize) -> Vec<String> {
     agent
         .start_with_env(&[
             ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
@@ -93,27 +122,103 @@ async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_
         list.iter().all(|r| r.deliveries.iter().all(|d| d.state == "pending")).then_some(())
     })
     .await;
+    ids
+}
+
+/// A server that holds every request until the test lets it answer.
+#[derive(Clone)]
+struct Gate {
+    arrived: Arc<Mutex<Vec<String>>>,
+    answers: Arc<tokio::sync::Semaphore>,
+}
+
+async fn approve_when_let(State(gate): State<Gate>, Json(body): Json<Value>) -> Json<Value> {
+    let refund_id = body["externalId"].as_str().unwrap_or_default().to_string();
+    gate.arrived.lock().expect("lock").push(refund_id);
+    gate.answers.acquire().await.expect("the gate stays open").forget();
+    Json(json!({"id": 1, "amount": body["amount"], "status": {"status": "Approved", "reason": null}}))
+}
+
+/// A stop while the queue drains ends claiming at once: the requests in flight finish and
+/// their outcomes are stored, but a delivery that ends does not take up the next one, although
+/// its outcome and a claim are otherwise stored in one transaction. The rest is sent, each
+/// refund once, after the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_draining_sends_nothing_more_than_what_was_in_flight() {
+    let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
+    let gate = Gate { arrived: Arc::default(), answers: Arc::new(tokio::sync::Semaphore::new(0)) };
+    let app = Router::new().route("/payment/{id}/refund", post(approve_when_let)).with_state(gate.clone());
+    let server = Switchable::start(app, Arc::default()).await.expect("server");
+    server.go_offline().await;
+    let mut agent = gateway_agent(&server.url(), "t", "");
+    let ids = queue_while_offline(&mut agent, n).await;
 
     server.go_online().await.expect("online");
+    let arrived = |gate: &Gate| gate.arrived.lock().expect("lock").len();
+    eventually("a full slot of requests in flight", DEADLINE, || async {
+        (arrived(&gate) == MAX_IN_FLIGHT_PER_DESTINATION).then_some(())
+    })
+    .await;
+    let pid = agent.pid().expect("running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    eventually("the worker to stop claiming", DEADLINE, || async {
+        agent.logs().contains("waiting for requests in flight before stopping").then_some(())
+    })
+    .await;
+    gate.answers.add_permits(n);
+    let status = agent.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{status}; logs:\n{}", agent.logs());
+    assert_eq!(
+        arrived(&gate),
+        MAX_IN_FLIGHT_PER_DESTINATION,
+        "a delivery was sent after the stop; logs:\n{}",
+        agent.logs()
+    );
+
+    agent.start().await;
     for id in &ids {
         agent.wait_state(id, "delivered").await;
     }
+    let mut sent = gate.arrived.lock().expect("lock").clone();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), n, "every refund sent once");
+    assert_eq!(arrived(&gate), n, "no refund sent twice");
+}
 
-    let arrivals = arrivals.lock().expect("lock");
-    assert_eq!(arrivals.len(), n, "one request per refund");
-    let mut last_attempt: HashMap<&str, i64> = HashMap::new();
-    for (k, a) in arrivals.iter().enumerate() {
-        let Some((state, attempts)) = a.on_disk.get(&a.refund_id) else {
-            panic!("request {k} for {} whose delivery is not on disk", a.refund_id)
-        };
-        assert_eq!(state, "in_flight", "request {k} left before its claim was committed");
-        assert!(last_attempt.insert(&a.refund_id, *attempts).is_none(), "{} sent twice", a.refund_id);
-        let in_flight = a.on_disk.values().filter(|(s, _)| s == "in_flight").count();
-        assert!(
-            in_flight <= MAX_IN_FLIGHT_PER_DESTINATION,
-            "request {k}: {in_flight} deliveries in flight on disk; a claim took a slot whose outcome was not stored"
-        );
-    }
-    let first = arrivals[0].on_disk.values().filter(|(s, _)| s == "in_flight").count();
-    assert_eq!(first, MAX_IN_FLIGHT_PER_DESTINATION, "the first claims were committed together");
+/// A destination that fails is on hold: a delivery whose request failed does not take up the
+/// next one, so refunds queued behind it do not each pay for finding the destination down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_does_not_take_up_the_next() {
+    let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
+    let arrived = Arc::new(Mutex::new(0usize));
+    let app = Router::new().route(
+        "/payment/{id}/refund",
+        post({
+            let arrived = arrived.clone();
+            move || async move {
+                *arrived.lock().expect("lock") += 1;
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        }),
+    );
+    let server = Switchable::start(app, Arc::default()).await.expect("server");
+    server.go_offline().await;
+    let mut agent = gateway_agent(&server.url(), "t", "");
+    queue_while_offline(&mut agent, n).await;
+
+    server.go_online().await.expect("online");
+    eventually("the first requests to arrive", DEADLINE, || async {
+        (*arrived.lock().expect("lock") >= MAX_IN_FLIGHT_PER_DESTINATION).then_some(())
+    })
+    .await;
+    // An outcome and a claim that takes its slot are stored together, so once nothing is in
+    // flight on disk, no delivery took up another.
+    eventually("every failure to be recorded", DEADLINE, || async {
+        let list = agent.list().await;
+        list.iter().all(|r| r.deliveries.iter().all(|d| d.state != "in_flight")).then_some(())
+    })
+    .await;
+    assert_eq!(*arrived.lock().expect("lock"), MAX_IN_FLIGHT_PER_DESTINATION, "logs:\n{}", agent.logs());
 }

@@ -142,11 +142,20 @@ async fn till(queue: QueueHandle, told: Shared, disk: Disk, limit: u64) {
     }
 }
 
-/// The sync worker: claims due deliveries, "sends" them and records the outcome.
+/// The sync worker: claims due deliveries, "sends" them and records the outcome. Half the
+/// outcomes claim the next due delivery in the same transaction, as the agent's worker does
+/// when a delivery ends.
 async fn worker(queue: QueueHandle, told: Shared, seed: u64) {
     let mut rng = Rng(seed);
+    let max_delay = Duration::from_secs(3600);
+    let mut taken_up = Vec::new();
     loop {
-        let Ok(claims) = queue.claim_due(8, Vec::new(), Duration::from_secs(3600)).await else { return };
+        let claims = if taken_up.is_empty() {
+            let Ok(claims) = queue.claim_due(8, Vec::new(), max_delay).await else { return };
+            claims
+        } else {
+            std::mem::take(&mut taken_up)
+        };
         if claims.is_empty() {
             tokio::task::yield_now().await;
             continue;
@@ -169,7 +178,15 @@ async fn worker(queue: QueueHandle, told: Shared, seed: u64) {
                 Recorded::Retry { at_ms: 0, error: "HTTP 503".into() }
             };
             let refund_id: RefundId = id.parse().expect("a refund id");
-            if queue.record(refund_id, claim.position, outcome).await.is_err() {
+            let stored = if rng.below(2) == 0 {
+                queue
+                    .record_then_claim(refund_id, claim.position, outcome, Vec::new(), max_delay)
+                    .await
+                    .map(|next| taken_up.extend(next))
+            } else {
+                queue.record(refund_id, claim.position, outcome).await
+            };
+            if stored.is_err() {
                 return;
             }
             let mut t = told.lock();

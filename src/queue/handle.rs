@@ -174,6 +174,35 @@ impl QueueHandle {
         .await
     }
 
+    /// Records the outcome of a delivery's last request and, in the same transaction, claims
+    /// the next due delivery that is not to a destination in `skip` (as [`claim_due`] with a
+    /// limit of one): a delivery that ends and the one that takes its place cost one COMMIT,
+    /// not two. Nothing is claimed while the file is damaged. Any error undoes both: the
+    /// outcome is then not stored, and nothing was claimed.
+    ///
+    /// [`claim_due`]: Self::claim_due
+    pub async fn record_then_claim(
+        &self,
+        refund_id: RefundId,
+        position: i64,
+        outcome: Recorded,
+        skip: Vec<String>,
+        max_delay: Duration,
+    ) -> Result<Option<Claim>, QueueError> {
+        let claim = !background::damaged(&self.file);
+        let max_delay_ms = i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX);
+        self.call(move |db| {
+            let now = trusted_now_ms();
+            lifecycle::record(db, &refund_id.to_string(), position, outcome, now)?;
+            if !claim {
+                return Ok(None);
+            }
+            lifecycle::clamp_far_future(db, now, max_delay_ms)?;
+            Ok(lifecycle::claim_due(db, now, 1, &skip)?.pop())
+        })
+        .await
+    }
+
     pub async fn recover(
         &self,
         dedup: impl Fn(&str) -> bool + Send + 'static,

@@ -157,9 +157,10 @@ impl Worker {
                 let this = self.clone();
                 let busy = busy.clone();
                 *lock(&busy).entry(claim.destination.clone()).or_default() += 1;
+                let shutdown = shutdown.clone();
                 tasks.spawn(async move {
                     let destination = claim.destination.clone();
-                    this.deliver(claim).await;
+                    this.deliver(claim, &shutdown).await;
                     if let Some(n) = lock(&busy).get_mut(&destination) {
                         *n = n.saturating_sub(1);
                     }
@@ -233,40 +234,73 @@ impl Worker {
         }
     }
 
-    /// Makes every request of one claimed delivery, recording each step as it succeeds.
-    async fn deliver(&self, mut claim: Claim) {
-        let Some(connector) = self.connectors.get(&claim.destination) else {
-            let error = format!("destination {:?} is no longer configured", claim.destination);
-            self.record_until_stored(&claim, Recorded::Failed { error }).await;
-            return;
-        };
-        let capability = connector.capability();
-        let moves_money =
-            route_moves_money(&claim.route, |d| self.connectors.get(d).map(Connector::capability));
-        loop {
-            let attempt = connector.attempt(&claim, &self.queue).await;
-            let settings = &self.settings;
-            let unit: f64 = rand::rng().random();
-            let recorded = decide(attempt.clone(), capability, moves_money, trusted_now_ms(), |after| {
-                backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
-            });
-            self.note_health(&claim.destination, &attempt, &recorded);
-            log_outcome(&claim, &recorded);
-            let next = match &recorded {
-                Recorded::Progress { step, remote_id } => Some((*step, remote_id.clone())),
-                _ => None,
-            };
-            if !self.record_until_stored(&claim, recorded).await {
+    /// Makes every request of one claimed delivery, recording each step as it succeeds. When
+    /// the delivery ends, the next due delivery to the same destination is claimed in the
+    /// transaction that records its outcome ([`Self::finish`]) and delivered by this task, in
+    /// the same slot.
+    async fn deliver(&self, mut claim: Claim, shutdown: &Shutdown) {
+        'claims: loop {
+            let Some(connector) = self.connectors.get(&claim.destination) else {
+                let error = format!("destination {:?} is no longer configured", claim.destination);
+                self.record_until_stored(&claim, Recorded::Failed { error }).await;
                 return;
-            }
-            match next {
-                Some((step, remote_id)) => {
-                    claim.step = step;
-                    claim.remote_id = remote_id.or(claim.remote_id.take());
+            };
+            let capability = connector.capability();
+            let moves_money =
+                route_moves_money(&claim.route, |d| self.connectors.get(d).map(Connector::capability));
+            loop {
+                let attempt = connector.attempt(&claim, &self.queue).await;
+                let settings = &self.settings;
+                let unit: f64 = rand::rng().random();
+                let recorded = decide(attempt.clone(), capability, moves_money, trusted_now_ms(), |after| {
+                    backoff(claim.attempts, settings.backoff_initial, settings.backoff_max, after, unit)
+                });
+                self.note_health(&claim.destination, &attempt, &recorded);
+                log_outcome(&claim, &recorded);
+                let Recorded::Progress { step, remote_id } = &recorded else {
+                    match self.finish(&claim, recorded, shutdown).await {
+                        Some(next) => {
+                            claim = next;
+                            continue 'claims;
+                        }
+                        None => return,
+                    }
+                };
+                let (step, remote_id) = (*step, remote_id.clone());
+                if !self.record_until_stored(&claim, recorded).await {
+                    return;
                 }
-                None => return,
+                claim.step = step;
+                claim.remote_id = remote_id.or(claim.remote_id.take());
             }
         }
+    }
+
+    /// Records the outcome that ends a delivery. While the worker runs and the destination is
+    /// not on hold, the same transaction claims the destination's next due delivery, which is
+    /// returned: on disk it is `in_flight` before its request leaves, exactly as a claim of the
+    /// main loop. If that transaction fails, nothing of it was stored: the outcome is recorded
+    /// on its own ([`Self::record_until_stored`]) and nothing is claimed.
+    async fn finish(&self, claim: &Claim, recorded: Recorded, shutdown: &Shutdown) -> Option<Claim> {
+        let dest = &claim.destination;
+        let held =
+            lock(&self.health).get(dest).and_then(|h| h.hold_until).is_some_and(|u| u > Instant::now());
+        if !shutdown.is_shutdown() && !held {
+            let others: Vec<String> = self.connectors.keys().filter(|n| *n != dest).cloned().collect();
+            let max_delay = longest_delay(self.settings.backoff_max);
+            match self
+                .queue
+                .record_then_claim(claim.refund.id, claim.position, recorded.clone(), others, max_delay)
+                .await
+            {
+                Ok(next) => return next,
+                Err(e) => {
+                    tracing::warn!(refund_id = %claim.refund.id, destination = %dest, error = %e, "cannot record a delivery outcome with the next claim; recording it alone")
+                }
+            }
+        }
+        self.record_until_stored(claim, recorded).await;
+        None
     }
 
     /// Records an outcome, trying again with backoff for as long as the queue cannot store it

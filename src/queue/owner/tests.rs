@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::queue::AuditCaller;
+use crate::queue::{AuditCaller, Recorded};
 use crate::refund::Policy;
 use crate::routing::{Route, Router};
 
@@ -39,6 +39,11 @@ fn started() -> (tempfile::TempDir, Sealer, QueueHandle, QueueOwner) {
 /// Stores the example sale and one refund of `amount` against it, as a till would.
 async fn sale_and_refund(queue: &QueueHandle, amount: &str) {
     queue.add_sale(crate::sale::tests::example_input()).await.expect("stored").expect("a valid sale");
+    another_refund(queue, amount).await;
+}
+
+/// One more refund of `amount` against the example sale.
+async fn another_refund(queue: &QueueHandle, amount: &str) {
     let caller = AuditCaller::unix(1000, Some(1));
     queue
         .create_refund(crate::queue::tests::example_draft(amount), None, caller)
@@ -171,6 +176,10 @@ async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
     let (dir, sealer, queue, owner) = started();
     assert!(!file_checked(&queue).await.damaged, "a fresh queue is intact");
     sale_and_refund(&queue, "1.00").await;
+    another_refund(&queue, "2.00").await;
+    // One delivery was sent before the damage; its outcome comes after the check.
+    let sent = queue.claim_due(1, Vec::new(), Duration::from_secs(3600)).await.expect("claim").pop();
+    let sent = sent.expect("a claim");
     drop(queue);
     owner.join();
 
@@ -195,6 +204,14 @@ async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
     assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
     let claims = queue.claim_due(8, Vec::new(), Duration::from_secs(3600)).await.expect("claim");
     assert!(claims.is_empty(), "a due delivery was claimed from a damaged file");
+    let delivered = Recorded::Delivered { remote_id: None };
+    let next = queue
+        .record_then_claim(sent.refund.id, sent.position, delivered, Vec::new(), Duration::from_secs(3600))
+        .await
+        .expect("the outcome is stored");
+    assert!(next.is_none(), "a due delivery was claimed with an outcome from a damaged file");
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("delivered"), Some(&1), "{status:?}");
     assert_eq!(queue.next_due(Vec::new()).await.expect("next due"), None);
     drop(queue);
     owner.join();
@@ -361,6 +378,83 @@ async fn status_answers_while_the_owner_is_busy() {
     assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
     go.send(()).expect("release the owner");
     assert!(gate.await.expect("job task").expect("job"), "the holding job was released");
+    drop(queue);
+    owner.join();
+}
+
+/// Transactions that wrote, as the generation marker beside the file counts them.
+fn transactions(dir: &Path) -> i64 {
+    super::super::generation::read_marker(&dir.join(super::super::generation::MARKER_FILE))
+        .expect("a readable marker")
+        .expect("a marker")
+}
+
+/// A delivery that ends and the one that takes its slot are one transaction: the outcome is on
+/// disk exactly when the next claim is, and a drain pays one COMMIT per delivery, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_and_the_next_claim_are_one_transaction() {
+    let (dir, _, queue, owner) = started();
+    sale_and_refund(&queue, "1.00").await;
+    another_refund(&queue, "2.00").await;
+    let max_delay = Duration::from_secs(3600);
+    let first = queue.claim_due(1, Vec::new(), max_delay).await.expect("claim").pop().expect("a claim");
+
+    let before = transactions(dir.path());
+    let delivered = Recorded::Delivered { remote_id: None };
+    let next = queue
+        .record_then_claim(first.refund.id, first.position, delivered.clone(), Vec::new(), max_delay)
+        .await
+        .expect("stored")
+        .expect("the second refund claimed");
+    assert_eq!(transactions(dir.path()), before + 1, "the outcome and the claim took one transaction");
+    assert_ne!(next.refund.id, first.refund.id);
+    assert_eq!(next.attempts, 1);
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("delivered"), Some(&1), "{status:?}");
+    assert_eq!(status.deliveries["finalpos"].get("in_flight"), Some(&1), "{status:?}");
+
+    // Nothing left to claim: the outcome is still recorded.
+    let last = queue
+        .record_then_claim(next.refund.id, next.position, delivered, Vec::new(), max_delay)
+        .await
+        .expect("stored");
+    assert!(last.is_none(), "{last:?}");
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("delivered"), Some(&2), "{status:?}");
+    drop(queue);
+    owner.join();
+}
+
+/// An outcome that cannot be recorded takes the claim down with it: the next delivery stays
+/// pending, for a claim whose slot is really free; and a destination skipped is not claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_refused_claims_nothing() {
+    let (_dir, _, queue, owner) = started();
+    sale_and_refund(&queue, "1.00").await;
+    another_refund(&queue, "2.00").await;
+    let max_delay = Duration::from_secs(3600);
+    let first = queue.claim_due(1, Vec::new(), max_delay).await.expect("claim").pop().expect("a claim");
+    let delivered = Recorded::Delivered { remote_id: None };
+    queue.record(first.refund.id, first.position, delivered.clone()).await.expect("recorded");
+
+    let again = queue
+        .record_then_claim(first.refund.id, first.position, delivered.clone(), Vec::new(), max_delay)
+        .await;
+    assert!(matches!(again, Err(QueueError::InvalidTransition(_))), "{again:?}");
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
+    assert_eq!(status.deliveries["finalpos"].get("in_flight").copied().unwrap_or(0), 0, "{status:?}");
+
+    // Skipping the only destination: recorded, nothing claimed.
+    let second = queue.claim_due(1, Vec::new(), max_delay).await.expect("claim").pop().expect("a claim");
+    let retry = Recorded::Retry { error: "503".into(), at_ms: 0 };
+    let skipped = queue
+        .record_then_claim(second.refund.id, second.position, retry, vec!["finalpos".into()], max_delay)
+        .await
+        .expect("stored");
+    assert!(skipped.is_none(), "{skipped:?}");
+    let status = queue.status().await.expect("status");
+    assert_eq!(status.deliveries["finalpos"].get("pending"), Some(&1), "{status:?}");
     drop(queue);
     owner.join();
 }
