@@ -443,7 +443,8 @@ async fn acknowledged_refunds_survive_power_cuts_and_a_lying_disk_is_caught() {
 /// storage status, and the queue goes on, on a connection read again from the disk, with what
 /// it acknowledged afterwards surviving the next power cut. With `failed_syncs` 2 the sync of
 /// the checkpoint SQLite tries when the suspect connection closes fails too, which leaves the
-/// WAL holding frames of the failed COMMIT that are readable but not on disk.
+/// WAL holding frames of the failed COMMIT that are readable but not on disk. With one failed
+/// sync, the reopened connection is also shown to ask for checkpoints.
 async fn failed_fsync(vfs: &str, failed_syncs: u32) {
     let disk = Disk::register(vfs).expect("register the crash VFS");
     let dir = scratch_dir();
@@ -465,6 +466,28 @@ async fn failed_fsync(vfs: &str, failed_syncs: u32) {
     assert!(!storage.failing, "a stored refund clears the failure: {storage:?}");
     assert_eq!(storage.reopened, 1, "the suspect connection was not replaced: {storage:?}");
 
+    // The reopened connection is watched for checkpoints as the first was: once its COMMITs
+    // leave the WAL past the threshold (1,000 frames), the checkpoint thread copies it. Without
+    // the WAL hook nothing would until the owner's restart at 10,000 frames. Only with one
+    // failed sync: a second one may be the checkpoint thread's own, which then tries again
+    // whenever the queue is quiet, with or without a hook asking.
+    if failed_syncs == 1 {
+        let mut n = 4;
+        while wal_index(dir.path()).max_frame < 1100 {
+            create(n).await.expect("stored").expect("valid");
+            n += 1;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while wal_index(dir.path()).backfilled == 0 {
+            let index = wal_index(dir.path());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint copied the WAL of the reopened connection: {index:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     disk.cut();
     drop(queue);
     join(owner).await;
@@ -483,4 +506,18 @@ async fn a_failed_fsync_is_never_acknowledged_and_the_queue_reopens_from_the_dis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsynced_frames_left_by_a_failed_fsync_do_not_cost_later_refunds() {
     failed_fsync("crash-eio-close", 2).await;
+}
+
+/// From the WAL index (`queue.db-shm`, SQLite's "WAL-mode File Format", in native byte order):
+/// the frames in the WAL, and how many of them a checkpoint has copied into the database file.
+#[derive(Debug)]
+struct WalIndex {
+    max_frame: u32,
+    backfilled: u32,
+}
+
+fn wal_index(dir: &Path) -> WalIndex {
+    let shm = std::fs::read(dir.join("queue.db-shm")).expect("read the WAL index");
+    let word = |at: usize| u32::from_ne_bytes(shm[at..at + 4].try_into().expect("four bytes"));
+    WalIndex { max_frame: word(16), backfilled: word(96) }
 }

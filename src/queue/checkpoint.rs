@@ -11,7 +11,11 @@
 //! beside it. So the count that asks is of the frames not yet copied, not of the frames in the
 //! WAL (counting those asked again after every COMMIT, each time for a checkpoint with three
 //! fsyncs that copied a few pages), nor the WAL file's size (it keeps its size when the WAL
-//! starts over). A checkpoint that left frames behind runs again once the queue has been quiet
+//! starts over). A WAL that started over is counted from nothing copied: the hook sees fewer
+//! frames than after the COMMIT before (counted against the last checkpoint of the WAL before
+//! it, a new WAL that passed the frames that checkpoint copied between two COMMITs looked
+//! almost all copied, and no checkpoint was asked for until the owner's restart at
+//! [`RESTART_FRAMES`]). A checkpoint that left frames behind runs again once the queue has been quiet
 //! for [`SETTLE`], so the WAL starts over at the next write. Should writes never pause, the
 //! owner itself runs a `RESTART` checkpoint between two batches once the WAL holds
 //! [`RESTART_FRAMES`] ([`Checkpointer::restart_if_due`]): it is the only writer, so nothing
@@ -69,6 +73,8 @@ struct Counts {
     frames: AtomicI32,
     /// The frames of the WAL the last checkpoint had copied into the database file.
     copied: AtomicI32,
+    /// How often the hook saw the WAL start over (fewer frames after a COMMIT than before).
+    started_over: AtomicU64,
 }
 
 impl Counts {
@@ -80,6 +86,16 @@ impl Counts {
             frames - copied
         } else {
             frames
+        }
+    }
+
+    /// Notes the frames in the WAL after a COMMIT. Fewer than before is a WAL that started over
+    /// (a write after a checkpoint copied every frame): nothing of it is copied yet, however
+    /// many frames the last checkpoint copied of the one before.
+    fn committed(&self, frames: i32) {
+        if frames < self.frames.swap(frames, Ordering::Relaxed) {
+            self.copied.store(0, Ordering::Relaxed);
+            self.started_over.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -145,7 +161,7 @@ impl Checkpointer {
     pub fn watch(&self, conn: &mut Connection) -> Result<(), QueueError> {
         let (nudge, counts) = (self.nudge.clone(), self.counts.clone());
         conn.wal_hook(Some(move |_: &mut Wal, frames: c_int| {
-            counts.frames.store(frames, Ordering::Relaxed);
+            counts.committed(frames);
             if counts.uncopied(frames) >= THRESHOLD_FRAMES {
                 counts.asked.fetch_add(1, Ordering::Relaxed);
                 if let Some(nudge) = lock(&nudge).as_ref() {
@@ -176,8 +192,9 @@ impl Checkpointer {
             Ok((busy, _, copied)) => {
                 self.counts.copied.store(copied.max(0), Ordering::Relaxed);
                 if busy == 0 {
-                    // The next write starts the WAL over.
+                    // The next write starts the WAL over, with nothing of it copied.
                     self.counts.frames.store(0, Ordering::Relaxed);
+                    self.counts.copied.store(0, Ordering::Relaxed);
                 }
                 self.counts.restarts.fetch_add(1, Ordering::Relaxed);
             }
@@ -198,10 +215,16 @@ impl Checkpointer {
 
 /// One `PASSIVE` checkpoint. Notes how many frames of the WAL it had copied when it ended.
 fn checkpoint(conn: &Connection, counts: &Counts) {
+    let started_over = counts.started_over.load(Ordering::Relaxed);
     // (busy, frames in the WAL, frames copied); -1 for both counts when the WAL is not open.
     match conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i32>(1)?, r.get::<_, i32>(2)?)))
     {
+        // A WAL that started over meanwhile (only after this checkpoint copied all of the one
+        // before) has nothing copied: the count of the old one must not be taken for it.
+        Ok(_) if counts.started_over.load(Ordering::Relaxed) != started_over => {
+            counts.copied.store(0, Ordering::Relaxed)
+        }
         Ok((_, copied)) => counts.copied.store(copied.max(0), Ordering::Relaxed),
         Err(e) => {
             // Asked again once as many frames more have come: not in a loop while it fails.
@@ -316,6 +339,40 @@ mod tests {
         });
         write(&conn, 10);
         assert!(counts.frames.load(Ordering::Relaxed) < THRESHOLD_FRAMES, "the WAL started over");
+        checkpointer.stop();
+    }
+
+    /// A WAL that started over is counted from nothing copied. Its frames were once counted
+    /// against the last checkpoint of the WAL before it, so that a new WAL that grew past the
+    /// frames that checkpoint copied looked almost all copied: here, a WAL of 1,200 frames is
+    /// checkpointed whole, and the next one is asked for at 1,200 frames, not at 2,200.
+    #[test]
+    fn a_wal_that_started_over_asks_for_a_checkpoint_from_its_own_frames() {
+        let (_dir, conn, checkpointer) = watched_table();
+        let counts = checkpointer.counts.clone();
+        // COMMITs of about 400 frames each (a row of 1.6 MB spills into overflow pages), then of
+        // about 420, so that the new WAL passes the old one's count between two COMMITs.
+        let big = || write(&conn, 1_600_000);
+        let bigger = || write(&conn, 1_700_000);
+        let mut peak = 0;
+        while counts.asked.load(Ordering::Relaxed) == 0 {
+            big();
+            peak = counts.frames.load(Ordering::Relaxed);
+        }
+        until("a checkpoint that copied the whole WAL", || {
+            counts.copied.load(Ordering::Relaxed) >= counts.frames.load(Ordering::Relaxed)
+        });
+        let asked = counts.asked.load(Ordering::Relaxed);
+        bigger();
+        assert!(counts.frames.load(Ordering::Relaxed) < peak, "the WAL started over");
+        while counts.frames.load(Ordering::Relaxed) < peak.max(THRESHOLD_FRAMES) {
+            bigger();
+        }
+        assert!(
+            counts.asked.load(Ordering::Relaxed) > asked,
+            "a new WAL of {} frames did not ask for a checkpoint (the last one copied {peak})",
+            counts.frames.load(Ordering::Relaxed)
+        );
         checkpointer.stop();
     }
 
