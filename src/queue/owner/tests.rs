@@ -175,11 +175,8 @@ async fn file_checked(queue: &QueueHandle) -> crate::queue::FileStatus {
 async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
     let (dir, sealer, queue, owner) = started();
     assert!(!file_checked(&queue).await.damaged, "a fresh queue is intact");
-    sale_and_refund(&queue, "1.00").await;
-    another_refund(&queue, "2.00").await;
     // One delivery was sent before the damage; its outcome comes after the check.
-    let sent = queue.claim_due(1, Vec::new(), Duration::from_secs(3600)).await.expect("claim").pop();
-    let sent = sent.expect("a claim");
+    let sent = two_refunds_first_claimed(&queue).await;
     drop(queue);
     owner.join();
 
@@ -206,7 +203,7 @@ async fn a_file_damaged_where_start_does_not_look_stops_sending_once_checked() {
     assert!(claims.is_empty(), "a due delivery was claimed from a damaged file");
     let delivered = Recorded::Delivered { remote_id: None };
     let next = queue
-        .record_then_claim(sent.refund.id, sent.position, delivered, Vec::new(), Duration::from_secs(3600))
+        .record_then_claim(sent.refund.id, sent.position, delivered, Vec::new(), MAX_DELAY)
         .await
         .expect("the outcome is stored");
     assert!(next.is_none(), "a due delivery was claimed with an outcome from a damaged file");
@@ -382,6 +379,16 @@ async fn status_answers_while_the_owner_is_busy() {
     owner.join();
 }
 
+/// The longest retry delay the claims of these tests allow.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// The example sale with two refunds, the first of them claimed.
+async fn two_refunds_first_claimed(queue: &QueueHandle) -> crate::queue::Claim {
+    sale_and_refund(queue, "1.00").await;
+    another_refund(queue, "2.00").await;
+    queue.claim_due(1, Vec::new(), MAX_DELAY).await.expect("claim").pop().expect("a claim")
+}
+
 /// Transactions that wrote, as the generation marker beside the file counts them.
 fn transactions(dir: &Path) -> i64 {
     super::super::generation::read_marker(&dir.join(super::super::generation::MARKER_FILE))
@@ -394,15 +401,12 @@ fn transactions(dir: &Path) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_and_the_next_claim_are_one_transaction() {
     let (dir, _, queue, owner) = started();
-    sale_and_refund(&queue, "1.00").await;
-    another_refund(&queue, "2.00").await;
-    let max_delay = Duration::from_secs(3600);
-    let first = queue.claim_due(1, Vec::new(), max_delay).await.expect("claim").pop().expect("a claim");
+    let first = two_refunds_first_claimed(&queue).await;
 
     let before = transactions(dir.path());
     let delivered = Recorded::Delivered { remote_id: None };
     let next = queue
-        .record_then_claim(first.refund.id, first.position, delivered.clone(), Vec::new(), max_delay)
+        .record_then_claim(first.refund.id, first.position, delivered.clone(), Vec::new(), MAX_DELAY)
         .await
         .expect("stored")
         .expect("the second refund claimed");
@@ -415,7 +419,7 @@ async fn an_outcome_and_the_next_claim_are_one_transaction() {
 
     // Nothing left to claim: the outcome is still recorded.
     let last = queue
-        .record_then_claim(next.refund.id, next.position, delivered, Vec::new(), max_delay)
+        .record_then_claim(next.refund.id, next.position, delivered, Vec::new(), MAX_DELAY)
         .await
         .expect("stored");
     assert!(last.is_none(), "{last:?}");
@@ -430,15 +434,12 @@ async fn an_outcome_and_the_next_claim_are_one_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_refused_claims_nothing() {
     let (_dir, _, queue, owner) = started();
-    sale_and_refund(&queue, "1.00").await;
-    another_refund(&queue, "2.00").await;
-    let max_delay = Duration::from_secs(3600);
-    let first = queue.claim_due(1, Vec::new(), max_delay).await.expect("claim").pop().expect("a claim");
+    let first = two_refunds_first_claimed(&queue).await;
     let delivered = Recorded::Delivered { remote_id: None };
     queue.record(first.refund.id, first.position, delivered.clone()).await.expect("recorded");
 
     let again = queue
-        .record_then_claim(first.refund.id, first.position, delivered.clone(), Vec::new(), max_delay)
+        .record_then_claim(first.refund.id, first.position, delivered.clone(), Vec::new(), MAX_DELAY)
         .await;
     assert!(matches!(again, Err(QueueError::InvalidTransition(_))), "{again:?}");
     let status = queue.status().await.expect("status");
@@ -446,10 +447,10 @@ async fn an_outcome_refused_claims_nothing() {
     assert_eq!(status.deliveries["finalpos"].get("in_flight").copied().unwrap_or(0), 0, "{status:?}");
 
     // Skipping the only destination: recorded, nothing claimed.
-    let second = queue.claim_due(1, Vec::new(), max_delay).await.expect("claim").pop().expect("a claim");
+    let second = queue.claim_due(1, Vec::new(), MAX_DELAY).await.expect("claim").pop().expect("a claim");
     let retry = Recorded::Retry { error: "503".into(), at_ms: 0 };
     let skipped = queue
-        .record_then_claim(second.refund.id, second.position, retry, vec!["finalpos".into()], max_delay)
+        .record_then_claim(second.refund.id, second.position, retry, vec!["finalpos".into()], MAX_DELAY)
         .await
         .expect("stored");
     assert!(skipped.is_none(), "{skipped:?}");
