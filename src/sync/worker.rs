@@ -175,7 +175,8 @@ impl Worker {
             let next_due = if all_held || free == 0 || paused_until.is_some() {
                 Ok(None)
             } else {
-                self.queue.next_due(held).await
+                let skip = not_waited_for(held, &lock(&busy));
+                self.queue.next_due(skip).await
             };
             let mut sleep_for = match next_due {
                 Ok(Some(at)) => wait_until(at, trusted_now_ms(), longest_delay(self.settings.backoff_max)),
@@ -409,6 +410,20 @@ impl Worker {
     }
 }
 
+/// The destinations whose due deliveries the worker does not wake for: those on hold, and
+/// those with every one of their slots taken. Those cannot start more now: their due deliveries
+/// wait for a slot, which their own tasks take them up in as they end, or free by ending, which
+/// wakes the worker. Counted as due, they had the worker ask the queue again at once, in a loop,
+/// for as long as the slots stayed full (all along a drain).
+fn not_waited_for(mut held: Vec<String>, busy: &HashMap<String, usize>) -> Vec<String> {
+    for (name, n) in busy {
+        if *n >= MAX_IN_FLIGHT_PER_DESTINATION && !held.contains(name) {
+            held.push(name.clone());
+        }
+    }
+    held
+}
+
 /// How long to sleep for a delivery due at `at_ms`: until then, at most [`IDLE_CHECK`], and not
 /// at all when it is further ahead than the longest delay (`clock::is_due`: the clock went back).
 fn wait_until(at_ms: i64, now_ms: i64, max_delay: Duration) -> Duration {
@@ -453,6 +468,18 @@ async fn probe(worker: Worker, name: String, target: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_does_not_wake_for_deliveries_that_have_no_free_slot() {
+        let busy = HashMap::from([
+            ("full".to_string(), MAX_IN_FLIGHT_PER_DESTINATION),
+            ("held_and_full".to_string(), MAX_IN_FLIGHT_PER_DESTINATION),
+            ("room".to_string(), MAX_IN_FLIGHT_PER_DESTINATION - 1),
+        ]);
+        let mut skip = not_waited_for(vec!["held".into(), "held_and_full".into()], &busy);
+        skip.sort();
+        assert_eq!(skip, ["full", "held", "held_and_full"]);
+    }
 
     #[test]
     fn the_worker_does_not_sleep_for_a_time_set_before_the_clock_went_back() {
