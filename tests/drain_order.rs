@@ -97,13 +97,18 @@ async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_
 /// is due at once when the server returns) and queues `n` refunds of 1.00 while its server is
 /// offline; returns their ids once every delivery waits, none in flight.
 async fn queue_while_offline(agent: &mut Agent, n: usize) -> Vec<String> {
-    agent
-        .start_with_env(&[
-            ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
-            ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
-            ("REFUND_AGENT__SYNC__RETURN_JITTER", "0s"),
-        ])
-        .await;
+    queue_while_offline_with(agent, n, &[]).await
+}
+
+/// [`queue_while_offline`], the agent started with `env` too.
+async fn queue_while_offline_with(agent: &mut Agent, n: usize, env: &[(&str, &str)]) -> Vec<String> {
+    let mut all = vec![
+        ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
+        ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
+        ("REFUND_AGENT__SYNC__RETURN_JITTER", "0s"),
+    ];
+    all.extend_from_slice(env);
+    agent.start_with_env(&all).await;
     let receipt = json!({"receipt_id": "R", "transaction_id": "T", "currency": "USD", "total": "1000.00",
         "subtotal": "1000.00", "processor": "gateway", "processor_payment_id": "882"});
     let (status, _) = agent.post_json("/v1/receipts", receipt.to_string().as_bytes(), &[]).await;
@@ -221,4 +226,58 @@ async fn a_failed_delivery_does_not_take_up_the_next() {
     })
     .await;
     assert_eq!(*arrived.lock().expect("lock"), MAX_IN_FLIGHT_PER_DESTINATION, "logs:\n{}", agent.logs());
+}
+
+/// A refund goes on to its route's next destination as soon as the one before it has its
+/// refund, although the task that delivered it does not end (it goes on with the next due
+/// delivery to its own destination, in the same slot): the worker is woken for it, rather than
+/// finding it at its next idle check (30 s), and it never waits for the first destination's
+/// queue to drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_goes_on_to_its_next_destination_while_the_first_drains() {
+    let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
+    let gate = Gate { arrived: Arc::default(), answers: Arc::new(tokio::sync::Semaphore::new(0)) };
+    let app = Router::new().route("/payment/{id}/refund", post(approve_when_let)).with_state(gate.clone());
+    let server = Switchable::start(app, Arc::default()).await.expect("server");
+    server.go_offline().await;
+    let fp = refund_agent::sandbox::FinalPosSandbox::start(API_KEY).await.expect("Final POS sandbox");
+    let extra = format!(
+        "[destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{}\"\ntoken_file = \"gateway.token\"\nterminal_id = 24\n\n\
+         [[routes]]\nprocessor = \"*\"\ndestinations = [\"gateway\", \"finalpos\"]\n",
+        server.url()
+    );
+    let mut agent = Agent::new(&fp.url(), &extra);
+    agent.write_secret("gateway.token", "t");
+    // Held requests must not time out while the test looks (a timeout ends a task, which
+    // wakes the worker too).
+    queue_while_offline_with(&mut agent, n, &[("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", "20s")]).await;
+
+    server.go_online().await.expect("online");
+    let arrived = |gate: &Gate| gate.arrived.lock().expect("lock").len();
+    eventually("a full slot of requests in flight", DEADLINE, || async {
+        (arrived(&gate) == MAX_IN_FLIGHT_PER_DESTINATION).then_some(())
+    })
+    .await;
+    gate.answers.add_permits(1);
+    // Well within the request timeout and the worker's idle check.
+    let soon = std::time::Duration::from_secs(10);
+    let states = |r: &refund_agent::queue::RefundView| -> Vec<String> {
+        r.deliveries.iter().map(|d| d.state.clone()).collect()
+    };
+    eventually("the refund the gateway answered to reach Final POS", soon, || async {
+        agent.list().await.iter().any(|r| states(r) == ["delivered", "delivered"]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        arrived(&gate),
+        MAX_IN_FLIGHT_PER_DESTINATION + 1,
+        "the gateway's slots stayed full: its task went on with the next refund"
+    );
+
+    gate.answers.add_permits(n);
+    eventually("every refund at both destinations", DEADLINE, || async {
+        agent.list().await.iter().all(|r| states(r) == ["delivered", "delivered"]).then_some(())
+    })
+    .await;
+    assert_eq!(arrived(&gate), n, "each refund sent to the gateway once");
 }

@@ -260,23 +260,22 @@ pub fn recover(db: &Db<'_>, dedup: &dyn Fn(&str) -> bool, now: i64) -> Result<Re
     Ok(report)
 }
 
-/// The earliest time a pending delivery becomes due (destinations in `skip` aside), to know
-/// how long the worker may sleep. Written as ORDER BY … LIMIT 1 so that SQLite walks
-/// `deliveries_due` in order and stops at the first match instead of scanning the queue.
+/// The earliest time a delivery that a claim would take becomes due (`rows::claimable`,
+/// destinations in `skip` aside), to know how long the worker may sleep. Written as ORDER BY …
+/// LIMIT 1 so that SQLite walks `deliveries_due` in order and stops at the first match instead
+/// of scanning the queue.
 pub fn next_due(db: &Db<'_>, skip: &[String]) -> Result<Option<i64>, QueueError> {
     let skip = serde_json::to_string(skip).map_err(|e| QueueError::Storage(e.to_string()))?;
-    Ok(db
-        .conn
-        .prepare_cached(&format!(
-            "SELECT d.next_attempt_at FROM deliveries d JOIN refunds r ON r.id = d.refund_id
-         WHERE d.state = {} AND r.state = {}
-           AND d.destination NOT IN (SELECT value FROM json_each(?1))
-         ORDER BY d.next_attempt_at LIMIT 1",
-            sql_literal(DeliveryState::Pending),
-            sql_literal(RefundState::Queued)
-        ))?
-        .query_row([skip], |r| r.get(0))
-        .optional()?)
+    Ok(db.conn.prepare_cached(&next_due_sql())?.query_row([skip], |r| r.get(0)).optional()?)
+}
+
+/// The statement of [`next_due`]: `?1` the destinations skipped.
+pub(super) fn next_due_sql() -> String {
+    format!(
+        "SELECT d.next_attempt_at FROM deliveries d JOIN refunds r ON r.id = d.refund_id
+         WHERE {} ORDER BY d.next_attempt_at LIMIT 1",
+        rows::claimable("?1")
+    )
 }
 
 /// Makes every pending delivery to `destination` due now: its connectivity is back, and

@@ -385,13 +385,24 @@ pub fn due_deliveries(
 pub(super) fn due_deliveries_sql() -> String {
     format!(
         "SELECT {} FROM deliveries d JOIN refunds r ON r.id = d.refund_id
-         WHERE d.state = {pending} AND +d.next_attempt_at <= ?1 AND r.state = {queued}
-           AND d.destination NOT IN (SELECT value FROM json_each(?3))
-           AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
-           AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
-                           AND e.position < d.position AND e.state <> {delivered})
+         WHERE +d.next_attempt_at <= ?1 AND {}
          ORDER BY d.refund_id, d.position LIMIT ?2",
         DELIVERY_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", "),
+        claimable("?3"),
+    )
+}
+
+/// What makes a delivery `d` of refund `r` one a claim takes once it is due: pending, its
+/// refund queued and not quarantined, every earlier destination of its route delivered, its
+/// destination not among `skip` (a JSON array). The claim and the worker's next wake-up
+/// (`lifecycle::next_due`) share it: a wake-up for a delivery no claim takes is a busy loop.
+pub(super) fn claimable(skip: &str) -> String {
+    format!(
+        "d.state = {pending} AND r.state = {queued}
+           AND d.destination NOT IN (SELECT value FROM json_each({skip}))
+           AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.refund_id = d.refund_id)
+           AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.refund_id = d.refund_id
+                           AND e.position < d.position AND e.state <> {delivered})",
         pending = sql_literal(DeliveryState::Pending),
         queued = sql_literal(RefundState::Queued),
         delivered = sql_literal(DeliveryState::Delivered),

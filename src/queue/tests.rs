@@ -245,6 +245,54 @@ fn held_destinations_are_not_claimed() {
     assert_eq!(f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap()).len(), 1);
 }
 
+/// The worker sleeps until the time `next_due` gives and then claims: a time for a delivery that
+/// claiming would not take (its route's earlier destination not delivered yet, its refund
+/// quarantined) had it wake at once, claim nothing and ask again, in a loop.
+#[test]
+fn next_due_gives_no_time_for_a_delivery_that_cannot_be_claimed() {
+    let f = Fixture::new(&["a", "b"]);
+    let id = f.create("1.00");
+    let claims = f.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap());
+    assert_eq!(claims.iter().map(|c| c.destination.as_str()).collect::<Vec<_>>(), ["a"]);
+    // `a` in flight, `b` waiting for it.
+    assert_eq!(f.db(|db| lifecycle::next_due(db, &[]).unwrap()), None);
+    // `a` failed and waits out its backoff while on hold: `b` still waits for it.
+    let failed = Recorded::Retry { error: "down".into(), at_ms: 5_000 };
+    f.db(|db| lifecycle::record(db, &id, 0, failed, 11).unwrap());
+    assert_eq!(f.db(|db| lifecycle::next_due(db, &["a".to_string()]).unwrap()), None);
+    assert_eq!(f.db(|db| lifecycle::next_due(db, &[]).unwrap()), Some(5_000));
+    // `a` delivered: `b` is due, at its own time.
+    f.db(|db| lifecycle::claim_due(db, 5_000, 10, &[]).unwrap());
+    f.db(|db| lifecycle::record(db, &id, 0, Recorded::Delivered { remote_id: None }, 5_001).unwrap());
+    assert!(f.db(|db| lifecycle::next_due(db, &["a".to_string()]).unwrap()).is_some());
+
+    // A refund whose seal fails is quarantined by the claim and never due again.
+    let g = Fixture::new(&["a"]);
+    let hit = g.create("1.00");
+    assert_eq!(g.sql("UPDATE refunds SET amount = '9.00' WHERE id = ?1", &hit), 1);
+    assert!(g.db(|db| lifecycle::claim_due(db, 10, 10, &[]).unwrap()).is_empty());
+    assert!(rows::quarantine_reason(&g.conn, &hit).unwrap().is_some());
+    assert_eq!(g.db(|db| lifecycle::next_due(db, &[]).unwrap()), None);
+}
+
+/// `next_due` runs on every pass of the worker that claims nothing: it walks `deliveries_due`
+/// in due order and stops at the first claimable delivery, with no sort of its own.
+#[test]
+fn next_due_walks_the_due_index_in_order() {
+    let f = Fixture::new(&["a", "b"]);
+    let plan: Vec<String> = f
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", lifecycle::next_due_sql()))
+        .unwrap()
+        .query_map(["[]"], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("SEARCH d USING INDEX deliveries_due (state=?)"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+}
+
 #[test]
 fn a_refund_deleted_from_the_middle_refuses_the_next_open_and_is_named() {
     let mut f = Fixture::new(&["a"]);

@@ -282,8 +282,19 @@ impl Worker {
     /// returned: on disk it is `in_flight` before its request leaves, exactly as a claim of the
     /// main loop. If that transaction fails, nothing of it was stored: the outcome is recorded
     /// on its own ([`Self::record_until_stored`]) and nothing is claimed.
+    ///
+    /// A delivery that is not the last of its route lets the refund's next destination be
+    /// claimed once it is delivered: the main loop is woken for it, since this task may go on
+    /// with the next claim to its own destination instead of ending.
     async fn finish(&self, claim: &Claim, recorded: Recorded, shutdown: &Shutdown) -> Option<Claim> {
         let dest = &claim.destination;
+        let unblocks = matches!(recorded, Recorded::Delivered { .. })
+            && usize::try_from(claim.position).is_ok_and(|p| p + 1 < claim.route.len());
+        let woken = |stored: bool| {
+            if stored && unblocks {
+                self.wake.notify_one();
+            }
+        };
         let held =
             lock(&self.health).get(dest).and_then(|h| h.hold_until).is_some_and(|u| u > Instant::now());
         if !shutdown.is_shutdown() && !held {
@@ -294,13 +305,16 @@ impl Worker {
                 .record_then_claim(claim.refund.id, claim.position, recorded.clone(), others, max_delay)
                 .await
             {
-                Ok(next) => return next,
+                Ok(next) => {
+                    woken(true);
+                    return next;
+                }
                 Err(e) => {
                     tracing::warn!(refund_id = %claim.refund.id, destination = %dest, error = %e, "cannot record a delivery outcome with the next claim; recording it alone")
                 }
             }
         }
-        self.record_until_stored(claim, recorded).await;
+        woken(self.record_until_stored(claim, recorded).await);
         None
     }
 
