@@ -137,6 +137,15 @@ struct Gate {
     answers: Arc<tokio::sync::Semaphore>,
 }
 
+/// A gateway stand-in behind a [`Gate`] that lets no answer through yet, offline.
+async fn gated_server() -> (Gate, Switchable) {
+    let gate = Gate { arrived: Arc::default(), answers: Arc::new(tokio::sync::Semaphore::new(0)) };
+    let app = Router::new().route("/payment/{id}/refund", post(approve_when_let)).with_state(gate.clone());
+    let server = Switchable::start(app, Arc::default()).await.expect("server");
+    server.go_offline().await;
+    (gate, server)
+}
+
 async fn approve_when_let(State(gate): State<Gate>, Json(body): Json<Value>) -> Json<Value> {
     let refund_id = body["externalId"].as_str().unwrap_or_default().to_string();
     gate.arrived.lock().expect("lock").push(refund_id);
@@ -151,10 +160,7 @@ async fn approve_when_let(State(gate): State<Gate>, Json(body): Json<Value>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_draining_sends_nothing_more_than_what_was_in_flight() {
     let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
-    let gate = Gate { arrived: Arc::default(), answers: Arc::new(tokio::sync::Semaphore::new(0)) };
-    let app = Router::new().route("/payment/{id}/refund", post(approve_when_let)).with_state(gate.clone());
-    let server = Switchable::start(app, Arc::default()).await.expect("server");
-    server.go_offline().await;
+    let (gate, server) = gated_server().await;
     let mut agent = gateway_agent(&server.url(), "t", "");
     let ids = queue_while_offline(&mut agent, n).await;
 
@@ -236,10 +242,7 @@ async fn a_failed_delivery_does_not_take_up_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_goes_on_to_its_next_destination_while_the_first_drains() {
     let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
-    let gate = Gate { arrived: Arc::default(), answers: Arc::new(tokio::sync::Semaphore::new(0)) };
-    let app = Router::new().route("/payment/{id}/refund", post(approve_when_let)).with_state(gate.clone());
-    let server = Switchable::start(app, Arc::default()).await.expect("server");
-    server.go_offline().await;
+    let (gate, server) = gated_server().await;
     let fp = refund_agent::sandbox::FinalPosSandbox::start(API_KEY).await.expect("Final POS sandbox");
     let extra = format!(
         "[destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{}\"\ntoken_file = \"gateway.token\"\nterminal_id = 24\n\n\
