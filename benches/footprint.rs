@@ -35,9 +35,7 @@ fn main() {
 
         let mut agent = start(&config, &client).await;
         let pid = agent.id().expect("pid");
-        let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
-        tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-        let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_second() / t0.elapsed().as_secs_f64();
+        let cpu = idle_cpu(pid, idle_secs).await;
         println!("| idle RSS after {idle_secs} s | {:.1} MiB | ≤ 8 MiB |", status_kb(pid, "VmRSS:") / 1024.0);
         // What the RSS is made of: memory the agent allocated (heap, stacks), and pages of its
         // binary and libraries mapped from files (shared and reclaimable, counted once used).
@@ -47,6 +45,27 @@ fn main() {
             (status_kb(pid, "RssFile:") + status_kb(pid, "RssShmem:")) / 1024.0
         );
         println!("| idle CPU over {idle_secs} s | {:.3}% of one core | 0 |", 100.0 * cpu);
+        stop(&mut agent).await;
+
+        // A refund routed to a card gateway that is down, then Final POS: the worker waits for
+        // the gateway's probe, not in a loop over the delivery that waits behind it.
+        let routed = tempfile::tempdir().expect("temp dir");
+        let routed_config = write_config_with(routed.path(), ROUTED);
+        let routed_client = ControlClient::new(&routed.path().join("control.sock"));
+        let mut agent = start(&routed_config, &routed_client).await;
+        let sale = json!({"receipt_id": "R", "transaction_id": "T", "currency": "USD", "total": "100.00",
+            "subtotal": "100.00", "processor": "gateway", "processor_payment_id": "882"});
+        send_all(&routed_client, vec![0], |_| ("/v1/receipts", sale.to_string(), "receipt".into())).await;
+        send_all(&routed_client, vec![0], |_| {
+            let body = json!({"receipt_id": "R", "amount": "1.00", "reason": "bench", "operator": "b"});
+            ("/v1/refunds", body.to_string(), "refund".into())
+        })
+        .await;
+        let cpu = idle_cpu(agent.id().expect("pid"), idle_secs).await;
+        println!(
+            "| idle CPU over {idle_secs} s, one refund queued for a gateway that is down and Final POS after it | {:.3}% of one core | 0 |",
+            100.0 * cpu
+        );
         stop(&mut agent).await;
 
         // The start is timed at each size, the queue filled further between them.
@@ -167,6 +186,13 @@ async fn send_all(
     }
 }
 
+/// The share of one core the process `pid` used over the next `secs` seconds.
+async fn idle_cpu(pid: u32, secs: u64) -> f64 {
+    let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (cpu_ticks(pid) - cpu0) as f64 / ticks_per_second() / t0.elapsed().as_secs_f64()
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
@@ -188,7 +214,16 @@ fn status_kb(pid: u32, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A card gateway on a loopback port nothing listens on, before Final POS on every refund.
+const ROUTED: &str = "[destinations.gateway]\nkind = \"gateway\"\nbase_url = \"http://127.0.0.1:9\"\n\
+     token_file = \"fp.key\"\nterminal_id = 24\n[[routes]]\nprocessor = \"*\"\ndestinations = [\"gateway\", \"finalpos\"]\n";
+
 fn write_config(dir: &Path) -> PathBuf {
+    write_config_with(dir, "")
+}
+
+/// The benchmark's config with `extra` appended.
+fn write_config_with(dir: &Path, extra: &str) -> PathBuf {
     for (name, value) in [("seal.key", "ef".repeat(32)), ("fp.key", "k".to_string())] {
         let p = dir.join(name);
         std::fs::write(&p, value).expect("secret");
@@ -197,7 +232,7 @@ fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
         "[agent]\nterminal_id = \"bench\"\nstate_dir = \"{}\"\nseal_key_file = \"seal.key\"\n\
          [control]\nsocket = \"{}\"\n\
-         [destinations.finalpos]\nkind = \"finalpos\"\nbase_url = \"http://127.0.0.1:9\"\napi_key_file = \"fp.key\"\n",
+         [destinations.finalpos]\nkind = \"finalpos\"\nbase_url = \"http://127.0.0.1:9\"\napi_key_file = \"fp.key\"\n{extra}",
         dir.join("state").display(),
         dir.join("control.sock").display()
     );
