@@ -67,7 +67,7 @@ async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_
     server.go_offline().await;
     let mut agent = gateway_agent(&server.url(), "t", "");
     *seen.lock().expect("lock") = Some(Seen { db: agent.db_path(), arrivals: arrivals.clone() });
-    let ids = queue_while_offline(&mut agent, n).await;
+    let ids = queue_while_offline(&mut agent, n, &[]).await;
 
     server.go_online().await.expect("online");
     for id in &ids {
@@ -94,14 +94,9 @@ async fn every_request_leaves_after_its_claim_and_the_outcomes_before_it_are_on_
 }
 
 /// Starts `agent` parked (after the first failure only the probe sends again, so every refund
-/// is due at once when the server returns) and queues `n` refunds of 1.00 while its server is
-/// offline; returns their ids once every delivery waits, none in flight.
-async fn queue_while_offline(agent: &mut Agent, n: usize) -> Vec<String> {
-    queue_while_offline_with(agent, n, &[]).await
-}
-
-/// [`queue_while_offline`], the agent started with `env` too.
-async fn queue_while_offline_with(agent: &mut Agent, n: usize, env: &[(&str, &str)]) -> Vec<String> {
+/// is due at once when the server returns), with `env` too, and queues `n` refunds of 1.00
+/// while its server is offline; returns their ids once every delivery waits, none in flight.
+async fn queue_while_offline(agent: &mut Agent, n: usize, env: &[(&str, &str)]) -> Vec<String> {
     let mut all = vec![
         ("REFUND_AGENT__SYNC__BACKOFF_INITIAL", "1000h"),
         ("REFUND_AGENT__SYNC__BACKOFF_MAX", "1000h"),
@@ -162,7 +157,7 @@ async fn a_stop_while_draining_sends_nothing_more_than_what_was_in_flight() {
     let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
     let (gate, server) = gated_server().await;
     let mut agent = gateway_agent(&server.url(), "t", "");
-    let ids = queue_while_offline(&mut agent, n).await;
+    let ids = queue_while_offline(&mut agent, n, &[]).await;
 
     server.go_online().await.expect("online");
     let arrived = |gate: &Gate| gate.arrived.lock().expect("lock").len();
@@ -217,7 +212,7 @@ async fn a_failed_delivery_does_not_take_up_the_next() {
     let server = Switchable::start(app, Arc::default()).await.expect("server");
     server.go_offline().await;
     let mut agent = gateway_agent(&server.url(), "t", "");
-    queue_while_offline(&mut agent, n).await;
+    queue_while_offline(&mut agent, n, &[]).await;
 
     server.go_online().await.expect("online");
     eventually("the first requests to arrive", DEADLINE, || async {
@@ -244,16 +239,10 @@ async fn a_refund_goes_on_to_its_next_destination_while_the_first_drains() {
     let n = 2 * MAX_IN_FLIGHT_PER_DESTINATION;
     let (gate, server) = gated_server().await;
     let fp = refund_agent::sandbox::FinalPosSandbox::start(API_KEY).await.expect("Final POS sandbox");
-    let extra = format!(
-        "[destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{}\"\ntoken_file = \"gateway.token\"\nterminal_id = 24\n\n\
-         [[routes]]\nprocessor = \"*\"\ndestinations = [\"gateway\", \"finalpos\"]\n",
-        server.url()
-    );
-    let mut agent = Agent::new(&fp.url(), &extra);
-    agent.write_secret("gateway.token", "t");
+    let mut agent = gateway_then_finalpos(&server.url(), &fp.url(), "t");
     // Held requests must not time out while the test looks (a timeout ends a task, which
     // wakes the worker too).
-    queue_while_offline_with(&mut agent, n, &[("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", "20s")]).await;
+    queue_while_offline(&mut agent, n, &[("REFUND_AGENT__SYNC__REQUEST_TIMEOUT", "20s")]).await;
 
     server.go_online().await.expect("online");
     let arrived = |gate: &Gate| gate.arrived.lock().expect("lock").len();

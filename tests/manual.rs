@@ -13,13 +13,7 @@ async fn gateway_setup() -> (GatewaySandbox, FinalPosSandbox, Agent) {
     let gw = GatewaySandbox::start(TOKEN).await.expect("gateway sandbox");
     gw.add_payment("882", "100.00".parse().expect("amount"), "90.00".parse().expect("amount"));
     let fp = FinalPosSandbox::start(API_KEY).await.expect("Final POS sandbox");
-    let extra = format!(
-        "[destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{}\"\ntoken_file = \"gateway.token\"\nterminal_id = 24\n\n\
-         [[routes]]\nprocessor = \"*\"\ndestinations = [\"gateway\", \"finalpos\"]\n",
-        gw.url()
-    );
-    let mut agent = Agent::new(&fp.url(), &extra);
-    agent.write_secret("gateway.token", TOKEN);
+    let mut agent = gateway_then_finalpos(&gw.url(), &fp.url(), TOKEN);
     agent.start().await;
     agent.add_receipt(RECEIPT).await;
     (gw, fp, agent)

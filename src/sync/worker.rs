@@ -290,13 +290,9 @@ impl Worker {
         let dest = &claim.destination;
         let unblocks = matches!(recorded, Recorded::Delivered { .. })
             && usize::try_from(claim.position).is_ok_and(|p| p + 1 < claim.route.len());
-        let woken = |stored: bool| {
-            if stored && unblocks {
-                self.wake.notify_one();
-            }
-        };
         let held =
             lock(&self.health).get(dest).and_then(|h| h.hold_until).is_some_and(|u| u > Instant::now());
+        let mut with_next = None;
         if !shutdown.is_shutdown() && !held {
             let others: Vec<String> = self.connectors.keys().filter(|n| *n != dest).cloned().collect();
             let max_delay = longest_delay(self.settings.backoff_max);
@@ -305,17 +301,20 @@ impl Worker {
                 .record_then_claim(claim.refund.id, claim.position, recorded.clone(), others, max_delay)
                 .await
             {
-                Ok(next) => {
-                    woken(true);
-                    return next;
-                }
+                Ok(next) => with_next = Some(next),
                 Err(e) => {
                     tracing::warn!(refund_id = %claim.refund.id, destination = %dest, error = %e, "cannot record a delivery outcome with the next claim; recording it alone")
                 }
             }
         }
-        woken(self.record_until_stored(claim, recorded).await);
-        None
+        let (stored, next) = match with_next {
+            Some(next) => (true, next),
+            None => (self.record_until_stored(claim, recorded).await, None),
+        };
+        if stored && unblocks {
+            self.wake.notify_one();
+        }
+        next
     }
 
     /// Records an outcome, trying again with backoff for as long as the queue cannot store it

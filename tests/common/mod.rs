@@ -354,6 +354,18 @@ destinations = ["gateway"]
     agent
 }
 
+/// An agent whose every refund goes to the card gateway at `gateway_url` (bearer `token`) and
+/// then to Final POS at `finalpos_url`.
+pub fn gateway_then_finalpos(gateway_url: &str, finalpos_url: &str, token: &str) -> Agent {
+    let extra = format!(
+        "[destinations.gateway]\nkind = \"gateway\"\nbase_url = \"{gateway_url}\"\ntoken_file = \"gateway.token\"\nterminal_id = 24\n\n\
+         [[routes]]\nprocessor = \"*\"\ndestinations = [\"gateway\", \"finalpos\"]\n"
+    );
+    let agent = Agent::new(finalpos_url, &extra);
+    agent.write_secret("gateway.token", token);
+    agent
+}
+
 /// A 5.00 refund on a paper receipt the ledger does not know (`RCP-PAPER-ONLY`), approved by
 /// manager mgr_7 (PIN on stdin); the agent must allow unlinked refunds.
 pub async fn cli_unlinked_refund(agent: &Agent) -> Output {
